@@ -1,0 +1,8 @@
+"""asrhybrid: Kaldi-style speech recognition recipes in Python.
+
+The package layout follows the pipeline: ``data -> features -> lang -> lm ->
+align -> tree -> nnet/train -> graph -> decode -> score``, with ``recipe``
+running numbered stages and ``cli`` exposing each stage as an ``asrhybrid`` verb.
+"""
+
+__version__ = "0.1.0"

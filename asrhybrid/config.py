@@ -1,0 +1,87 @@
+"""Recipe configuration: the one place that reads ``recipes/<corpus>/config.yaml``.
+
+A recipe config names the corpus and gives each stage's options::
+
+    corpus: yesno            # name used in manifest file names
+    sample_rate: 8000
+    data:
+      preparer: yesno        # asrhybrid.data.corpora.PREPARERS
+      options: {num_train: 30}
+      resample: true         # other rates are resampled on load, else an error
+      verify_audio: true     # decode every file once while preparing
+    synth: {...}             # only for generated corpora (SynthConfig fields)
+    features:
+      fbank: {num_mel_bins: 23}   # KaldiFbankConfig fields
+      num_jobs: 2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asrhybrid.errors import ConfigError
+
+
+@dataclass
+class RecipeConfig:
+    path: Path
+    corpus: str
+    sample_rate: int
+    data: dict[str, Any]
+    features: dict[str, Any] = field(default_factory=dict)
+    synth: dict[str, Any] | None = None
+
+    @property
+    def preparer(self) -> str:
+        return self.data.get("preparer", self.corpus)
+
+
+def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
+    recipe_dir = Path(recipe_dir)
+    path = recipe_dir / "config.yaml" if recipe_dir.is_dir() else recipe_dir
+    if not path.is_file():
+        known = sorted(p.parent.name for p in path.parent.parent.glob("*/config.yaml"))
+        raise ConfigError(f"no recipe config at {path} (recipes: {', '.join(known) or 'none'})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "description"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    for key in ("corpus", "sample_rate", "data"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing '{key}'")
+    return RecipeConfig(
+        path=path,
+        corpus=str(raw["corpus"]),
+        sample_rate=int(raw["sample_rate"]),
+        data=dict(raw["data"]),
+        features=dict(raw.get("features") or {}),
+        synth=raw.get("synth"),
+    )
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["num_mel_bins=40", "dev_speakers=[theo]"]`` -> dict; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"option '{pair}' is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def format_options(options: dict[str, Any]) -> list[str]:
+    """The inverse of parse_options, for command lines that can be re-run by hand."""
+    args = []
+    for key, value in options.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        text = text.removesuffix("\n...").removesuffix("...").strip()
+        args += ["--opt", f"{key}={text}"]
+    return args

@@ -1,0 +1,54 @@
+"""CMVN statistics in Kaldi's format (compute-cmvn-stats).
+
+Kaldi keeps the statistics of D-dimensional features as a 2 x (D+1) double
+matrix: row 0 holds the sums and, last, the frame count; row 1 the sums of
+squares and a 0. We write them per speaker (``--spk2utt`` style) and globally
+into Kaldi archives through kaldi-native-io, so Kaldi's apply-cmvn reads them too
+(``apply-cmvn --utt2spk=... ark:cmvn_train.ark ...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kaldi_native_io as kio
+import numpy as np
+
+from asrhybrid.recipe.outputs import atomic_output
+
+
+class CmvnStats:
+    """Accumulates Kaldi CMVN statistics for one key."""
+
+    def __init__(self, dim: int):
+        self.stats = np.zeros((2, dim + 1), dtype=np.float64)
+
+    def accumulate(self, feats: np.ndarray) -> None:
+        feats = np.asarray(feats, dtype=np.float64)
+        self.stats[0, :-1] += feats.sum(axis=0)
+        self.stats[1, :-1] += (feats**2).sum(axis=0)
+        self.stats[0, -1] += feats.shape[0]
+
+    @property
+    def count(self) -> float:
+        return float(self.stats[0, -1])
+
+    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.count
+        mean = self.stats[0, :-1] / n
+        return mean, self.stats[1, :-1] / n - mean**2
+
+
+def write_cmvn(ark: Path, stats: dict[str, CmvnStats]) -> None:
+    """Write a Kaldi archive, keys sorted (no scp: it would name the temporary file)."""
+    with atomic_output(ark) as tmp, kio.DoubleMatrixWriter(f"ark:{tmp}") as writer:
+        for key in sorted(stats):
+            writer.write(key, stats[key].stats)
+
+
+def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with kio.SequentialDoubleMatrixReader(f"ark:{ark}") as reader:
+        for key, mat in reader:
+            out[key] = np.array(mat, copy=True)  # the reader reuses its buffer
+    return out

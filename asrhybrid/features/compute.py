@@ -1,0 +1,182 @@
+"""Stage 1: fbank features for every cut, stored with Lhotse's LilcomChunkyWriter.
+
+Per part, cuts are cut into fixed chunks (sorted by id, ``chunk_size`` cuts
+each). A chunk writes ``chunk-NNNN.lca`` and then ``chunk-NNNN.jsonl.gz``, both
+under temporary names renamed when complete, so a killed run resumes at the
+first unfinished chunk and redoes nothing else. Chunks run in ``num_jobs``
+processes on CPU; on CUDA one process feeds kaldifeat batches of
+``batch_duration`` seconds. The chunks are then joined into icefall's
+``<corpus>_cuts_<part>.jsonl.gz`` and CMVN statistics are written beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from lhotse import CutSet, Features, load_manifest
+from lhotse.features.io import LilcomChunkyWriter
+from lhotse.utils import fastcopy
+from tqdm import tqdm
+
+from asrhybrid.data.manifests import manifest_paths
+from asrhybrid.errors import DataError
+from asrhybrid.features.cmvn import CmvnStats, write_cmvn
+from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
+from asrhybrid.recipe.outputs import Completion, atomic_output, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
+
+
+def cuts_path(fbank_dir: Path, corpus: str, part: str) -> Path:
+    return fbank_dir / f"{corpus}_cuts_{part}.jsonl.gz"
+
+
+def cuts_from_manifests(manifest_dir: Path, corpus: str, part: str) -> CutSet:
+    """One cut per supervision, with the supervision's id (segments give several per recording)."""
+    rec_path, sup_path = manifest_paths(manifest_dir, corpus, part)
+    for p in (rec_path, sup_path):
+        if not p.is_file():
+            raise DataError([f"{p} not found: run the data stage (asrhybrid prepare-data) first"])
+    recordings, supervisions = load_manifest(rec_path), load_manifest(sup_path)
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    whole = all(
+        len(c.supervisions) == 1 and c.supervisions[0].start == 0 and abs(c.supervisions[0].duration - c.duration) < 1e-3
+        for c in cuts
+    )
+    if not whole:
+        cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    cuts = CutSet.from_cuts(fastcopy(c, id=c.supervisions[0].id) for c in cuts)
+    return cuts.sort_by_recording_id() if whole else CutSet.from_cuts(sorted(cuts, key=lambda c: c.id))
+
+
+def _batches(cuts: list, max_duration: float):
+    batch, total = [], 0.0
+    for cut in cuts:
+        if batch and total + cut.duration > max_duration:
+            yield batch
+            batch, total = [], 0.0
+        batch.append(cut)
+        total += cut.duration
+    if batch:
+        yield batch
+
+
+def compute_chunk(cuts: list, config: dict, lca_path: Path, manifest_path: Path, batch_duration: float) -> int:
+    """Features of one chunk of cuts; returns the number of frames. Runs in a worker process."""
+    extractor = KaldiFbank(KaldiFbankConfig(**config))
+    out_cuts, frames = [], 0
+    with atomic_output(lca_path) as tmp_lca, LilcomChunkyWriter(tmp_lca) as writer, ThreadPoolExecutor(2) as io:
+        for batch in _batches(cuts, batch_duration):
+            audio = list(io.map(lambda c: c.load_audio()[0], batch))
+            feats = extractor.extract_batch(audio, sampling_rate=extractor.config.sampling_rate)
+            for cut, mat in zip(batch, feats):
+                key = writer.write(cut.id, mat)
+                features = Features(
+                    type=extractor.name,
+                    num_frames=mat.shape[0],
+                    num_features=mat.shape[1],
+                    frame_shift=extractor.frame_shift,
+                    sampling_rate=cut.sampling_rate,
+                    start=cut.start,
+                    duration=cut.duration,
+                    storage_type=writer.name,
+                    storage_path=str(lca_path.resolve()),
+                    storage_key=key,
+                    recording_id=cut.recording_id,
+                    channels=cut.channel,
+                )
+                out_cuts.append(fastcopy(cut, features=features))
+                frames += mat.shape[0]
+    with atomic_output(manifest_path) as tmp:
+        CutSet.from_cuts(out_cuts).to_file(tmp)
+    return frames
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def compute_fbank(
+    manifest_dir: Path | str,
+    fbank_dir: Path | str,
+    corpus: str,
+    parts: list[str],
+    config: KaldiFbankConfig,
+    num_jobs: int = 1,
+    chunk_size: int = 500,
+    batch_duration: float = 600.0,
+    force: bool = False,
+) -> None:
+    manifest_dir, fbank_dir = Path(manifest_dir), Path(fbank_dir)
+    fbank_dir.mkdir(parents=True, exist_ok=True)
+    device = config.resolved_device()
+    for part in parts:
+        params = {"config": asdict(config), "chunk_size": chunk_size, "manifests": str(manifest_dir.resolve())}
+        done = Completion(fbank_dir, f"fbank-{corpus}-{part}", params)
+        if done.is_done(force):
+            log.info("fbank %s/%s: already done", corpus, part)
+            continue
+        cuts = list(cuts_from_manifests(manifest_dir, corpus, part))
+        feats_dir = fbank_dir / f"{corpus}_feats_{part}"
+        if force and feats_dir.exists():
+            for p in feats_dir.iterdir():
+                p.unlink()
+        feats_dir.mkdir(exist_ok=True)
+        remove_stale_temporaries(feats_dir)
+
+        chunks = [cuts[i : i + chunk_size] for i in range(0, len(cuts), chunk_size)]
+        paths = [(feats_dir / f"chunk-{k:04d}.lca", feats_dir / f"chunk-{k:04d}.jsonl.gz") for k in range(len(chunks))]
+        todo = [k for k, (_, m) in enumerate(paths) if not m.is_file()]
+        if len(todo) < len(chunks):
+            log.info("fbank %s/%s: resuming, %d of %d chunks already done", corpus, part, len(chunks) - len(todo), len(chunks))
+        cfg = asdict(config)
+        cfg["device"] = device
+        bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc=f"fbank {part}", unit="utt")
+        if device == "cpu" and num_jobs > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(min(num_jobs, len(todo)), initializer=_worker_init) as pool:
+                futures = {pool.submit(compute_chunk, chunks[k], cfg, *paths[k], batch_duration): k for k in todo}
+                for fut in futures:
+                    fut.result()
+                    bar.update(len(chunks[futures[fut]]))
+        else:
+            for k in todo:
+                compute_chunk(chunks[k], cfg, *paths[k], batch_duration)
+                bar.update(len(chunks[k]))
+        bar.close()
+
+        with_feats = CutSet.from_cuts(c for _, m in paths for c in load_manifest(m))
+        with atomic_output(cuts_path(fbank_dir, corpus, part)) as tmp:
+            with_feats.to_file(tmp)
+        write_part_cmvn(with_feats, fbank_dir, corpus, part)
+        num_frames = sum(c.features.num_frames for c in with_feats)
+        log.info("fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
+                 corpus, part, len(with_feats), num_frames, KaldiFbank(config).feature_dim(config.sampling_rate),
+                 config.resolved_backend(), device)
+        done.mark_done()
+
+
+def write_part_cmvn(cuts: CutSet, fbank_dir: Path, corpus: str, part: str) -> None:
+    """Per-speaker and global CMVN stats of the stored features (as training will read them)."""
+    per_speaker: dict[str, CmvnStats] = {}
+    total: CmvnStats | None = None
+    for cut in cuts:
+        feats = cut.load_features()
+        speaker = cut.supervisions[0].speaker or cut.id
+        if total is None:
+            total = CmvnStats(feats.shape[1])
+        per_speaker.setdefault(speaker, CmvnStats(feats.shape[1])).accumulate(feats)
+        total.accumulate(feats)
+    if total is None:
+        return
+    write_cmvn(fbank_dir / f"{corpus}_cmvn_{part}.ark", per_speaker)
+    write_cmvn(fbank_dir / f"{corpus}_cmvn_global_{part}.ark", {"global": total})
+
+
+def default_num_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+

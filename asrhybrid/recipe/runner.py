@@ -1,0 +1,102 @@
+"""The stage runner behind ``make stage=N stop_stage=M corpus=NAME``.
+
+Stages are numbered the same in every recipe (Kaldi's run.sh, icefall's
+prepare.sh); each one is a chain of ``asrhybrid`` verbs whose command lines are
+logged, so a user can re-run any step by hand. Stages skip finished work
+through the verbs' completion markers; ``force`` redoes it.
+
+    0  data      Lhotse manifests (generating the corpus first for synth)
+    1  fbank     Kaldi fbank features, CMVN statistics
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from asrhybrid.config import RecipeConfig, format_options, load_recipe
+from asrhybrid.errors import AsrHybridError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecipeRun:
+    config: RecipeConfig
+    workdir: Path
+    corpus_dir: Path | None
+    force: bool
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.workdir / "data" / "manifests"
+
+    @property
+    def fbank_dir(self) -> Path:
+        return self.workdir / "data" / "fbank"
+
+    def log_file(self, stage: str, verb: str) -> Path:
+        return self.workdir / "exp" / stage / "log" / f"{verb}.log"
+
+    def run_verb(self, stage: str, verb: str, args: list[str]) -> None:
+        """Run ``asrhybrid VERB ARGS`` in this process, logging the command line."""
+        from asrhybrid.cli import main
+
+        argv = [verb, *args, "--log-file", str(self.log_file(stage, verb))]
+        if self.force:
+            argv.append("--force")
+        log.info("asrhybrid %s", shlex.join(argv))
+        if main(argv) != 0:
+            raise AsrHybridError(f"'asrhybrid {verb}' failed; see {self.log_file(stage, verb)}")
+
+
+def stage_data(run: RecipeRun) -> None:
+    cfg = run.config
+    corpus_dir = run.corpus_dir
+    if cfg.synth is not None:
+        corpus_dir = corpus_dir or run.workdir / "download" / cfg.corpus
+        synth_opts = {"sampling_rate": cfg.sample_rate, **cfg.synth}
+        run.run_verb("data", "synth-corpus", [str(corpus_dir), *format_options(synth_opts)])
+    if corpus_dir is None:
+        raise ConfigError(f"recipe '{cfg.corpus}' needs the corpus location: make ... corpus_dir=PATH")
+    args = [str(corpus_dir), str(run.manifest_dir), "--corpus", cfg.corpus, "--preparer", cfg.preparer,
+            "--sample-rate", str(cfg.sample_rate), *format_options(cfg.data.get("options") or {})]
+    if not cfg.data.get("resample", True):
+        args.append("--no-resample")
+    if not cfg.data.get("verify_audio", True):
+        args.append("--no-verify-audio")
+    run.run_verb("data", "prepare-data", args)
+
+
+def stage_fbank(run: RecipeRun) -> None:
+    feats = run.config.features
+    fbank_opts = {"sampling_rate": run.config.sample_rate, **(feats.get("fbank") or {})}
+    args = [str(run.manifest_dir), str(run.fbank_dir), "--corpus", run.config.corpus,
+            "--num-jobs", str(feats.get("num_jobs", 2)), *format_options(fbank_opts)]
+    run.run_verb("make_fbank", "compute-fbank", args)
+
+
+STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
+    (0, "data", stage_data),
+    (1, "fbank", stage_fbank),
+]
+
+
+def run_recipe(
+    recipe: Path | str, workdir: Path | str, stage: int = 0, stop_stage: int = 100,
+    corpus_dir: Path | str | None = None, force: bool = False,
+) -> None:
+    config = load_recipe(recipe)
+    run = RecipeRun(config, Path(workdir), Path(corpus_dir) if corpus_dir else None, force)
+    selected = [s for s in STAGES if stage <= s[0] <= stop_stage]
+    if not selected:
+        raise ConfigError(f"no stage in {stage}..{stop_stage}; stages: " + ", ".join(f"{n} {name}" for n, name, _ in STAGES))
+    for number, name, fn in selected:
+        start = time.time()
+        log.info("Stage %d: %s (%s, workdir %s)", number, name, config.corpus, run.workdir)
+        fn(run)
+        log.info("Stage %d: %s done in %.1f s", number, name, time.time() - start)

@@ -1,0 +1,50 @@
+"""Corpus preparers on the real corpora (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from asrhybrid.data.corpora import prepare_fsdd, prepare_yesno
+from asrhybrid.errors import ConfigError, DataError
+
+
+def test_yesno_split_is_kaldis(yesno_dir):
+    parts = prepare_yesno(yesno_dir)
+    names = sorted(p.stem for p in yesno_dir.glob("*.wav"))
+    assert [u.id for u in parts["train"]] == names[:30]
+    assert [u.id for u in parts["test"]] == names[30:]
+    assert parts["train"][0].text.split() == ["YES" if b == "1" else "NO" for b in names[0].split("_")]
+
+
+def test_yesno_accepts_the_archive_layout(yesno_dir):
+    assert len(prepare_yesno(yesno_dir.parent)["test"]) == 30  # corpus_dir/waves_yesno/*.wav
+
+
+def test_fsdd_speaker_split_holds_out_speakers(fsdd_dir):
+    parts = prepare_fsdd(fsdd_dir, dev_speakers=["theo"], test_speakers=["yweweler"])
+    speakers = {p: {u.speaker for u in utts} for p, utts in parts.items()}
+    assert speakers == {"train": {"jackson", "nicolas"}, "dev": {"theo"}, "test": {"yweweler"}}
+    assert len(parts["train"]) == 1000 and len(parts["dev"]) == 500 == len(parts["test"])
+    utt = parts["dev"][0]
+    assert utt.id == "theo_0_00" and utt.text == "ZERO"
+
+
+def test_fsdd_upstream_split(fsdd_dir):
+    parts = prepare_fsdd(fsdd_dir, split="upstream")
+    assert len(parts["test"]) == 200 and len(parts["train"]) == 1800
+    assert all(int(u.id.rsplit("_", 1)[1]) < 5 for u in parts["test"])
+
+
+def test_fsdd_overlapping_split_is_refused(fsdd_dir):
+    with pytest.raises(ConfigError, match="two parts"):
+        prepare_fsdd(fsdd_dir, train_speakers=["theo", "jackson"], dev_speakers=["theo"], test_speakers=["nicolas"])
+
+
+def test_badly_named_yesno_file(tmp_path, yesno_dir):
+    import shutil
+
+    for p in sorted(yesno_dir.glob("*.wav"))[:3]:
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(p, tmp_path / "1_2_3.wav")
+    with pytest.raises(DataError, match="1_2_3.wav"):
+        prepare_yesno(tmp_path, num_train=2)

@@ -1,0 +1,67 @@
+"""yesno stages 0-1 through `make`, as a user runs them, on the real recordings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from lhotse import load_manifest
+
+from asrhybrid.features.cmvn import read_cmvn
+from conftest import REPO
+
+
+def make(workdir: Path, yesno_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    venv = Path(sys.executable).parent.parent  # the interpreter running the tests is the venv's
+    return subprocess.run(
+        ["make", "-C", str(REPO), "stage=0", "stop_stage=1", "corpus=yesno",
+         f"corpus_dir={yesno_dir}", f"workdir={workdir}", f"VENV={venv}", *extra],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_yesno_stages_0_1(tmp_path, yesno_dir):
+    work = tmp_path / "yesno"
+    result = make(work, yesno_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    fbank = work / "data" / "fbank"
+    train = load_manifest(fbank / "yesno_cuts_train.jsonl.gz")
+    test = load_manifest(fbank / "yesno_cuts_test.jsonl.gz")
+    assert len(train) == 30 and len(test) == 30
+    names = sorted(p.stem for p in yesno_dir.glob("*.wav"))
+    assert sorted(train.ids) == names[:30] and sorted(test.ids) == names[30:]  # Kaldi's split
+    cut = train[names[0]]
+    assert cut.supervisions[0].text == " ".join("YES" if b == "1" else "NO" for b in names[0].split("_"))
+    feats = cut.load_features()
+    assert feats.shape == (cut.num_frames, 23) and np.isfinite(feats).all()
+    assert cut.num_frames == int(cut.duration * 8000 + 40) // 80  # Kaldi, snip-edges=false
+
+    for part, cuts in (("train", train), ("test", test)):
+        stats = read_cmvn(fbank / f"yesno_cmvn_global_{part}.ark")["global"]
+        frames = np.concatenate([c.load_features() for c in cuts])
+        assert stats.shape == (2, 24) and stats[0, -1] == len(frames)
+        np.testing.assert_allclose(stats[0, :-1], frames.sum(0), rtol=1e-5)
+        np.testing.assert_allclose(stats[1, :-1], (frames.astype(np.float64) ** 2).sum(0), rtol=1e-5)
+        assert list(read_cmvn(fbank / f"yesno_cmvn_{part}.ark")) == ["yesno"]
+
+    assert (work / "exp" / "data" / "log" / "prepare-data.log").read_text().count("yesno/train: 30 utterances") == 1
+    assert "yesno/test: 30 cuts" in (work / "exp" / "make_fbank" / "log" / "compute-fbank.log").read_text()
+
+    # A re-run of finished stages is a no-op; force=1 redoes them.
+    before = (fbank / "yesno_cuts_train.jsonl.gz").stat().st_mtime_ns
+    again = make(work, yesno_dir)
+    assert again.returncode == 0 and "already" in again.stderr
+    assert (fbank / "yesno_cuts_train.jsonl.gz").stat().st_mtime_ns == before
+    forced = make(work, yesno_dir, "force=1")
+    assert forced.returncode == 0
+    assert (fbank / "yesno_cuts_train.jsonl.gz").stat().st_mtime_ns != before
+
+
+def test_missing_corpus_dir_is_a_clear_error(tmp_path):
+    result = make(tmp_path / "w", tmp_path / "does-not-exist")
+    assert result.returncode != 0
+    assert "does-not-exist" in result.stderr and "does not exist" in result.stderr
