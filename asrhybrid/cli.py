@@ -18,10 +18,9 @@ from asrhybrid.recipe.logs import log_to_file, setup_logging
 log = logging.getLogger("asrhybrid")
 
 
-def _add_common(p: argparse.ArgumentParser, force: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", type=Path, help="also write the log here (the recipe runner sets exp/.../log/)")
-    if force:
-        p.add_argument("--force", action="store_true", help="redo the work even if it finished before")
+    p.add_argument("--force", action="store_true", help="redo the work even if it finished before")
 
 
 def cmd_synth_corpus(args: argparse.Namespace) -> None:
@@ -74,6 +73,12 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from asrhybrid.data.download import download_corpus
+
+    log.info("%s is in %s", args.corpus, download_corpus(args.corpus, args.target_dir, force=args.force))
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -104,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="SynthConfig field (seed, train_hours, ...)")
     _add_common(p)
     p.set_defaults(func=cmd_synth_corpus)
+
+    p = sub.add_parser("download", help="download a corpus through Lhotse (needs a network)")
+    p.add_argument("corpus", help="yesno or mini_librispeech")
+    p.add_argument("target_dir", type=Path)
+    _add_common(p)
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare-data", help="stage 0: Lhotse manifests from a corpus directory")
     p.add_argument("corpus_dir", type=Path)

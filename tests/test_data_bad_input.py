@@ -170,29 +170,29 @@ def test_bad_input_leaves_earlier_outputs_intact(tmp_path):
     assert after == {k: v for k, v in before.items() if not k.startswith(".done")}
 
 
-def test_segments_give_one_cut_per_utterance(tmp_path):
-    wav = write_wav(tmp_path / "long.wav", seconds=2.0)
-    d = tmp_path / "c" / "train"
+def segmented_dir(root, seconds, segments):
+    """A Kaldi dir of one recording cut by ``segments``: [(utt, start, end, text)]."""
+    wav = write_wav(root / "rec1.wav", seconds=seconds)
+    d = root / "c" / "train"
     d.mkdir(parents=True)
     (d / "wav.scp").write_text(f"rec1 {wav}\n")
-    (d / "segments").write_text("rec1-a rec1 0.0 0.8\nrec1-b rec1 1.0 -1\n")
-    (d / "text").write_text("rec1-a FIRST PART\nrec1-b SECOND PART\n")
-    (d / "utt2spk").write_text("rec1-a s\nrec1-b s\n")
-    prepare(tmp_path / "c", tmp_path / "m")
+    (d / "segments").write_text("".join(f"{u} rec1 {b} {e}\n" for u, b, e, _ in segments))
+    (d / "text").write_text("".join(f"{u} {t}\n" for u, _, _, t in segments))
+    (d / "utt2spk").write_text("".join(f"{u} s\n" for u, _, _, _ in segments))
+    return root / "c"
+
+
+def test_segments_give_one_cut_per_utterance(tmp_path):
+    corpus = segmented_dir(tmp_path, 2.0, [("rec1-a", 0.0, 0.8, "FIRST PART"), ("rec1-b", 1.0, -1, "SECOND PART")])
+    prepare(corpus, tmp_path / "m")
     compute_fbank(tmp_path / "m", tmp_path / "f", "t", ["train"], KaldiFbankConfig(num_mel_bins=40))
     cuts = load_manifest(cuts_path(tmp_path / "f", "t", "train"))
     assert sorted(cuts.ids) == ["rec1-a", "rec1-b"]
     assert cuts["rec1-a"].load_features().shape == (80, 40)
-    assert cuts["rec1-b"].load_features().shape == (100, 40)
+    assert cuts["rec1-b"].load_features().shape == (100, 40)  # end -1: to the end of the recording
     assert cuts["rec1-b"].supervisions[0].text == "SECOND PART"
 
 
 def test_segment_outside_recording(tmp_path):
-    wav = write_wav(tmp_path / "short.wav", seconds=1.0)
-    d = tmp_path / "c" / "train"
-    d.mkdir(parents=True)
-    (d / "wav.scp").write_text(f"rec1 {wav}\n")
-    (d / "segments").write_text("rec1-a rec1 0.5 3.0\n")
-    (d / "text").write_text("rec1-a WORDS\n")
-    (d / "utt2spk").write_text("rec1-a s\n")
-    expect_error(tmp_path / "c", tmp_path / "m", "rec1-a", "outside recording")
+    corpus = segmented_dir(tmp_path, 1.0, [("rec1-a", 0.5, 3.0, "WORDS")])
+    expect_error(corpus, tmp_path / "m", "rec1-a", "outside recording")

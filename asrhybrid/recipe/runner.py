@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from asrhybrid.config import RecipeConfig, format_options, load_recipe
+from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ def stage_data(run: RecipeRun) -> None:
         corpus_dir = corpus_dir or run.workdir / "download" / cfg.corpus
         synth_opts = {"sampling_rate": cfg.sample_rate, **cfg.synth}
         run.run_verb("data", "synth-corpus", [str(corpus_dir), *format_options(synth_opts)])
+    if corpus_dir is None and cfg.data.get("download"):
+        target = run.workdir / "download"
+        run.run_verb("data", "download", [cfg.data["download"], str(target)])
+        corpus_dir = downloaded_corpus_dir(cfg.data["download"], target)
     if corpus_dir is None:
         raise ConfigError(f"recipe '{cfg.corpus}' needs the corpus location: make ... corpus_dir=PATH")
     args = [str(corpus_dir), str(run.manifest_dir), "--corpus", cfg.corpus, "--preparer", cfg.preparer,
