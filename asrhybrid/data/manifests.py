@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import soundfile as sf
 from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.supervision import AlignmentItem
+from tqdm import tqdm
 
 from asrhybrid.errors import DataError
 from asrhybrid.recipe.outputs import atomic_output
@@ -154,7 +155,7 @@ def build_manifests(
     # One probe per distinct audio source (segments share a recording).
     infos: dict[str, _AudioInfo] = {}
     rec_audio: dict[str, str] = {}
-    for utt in utterances:
+    for utt in tqdm(utterances, desc=f"check audio {context}".strip(), unit="utt", leave=False, mininterval=1.0):
         rec_id = utt.recording_id or utt.id
         if rec_id in rec_audio:
             if rec_audio[rec_id] != utt.audio:
