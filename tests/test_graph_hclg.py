@@ -1,0 +1,84 @@
+"""HCLG built like mkgraph.sh decodes planted utterances back to their words (kaldi_decoder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asrhybrid.graph.mkgraph import init_mono_model, load_hclg, mkgraph
+from asrhybrid.lang.lexicon import corpus_dict_dir
+from asrhybrid.lang.prepare_lang import prepare_lang
+from asrhybrid.lm.train import arpa_to_g, read_symbol_table, train_lm
+from conftest import require_shared
+
+
+def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=12, seed=0):
+    """A [T, num_tids] matrix that is 0 on one transition-id path of ``sentence``'s training graph, -20 elsewhere."""
+    from asrhybrid.kaldi import kaldifst, khg
+
+    L = kaldifst.StdVectorFst.read(str(lang_dir / "L.fst"))
+    disambig = [int(x) for x in (lang_dir / "phones" / "disambig.int").read_text().split()]
+    compiler = khg.TrainingGraphCompiler(
+        trans_model=trans_model, ctx_dep=tree, lex_fst=L, disambig_syms=disambig,
+        opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0),
+    )
+    graph = compiler.compile_graph_from_text([words[w] for w in sentence.split()])
+    ok, aligned = kaldifst.equal_align(graph, frames_per_word * len(sentence.split()), seed)
+    assert ok
+    tids = [t for t in kaldifst.get_linear_symbol_sequence(aligned)[1] if t > 0]
+    loglikes = np.full((len(tids), trans_model.num_transition_ids), -20.0, dtype=np.float32)
+    loglikes[np.arange(len(tids)), np.array(tids) - 1] = 0.0
+    return loglikes
+
+
+def decode_words(hclg, loglikes, words):
+    from asrhybrid.kaldi import kaldifst, kd
+
+    decoder = kd.FasterDecoder(hclg, kd.FasterDecoderOptions(beam=20.0))
+    decoder.decode(kd.DecodableCtc(loglikes))
+    ok, best = decoder.get_best_path()
+    assert ok
+    inverse = {i: w for w, i in words.items()}
+    return " ".join(inverse[i] for i in kaldifst.get_linear_symbol_sequence(best)[2])
+
+
+def build(tmp_path, lang, sentences, order=2):
+    lm = train_lm(sentences, tmp_path / "lm", "lm", order)
+    arpa_to_g(lm["arpa"], lang / "words.txt", lang / "G.fst")
+    tree, trans_model = init_mono_model(lang, tmp_path / "mono")
+    stats = mkgraph(lang, tmp_path / "mono", tmp_path / "graph")
+    return tree, trans_model, stats
+
+
+def test_yesno_hclg_decodes_planted_utterances(tmp_path):
+    tutorial = require_shared("testdata", "kaldi_formats", "yesno_tutorial")
+    lang = prepare_lang(tutorial / "dict", tmp_path / "lang", "<SIL>", position_dependent_phones=False)
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(["YES", "NO"], 8)) for _ in range(40)]
+    tree, trans_model, stats = build(tmp_path, lang, sentences)
+    assert stats["unreachable_words"] == ["<SIL>"]  # not in the LM, as in Kaldi's yesno
+    hclg, words = load_hclg(tmp_path / "graph"), read_symbol_table(lang / "words.txt")
+    for k, sentence in enumerate(["YES NO YES", "NO NO NO YES YES NO YES NO", "YES"]):
+        assert decode_words(hclg, planted_loglikes(lang, tree, trans_model, words, sentence, seed=k), words) == sentence
+
+
+def test_200_word_hclg_with_position_dependent_phones(tmp_path):
+    from asrhybrid.data.synth.grammar import generate_sentence, vocabulary
+
+    vocab = vocabulary()[:200]
+    corpus_dict_dir(tmp_path / "dict", set(vocab))
+    lang = prepare_lang(tmp_path / "dict", tmp_path / "lang", "<UNK>")
+    rng = np.random.default_rng(1)
+    chosen = set(vocab)
+    sentences = []
+    while len(sentences) < 2000:
+        words = [w for w in generate_sentence(rng).split() if w in chosen]
+        if words:
+            sentences.append(" ".join(words))
+    sentences += vocab  # every word in the LM
+    tree, trans_model, stats = build(tmp_path, lang, sentences)
+    assert set(stats["unreachable_words"]) <= {"!SIL", "<SPOKEN_NOISE>", "<UNK>"}  # not in the LM text
+    hclg, words = load_hclg(tmp_path / "graph"), read_symbol_table(lang / "words.txt")
+    for k in range(5):
+        sentence = sentences[k * 7]
+        assert decode_words(hclg, planted_loglikes(lang, tree, trans_model, words, sentence, seed=k), words) == sentence
