@@ -12,7 +12,7 @@ from asrhybrid.lm.train import arpa_to_g, read_symbol_table, train_lm
 from conftest import require_shared
 
 
-def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=12, seed=0):
+def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=30, seed=0):
     """A [T, num_tids] matrix that is 0 on one transition-id path of ``sentence``'s training graph, -20 elsewhere."""
     from asrhybrid.kaldi import kaldifst, khg
 
