@@ -79,6 +79,108 @@ def cmd_download(args: argparse.Namespace) -> None:
     log.info("%s is in %s", args.corpus, download_corpus(args.corpus, args.target_dir, force=args.force))
 
 
+def read_texts(sources: list[Path]) -> list[str]:
+    """Sentences from Lhotse supervision manifests (.jsonl[.gz]) or plain text files (one a line)."""
+    from lhotse import load_manifest
+
+    from asrhybrid.errors import DataError
+
+    texts: list[str] = []
+    for src in sources or []:
+        if not Path(src).is_file():
+            raise DataError([f"{src}: no such file"])
+        if str(src).endswith((".jsonl.gz", ".jsonl")):
+            texts += [s.text for s in load_manifest(src)]
+        else:
+            try:
+                texts += Path(src).read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise DataError([f"{src}: not valid UTF-8 (byte {e.start})"]) from None
+    return texts
+
+
+def cmd_prepare_dict(args: argparse.Namespace) -> None:
+    from asrhybrid.lang.dicts import prepare_dict
+    from asrhybrid.recipe.outputs import content_digest, run_once
+
+    texts = read_texts(args.text)
+    params = {"lexicon": args.lexicon, "stress": not args.no_stress, "texts": content_digest(*texts)}
+    run_once(args.dict_dir, "prepare-dict", params, args.force,
+             lambda: prepare_dict(args.lexicon, args.dict_dir, texts, stress=not args.no_stress))
+
+
+def cmd_prepare_lang(args: argparse.Namespace) -> None:
+    from asrhybrid.lang.prepare_lang import prepare_lang
+
+    prepare_lang(args.dict_dir, args.lang_dir, args.oov, position_dependent_phones=not args.no_position_dependent,
+                 sil_prob=args.sil_prob, force=args.force)
+
+
+def cmd_train_lm(args: argparse.Namespace) -> None:
+    import json
+
+    from asrhybrid.lm.train import read_symbol_table, train_lm
+    from asrhybrid.recipe.outputs import content_digest, run_once, write_text_atomic
+
+    texts, dev = read_texts(args.text), read_texts(args.dev)
+    words = set(read_symbol_table(args.words)) if args.words else None
+    params = {"order": args.order, "prune": args.prune, "binary": args.binary, "oov": args.oov,
+              "texts": content_digest(*texts), "dev": content_digest(*dev), "words": str(args.words)}
+
+    def work():
+        summary = train_lm(texts, args.out_dir, args.name, args.order, words=words, oov_word=args.oov,
+                           prune=args.prune, binary=args.binary, dev_lines=dev, source=" ".join(map(str, args.text)))
+        write_text_atomic(args.out_dir / f"{args.name}.json", json.dumps(summary, indent=1) + "\n")
+
+    run_once(args.out_dir, f"train-lm-{args.name}", params, args.force, work)
+
+
+def cmd_arpa2fst(args: argparse.Namespace) -> None:
+    from asrhybrid.lm.train import arpa_to_g
+
+    arpa_to_g(args.arpa, args.words, args.g_fst)
+
+
+def cmd_format_lm(args: argparse.Namespace) -> None:
+    """Kaldi's utils/format_lm.sh: a copy of the lang dir with G.fst from the ARPA."""
+    import shutil
+
+    from asrhybrid.lm.train import arpa_to_g
+    from asrhybrid.recipe.outputs import run_once
+
+    def work():
+        shutil.copytree(args.lang_dir, args.out_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".done.*", ".tmp*"))
+        arpa_to_g(args.arpa, args.out_dir / "words.txt", args.out_dir / "G.fst")
+
+    params = {"lang": str(args.lang_dir.resolve()), "arpa": str(args.arpa.resolve()), "mtime": args.arpa.stat().st_mtime_ns}
+    run_once(args.out_dir, "format-lm", params, args.force, work)
+
+
+def cmd_train_bpe(args: argparse.Namespace) -> None:
+    from asrhybrid.lm.bpe import train_tokens
+    from asrhybrid.recipe.outputs import content_digest, run_once
+
+    texts = read_texts(args.text)
+    params = {"vocab_size": args.vocab_size, "model_type": args.model_type, "texts": content_digest(*texts)}
+    run_once(args.out_dir, f"train-bpe-{args.model_type}", params, args.force,
+             lambda: train_tokens(texts, args.out_dir, args.vocab_size, args.model_type))
+
+
+def cmd_init_mono(args: argparse.Namespace) -> None:
+    from asrhybrid.graph.mkgraph import init_mono_model
+
+    init_mono_model(args.lang_dir, args.model_dir)
+
+
+def cmd_mkgraph(args: argparse.Namespace) -> None:
+    from asrhybrid.graph.mkgraph import mkgraph
+
+    stats = mkgraph(args.lang_dir, args.model_dir, args.graph_dir, self_loop_scale=args.self_loop_scale, force=args.force)
+    if stats:
+        print(f"HCLG: {stats['states']} states, {stats['arcs']} arcs, {stats['seconds']} s")
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -138,6 +240,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=500, help="cuts per resumable chunk")
     _add_common(p)
     p.set_defaults(func=cmd_compute_fbank)
+
+    p = sub.add_parser("prepare-dict", help="stage 2: a Kaldi dict dir (lexicon, phone lists) for a corpus")
+    p.add_argument("dict_dir", type=Path)
+    p.add_argument("--lexicon", required=True, help="yesno, cmudict, or a Kaldi dict dir to copy")
+    p.add_argument("--text", type=Path, nargs="+", required=True, help="transcripts: supervisions manifests or text files")
+    p.add_argument("--no-stress", action="store_true", help="strip CMUdict's stress marks")
+    _add_common(p)
+    p.set_defaults(func=cmd_prepare_dict)
+
+    p = sub.add_parser("prepare-lang", help="stage 2: Kaldi's prepare_lang.sh (phones, words, topo, L.fst)")
+    p.add_argument("dict_dir", type=Path)
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("--oov", required=True, help="the word OOVs map to (e.g. <UNK>)")
+    p.add_argument("--no-position-dependent", action="store_true", help="no _B/_E/_I/_S word-position phones")
+    p.add_argument("--sil-prob", type=float, default=0.5)
+    _add_common(p)
+    p.set_defaults(func=cmd_prepare_lang)
+
+    p = sub.add_parser("train-lm", help="stage 3: an n-gram ARPA LM with KenLM lmplz")
+    p.add_argument("text", type=Path, nargs="+", help="supervisions manifests or text files")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--prune", type=int, nargs="+", help="lmplz --prune thresholds per order")
+    p.add_argument("--binary", action="store_true", help="also a KenLM binary model")
+    p.add_argument("--dev", type=Path, nargs="*", help="text for the perplexity report")
+    p.add_argument("--words", type=Path, help="words.txt: other words map to --oov")
+    p.add_argument("--oov", help="the OOV word (with --words)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_lm)
+
+    p = sub.add_parser("arpa2fst", help="G.fst from an ARPA LM (Kaldi arpa2fst, #0 on back-off arcs)")
+    p.add_argument("arpa", type=Path)
+    p.add_argument("words", type=Path)
+    p.add_argument("g_fst", type=Path)
+    _add_common(p)
+    p.set_defaults(func=cmd_arpa2fst)
+
+    p = sub.add_parser("format-lm", help="Kaldi's format_lm.sh: lang dir + G.fst from an ARPA")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("arpa", type=Path)
+    p.add_argument("out_dir", type=Path)
+    _add_common(p)
+    p.set_defaults(func=cmd_format_lm)
+
+    p = sub.add_parser("train-bpe", help="stage 3: SentencePiece tokens (bpe, unigram, char) for end-to-end models")
+    p.add_argument("text", type=Path, nargs="+")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--vocab-size", type=int, default=500)
+    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram", "char"])
+    _add_common(p)
+    p.set_defaults(func=cmd_train_bpe)
+
+    p = sub.add_parser("init-mono", help="a monophone tree and transition model for a lang dir")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("model_dir", type=Path)
+    _add_common(p)
+    p.set_defaults(func=cmd_init_mono)
+
+    p = sub.add_parser("mkgraph", help="Kaldi's mkgraph.sh: HCLG.fst for a lang dir with G.fst and a model")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("graph_dir", type=Path)
+    p.add_argument("--self-loop-scale", type=float, default=0.1)
+    _add_common(p)
+    p.set_defaults(func=cmd_mkgraph)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

@@ -13,6 +13,16 @@ A recipe config names the corpus and gives each stage's options::
     features:
       fbank: {num_mel_bins: 23}   # KaldiFbankConfig fields
       num_jobs: 2
+    lang:
+      lexicon: cmudict       # yesno, cmudict, or a Kaldi dict dir
+      oov: <UNK>
+      position_dependent: true
+      stress: true
+      sil_prob: 0.5
+    lm:
+      small: {order: 2}      # first pass (G of HCLG)
+      large: {order: 4}      # rescoring (also a KenLM binary)
+    tokens: {model_type: bpe, vocab_size: 200}
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ class RecipeConfig:
     data: dict[str, Any]
     features: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] | None = None
+    lang: dict[str, Any] = field(default_factory=dict)
+    lm: dict[str, Any] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preparer(self) -> str:
@@ -50,7 +63,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "description"}
+    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     for key in ("corpus", "sample_rate", "data"):
@@ -63,6 +76,9 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         data=dict(raw["data"]),
         features=dict(raw.get("features") or {}),
         synth=raw.get("synth"),
+        lang=dict(raw.get("lang") or {}),
+        lm=dict(raw.get("lm") or {}),
+        tokens=dict(raw.get("tokens") or {}),
     )
 
 

@@ -14,10 +14,10 @@ from asrhybrid.features.cmvn import read_cmvn
 from conftest import REPO
 
 
-def make(workdir: Path, yesno_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def make(workdir: Path, yesno_dir: Path, *extra: str, stages=(0, 1)) -> subprocess.CompletedProcess:
     venv = Path(sys.executable).parent.parent  # the interpreter running the tests is the venv's
     return subprocess.run(
-        ["make", "-C", str(REPO), "stage=0", "stop_stage=1", "corpus=yesno",
+        ["make", "-C", str(REPO), f"stage={stages[0]}", f"stop_stage={stages[1]}", "corpus=yesno",
          f"corpus_dir={yesno_dir}", f"workdir={workdir}", f"VENV={venv}", *extra],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -65,3 +65,20 @@ def test_missing_corpus_dir_is_a_clear_error(tmp_path):
     result = make(tmp_path / "w", tmp_path / "does-not-exist")
     assert result.returncode != 0
     assert "does-not-exist" in result.stderr and "does not exist" in result.stderr
+
+
+def test_yesno_stages_2_3_lang_and_lm(tmp_path, yesno_dir):
+    work = tmp_path / "yesno"
+    result = make(work, yesno_dir, stages=(0, 3))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = work / "data"
+    assert (data / "lang" / "words.txt").read_text().split()[::2] == ["<eps>", "<SIL>", "NO", "YES", "#0", "<s>", "</s>"]
+    assert (data / "lang_test_small" / "G.fst").is_file() and (data / "lang_test_small" / "L_disambig.fst").is_file()
+    assert (data / "lm" / "large.bin").is_file()
+    import json
+
+    summary = json.loads((data / "lm" / "small.json").read_text())
+    assert 1.0 < summary["dev_perplexity"] < 3.0  # two words, about equally likely, and </s>
+    assert (data / "lang_char_10" / "char.model").is_file()
+    again = make(work, yesno_dir, stages=(2, 3))
+    assert again.returncode == 0 and again.stderr.count("already") >= 4

@@ -9,6 +9,7 @@ G.fst is Kaldi's arpa2fst through kaldilm, with ``#0`` on back-off arcs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import subprocess
@@ -111,14 +112,22 @@ def build_binary(arpa: Path, binary: Path) -> Path:
     return binary
 
 
+@functools.lru_cache(maxsize=2)
+def read_arpa_cached(path):
+    return read_arpa(path)
+
+
 def perplexity(model_path: Path, sentences: list[str]) -> float:
     """Per-token perplexity with KenLM, </s> counted as a token (as SRILM's ppl)."""
-    import kenlm
+    if str(model_path).endswith(".arpa") and read_arpa(model_path).order == 1:
+        score = lambda s: read_arpa_cached(model_path).sentence_log10(s.split())  # noqa: E731  (KenLM needs order >= 2)
+    else:
+        import kenlm
 
-    model = kenlm.Model(str(model_path))
+        score = kenlm.Model(str(model_path)).score
     total, tokens = 0.0, 0
     for s in sentences:
-        total += model.score(s, bos=True, eos=True)
+        total += score(s)
         tokens += len(s.split()) + 1
     return 10 ** (-total / max(tokens, 1))
 

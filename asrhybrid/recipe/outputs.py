@@ -11,7 +11,9 @@ options is a no-op, a re-run with other options is refused unless forced
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -103,3 +105,23 @@ class Completion:
 
     def mark_done(self) -> None:
         write_text_atomic(self.path, json.dumps(self.params, indent=1, sort_keys=True) + "\n")
+
+
+def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work) -> bool:
+    """Run ``work()`` unless ``step`` already finished in ``directory`` with ``params``; True if it ran."""
+    done = Completion(directory, step, params)
+    if done.is_done(force):
+        logging.getLogger(__name__).info("%s: '%s' already done", directory, step)
+        return False
+    work()
+    done.mark_done()
+    return True
+
+
+def content_digest(*texts: str) -> str:
+    """A short digest of inputs, for completion markers of steps whose inputs are text."""
+    h = hashlib.sha1()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -7,6 +7,8 @@ through the verbs' completion markers; ``force`` redoes it.
 
     0  data      Lhotse manifests (generating the corpus first for synth)
     1  fbank     Kaldi fbank features, CMVN statistics
+    2  lang      dict dir (lexicon) and Kaldi lang dir (phones, words, topo, L.fst)
+    3  lm        small and large n-gram LMs (KenLM), G.fst (lang_test), BPE tokens
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class RecipeRun:
     @property
     def fbank_dir(self) -> Path:
         return self.workdir / "data" / "fbank"
+
+    @property
+    def lang_dir(self) -> Path:
+        return self.workdir / "data" / "lang"
+
+    def supervisions(self, part: str) -> Path:
+        return self.manifest_dir / f"{self.config.corpus}_supervisions_{part}.jsonl.gz"
 
     def log_file(self, stage: str, verb: str) -> Path:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"
@@ -85,9 +94,40 @@ def stage_fbank(run: RecipeRun) -> None:
     run.run_verb("make_fbank", "compute-fbank", args)
 
 
+def stage_lang(run: RecipeRun) -> None:
+    lang = run.config.lang
+    dict_dir, train = run.workdir / "data" / "local" / "dict", run.supervisions("train")
+    args = [str(dict_dir), "--lexicon", str(lang.get("lexicon", "cmudict")), "--text", str(train)]
+    run.run_verb("lang", "prepare-dict", args + ([] if lang.get("stress", True) else ["--no-stress"]))
+    args = [str(dict_dir), str(run.lang_dir), "--oov", str(lang.get("oov", "<UNK>")), "--sil-prob", str(lang.get("sil_prob", 0.5))]
+    run.run_verb("lang", "prepare-lang", args + ([] if lang.get("position_dependent", True) else ["--no-position-dependent"]))
+
+
+def stage_lm(run: RecipeRun) -> None:
+    lm, lm_dir = run.config.lm, run.workdir / "data" / "lm"
+    train = str(run.supervisions("train"))
+    dev = [str(p) for p in (run.supervisions("dev"), run.supervisions("test")) if p.is_file()][:1]
+    common = ["--words", str(run.lang_dir / "words.txt"), "--oov", str(run.config.lang.get("oov", "<UNK>"))]
+    for name, defaults in (("small", {"order": 2}), ("large", {"order": 4})):
+        opts = {**defaults, **(lm.get(name) or {})}
+        args = [train, "--out-dir", str(lm_dir), "--name", name, "--order", str(opts["order"]), *common]
+        if opts.get("prune"):
+            args += ["--prune", *map(str, opts["prune"])]
+        if name == "large":
+            args.append("--binary")
+        run.run_verb("lm", "train-lm", args + (["--dev", *dev] if dev else []))
+    run.run_verb("lm", "format-lm", [str(run.lang_dir), str(lm_dir / "small.arpa"), str(run.workdir / "data" / "lang_test_small")])
+    tokens = {"model_type": "bpe", "vocab_size": 200, **run.config.tokens}
+    out = run.workdir / "data" / f"lang_{tokens['model_type']}_{tokens['vocab_size']}"
+    run.run_verb("lm", "train-bpe", [train, "--out-dir", str(out), "--vocab-size", str(tokens["vocab_size"]),
+                                     "--model-type", tokens["model_type"]])
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
+    (2, "lang", stage_lang),
+    (3, "lm", stage_lm),
 ]
 
 
