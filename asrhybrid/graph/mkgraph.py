@@ -68,25 +68,27 @@ def _int_list(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()]
 
 
-def _map_ilabels(fst, mapping: dict[int, int]):
-    """A copy of ``fst`` with input labels replaced (Kaldi's fstrmsymbols / relabel; not exposed here)."""
+def remove_input_symbols(fst, symbols: list[int], num_labels: int):
+    """Kaldi's fstrmsymbols: ``symbols`` on the input side become epsilon.
+
+    Done as a composition with a one-state transducer (eps:d for each removed
+    d, t:t for the others), which runs in C++; kaldifst exposes no relabelling.
+    """
     from asrhybrid.kaldi import kaldifst
 
-    out = kaldifst.StdVectorFst()
-    for _ in range(fst.num_states):
-        out.add_state()
-    out.start = fst.start
-    for s in range(fst.num_states):
-        for arc in kaldifst.ArcIterator(fst, s):
-            out.add_arc(s, kaldifst.StdArc(mapping.get(arc.ilabel, arc.ilabel), arc.olabel, arc.weight, arc.nextstate))
-        out.set_final(s, fst.final(s))
-    return out
+    removed = set(symbols)
+    relabel = kaldifst.StdVectorFst()
+    s = relabel.add_state()
+    relabel.start = s
+    relabel.set_final(s, 0.0)
+    for label in range(1, num_labels + 1):
+        relabel.add_arc(s, kaldifst.StdArc(0 if label in removed else label, label, 0.0, s))
+    kaldifst.arcsort(relabel, sort_type="olabel")
+    return kaldifst.StdVectorFst(kaldifst.compose(relabel, fst))
 
 
 def count_arcs(fst) -> int:
-    from asrhybrid.kaldi import kaldifst
-
-    return sum(1 for s in range(fst.num_states) for _ in kaldifst.ArcIterator(fst, s))
+    return sum(fst.num_arcs(s) for s in range(fst.num_states))
 
 
 def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1, transition_scale: float = 1.0):
@@ -111,7 +113,7 @@ def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1
     kaldifst.arcsort(Ha, sort_type="olabel")
     HCLGa = kaldifst.StdVectorFst(kaldifst.compose(Ha, CLG))
     kaldifst.determinize_star(HCLGa, use_log=True)
-    HCLGa = _map_ilabels(HCLGa, {t: 0 for t in disambig_tids})  # fstrmsymbols
+    HCLGa = remove_input_symbols(HCLGa, disambig_tids, max([trans_model.num_transition_ids, *disambig_tids]))
     kaldifst.rmepsilon(HCLGa)
     kaldifst.minimize_encoded(HCLGa)
     HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, reorder=True, trans_model=trans_model, ifst=HCLGa)
@@ -126,11 +128,11 @@ def load_hclg(graph_dir: Path | str):
     return kaldifst.StdConstFst(kaldifst.StdVectorFst.read(str(Path(graph_dir) / "HCLG.fst")))
 
 
-def unreachable_words(HCLG, words: dict[str, int]) -> list[str]:
-    """Words of words.txt that no HCLG arc outputs (besides <eps>, #0, <s>, </s>)."""
+def unreachable_words(G, words: dict[str, int]) -> list[str]:
+    """Words of words.txt that G never outputs, so HCLG cannot (L covers every word)."""
     from asrhybrid.kaldi import kaldifst
 
-    out = {arc.olabel for s in range(HCLG.num_states) for arc in kaldifst.ArcIterator(HCLG, s)}
+    out = {arc.olabel for s in range(G.num_states) for arc in kaldifst.ArcIterator(G, s)}
     return sorted(w for w, i in words.items() if i not in out and w not in ("<eps>", "#0", "<s>", "</s>"))
 
 
@@ -150,10 +152,10 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
         return {}
     tree, trans_model = load_model(model_dir)
     start = time.perf_counter()
-    HCLG = make_hclg(lang_dir, kaldifst.StdVectorFst.read(str(g_fst)), tree, trans_model, self_loop_scale)
+    G = kaldifst.StdVectorFst.read(str(g_fst))
+    HCLG = make_hclg(lang_dir, G, tree, trans_model, self_loop_scale)
     seconds = time.perf_counter() - start
-    words = read_symbol_table(lang_dir / "words.txt")
-    missing = unreachable_words(HCLG, words)
+    missing = unreachable_words(G, read_symbol_table(lang_dir / "words.txt"))
     if missing:
         log.warning("%d word(s) of words.txt cannot be output by HCLG (not in G?): %s", len(missing), " ".join(missing[:20]))
 
