@@ -124,3 +124,45 @@ def test_lm_text_errors_name_the_line():
     with pytest.raises(DataError, match=r"text:1: word 'C' is not in the symbol table"):
         prepare_lm_text(["A C"], {"A", "B"}, None, "text")
     assert prepare_lm_text(["A C"], {"A", "B", "<UNK>"}, "<UNK>", "text") == ["A <UNK>"]
+
+
+@pytest.mark.parametrize("toy", ["kenlm_toy0", "kenlm_toy1"])
+def test_our_lmplz_reproduces_kenlms_own_toy_models(tmp_path, arpa_dir, toy):
+    """KenLM's test data was made with `lmplz --discount_fallback -o 3`: our build must give the same model."""
+    from asrhybrid.lm.train import train_arpa
+
+    ours = read_arpa(train_arpa(arpa_dir / f"{toy}_corpus.txt", tmp_path / "toy.arpa", 3, discount_fallback=True))
+    theirs = read_arpa(arpa_dir / f"{toy}.arpa")
+    assert ours.counts == theirs.counts
+    assert ours.ngrams.keys() == theirs.ngrams.keys()
+    for ngram, (prob, backoff) in theirs.ngrams.items():
+        assert ours.ngrams[ngram] == pytest.approx((prob, backoff), abs=1e-6), ngram
+
+
+def test_unigram_perplexity_without_kenlm_query(tmp_path):
+    """KenLM's query code needs order >= 2; unigram LMs (yesno, digits) are scored from the ARPA."""
+    summary = train_lm(["YES NO YES", "NO NO YES", "YES YES"], tmp_path, "ug", 1, dev_lines=["YES NO"])
+    arpa = read_arpa(summary["arpa"])
+    assert summary["dev_perplexity"] == pytest.approx(10 ** (-arpa.sentence_log10(["YES", "NO"]) / 3), rel=1e-3)
+
+
+def test_token_models(tmp_path):
+    import sentencepiece as spm
+
+    from asrhybrid.lm.bpe import train_tokens
+
+    texts = ["THE RED DOG SAW A CAT", "A CAT SAW THE RED DOG", "THE DOG RAN AWAY FROM THE CAT"] * 20
+    for model_type, size in (("bpe", 20), ("unigram", 20), ("char", 20)):
+        model = train_tokens(texts, tmp_path / model_type, size, model_type)
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        assert [sp.id_to_piece(i) for i in range(3)] == ["<blk>", "<sos/eos>", "<unk>"]
+        assert sp.decode(sp.encode(texts[2])) == texts[2]
+        if model_type == "char":
+            assert all(len(p.lstrip("▁")) <= 1 for p in sp.encode(texts[0], out_type=str))
+        else:
+            assert sp.get_piece_size() == size
+
+    from asrhybrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Vocabulary size too high"):
+        train_tokens(texts, tmp_path / "big", 500, "bpe")

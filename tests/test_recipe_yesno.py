@@ -82,3 +82,13 @@ def test_yesno_stages_2_3_lang_and_lm(tmp_path, yesno_dir):
     assert (data / "lang_char_10" / "char.model").is_file()
     again = make(work, yesno_dir, stages=(2, 3))
     assert again.returncode == 0 and again.stderr.count("already") >= 4
+
+    # The graph verbs on the recipe's lang_test: a monophone model and its HCLG.
+    cli = [sys.executable, "-m", "asrhybrid.cli"]
+    lang_test, mono = data / "lang_test_small", work / "exp" / "mono"
+    assert subprocess.run(cli + ["init-mono", str(lang_test), str(mono)], timeout=120).returncode == 0
+    graph = subprocess.run(cli + ["mkgraph", str(lang_test), str(mono), str(mono / "graph")],
+                           capture_output=True, text=True, timeout=300)
+    assert graph.returncode == 0, graph.stderr
+    assert graph.stdout.startswith("HCLG: ") and "states" in graph.stdout
+    assert {"HCLG.fst", "words.txt", "phones.txt"} <= {p.name for p in (mono / "graph").iterdir()}
