@@ -30,6 +30,7 @@ test-all:
 
 bench:
 	$(VENV)/bin/python bench/fbank.py
+	$(VENV)/bin/python bench/graph.py
 
 help:
 	@sed -n '1,6p' Makefile
