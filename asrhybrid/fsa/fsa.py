@@ -1,0 +1,132 @@
+"""FSAs as tensors, in k2's vocabulary (k2 itself cannot be installed here).
+
+An ``Fsa`` is a list of arcs (``src``, ``dst``, ``label``, ``score``) over
+states ``0..num_states-1``; state 0 is the start and the last state is the
+final state, entered only by arcs labelled -1 (k2's convention: the final
+weight of a Kaldi FST becomes the score of such an arc). Scores are log
+probabilities (the negated Kaldi costs). Label 0 is epsilon: it consumes no
+frame. An ``FsaVec`` concatenates several FSAs with state offsets, so one set of
+tensor operations processes a whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Fsa:
+    src: torch.Tensor  # int64 [A]
+    dst: torch.Tensor  # int64 [A]
+    label: torch.Tensor  # int64 [A]; 0 epsilon, -1 into the final state
+    score: torch.Tensor  # float32 [A]
+    num_states: int
+
+    @property
+    def num_arcs(self) -> int:
+        return int(self.src.numel())
+
+    @staticmethod
+    def from_arcs(arcs: list[tuple[int, int, int, float]], num_states: int) -> "Fsa":
+        """From (src, dst, label, score) tuples; the final state must be ``num_states - 1``."""
+        if arcs:
+            src, dst, label, score = zip(*arcs)
+        else:
+            src = dst = label = score = ()
+        return Fsa(
+            torch.tensor(src, dtype=torch.int64),
+            torch.tensor(dst, dtype=torch.int64),
+            torch.tensor(label, dtype=torch.int64),
+            torch.tensor(score, dtype=torch.float32),
+            num_states,
+        )
+
+    def to(self, device: torch.device | str) -> "Fsa":
+        return Fsa(self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device), self.num_states)
+
+
+def from_kaldi(fst) -> Fsa:
+    """A kaldifst StdVectorFst (input labels, tropical costs) as an Fsa.
+
+    States are renumbered so that the start is 0 and a new super-final state
+    is last; each final weight becomes an arc labelled -1 into it. Output
+    labels are dropped (alignment and training need the input side only).
+    """
+    from asrhybrid.kaldi import kaldifst
+
+    if fst.start < 0:
+        raise ValueError("the FST has no start state")
+    n = fst.num_states
+    order = [fst.start] + [s for s in range(n) if s != fst.start]
+    new_id = {s: i for i, s in enumerate(order)}
+    final_state = n
+    arcs: list[tuple[int, int, int, float]] = []
+    for s in order:
+        for arc in kaldifst.ArcIterator(fst, s):
+            arcs.append((new_id[s], new_id[arc.nextstate], arc.ilabel, -arc.weight.value))
+        final_cost = fst.final(s).value
+        if final_cost != float("inf"):
+            arcs.append((new_id[s], final_state, -1, -final_cost))
+    return Fsa.from_arcs(arcs, n + 1)
+
+
+@dataclass
+class FsaVec:
+    """A batch of FSAs: their arcs concatenated, states offset, each arc tagged with its FSA."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    label: torch.Tensor
+    score: torch.Tensor
+    arc_fsa: torch.Tensor  # int64 [A]: which FSA each arc belongs to
+    start_states: torch.Tensor  # int64 [B]
+    final_states: torch.Tensor  # int64 [B]
+    num_states: int
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.start_states.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    @staticmethod
+    def from_fsas(fsas: list[Fsa], device: torch.device | str = "cpu") -> "FsaVec":
+        offsets, total = [], 0
+        for f in fsas:
+            offsets.append(total)
+            total += f.num_states
+        src = torch.cat([f.src + o for f, o in zip(fsas, offsets)])
+        dst = torch.cat([f.dst + o for f, o in zip(fsas, offsets)])
+        arc_fsa = torch.cat([torch.full((f.num_arcs,), i, dtype=torch.int64) for i, f in enumerate(fsas)])
+        starts = torch.tensor(offsets, dtype=torch.int64)
+        finals = torch.tensor([o + f.num_states - 1 for f, o in zip(fsas, offsets)], dtype=torch.int64)
+        return FsaVec(
+            src.to(device), dst.to(device), torch.cat([f.label for f in fsas]).to(device),
+            torch.cat([f.score for f in fsas]).to(device), arc_fsa.to(device), starts.to(device), finals.to(device),
+            total,
+        )
+
+    def state_fsa(self) -> torch.Tensor:
+        """Which FSA each state belongs to."""
+        owner = torch.empty(self.num_states, dtype=torch.int64, device=self.device)
+        bounds = torch.cat([self.start_states, torch.tensor([self.num_states], device=self.device)])
+        for b in range(self.batch_size):
+            owner[bounds[b] : bounds[b + 1]] = b
+        return owner
+
+
+@dataclass
+class DenseFsaVec:
+    """Per-utterance frame scores: ``log_probs[b, t, c]`` for t < ``lengths[b]``.
+
+    Arc labels select columns through ``label_to_column`` (e.g. transition id
+    to pdf id); label 0 (epsilon) and -1 (final) take no column.
+    """
+
+    log_probs: torch.Tensor  # [B, T, C]
+    lengths: torch.Tensor  # int64 [B]
+    label_to_column: torch.Tensor  # int64 [max label + 1]
