@@ -181,6 +181,17 @@ def cmd_mkgraph(args: argparse.Namespace) -> None:
         print(f"HCLG: {stats['states']} states, {stats['arcs']} arcs, {stats['seconds']} s")
 
 
+def cmd_align_flat_start(args: argparse.Namespace) -> None:
+    from asrhybrid.align.flat_start import FlatStartConfig, flat_start
+    from asrhybrid.errors import ConfigError
+
+    try:
+        cfg = FlatStartConfig(**parse_options(args.opt))
+    except TypeError as e:
+        raise ConfigError(f"align-flat-start: bad option: {e}") from None
+    flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, force=args.force)
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -306,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-loop-scale", type=float, default=0.1)
     _add_common(p)
     p.set_defaults(func=cmd_mkgraph)
+
+    p = sub.add_parser("align-flat-start", help="stage 4: GMM-free flat start (equal alignment, CI network, realign)")
+    p.add_argument("cuts", type=Path, help="training cuts with features")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("exp_dir", type=Path)
+    p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats (Kaldi ark) of the training features")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
+    _add_common(p)
+    p.set_defaults(func=cmd_align_flat_start)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

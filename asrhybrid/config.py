@@ -23,6 +23,7 @@ A recipe config names the corpus and gives each stage's options::
       small: {order: 2}      # first pass (G of HCLG)
       large: {order: 4}      # rescoring (also a KenLM binary)
     tokens: {model_type: bpe, vocab_size: 200}
+    align: {iterations: 8}   # FlatStartConfig fields (GMM-free flat start)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RecipeConfig:
     lang: dict[str, Any] = field(default_factory=dict)
     lm: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, Any] = field(default_factory=dict)
+    align: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preparer(self) -> str:
@@ -63,7 +65,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "description"}
+    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     for key in ("corpus", "sample_rate", "data"):
@@ -79,6 +81,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         lang=dict(raw.get("lang") or {}),
         lm=dict(raw.get("lm") or {}),
         tokens=dict(raw.get("tokens") or {}),
+        align=dict(raw.get("align") or {}),
     )
 
 

@@ -67,9 +67,9 @@ def test_missing_corpus_dir_is_a_clear_error(tmp_path):
     assert "does-not-exist" in result.stderr and "does not exist" in result.stderr
 
 
-def test_yesno_stages_2_3_lang_and_lm(tmp_path, yesno_dir):
+def test_yesno_stages_2_4_lang_lm_and_flat_start(tmp_path, yesno_dir):
     work = tmp_path / "yesno"
-    result = make(work, yesno_dir, stages=(0, 3))
+    result = make(work, yesno_dir, stages=(0, 4))
     assert result.returncode == 0, result.stdout + result.stderr
     data = work / "data"
     assert (data / "lang" / "words.txt").read_text().split()[::2] == ["<eps>", "<SIL>", "NO", "YES", "#0", "<s>", "</s>"]
@@ -80,8 +80,21 @@ def test_yesno_stages_2_3_lang_and_lm(tmp_path, yesno_dir):
     summary = json.loads((data / "lm" / "small.json").read_text())
     assert 1.0 < summary["dev_perplexity"] < 3.0  # two words, about equally likely, and </s>
     assert (data / "lang_char_10" / "char.model").is_file()
-    again = make(work, yesno_dir, stages=(2, 3))
-    assert again.returncode == 0 and again.stderr.count("already") >= 4
+    again = make(work, yesno_dir, stages=(2, 4))
+    assert again.returncode == 0 and again.stderr.count("already") >= 5
+
+    # GMM-free flat start converges: the phone alignment stops moving, the network fits it.
+    flat = json.loads((work / "exp" / "mono_flat" / "flat_start.json").read_text())["iterations"]
+    assert len(flat) == 8 and all(not it["failed"] for it in flat)
+    assert flat[0]["changed_phone_frames"] > 0.2  # equal alignment is far from the truth
+    assert max(it["changed_phone_frames"] for it in flat[-3:]) < 0.015
+    assert flat[-1]["frame_accuracy"] > 0.85
+    from asrhybrid.align.flat_start import read_alignments
+
+    alignments = read_alignments(work / "exp" / "mono_flat" / "ali.ark")
+    train = load_manifest(data / "fbank" / "yesno_cuts_train.jsonl.gz")
+    assert sorted(alignments) == sorted(train.ids)
+    assert all(len(alignments[c.id]) == c.num_frames for c in train)
 
     # The graph verbs on the recipe's lang_test: a monophone model and its HCLG.
     cli = [sys.executable, "-m", "asrhybrid.cli"]

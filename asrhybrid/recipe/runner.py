@@ -9,6 +9,7 @@ through the verbs' completion markers; ``force`` redoes it.
     1  fbank     Kaldi fbank features, CMVN statistics
     2  lang      dict dir (lexicon) and Kaldi lang dir (phones, words, topo, L.fst)
     3  lm        small and large n-gram LMs (KenLM), G.fst (lang_test), BPE tokens
+    4  align     GMM-free flat start: equal alignment, CI network, realignment (exp/mono_flat)
 """
 
 from __future__ import annotations
@@ -123,11 +124,19 @@ def stage_lm(run: RecipeRun) -> None:
                                      "--model-type", tokens["model_type"]])
 
 
+def stage_align(run: RecipeRun) -> None:
+    corpus, fbank = run.config.corpus, run.fbank_dir
+    args = [str(fbank / f"{corpus}_cuts_train.jsonl.gz"), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
+            "--cmvn", str(fbank / f"{corpus}_cmvn_global_train.ark"), *format_options(run.config.align)]
+    run.run_verb("mono_flat", "align-flat-start", args)
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
     (2, "lang", stage_lang),
     (3, "lm", stage_lm),
+    (4, "align", stage_align),
 ]
 
 

@@ -1,0 +1,164 @@
+"""Stage 4: GMM-free flat start (after Senior, Heigold, Bacchiani, Liao 2014).
+
+Iteration 0 aligns every utterance equally along its training graph (Kaldi's
+align-equal-compiled). Each iteration then trains a context-independent
+network on the current frame targets (pdfs), turns its posteriors into scaled
+likelihoods (log posterior - log prior, priors from the alignment's state
+counts) and realigns through the training graphs. Per iteration the log gives
+the frame cross-entropy, frame accuracy, the share of frames whose target
+changed, and how many utterances could not be aligned (they sit out the next
+training round and are listed, never dropped silently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import load_manifest
+from tqdm import tqdm
+
+from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment
+from asrhybrid.errors import DataError
+from asrhybrid.features.cmvn import read_cmvn
+from asrhybrid.graph.mkgraph import init_mono_model
+from asrhybrid.nnet.mlp import SplicedMLP, splice
+from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlatStartConfig:
+    iterations: int = 5
+    epochs: int = 3  # training passes over the frames per iteration
+    context: int = 5
+    hidden: int = 256
+    layers: int = 2
+    lr: float = 1e-3
+    lr_decay: float = 0.85  # per iteration: later iterations refine, so the alignment settles
+    batch_frames: int = 512
+    seed: int = 0
+    backend: str = "auto"  # kaldi on CPU, the FSA engine on CUDA
+
+
+def write_alignments(path: Path, alignments: dict[str, list[int]]) -> None:
+    """Kaldi int32-vector archive of transition ids (what ali.*.gz holds in Kaldi, uncompressed)."""
+    import kaldi_native_io as kio
+
+    with atomic_output(path) as tmp, kio.Int32VectorWriter(f"ark:{tmp}") as writer:
+        for utt in sorted(alignments):
+            writer.write(utt, alignments[utt])
+
+
+def read_alignments(path: Path) -> dict[str, list[int]]:
+    import kaldi_native_io as kio
+
+    with kio.SequentialInt32VectorReader(f"ark:{path}") as reader:
+        return {key: list(value) for key, value in reader}
+
+
+def _train(model, feats, targets, cfg: FlatStartConfig, generator, lr: float) -> tuple[float, float]:
+    """Cross-entropy over all frames of the utterances with targets; returns (mean CE, frame accuracy) of the last epoch."""
+    x = torch.cat([splice(feats[u], cfg.context) for u in targets])
+    y = torch.cat([torch.as_tensor(targets[u]) for u in targets])
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_sum = correct = 0.0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        loss_sum = correct = 0.0
+        for i in range(0, len(y), cfg.batch_frames):
+            idx = order[i : i + cfg.batch_frames]
+            logits = model(x[idx])
+            loss = torch.nn.functional.cross_entropy(logits, y[idx], reduction="sum")
+            optimizer.zero_grad()
+            (loss / len(idx)).backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            correct += (logits.argmax(-1) == y[idx]).sum().item()
+    return loss_sum / len(y), correct / len(y)
+
+
+def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str, cmvn_ark: Path | str,
+               cfg: FlatStartConfig = FlatStartConfig(), force: bool = False) -> dict:
+    """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.ark per iteration, final.pt, ali.ark)."""
+    cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
+    done = Completion(exp_dir, "flat-start", {"cuts": str(cuts_path.resolve()), "lang": str(lang_dir.resolve()), **asdict(cfg)})
+    if done.is_done(force):
+        log.info("%s: flat start already done", exp_dir)
+        return json.loads((exp_dir / "flat_start.json").read_text())
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    tree, trans_model = init_mono_model(lang_dir, exp_dir)
+    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    tid_to_phone = np.array([0] + [trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)])
+    compiler = GraphCompiler(lang_dir, tree, trans_model)
+    stats = read_cmvn(Path(cmvn_ark))["global"]
+    mean = stats[0, :-1] / stats[0, -1]
+    std = np.sqrt(np.maximum(stats[1, :-1] / stats[0, -1] - mean**2, 1e-8))
+
+    cuts = load_manifest(cuts_path)
+    feats, graphs = {}, {}
+    for cut in tqdm(cuts, desc="graphs", unit="utt", leave=False):
+        text = cut.supervisions[0].text or ""
+        if not text.strip():
+            raise DataError([f"cut '{cut.id}' ({cuts_path}): empty transcript"])
+        feats[cut.id] = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
+        graphs[cut.id] = compiler.compile(text)
+    utts = sorted(graphs)
+
+    alignments: dict[str, list[int]] = {}
+    failed = []
+    for k, u in enumerate(utts):
+        ali = equal_alignment(graphs[u], feats[u].shape[0], seed=cfg.seed + k)
+        (alignments.__setitem__(u, ali) if ali else failed.append(u))
+    log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
+             len(alignments), len(failed), f": {' '.join(failed[:10])}" if failed else "")
+    write_alignments(exp_dir / "ali.0.ark", alignments)
+
+    model = SplicedMLP(next(iter(feats.values())).shape[1], trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
+    history = []
+    for it in range(1, cfg.iterations + 1):
+        targets = {u: tid_to_pdf[np.asarray(a)] for u, a in alignments.items()}
+        model.train()
+        ce, acc = _train(model, feats, targets, cfg, generator, cfg.lr * cfg.lr_decay ** (it - 1))
+        counts = np.bincount(np.concatenate(list(targets.values())), minlength=trans_model.num_pdfs) + 1.0
+        log_prior = np.log(counts / counts.sum())
+        model.eval()
+        with torch.no_grad():
+            loglikes = [model.log_posteriors(feats[u]).numpy() - log_prior for u in utts]
+        results = align([graphs[u] for u in utts], loglikes, tid_to_pdf, backend=cfg.backend)
+        new_alignments, failed = {}, []
+        for u, r in zip(utts, results):
+            (new_alignments.__setitem__(u, r[0]) if r else failed.append(u))
+        common = [u for u in new_alignments if u in alignments]
+        frames = max(sum(len(targets[u]) for u in common), 1)
+        changed_pdf = sum(int((tid_to_pdf[np.asarray(new_alignments[u])] != targets[u]).sum()) for u in common)
+        # Phone-level changes measure convergence: the ergodic silence HMM lets frames move
+        # between its states freely, so pdf-level changes never quite reach zero.
+        changed_phone = sum(int((tid_to_phone[np.asarray(new_alignments[u])] != tid_to_phone[np.asarray(alignments[u])]).sum())
+                            for u in common)
+        entry = {"iteration": it, "frame_ce": round(ce, 4), "frame_accuracy": round(acc, 4),
+                 "changed_pdf_frames": round(changed_pdf / frames, 5), "changed_phone_frames": round(changed_phone / frames, 5),
+                 "aligned": len(new_alignments), "failed": failed}
+        history.append(entry)
+        log.info("iteration %d: frame CE %.3f, accuracy %.1f%%, frames changing pdf %.2f%%, phone %.2f%%, "
+                 "%d aligned, %d failed%s", it, ce, 100 * acc, 100 * entry["changed_pdf_frames"],
+                 100 * entry["changed_phone_frames"], len(new_alignments), len(failed),
+                 f": {' '.join(failed[:10])}" if failed else "")
+        alignments = new_alignments
+        write_alignments(exp_dir / f"ali.{it}.ark", alignments)
+        with atomic_output(exp_dir / f"{it}.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+    write_alignments(exp_dir / "ali.ark", alignments)
+    with atomic_output(exp_dir / "final.pt") as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std}, tmp)
+    summary = {"iterations": history, "utterances": len(utts)}
+    write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
+    done.mark_done()
+    return summary

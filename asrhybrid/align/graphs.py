@@ -1,0 +1,115 @@
+"""Training graphs and forced alignment, through Kaldi's aligner or the FSA engine.
+
+Graphs are Kaldi's compile-train-graphs (kaldi-hmm-gmm's TrainingGraphCompiler,
+transition and self-loop scales 0, then transition probabilities added with
+transition scale 1.0 and self-loop scale 0.1, as Kaldi's align scripts do).
+Alignment takes frame log-likelihoods per pdf (for a hybrid model, log
+posteriors minus log priors); both back-ends give the same best path
+(tests/test_fsa_intersect.py). On CPU Kaldi's C++ aligner is the default
+(bench/align.py: the batched FSA Viterbi reaches about half its speed on one
+core); on CUDA the FSA engine aligns a whole batch at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraphCompiler:
+    lang_dir: Path
+    tree: object
+    trans_model: object
+
+    def __post_init__(self):
+        from asrhybrid.kaldi import kaldifst, khg
+        from asrhybrid.lm.train import read_symbol_table
+
+        self.words = read_symbol_table(self.lang_dir / "words.txt")
+        self.disambig = [int(x) for x in (self.lang_dir / "phones" / "disambig.int").read_text().split()]
+        self.oov = (self.lang_dir / "oov.txt").read_text().strip()
+        self._compiler = khg.TrainingGraphCompiler(
+            trans_model=self.trans_model, ctx_dep=self.tree,
+            lex_fst=kaldifst.StdVectorFst.read(str(self.lang_dir / "L.fst")), disambig_syms=self.disambig,
+            opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0),
+        )
+
+    def word_ids(self, text: str) -> list[int]:
+        """Transcript words as ids; words outside words.txt become the OOV word (as Kaldi's sym2int.pl --map-oov)."""
+        return [self.words.get(w, self.words[self.oov]) for w in text.split()]
+
+    def compile(self, text: str):
+        from asrhybrid.kaldi import khg
+
+        graph = self._compiler.compile_graph_from_text(self.word_ids(text))
+        khg.add_transition_probs(trans_model=self.trans_model, disambig_syms=self.disambig, transition_scale=1.0,
+                                 self_loop_scale=0.1, fst=graph)
+        return graph
+
+
+def tid_loglikes(pdf_loglikes: np.ndarray, tid_to_pdf: np.ndarray) -> np.ndarray:
+    """[T, num_pdfs] -> [T, num_tids] with column tid-1 (kaldi-hmm-gmm's DecodableCtc reads M[t, tid-1])."""
+    return np.ascontiguousarray(pdf_loglikes[:, tid_to_pdf[1:]], dtype=np.float32)
+
+
+def equal_alignment(graph, num_frames: int, seed: int) -> list[int] | None:
+    """Kaldi's align-equal-compiled: a random path of the graph with frames shared out equally."""
+    from asrhybrid.kaldi import kaldifst
+
+    ok, aligned = kaldifst.equal_align(graph, num_frames, seed)
+    if not ok:
+        return None
+    return [t for t in kaldifst.get_linear_symbol_sequence(aligned)[1] if t > 0]
+
+
+def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, beam: float = 10.0,
+                retry_beam: float = 40.0) -> list[tuple[list[int], float] | None]:
+    """Kaldi's aligner per utterance: (transition ids, score) or None when it fails."""
+    from asrhybrid.kaldi import khg
+
+    out = []
+    for graph, ll in zip(graphs, pdf_loglikes):
+        r = khg.align_utterance_wrapper(
+            config=khg.AlignConfig(beam=beam, retry_beam=retry_beam), utt="u", acoustic_scale=1.0, fst=graph,
+            decodable=khg.DecodableCtc(tid_loglikes(ll, tid_to_pdf)), num_done=0, num_error=0, num_retried=0,
+            tot_like=0.0, frame_count=0,
+        )
+        out.append((list(r[5]), float(r[3])) if r[0] == 1 else None)
+    return out
+
+
+def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray,
+              device: str = "cpu", batch: int = 256) -> list[tuple[list[int], float] | None]:
+    """The FSA engine's batched Viterbi: (transition ids, score) or None where no path fits the frames."""
+    from asrhybrid.fsa import DenseFsaVec, FsaVec, from_kaldi, shortest_path
+
+    label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column
+    out: list[tuple[list[int], float] | None] = []
+    for start in range(0, len(graphs), batch):
+        chunk = pdf_loglikes[start : start + batch]
+        frames = max(ll.shape[0] for ll in chunk)
+        log_probs = torch.full((len(chunk), frames, chunk[0].shape[1]), 0.0)
+        for i, ll in enumerate(chunk):
+            log_probs[i, : ll.shape[0]] = torch.from_numpy(np.asarray(ll, dtype=np.float32))
+        dense = DenseFsaVec(log_probs.to(device), torch.tensor([ll.shape[0] for ll in chunk]), label_to_column)
+        best = shortest_path(FsaVec.from_fsas([from_kaldi(g) for g in graphs[start : start + batch]], device), dense)
+        for score, labels in zip(best.scores.tolist(), best.labels):
+            out.append((labels, score) if labels else None)
+    return out
+
+
+def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None):
+    """Forced alignment with the default back-end: the FSA engine on CUDA, Kaldi's aligner on CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "auto":
+        backend = "fsa" if device != "cpu" else "kaldi"
+    if backend == "kaldi":
+        return align_kaldi(graphs, pdf_loglikes, tid_to_pdf)
+    return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device)
