@@ -192,6 +192,12 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
     flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, force=args.force)
 
 
+def cmd_align(args: argparse.Namespace) -> None:
+    from asrhybrid.align.outputs import align_corpus
+
+    align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend, force=args.force)
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -326,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
     _add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
+
+    p = sub.add_parser("align", help="alignments of a corpus: Kaldi ali.{ark,scp}, word/phone CTM, Praat TextGrids")
+    p.add_argument("cuts", type=Path, help="cuts with features and transcripts")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("model_dir", type=Path, help="tree, trans.pkl and final.pt (e.g. exp/mono_flat)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--backend", default="auto", choices=["auto", "kaldi", "fsa"])
+    _add_common(p)
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

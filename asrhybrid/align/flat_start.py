@@ -157,8 +157,22 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
             torch.save(model.state_dict(), tmp)
     write_alignments(exp_dir / "ali.ark", alignments)
     with atomic_output(exp_dir / "final.pt") as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std}, tmp)
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std,
+                    "log_prior": log_prior, "feat_dim": int(mean.shape[0]), "num_pdfs": int(trans_model.num_pdfs)}, tmp)
     summary = {"iterations": history, "utterances": len(utts)}
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
     done.mark_done()
     return summary
+
+
+def load_flat_start_model(exp_dir: Path | str):
+    """(SplicedMLP in eval mode, feature mean, feature std, log prior) from ``exp_dir/final.pt``."""
+    exp_dir = Path(exp_dir)
+    if not (exp_dir / "final.pt").is_file():
+        raise DataError([f"{exp_dir / 'final.pt'} not found: run the flat start (asrhybrid align-flat-start) first"])
+    ckpt = torch.load(exp_dir / "final.pt", weights_only=False)
+    cfg = FlatStartConfig(**ckpt["config"])
+    model = SplicedMLP(ckpt["feat_dim"], ckpt["num_pdfs"], cfg.context, cfg.hidden, cfg.layers)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt["feat_mean"], ckpt["feat_std"], ckpt["log_prior"]
