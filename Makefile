@@ -31,6 +31,7 @@ test-all:
 bench:
 	$(VENV)/bin/python bench/fbank.py
 	$(VENV)/bin/python bench/graph.py
+	$(VENV)/bin/python bench/align.py
 
 help:
 	@sed -n '1,6p' Makefile

@@ -198,6 +198,17 @@ def cmd_align(args: argparse.Namespace) -> None:
     align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend, force=args.force)
 
 
+def cmd_align_quality(args: argparse.Namespace) -> None:
+    import json
+
+    from asrhybrid.align.quality import boundary_errors
+    from asrhybrid.recipe.outputs import write_text_atomic
+
+    report = json.dumps(boundary_errors(args.cuts, args.align_dir), indent=1)
+    write_text_atomic(args.align_dir / "quality.json", report + "\n")
+    print(report)
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -341,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "kaldi", "fsa"])
     _add_common(p)
     p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("align-quality", help="word/phone boundary errors of an alignment against reference times")
+    p.add_argument("cuts", type=Path, help="cuts whose supervisions carry reference alignments (synth)")
+    p.add_argument("align_dir", type=Path, help="output of asrhybrid align")
+    p.set_defaults(func=cmd_align_quality, log_file=None, force=False)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from lhotse import load_manifest
 
 from asrhybrid.features.cmvn import read_cmvn
@@ -67,10 +68,20 @@ def test_missing_corpus_dir_is_a_clear_error(tmp_path):
     assert "does-not-exist" in result.stderr and "does not exist" in result.stderr
 
 
-def test_yesno_stages_2_4_lang_lm_and_flat_start(tmp_path, yesno_dir):
-    work = tmp_path / "yesno"
+@pytest.fixture(scope="module")
+def yesno_through_stage_4(tmp_path_factory):
+    """One run of stages 0-4 shared by the tests below (the flat start takes most of it)."""
+    from conftest import require_shared
+
+    yesno_dir = require_shared("corpora", "yesno", "waves_yesno")
+    work = tmp_path_factory.mktemp("yesno4") / "yesno"
     result = make(work, yesno_dir, stages=(0, 4))
     assert result.returncode == 0, result.stdout + result.stderr
+    return work, yesno_dir
+
+
+def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
+    work, yesno_dir = yesno_through_stage_4
     data = work / "data"
     assert (data / "lang" / "words.txt").read_text().split()[::2] == ["<eps>", "<SIL>", "NO", "YES", "#0", "<s>", "</s>"]
     assert (data / "lang_test_small" / "G.fst").is_file() and (data / "lang_test_small" / "L_disambig.fst").is_file()
@@ -105,3 +116,35 @@ def test_yesno_stages_2_4_lang_lm_and_flat_start(tmp_path, yesno_dir):
     assert graph.returncode == 0, graph.stderr
     assert graph.stdout.startswith("HCLG: ") and "states" in graph.stdout
     assert {"HCLG.fst", "words.txt", "phones.txt"} <= {p.name for p in (mono / "graph").iterdir()}
+
+
+def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through_stage_4):
+    """`asrhybrid align` on the test set with the flat-start model: outputs parse back and spell the transcripts."""
+    work, _ = yesno_through_stage_4
+    out = work / "exp" / "mono_flat" / "align_test"
+    cli = [sys.executable, "-m", "asrhybrid.cli", "align", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+           str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out)]
+    result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+    from asrhybrid.align.outputs import read_textgrid_tiers
+    from asrhybrid.align.plot import plot_word_boundaries, read_ctm
+
+    test = load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")
+    words = read_ctm(out / "word.ctm")
+    phones = read_ctm(out / "phone.ctm")
+    assert sorted(words) == sorted(test.ids)
+    import kaldi_native_io as kio
+
+    with kio.RandomAccessInt32VectorReader(f"scp:{out / 'ali.scp'}") as table:
+        for cut in test:
+            assert [w for _, _, w in words[cut.id]] == cut.supervisions[0].text.split()
+            spans = [(s, e) for s, e, _ in words[cut.id]]
+            assert all(e > s for s, e in spans) and all(a[1] <= b[0] + 1e-6 for a, b in zip(spans, spans[1:]))
+            assert abs(phones[cut.id][-1][1] - cut.num_frames * 0.01) < 1e-6  # phones tile the utterance
+            assert len(table[cut.id]) == cut.num_frames
+            tiers = read_textgrid_tiers(out / "textgrid" / f"{cut.id}.TextGrid")
+            assert [t for _, _, t in tiers["words"] if t] == cut.supervisions[0].text.split()
+            assert tiers["phones"][-1][1] == pytest.approx(cut.num_frames * 0.01, abs=1e-3)
+    png = plot_word_boundaries(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz", out / "word.ctm", tmp_path / "w.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -105,11 +105,15 @@ def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarr
     return out
 
 
-def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None):
-    """Forced alignment with the default back-end: the FSA engine on CUDA, Kaldi's aligner on CPU."""
+def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None,
+          beam: float = 10.0, retry_beam: float = 40.0):
+    """Forced alignment with the default back-end: the FSA engine on CUDA, Kaldi's aligner on CPU.
+
+    The beams are Kaldi's (the FSA engine searches exhaustively and needs none).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend == "auto":
         backend = "fsa" if device != "cpu" else "kaldi"
     if backend == "kaldi":
-        return align_kaldi(graphs, pdf_loglikes, tid_to_pdf)
+        return align_kaldi(graphs, pdf_loglikes, tid_to_pdf, beam, retry_beam)
     return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device)

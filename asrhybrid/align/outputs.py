@@ -165,7 +165,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
             graphs.append(compiler.compile(cut.supervisions[0].text))
             feats = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
             loglikes.append(model.log_posteriors(feats).numpy() - log_prior)
-    results = align(graphs, loglikes, tid_to_pdf, backend=backend)
+    results = align(graphs, loglikes, tid_to_pdf, backend=backend, beam=20.0, retry_beam=200.0)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "textgrid").mkdir(exist_ok=True)
