@@ -119,62 +119,33 @@ def test_epsilon_cycles_are_refused():
 
 @pytest.fixture(scope="module")
 def yesno_training_graphs(tmp_path_factory):
-    """100 real training graphs (Kaldi's compile-train-graphs + transition probs) with random frame scores."""
+    """100 real training graphs (Kaldi's compile-train-graphs + transition probs) with random scores per pdf."""
+    from asrhybrid.align.graphs import GraphCompiler
     from asrhybrid.graph.mkgraph import init_mono_model
-    from asrhybrid.kaldi import kaldifst, khg
     from asrhybrid.lang.prepare_lang import prepare_lang
-    from asrhybrid.lm.train import read_symbol_table
 
     tutorial = require_shared("testdata", "kaldi_formats", "yesno_tutorial")
     work = tmp_path_factory.mktemp("graphs")
     lang = prepare_lang(tutorial / "dict", work / "lang", "<SIL>", position_dependent_phones=False)
     tree, trans_model = init_mono_model(lang, work / "mono")
-    words = read_symbol_table(lang / "words.txt")
-    disambig = [int(x) for x in (lang / "phones" / "disambig.int").read_text().split()]
-    compiler = khg.TrainingGraphCompiler(
-        trans_model=trans_model, ctx_dep=tree, lex_fst=kaldifst.StdVectorFst.read(str(lang / "L.fst")),
-        disambig_syms=disambig, opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0),
-    )
+    compiler = GraphCompiler(lang, tree, trans_model)
     rng = np.random.default_rng(0)
-    graphs, scores = [], []
-    for _ in range(100):
-        graph = compiler.compile_graph_from_text([words[w] for w in rng.choice(["YES", "NO"], 8)])
-        # As Kaldi's align-equal-compiled / gmm-align-compiled: transition probs, self-loop scale 0.1.
-        khg.add_transition_probs(trans_model=trans_model, disambig_syms=disambig, transition_scale=1.0,
-                                 self_loop_scale=0.1, fst=graph)
-        graphs.append(graph)
-        scores.append((3 * rng.standard_normal((int(rng.integers(120, 300)), trans_model.num_transition_ids))).astype(np.float32))
-    return trans_model, graphs, scores
-
-
-def kaldi_align(trans_model, graph, scores):
-    from asrhybrid.kaldi import khg
-
-    result = khg.align_utterance_wrapper(
-        config=khg.AlignConfig(beam=200.0, retry_beam=0.0), utt="u", acoustic_scale=1.0, fst=graph,
-        decodable=khg.DecodableCtc(scores), num_done=0, num_error=0, num_retried=0, tot_like=0.0, frame_count=0,
-    )
-    assert result[0] == 1, "Kaldi failed to align"
-    return result[3], list(result[5])
-
-
-def dense_from(trans_model, scores, device="cpu") -> DenseFsaVec:
-    frames = max(s.shape[0] for s in scores)
-    log_probs = torch.zeros(len(scores), frames, trans_model.num_transition_ids)
-    for i, s in enumerate(scores):
-        log_probs[i, : s.shape[0]] = torch.from_numpy(s)
-    label_to_column = torch.clamp(torch.arange(-1, trans_model.num_transition_ids), min=0)  # tid -> tid - 1
-    return DenseFsaVec(log_probs.to(device), torch.tensor([s.shape[0] for s in scores]), label_to_column)
+    graphs = [compiler.compile(" ".join(rng.choice(["YES", "NO"], 8))) for _ in range(100)]
+    scores = [(3 * rng.standard_normal((int(rng.integers(120, 300)), trans_model.num_pdfs))).astype(np.float32)
+              for _ in graphs]
+    return np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64), graphs, scores
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_viterbi_equals_kaldis_aligner_on_real_training_graphs(yesno_training_graphs, device):
-    trans_model, graphs, scores = yesno_training_graphs
+    from asrhybrid.align.graphs import align_fsa, align_kaldi
+
+    tid_to_pdf, graphs, scores = yesno_training_graphs
     assert sum(int((from_kaldi(g).label == 0).sum()) for g in graphs[:5]) > 0, "the graphs have epsilons"
-    best = shortest_path(FsaVec.from_fsas([from_kaldi(g) for g in graphs], device), dense_from(trans_model, scores, device))
-    identical = 0
-    for i, (graph, s) in enumerate(zip(graphs, scores)):
-        kaldi_score, kaldi_alignment = kaldi_align(trans_model, graph, s)
-        assert best.scores[i].item() == pytest.approx(kaldi_score, rel=1e-4)
-        identical += best.labels[i] == kaldi_alignment
+    kaldi = align_kaldi(graphs, scores, tid_to_pdf, beam=200.0, retry_beam=0.0)
+    ours = align_fsa(graphs, scores, tid_to_pdf, device)
+    assert all(k is not None for k in kaldi) and all(o is not None for o in ours)
+    for (our_tids, our_score), (kaldi_tids, kaldi_score) in zip(ours, kaldi):
+        assert our_score == pytest.approx(kaldi_score, rel=1e-4)
+    identical = sum(o[0] == k[0] for o, k in zip(ours, kaldi))
     assert identical >= 98  # "identical except on exact ties"; random float scores make ties rare

@@ -14,18 +14,11 @@ from conftest import require_shared
 
 def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=30, seed=0):
     """A [T, num_tids] matrix that is 0 on one transition-id path of ``sentence``'s training graph, -20 elsewhere."""
-    from asrhybrid.kaldi import kaldifst, khg
+    from asrhybrid.align.graphs import GraphCompiler, equal_alignment
 
-    L = kaldifst.StdVectorFst.read(str(lang_dir / "L.fst"))
-    disambig = [int(x) for x in (lang_dir / "phones" / "disambig.int").read_text().split()]
-    compiler = khg.TrainingGraphCompiler(
-        trans_model=trans_model, ctx_dep=tree, lex_fst=L, disambig_syms=disambig,
-        opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0),
-    )
-    graph = compiler.compile_graph_from_text([words[w] for w in sentence.split()])
-    ok, aligned = kaldifst.equal_align(graph, frames_per_word * len(sentence.split()), seed)
-    assert ok
-    tids = [t for t in kaldifst.get_linear_symbol_sequence(aligned)[1] if t > 0]
+    graph = GraphCompiler(lang_dir, tree, trans_model).compile(sentence)
+    tids = equal_alignment(graph, frames_per_word * len(sentence.split()), seed)
+    assert tids is not None
     loglikes = np.full((len(tids), trans_model.num_transition_ids), -20.0, dtype=np.float32)
     loglikes[np.arange(len(tids)), np.array(tids) - 1] = 0.0
     return loglikes
