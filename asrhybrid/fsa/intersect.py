@@ -109,12 +109,28 @@ class _Stepper:
         self.p = plan(fsas, dense.label_to_column)
         self.lengths = dense.lengths.to(fsas.device)
         self.emit_fsa = fsas.arc_fsa[self.p.emit]
+        self.state_length = self.lengths[self.p.state_fsa]
+        # Arcs sorted by their utterance's length (longest first): the arcs still running at a
+        # frame are then a prefix, a slice instead of a mask per frame.
+        self.emit_sorted = self._by_length(self.p.emit, self.p.emit_column)
+        self.eps_sorted = [self._by_length(level, None) for level in self.p.eps_levels]
+
+    def _by_length(self, arcs: torch.Tensor, columns: torch.Tensor | None):
+        arc_length = self.lengths[self.fsas.arc_fsa[arcs]]
+        order = torch.argsort(arc_length, descending=True, stable=True)
+        sorted_length = arc_length[order].cpu()
+        frames = int(self.lengths.max()) + 1
+        # limits[t] = number of arcs whose utterance has more than t frames
+        limits = torch.searchsorted(-sorted_length, -torch.arange(frames), right=False).tolist()
+        at_least = torch.searchsorted(-sorted_length, -torch.arange(frames), right=True).tolist()
+        picked = (arcs[order], columns[order] if columns is not None else None)
+        return picked, (limits, at_least)
 
     def closure(self, alpha: torch.Tensor, step: int, bp: torch.Tensor | None) -> torch.Tensor:
         """Follow epsilon arcs at ``step`` (frames consumed so far) for FSAs still running."""
         f = self.fsas
-        for level in self.p.eps_levels:
-            level = level[self.lengths[f.arc_fsa[level]] >= step]
+        for (level, _), (_, at_least) in self.eps_sorted:
+            level = level[: at_least[step]]  # utterances with at least `step` frames
             if level.numel() == 0:
                 continue
             cand = alpha[f.src[level]] + f.score[level]
@@ -129,17 +145,17 @@ class _Stepper:
 
     def emit(self, alpha: torch.Tensor, t: int, bp: torch.Tensor | None) -> torch.Tensor:
         """Consume frame ``t``; FSAs with fewer frames keep their states as they are."""
-        f, p = self.fsas, self.p
-        running = self.lengths[self.emit_fsa] > t
-        arcs = p.emit[running]
-        cand = alpha[f.src[arcs]] + f.score[arcs] + self.dense.log_probs[f.arc_fsa[arcs], t, p.emit_column[running]]
+        f = self.fsas
+        (arcs, columns), (limits, _) = self.emit_sorted
+        n = limits[t]  # arcs of utterances with more than t frames
+        arcs, columns = arcs[:n], columns[:n]
+        cand = alpha[f.src[arcs]] + f.score[arcs] + self.dense.log_probs[f.arc_fsa[arcs], t, columns]
         if self.semiring == "max":
             new, arg = _scatter_max(cand, f.dst[arcs], arcs, f.num_states)
             bp.copy_(arg)
         else:
             new = _scatter_lse(cand, f.dst[arcs], f.num_states)
-        frozen = self.lengths[p.state_fsa] <= t
-        return torch.where(frozen, alpha, new)
+        return torch.where(self.state_length <= t, alpha, new)
 
     def initial(self) -> torch.Tensor:
         alpha = torch.full((self.fsas.num_states,), NEG_INF, dtype=self.dense.log_probs.dtype, device=self.fsas.device)
