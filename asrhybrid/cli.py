@@ -209,6 +209,14 @@ def cmd_align_quality(args: argparse.Namespace) -> None:
     print(report)
 
 
+def cmd_build_tree(args: argparse.Namespace) -> None:
+    from asrhybrid.tree.build import build_senone_tree
+
+    summary = build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
+                                num_leaves=args.num_leaves, min_count=args.min_count, force=args.force)
+    log.info("tree: %s", summary)
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -357,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cuts", type=Path, help="cuts whose supervisions carry reference alignments (synth)")
     p.add_argument("align_dir", type=Path, help="output of asrhybrid align")
     p.set_defaults(func=cmd_align_quality, log_file=None, force=False)
+
+    p = sub.add_parser("build-tree", help="stage 5: senone decision tree from CI alignments (GMM-free)")
+    p.add_argument("cuts", type=Path, help="training cuts with features")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("ci_dir", type=Path, help="the flat-start dir (tree, trans.pkl, ali.ark)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
+    p.add_argument("--num-leaves", type=int, default=500)
+    p.add_argument("--min-count", type=float, default=100.0, help="frames each side of a split must keep")
+    _add_common(p)
+    p.set_defaults(func=cmd_build_tree)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

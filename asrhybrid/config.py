@@ -24,6 +24,7 @@ A recipe config names the corpus and gives each stage's options::
       large: {order: 4}      # rescoring (also a KenLM binary)
     tokens: {model_type: bpe, vocab_size: 200}
     align: {iterations: 8}   # FlatStartConfig fields (GMM-free flat start)
+    tree: {num_leaves: 500, min_count: 100}   # senone tree (stage 5)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class RecipeConfig:
     lm: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, Any] = field(default_factory=dict)
     align: dict[str, Any] = field(default_factory=dict)
+    tree: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preparer(self) -> str:
@@ -65,7 +67,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "description"}
+    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     for key in ("corpus", "sample_rate", "data"):
@@ -82,6 +84,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         lm=dict(raw.get("lm") or {}),
         tokens=dict(raw.get("tokens") or {}),
         align=dict(raw.get("align") or {}),
+        tree=dict(raw.get("tree") or {}),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,12 +71,12 @@ def test_missing_corpus_dir_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def yesno_through_stage_4(tmp_path_factory):
-    """One run of stages 0-4 shared by the tests below (the flat start takes most of it)."""
+    """One run of stages 0-5 shared by the tests below (the flat start takes most of it)."""
     from conftest import require_shared
 
     yesno_dir = require_shared("corpora", "yesno", "waves_yesno")
     work = tmp_path_factory.mktemp("yesno4") / "yesno"
-    result = make(work, yesno_dir, stages=(0, 4))
+    result = make(work, yesno_dir, stages=(0, 5))
     assert result.returncode == 0, result.stdout + result.stderr
     return work, yesno_dir
 
@@ -86,7 +87,6 @@ def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
     assert (data / "lang" / "words.txt").read_text().split()[::2] == ["<eps>", "<SIL>", "NO", "YES", "#0", "<s>", "</s>"]
     assert (data / "lang_test_small" / "G.fst").is_file() and (data / "lang_test_small" / "L_disambig.fst").is_file()
     assert (data / "lm" / "large.bin").is_file()
-    import json
 
     summary = json.loads((data / "lm" / "small.json").read_text())
     assert 1.0 < summary["dev_perplexity"] < 3.0  # two words, about equally likely, and </s>
@@ -148,3 +148,29 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
             assert tiers["phones"][-1][1] == pytest.approx(cut.num_frames * 0.01, abs=1e-3)
     png = plot_word_boundaries(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz", out / "word.ctm", tmp_path / "w.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_yesno_senone_tree_gives_a_working_triphone_graph(yesno_through_stage_4):
+    """Stage 5's tree loads as Kaldi's ContextDependency; HCLG built on it decodes planted utterances."""
+    from asrhybrid.align.flat_start import read_alignments
+    from asrhybrid.graph.mkgraph import load_hclg, load_model, mkgraph
+    from asrhybrid.lm.train import read_symbol_table
+    from test_graph_hclg import decode_words, planted_loglikes
+
+    work, _ = yesno_through_stage_4
+    tree_dir = work / "exp" / "tree"
+    summary = json.loads((tree_dir / "tree.json").read_text())
+    tree, trans_model = load_model(tree_dir)
+    assert (tree.context_width, tree.central_position) == (3, 1)
+    assert 11 < tree.num_pdfs == summary["num_pdfs"] <= 30  # more than the 11 monophone states
+    train = load_manifest(work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz")
+    pdf_ali = read_alignments(tree_dir / "ali_pdf.ark")
+    assert all(len(pdf_ali[c.id]) == c.num_frames and max(pdf_ali[c.id]) < tree.num_pdfs for c in train)
+
+    lang = work / "data" / "lang_test_small"
+    stats = mkgraph(lang, tree_dir, tree_dir / "graph")
+    assert stats["states"] > 0
+    hclg, words = load_hclg(tree_dir / "graph"), read_symbol_table(lang / "words.txt")
+    for k, sentence in enumerate(["YES NO NO YES", "NO YES YES YES NO NO NO YES"]):
+        loglikes = planted_loglikes(lang, tree, trans_model, words, sentence, seed=k)
+        assert decode_words(hclg, loglikes, words) == sentence

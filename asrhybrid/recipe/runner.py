@@ -10,6 +10,7 @@ through the verbs' completion markers; ``force`` redoes it.
     2  lang      dict dir (lexicon) and Kaldi lang dir (phones, words, topo, L.fst)
     3  lm        small and large n-gram LMs (KenLM), G.fst (lang_test), BPE tokens
     4  align     GMM-free flat start: equal alignment, CI network, realignment (exp/mono_flat)
+    5  tree      senone decision tree from the CI alignments, pdf alignments (exp/tree)
 """
 
 from __future__ import annotations
@@ -131,12 +132,21 @@ def stage_align(run: RecipeRun) -> None:
     run.run_verb("mono_flat", "align-flat-start", args)
 
 
+def stage_tree(run: RecipeRun) -> None:
+    corpus, fbank, tree = run.config.corpus, run.fbank_dir, {"num_leaves": 500, "min_count": 100, **run.config.tree}
+    args = [str(fbank / f"{corpus}_cuts_train.jsonl.gz"), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
+            str(run.workdir / "exp" / "tree"), "--cmvn", str(fbank / f"{corpus}_cmvn_global_train.ark"),
+            "--num-leaves", str(tree["num_leaves"]), "--min-count", str(tree["min_count"])]
+    run.run_verb("tree", "build-tree", args)
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
     (2, "lang", stage_lang),
     (3, "lm", stage_lm),
     (4, "align", stage_align),
+    (5, "tree", stage_tree),
 ]
 
 

@@ -1,0 +1,384 @@
+"""Stage 5: senones without GMMs (after Senior, Heigold, Bacchiani, Liao 2014).
+
+From context-independent alignments, Gaussian statistics of the input features
+(count, sum, sum of squares; diagonal) are accumulated per event
+(left phone, phone, right phone, HMM state), as Kaldi's acc-tree-stats does.
+Each (phone, HMM state) starts as one leaf; leaves are split greedily on the
+question about the left or right phone that gains the most likelihood, until
+the target number of leaves or until no split keeps ``min_count`` frames on
+both sides. Questions are phonetic classes of ARPAbet (plus one question per
+phone and per word position); phones outside ARPAbet get one question each.
+Silence phones are not split on context (Kaldi's context-independent phones).
+
+The tree is written in Kaldi's binary ContextDependency format (event-map
+nodes TE / SE / CE / NULL) and loaded through kaldi-hmm-gmm's pickle hook,
+which runs Kaldi's own ContextDependency::Read: so H, HCLG, training graphs
+and decoding all use it unchanged.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LEFT, CENTER, RIGHT, PDF_CLASS = 0, 1, 2, -1  # Kaldi's event keys for a triphone tree (N=3, P=1)
+
+ARPABET_CLASSES: dict[str, list[str]] = {
+    "vowel": "AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split(),
+    "front_vowel": "IY IH EH AE EY".split(),
+    "back_vowel": "UW UH AO AA OW".split(),
+    "central_vowel": "AH ER".split(),
+    "diphthong": "AW AY OY EY OW".split(),
+    "consonant": "B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".split(),
+    "stop": "B D G K P T".split(),
+    "voiced_stop": "B D G".split(),
+    "fricative": "DH F HH S SH TH V Z ZH".split(),
+    "sibilant": "S SH Z ZH CH JH".split(),
+    "affricate": "CH JH".split(),
+    "nasal": "M N NG".split(),
+    "liquid": "L R".split(),
+    "glide": "W Y".split(),
+    "voiced_consonant": "B D G DH V Z ZH JH M N NG L R W Y".split(),
+    "labial": "B P M F V W".split(),
+    "alveolar": "D T N S Z L R".split(),
+    "velar": "G K NG".split(),
+    "dental": "DH TH".split(),
+    "postalveolar": "SH ZH CH JH".split(),
+}
+
+
+def base_of(phone: str) -> str:
+    """AH1_B -> AH (position suffix and stress stripped)."""
+    if phone[-2:] in ("_B", "_E", "_I", "_S"):
+        phone = phone[:-2]
+    return phone.rstrip("012")
+
+
+def context_questions(phone_ids: dict[str, int], silence: set[str]) -> list[frozenset[int]]:
+    """Phone-id sets to ask about a context phone: classes, single phones, word positions, silence."""
+    ids_by_base: dict[str, set[int]] = {}
+    for name, i in phone_ids.items():
+        if name.startswith("#") or name == "<eps>":
+            continue
+        ids_by_base.setdefault(base_of(name), set()).add(i)
+    questions = {frozenset(ids) for ids in ids_by_base.values()}
+    for members in ARPABET_CLASSES.values():
+        ids = set().union(*(ids_by_base.get(m, set()) for m in members))
+        if ids:
+            questions.add(frozenset(ids))
+    for suffix in ("_B", "_E", "_I", "_S"):
+        ids = {i for name, i in phone_ids.items() if name.endswith(suffix)}
+        if ids:
+            questions.add(frozenset(ids))
+    sil = {i for name, i in phone_ids.items() if base_of(name) in silence}
+    questions.add(frozenset(sil | {0}))  # silence or the utterance edge
+    questions.add(frozenset({0}))
+    return sorted(questions, key=lambda q: (len(q), sorted(q)))
+
+
+# --- statistics -----------------------------------------------------------------
+
+def gaussian_loglike(stats: np.ndarray, var_floor: float) -> float:
+    """Log-likelihood of the frames summarised by [count, sum(D), sumsq(D)] under their own diagonal Gaussian."""
+    count = stats[0]
+    if count <= 0:
+        return 0.0
+    d = (len(stats) - 1) // 2
+    mean = stats[1 : 1 + d] / count
+    var = np.maximum(stats[1 + d :] / count - mean**2, var_floor)
+    return float(-0.5 * count * (d * math.log(2 * math.pi) + np.log(var).sum() + d))
+
+
+def accumulate_tree_stats(alignments: dict[str, list[int]], feats: dict[str, np.ndarray], tid_phone: np.ndarray,
+                          tid_pdf_class: np.ndarray, tid_starts_phone: np.ndarray) -> dict:
+    """{(left, phone, right, pdf_class): [count, sum, sumsq]} from transition-id alignments.
+
+    The ``tid_*`` arrays map a transition id to its phone, its HMM state's pdf
+    class and whether a new phone instance starts with it. The left/right
+    context of an instance is its neighbour's phone (0 at the utterance edges, as in Kaldi).
+    """
+    stats: dict[tuple[int, int, int, int], np.ndarray] = {}
+    for utt, tids in alignments.items():
+        x = np.asarray(feats[utt], dtype=np.float64)
+        tids = np.asarray(tids)
+        starts = np.flatnonzero(tid_starts_phone[tids])
+        if len(starts) == 0 or starts[0] != 0:
+            starts = np.concatenate([[0], starts])
+        ends = np.concatenate([starts[1:], [len(tids)]])
+        phones = tid_phone[tids[starts]]
+        for k, (begin, end) in enumerate(zip(starts, ends)):
+            left = int(phones[k - 1]) if k > 0 else 0
+            right = int(phones[k + 1]) if k + 1 < len(phones) else 0
+            classes = tid_pdf_class[tids[begin:end]]
+            for c in np.unique(classes):
+                frames = x[begin:end][classes == c]
+                key = (left, int(phones[k]), right, int(c))
+                acc = stats.get(key)
+                if acc is None:
+                    acc = stats[key] = np.zeros(1 + 2 * x.shape[1])
+                acc[0] += len(frames)
+                acc[1 : 1 + x.shape[1]] += frames.sum(0)
+                acc[1 + x.shape[1] :] += (frames**2).sum(0)
+    return stats
+
+
+# --- the tree -------------------------------------------------------------------
+
+@dataclass
+class Leaf:
+    events: list[tuple[int, int, np.ndarray]]  # (left, right, stats)
+    pdf: int = -1
+
+    def total(self) -> np.ndarray:
+        return np.sum([s for _, _, s in self.events], axis=0)
+
+
+@dataclass
+class Split:
+    key: int
+    yes_set: frozenset[int]
+    yes: "Node"
+    no: "Node"
+
+
+Node = Union[Leaf, Split]
+
+
+@dataclass
+class SenoneTree:
+    """Per (phone, pdf class) a subtree of context questions; leaves numbered as pdfs."""
+
+    roots: dict[tuple[int, int], Node] = field(default_factory=dict)
+    num_pdf_classes: dict[int, int] = field(default_factory=dict)  # phone -> number of pdf classes
+
+    def leaves(self) -> list[Leaf]:
+        out: list[Leaf] = []
+
+        def walk(n: Node):
+            if isinstance(n, Leaf):
+                out.append(n)
+            else:
+                walk(n.yes)
+                walk(n.no)
+
+        for key in sorted(self.roots):
+            walk(self.roots[key])
+        return out
+
+    def number_pdfs(self) -> int:
+        leaves = self.leaves()
+        for i, leaf in enumerate(leaves):
+            leaf.pdf = i
+        return len(leaves)
+
+    def pdf(self, left: int, phone: int, right: int, pdf_class: int) -> int:
+        node = self.roots[(phone, pdf_class)]
+        while isinstance(node, Split):
+            node = node.yes if (left if node.key == LEFT else right) in node.yes_set else node.no
+        return node.pdf
+
+
+def _best_split(leaf: Leaf, questions: list[frozenset[int]], min_count: float, var_floor: float):
+    total = leaf.total()
+    parent = gaussian_loglike(total, var_floor)
+    best = (0.0, None, None)
+    for key, pos in ((LEFT, 0), (RIGHT, 1)):
+        by_value: dict[int, np.ndarray] = {}
+        for ev in leaf.events:
+            v = ev[pos]
+            by_value[v] = by_value.get(v, 0) + ev[2]
+        if len(by_value) < 2:
+            continue
+        for q in questions:
+            yes = [s for v, s in by_value.items() if v in q]
+            if not yes or len(yes) == len(by_value):
+                continue
+            y = np.sum(yes, axis=0)
+            n = total - y
+            if y[0] < min_count or n[0] < min_count:
+                continue
+            gain = gaussian_loglike(y, var_floor) + gaussian_loglike(n, var_floor) - parent
+            if gain > best[0]:
+                best = (gain, key, q)
+    return best
+
+
+def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[frozenset[int]],
+               context_independent: set[int], num_leaves: int, min_count: float = 100.0,
+               var_floor: float = 1e-3) -> SenoneTree:
+    """Greedy likelihood-gain splitting from one leaf per (phone, pdf class) to ``num_leaves``."""
+    tree = SenoneTree(num_pdf_classes=dict(num_pdf_classes))
+    events: dict[tuple[int, int], list] = {}
+    for (left, phone, right, pdf_class), s in stats.items():
+        events.setdefault((phone, pdf_class), []).append((left, right, s))
+    for phone, n in num_pdf_classes.items():
+        for c in range(n):
+            tree.roots[(phone, c)] = Leaf(events.get((phone, c), []))
+
+    heap: list = []
+    counter = 0
+
+    def consider(leaf: Leaf, phone: int, attach):
+        """Queue the leaf's best split; ``attach(node)`` puts a node where the leaf is."""
+        nonlocal counter
+        if phone in context_independent or not leaf.events:
+            return
+        gain, key, q = _best_split(leaf, questions, min_count, var_floor)
+        if key is not None:
+            heapq.heappush(heap, (-gain, counter, phone, leaf, key, q, attach))
+            counter += 1
+
+    for k, leaf in tree.roots.items():
+        consider(leaf, k[0], lambda node, k=k: tree.roots.__setitem__(k, node))
+    leaves = len(tree.roots)
+    total_gain = 0.0
+    while heap and leaves < num_leaves:
+        neg_gain, _, phone, leaf, key, q, attach = heapq.heappop(heap)
+        pos = 0 if key == LEFT else 1
+        split = Split(key, q, Leaf([e for e in leaf.events if e[pos] in q]), Leaf([e for e in leaf.events if e[pos] not in q]))
+        attach(split)
+        leaves += 1
+        total_gain -= neg_gain
+        consider(split.yes, phone, lambda node, s=split: setattr(s, "yes", node))
+        consider(split.no, phone, lambda node, s=split: setattr(s, "no", node))
+    tree.number_pdfs()
+    log.info("tree: %d leaves from %d (phone, state) roots, likelihood gain %.1f over %d frames (%.3f per frame)",
+             leaves, len(tree.roots), total_gain, int(sum(s[0] for s in stats.values())),
+             total_gain / max(1.0, sum(s[0] for s in stats.values())))
+    return tree
+
+
+# --- Kaldi's binary format --------------------------------------------------------
+
+def _token(s: str) -> bytes:
+    return s.encode() + b" "
+
+
+def _int32(v: int) -> bytes:
+    return b"\x04" + struct.pack("<i", v)
+
+
+def _uint32(v: int) -> bytes:
+    return b"\xfc" + struct.pack("<I", v)  # Kaldi writes -sizeof for unsigned types
+
+
+def _int_vector(values: list[int]) -> bytes:
+    return b"\x04" + struct.pack("<i", len(values)) + struct.pack(f"<{len(values)}i", *values)
+
+
+def _node_bytes(node: Node) -> bytes:
+    if isinstance(node, Leaf):
+        return _token("CE") + _int32(node.pdf)
+    return (_token("SE") + _int32(node.key) + _int_vector(sorted(node.yes_set)) + _token("{")
+            + _node_bytes(node.yes) + _node_bytes(node.no) + _token("}"))
+
+
+def kaldi_tree_bytes(tree: SenoneTree, context_width: int = 3, central_position: int = 1) -> bytes:
+    """Kaldi's binary ContextDependency (without the \\0B binary header): TE on the phone, TE on the pdf class."""
+    max_phone = max(tree.num_pdf_classes)
+    table = []
+    for phone in range(max_phone + 1):
+        if phone not in tree.num_pdf_classes:
+            table.append(_token("NULL"))
+            continue
+        n = tree.num_pdf_classes[phone]
+        inner = b"".join(_node_bytes(tree.roots[(phone, c)]) for c in range(n))
+        table.append(_token("TE") + _int32(PDF_CLASS) + _uint32(n) + _token("(") + inner + _token(")"))
+    event_map = _token("TE") + _int32(central_position) + _uint32(max_phone + 1) + _token("(") + b"".join(table) + _token(")")
+    return (_token("ContextDependency") + _int32(context_width) + _int32(central_position) + _token("ToPdf")
+            + event_map + _token("EndContextDependency"))
+
+
+def load_context_dependency(data: bytes):
+    """A kaldi-hmm-gmm ContextDependency from Kaldi's binary tree bytes (through its pickle hook)."""
+    from asrhybrid.kaldi import khg
+
+    tree = khg.ContextDependency.__new__(khg.ContextDependency)
+    tree.__setstate__(([b if b < 128 else b - 256 for b in data],))
+    return tree
+
+
+# --- stage 5 -----------------------------------------------------------------------
+
+def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves: int = 500, min_count: float = 100.0,
+                      force: bool = False) -> dict:
+    """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo and ali_pdf.ark into ``out_dir``."""
+    import json
+    from pathlib import Path
+
+    from lhotse import load_manifest
+
+    from asrhybrid.align.flat_start import read_alignments, write_alignments
+    from asrhybrid.features.cmvn import read_cmvn
+    from asrhybrid.graph.mkgraph import load_model, save_model
+    from asrhybrid.kaldi import khg
+    from asrhybrid.lm.train import read_symbol_table
+    from asrhybrid.recipe.outputs import Completion, write_text_atomic
+
+    cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
+    done = Completion(out_dir, "build-tree", {"ali": (ci_dir / "ali.ark").stat().st_mtime_ns, "num_leaves": num_leaves,
+                                              "min_count": min_count, "lang": str(lang_dir.resolve())})
+    if done.is_done(force):
+        log.info("%s: tree already built", out_dir)
+        return json.loads((out_dir / "tree.json").read_text())
+    ci_tree, ci_tm = load_model(ci_dir)
+    topo_text = (lang_dir / "topo").read_text()
+    topo = khg.HmmTopology()
+    topo.read(topo_text)
+    num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
+
+    num_tids = ci_tm.num_transition_ids
+    pdf_pairs = ci_tree.get_pdf_info(list(topo.phones), [0] + [num_classes.get(p, 0) for p in range(1, max(topo.phones) + 1)])
+    tid_phone = np.zeros(num_tids + 1, dtype=np.int64)
+    tid_class = np.zeros(num_tids + 1, dtype=np.int64)
+    tid_start = np.zeros(num_tids + 1, dtype=bool)
+    for t in range(1, num_tids + 1):
+        tid_phone[t] = ci_tm.transition_id_to_phone(t)
+        tid_class[t] = pdf_pairs[ci_tm.transition_id_to_pdf(t)][0][1]
+        tid_start[t] = ci_tm.transition_ids_is_start_of_phone(t) and not ci_tm.is_self_loop(t)
+
+    stats_cmvn = read_cmvn(Path(cmvn_ark))["global"]
+    mean = stats_cmvn[0, :-1] / stats_cmvn[0, -1]
+    std = np.sqrt(np.maximum(stats_cmvn[1, :-1] / stats_cmvn[0, -1] - mean**2, 1e-8))
+    alignments = read_alignments(ci_dir / "ali.ark")
+    cuts = [c for c in load_manifest(cuts_path) if c.id in alignments]
+    feats = {c.id: (c.load_features() - mean) / std for c in cuts}
+    alignments = {c.id: alignments[c.id] for c in cuts}
+    stats = accumulate_tree_stats(alignments, feats, tid_phone, tid_class, tid_start)
+
+    phone_ids = read_symbol_table(lang_dir / "phones.txt")
+    silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
+    ci_phones = {int(x) for x in (lang_dir / "phones" / "context_indep.int").read_text().split()}
+    tree = build_tree(stats, num_classes, context_questions(phone_ids, silence), ci_phones, num_leaves, min_count)
+    ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
+    trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
+    save_model(out_dir, topo_text, ctx_dep, trans_model)
+
+    pdf_alignments = {}
+    for utt, tids in alignments.items():
+        tids = np.asarray(tids)
+        starts = np.flatnonzero(tid_start[tids])
+        if len(starts) == 0 or starts[0] != 0:
+            starts = np.concatenate([[0], starts])
+        ends = np.concatenate([starts[1:], [len(tids)]])
+        phones = tid_phone[tids[starts]]
+        pdfs = []
+        for k, (b, e) in enumerate(zip(starts, ends)):
+            left = int(phones[k - 1]) if k > 0 else 0
+            right = int(phones[k + 1]) if k + 1 < len(phones) else 0
+            pdfs += [tree.pdf(left, int(phones[k]), right, int(c)) for c in tid_class[tids[b:e]]]
+        pdf_alignments[utt] = pdfs
+    write_alignments(out_dir / "ali_pdf.ark", pdf_alignments)
+    summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
+               "frames": int(sum(s[0] for s in stats.values())), "utterances": len(alignments)}
+    write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
+    done.mark_done()
+    return summary

@@ -1,0 +1,100 @@
+"""Senone trees: planted statistics split on the planted context; Kaldi's binary format; loaded as a ContextDependency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asrhybrid.tree.build import (LEFT, RIGHT, Leaf, SenoneTree, Split, build_tree, context_questions,
+                                  kaldi_tree_bytes, load_context_dependency)
+
+
+def planted_stats(rng, dim=4, frames=400):
+    """Phone 2's state 0 sounds different after phone 3 than after phone 4; its right context is noise."""
+    stats = {}
+    for left in (3, 4):
+        for right in (1, 3, 4):
+            x = rng.normal(2.0 if left == 3 else -2.0, 1.0, size=(frames, dim))
+            stats[(left, 2, right, 0)] = np.concatenate([[frames], x.sum(0), (x**2).sum(0)])
+    for phone in (1, 3, 4):
+        x = rng.normal(0.0, 1.0, size=(frames, dim))
+        stats[(0, phone, 0, 0)] = np.concatenate([[frames], x.sum(0), (x**2).sum(0)])
+    return stats
+
+
+QUESTIONS = [frozenset({1}), frozenset({3}), frozenset({4}), frozenset({3, 4}), frozenset({0, 1})]
+
+
+def test_tree_splits_on_the_planted_context():
+    tree = build_tree(planted_stats(np.random.default_rng(0)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
+                      context_independent={1}, num_leaves=5, min_count=50)
+    root = tree.roots[(2, 0)]
+    assert isinstance(root, Split) and root.key == LEFT
+    assert (3 in root.yes_set) != (4 in root.yes_set)
+    assert len(tree.leaves()) == 5
+    assert tree.pdf(3, 2, 1, 0) != tree.pdf(4, 2, 1, 0)
+    assert tree.pdf(3, 2, 1, 0) == tree.pdf(3, 2, 4, 0)  # the right context carries nothing
+
+
+def test_no_split_without_enough_frames_or_gain():
+    tree = build_tree(planted_stats(np.random.default_rng(1)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
+                      context_independent={1}, num_leaves=50, min_count=10_000)
+    assert all(isinstance(n, Leaf) for n in tree.roots.values())
+
+
+def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
+    """Our writer against Kaldi's own ContextDependency::Write of the same (monophone) tree."""
+    from asrhybrid.kaldi import khg
+
+    topo_text = """<Topology>
+<TopologyEntry>
+<ForPhones>
+2 3
+</ForPhones>
+<State> 0 <PdfClass> 0 <Transition> 0 0.75 <Transition> 1 0.25 </State>
+<State> 1 <PdfClass> 1 <Transition> 1 0.75 <Transition> 2 0.25 </State>
+<State> 2 <PdfClass> 2 <Transition> 2 0.75 <Transition> 3 0.25 </State>
+<State> 3 </State>
+</TopologyEntry>
+<TopologyEntry>
+<ForPhones>
+1
+</ForPhones>
+<State> 0 <PdfClass> 0 <Transition> 0 0.5 <Transition> 1 0.5 </State>
+<State> 1 </State>
+</TopologyEntry>
+</Topology>
+"""
+    topo = khg.HmmTopology()
+    topo.read(topo_text)
+    kaldi_tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
+    kaldi_tree.write(True, str(tmp_path / "tree"))
+    kaldi_bytes = (tmp_path / "tree").read_bytes()[2:]  # without the "\0B" binary-mode header
+    ours = SenoneTree(num_pdf_classes={p: topo.num_pdf_classes(p) for p in topo.phones})
+    for phone, n in ours.num_pdf_classes.items():
+        for c in range(n):
+            ours.roots[(phone, c)] = Leaf([])
+    ours.number_pdfs()
+    assert kaldi_tree_bytes(ours, context_width=1, central_position=0) == kaldi_bytes
+
+
+def test_loaded_triphone_tree_computes_our_pdfs():
+    tree = build_tree(planted_stats(np.random.default_rng(2)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
+                      context_independent={1}, num_leaves=6, min_count=50)
+    ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
+    assert (ctx_dep.context_width, ctx_dep.central_position, ctx_dep.num_pdfs) == (3, 1, len(tree.leaves()))
+    for left in (0, 1, 3, 4):
+        for phone in (1, 2, 3, 4):
+            for right in (0, 1, 3, 4):
+                ok, pdf = ctx_dep.compute([left, phone, right], 0)
+                assert ok and pdf == tree.pdf(left, phone, right, 0)
+
+
+def test_questions_group_arpabet_classes():
+    ids = {"<eps>": 0, "SIL": 1, "AH1_B": 2, "AH0_E": 3, "B_B": 4, "P_E": 5, "M_S": 6, "#0": 7}
+    questions = context_questions(ids, {"SIL"})
+    assert frozenset({2, 3}) in questions  # AH in every stress and position
+    assert frozenset({4, 5}) in questions  # stops
+    assert frozenset({4, 5, 6}) in questions  # labials
+    assert frozenset({2, 4}) in questions  # word-initial (_B)
+    assert all(7 not in q for q in questions)
