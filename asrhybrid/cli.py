@@ -217,6 +217,12 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
     log.info("tree: %s", summary)
 
 
+def cmd_plot_alignment(args: argparse.Namespace) -> None:
+    from asrhybrid.align.plot import plot_word_boundaries
+
+    log.info("wrote %s", plot_word_boundaries(args.cuts, args.word_ctm, args.png, args.max_utterances))
+
+
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
@@ -376,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=float, default=100.0, help="frames each side of a split must keep")
     _add_common(p)
     p.set_defaults(func=cmd_build_tree)
+
+    p = sub.add_parser("plot-alignment", help="PNG: aligned words over each utterance's energy envelope")
+    p.add_argument("cuts", type=Path)
+    p.add_argument("word_ctm", type=Path)
+    p.add_argument("png", type=Path)
+    p.add_argument("--max-utterances", type=int, default=30)
+    p.set_defaults(func=cmd_plot_alignment, log_file=None, force=False)
 
     p = sub.add_parser("check-install", help="import every dependency in a fresh process, print versions")
     p.set_defaults(func=cmd_check_install, log_file=None)

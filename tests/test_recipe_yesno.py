@@ -174,3 +174,31 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(yesno_through_stage_4)
     for k, sentence in enumerate(["YES NO NO YES", "NO YES YES YES NO NO NO YES"]):
         loglikes = planted_loglikes(lang, tree, trans_model, words, sentence, seed=k)
         assert decode_words(hclg, loglikes, words) == sentence
+
+
+def test_fsa_viterbi_equals_kaldi_on_real_network_scores(yesno_through_stage_4):
+    """The flat-start network's scaled likelihoods on the test set: both aligners find the same best path."""
+    import torch
+
+    from asrhybrid.align.flat_start import load_flat_start_model
+    from asrhybrid.align.graphs import GraphCompiler, align_fsa, align_kaldi
+    from asrhybrid.graph.mkgraph import load_model
+
+    work, _ = yesno_through_stage_4
+    model_dir = work / "exp" / "mono_flat"
+    tree, trans_model = load_model(model_dir)
+    model, mean, std, log_prior = load_flat_start_model(model_dir)
+    compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
+    cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"))
+    graphs = [compiler.compile(c.supervisions[0].text) for c in cuts]
+    with torch.no_grad():
+        scores = [model.log_posteriors(torch.from_numpy(((c.load_features() - mean) / std).astype(np.float32))).numpy()
+                  - log_prior for c in cuts]
+    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    kaldi = align_kaldi(graphs, scores, tid_to_pdf, beam=1000.0, retry_beam=0.0)
+    ours = align_fsa(graphs, scores, tid_to_pdf)
+    identical = 0
+    for (our_tids, our_score), (kaldi_tids, kaldi_score) in zip(ours, kaldi):
+        assert our_score == pytest.approx(kaldi_score, rel=1e-4)
+        identical += our_tids == kaldi_tids
+    assert identical >= len(cuts) - 1
