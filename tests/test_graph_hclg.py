@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from asrhybrid.graph.mkgraph import init_mono_model, load_hclg, mkgraph
 from asrhybrid.lang.lexicon import corpus_dict_dir

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from asrhybrid.tree.build import (LEFT, RIGHT, Leaf, SenoneTree, Split, build_tree, context_questions,
+from asrhybrid.tree.build import (LEFT, Leaf, SenoneTree, Split, build_tree, context_questions,
                                   kaldi_tree_bytes, load_context_dependency)
 
 

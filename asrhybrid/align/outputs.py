@@ -21,7 +21,7 @@ from lhotse import load_manifest
 from tqdm import tqdm
 
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+from asrhybrid.recipe.outputs import Completion, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ processes on CPU; on CUDA one process feeds kaldifeat batches of
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
