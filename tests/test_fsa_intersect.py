@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asrhybrid.fsa import DenseFsaVec, Fsa, FsaVec, from_kaldi, get_tot_scores, shortest_path
-from asrhybrid.fsa.intersect import arc_posteriors, backward_totals
+from asrhybrid.fsa.intersect import arc_posteriors, backward_totals, state_posteriors
 from conftest import require_shared
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -95,6 +95,12 @@ def test_posteriors_sum_to_one_per_frame():
         length = int(dense.lengths[b])
         np.testing.assert_allclose(per_frame[:length].numpy(), 1.0, atol=1e-9)
         assert per_frame[length:].abs().sum().item() == 0.0
+    occupation = state_posteriors(vec, dense)
+    owner = vec.state_fsa()
+    for b in range(4):
+        if not math.isinf(totals[b]):
+            length = int(dense.lengths[b])
+            np.testing.assert_allclose(occupation[:length, owner == b].sum(1).numpy(), 1.0, atol=1e-9)
 
 
 def test_gradient_is_posteriors_gradcheck():

@@ -309,3 +309,10 @@ def backward_totals(fsas: FsaVec, dense: DenseFsaVec) -> torch.Tensor:
         run, alphas, totals = _forward(fsas, dense)
         _, start_beta = _backward(run, alphas, totals)
     return start_beta
+
+
+def state_posteriors(fsas: FsaVec, dense: DenseFsaVec) -> torch.Tensor:
+    """Occupation of each state right after each frame: [T, num_states], from the emitting arcs entering it."""
+    totals, posteriors, emit = arc_posteriors(fsas, dense)
+    out = torch.zeros(posteriors.shape[0], fsas.num_states, dtype=posteriors.dtype, device=posteriors.device)
+    return out.index_add_(1, fsas.dst[emit], posteriors)
