@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asrhybrid.tree.build import (LEFT, Leaf, SenoneTree, Split, build_tree, context_questions,
+from asrhybrid.tree.build import (CENTER, LEFT, Leaf, Split, build_tree, context_questions,
                                   kaldi_tree_bytes, load_context_dependency)
 
 
@@ -27,7 +27,7 @@ QUESTIONS = [frozenset({1}), frozenset({3}), frozenset({4}), frozenset({3, 4}), 
 def test_tree_splits_on_the_planted_context():
     tree = build_tree(planted_stats(np.random.default_rng(0)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
                       context_independent={1}, num_leaves=5, min_count=50)
-    root = tree.roots[(2, 0)]
+    root = tree.node_for(2, 0)
     assert isinstance(root, Split) and root.key == LEFT
     assert (3 in root.yes_set) != (4 in root.yes_set)
     assert len(tree.leaves()) == 5
@@ -69,11 +69,7 @@ def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
     kaldi_tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
     kaldi_tree.write(True, str(tmp_path / "tree"))
     kaldi_bytes = (tmp_path / "tree").read_bytes()[2:]  # without the "\0B" binary-mode header
-    ours = SenoneTree(num_pdf_classes={p: topo.num_pdf_classes(p) for p in topo.phones})
-    for phone, n in ours.num_pdf_classes.items():
-        for c in range(n):
-            ours.roots[(phone, c)] = Leaf([])
-    ours.number_pdfs()
+    ours = build_tree({}, {p: topo.num_pdf_classes(p) for p in topo.phones}, [], set(), num_leaves=100)
     assert kaldi_tree_bytes(ours, context_width=1, central_position=0) == kaldi_bytes
 
 
@@ -97,3 +93,23 @@ def test_questions_group_arpabet_classes():
     assert frozenset({4, 5, 6}) in questions  # labials
     assert frozenset({2, 4}) in questions  # word-initial (_B)
     assert all(7 not in q for q in questions)
+
+
+def test_shared_root_pools_variants_and_splits_on_the_central_phone():
+    """Phones 2 and 5 share a root (as stress/position variants do): they split apart only if they differ."""
+    rng = np.random.default_rng(4)
+    stats = {}
+    for phone, centre in ((2, 3.0), (5, -3.0)):
+        for left in (1, 3):
+            x = rng.normal(centre, 1.0, size=(300, 4))
+            stats[(left, phone, 1, 0)] = np.concatenate([[300], x.sum(0), (x**2).sum(0)])
+    questions = QUESTIONS + [frozenset({2}), frozenset({5})]
+    tree = build_tree(stats, {1: 1, 2: 1, 3: 1, 5: 1}, questions, context_independent={1}, num_leaves=10,
+                      min_count=50, root_sets=[[1], [2, 5], [3]])
+    shared = tree.roots[(1, 0)]
+    assert isinstance(shared, Split) and shared.key == CENTER
+    assert tree.pdf(1, 2, 1, 0) != tree.pdf(1, 5, 1, 0)
+    ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
+    for phone in (2, 5):
+        for left in (1, 3):
+            assert ctx_dep.compute([left, phone, 1], 0) == (True, tree.pdf(left, phone, 1, 0))

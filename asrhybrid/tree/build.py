@@ -3,10 +3,11 @@
 From context-independent alignments, Gaussian statistics of the input features
 (count, sum, sum of squares; diagonal) are accumulated per event
 (left phone, phone, right phone, HMM state), as Kaldi's acc-tree-stats does.
-Each (phone, HMM state) starts as one leaf; leaves are split greedily on the
-question about the left or right phone that gains the most likelihood, until
-the target number of leaves or until no split keeps ``min_count`` frames on
-both sides. Questions are phonetic classes of ARPAbet (plus one question per
+Each (root phone set of phones/roots.txt, HMM state) starts as one leaf, so
+the stress and word-position variants of a phone pool their data; leaves are
+split greedily on the question (about the left, right or central phone) that
+gains the most likelihood, until the target number of leaves or until no split
+keeps ``min_count`` frames on both sides. Questions are phonetic classes of ARPAbet (plus one question per
 phone and per word position); phones outside ARPAbet get one question each.
 Silence phones are not split on context (Kaldi's context-independent phones).
 
@@ -134,30 +135,37 @@ def accumulate_tree_stats(alignments: dict[str, list[int]], feats: dict[str, np.
 
 @dataclass
 class Leaf:
-    events: list[tuple[int, int, np.ndarray]]  # (left, right, stats)
+    events: list[tuple[int, int, int, np.ndarray]]  # (left, phone, right, stats)
     pdf: int = -1
 
     def total(self) -> np.ndarray:
-        return np.sum([s for _, _, s in self.events], axis=0)
+        return np.sum([e[3] for e in self.events], axis=0)
 
 
 @dataclass
 class Split:
-    key: int
+    key: int  # LEFT, CENTER or RIGHT
     yes_set: frozenset[int]
     yes: "Node"
     no: "Node"
 
 
 Node = Union[Leaf, Split]
+_POSITION = {LEFT: 0, CENTER: 1, RIGHT: 2}
 
 
 @dataclass
 class SenoneTree:
-    """Per (phone, pdf class) a subtree of context questions; leaves numbered as pdfs."""
+    """Per (root phone set, pdf class) a subtree of questions; leaves numbered as pdfs.
 
-    roots: dict[tuple[int, int], Node] = field(default_factory=dict)
+    The phones of a root set (Kaldi's phones/roots.txt: e.g. AH0 AH1 AH2 in
+    every word position) share one subtree per pdf class, so their data pool;
+    questions about the central phone can tell them apart again.
+    """
+
+    roots: dict[tuple[int, int], Node] = field(default_factory=dict)  # (root index, pdf class) -> node
     num_pdf_classes: dict[int, int] = field(default_factory=dict)  # phone -> number of pdf classes
+    phone_root: dict[int, int] = field(default_factory=dict)  # phone -> root index
 
     def leaves(self) -> list[Leaf]:
         out: list[Leaf] = []
@@ -179,29 +187,35 @@ class SenoneTree:
             leaf.pdf = i
         return len(leaves)
 
+    def node_for(self, phone: int, pdf_class: int) -> Node:
+        return self.roots[(self.phone_root.get(phone, phone), pdf_class)]
+
     def pdf(self, left: int, phone: int, right: int, pdf_class: int) -> int:
-        node = self.roots[(phone, pdf_class)]
+        node = self.node_for(phone, pdf_class)
+        context = (left, phone, right)
         while isinstance(node, Split):
-            node = node.yes if (left if node.key == LEFT else right) in node.yes_set else node.no
+            node = node.yes if context[_POSITION[node.key]] in node.yes_set else node.no
         return node.pdf
 
 
-def _best_split(leaf: Leaf, questions: list[frozenset[int]], min_count: float, var_floor: float):
+def _best_split(leaf: Leaf, questions: list[frozenset[int]], keys: tuple[int, ...], min_count: float, var_floor: float):
     total = leaf.total()
     parent = gaussian_loglike(total, var_floor)
     best = (0.0, None, None)
-    for key, pos in ((LEFT, 0), (RIGHT, 1)):
+    for key in keys:
+        pos = _POSITION[key]
         by_value: dict[int, np.ndarray] = {}
         for ev in leaf.events:
-            v = ev[pos]
-            by_value[v] = by_value.get(v, 0) + ev[2]
+            by_value[ev[pos]] = by_value.get(ev[pos], 0) + ev[3]
         if len(by_value) < 2:
             continue
+        seen: set[frozenset[int]] = set()
         for q in questions:
-            yes = [s for v, s in by_value.items() if v in q]
-            if not yes or len(yes) == len(by_value):
+            yes_values = frozenset(v for v in by_value if v in q)
+            if not yes_values or len(yes_values) == len(by_value) or yes_values in seen:
                 continue
-            y = np.sum(yes, axis=0)
+            seen.add(yes_values)
+            y = np.sum([by_value[v] for v in yes_values], axis=0)
             n = total - y
             if y[0] < min_count or n[0] < min_count:
                 continue
@@ -213,27 +227,40 @@ def _best_split(leaf: Leaf, questions: list[frozenset[int]], min_count: float, v
 
 def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[frozenset[int]],
                context_independent: set[int], num_leaves: int, min_count: float = 100.0,
-               var_floor: float = 1e-3) -> SenoneTree:
-    """Greedy likelihood-gain splitting from one leaf per (phone, pdf class) to ``num_leaves``."""
+               var_floor: float = 1e-3, root_sets: list[list[int]] | None = None) -> SenoneTree:
+    """Greedy likelihood-gain splitting from one leaf per (root set, pdf class) to ``num_leaves``.
+
+    ``root_sets`` default to one set per phone. Context-independent phones
+    (silence) are only split on the central phone, never on their neighbours.
+    """
+    root_sets = root_sets or [[p] for p in sorted(num_pdf_classes)]
     tree = SenoneTree(num_pdf_classes=dict(num_pdf_classes))
+    for r, phones in enumerate(root_sets):
+        classes = {num_pdf_classes[p] for p in phones}
+        if len(classes) != 1:
+            raise ValueError(f"phones {phones} share a tree root but have different numbers of pdf classes")
+        for p in phones:
+            tree.phone_root[p] = r
     events: dict[tuple[int, int], list] = {}
-    for (left, phone, right, pdf_class), s in stats.items():
-        events.setdefault((phone, pdf_class), []).append((left, right, s))
-    for phone, n in num_pdf_classes.items():
-        for c in range(n):
-            tree.roots[(phone, c)] = Leaf(events.get((phone, c), []))
+    for (left, phone, right, pdf_class), st in stats.items():
+        events.setdefault((tree.phone_root[phone], pdf_class), []).append((left, phone, right, st))
+    for r, phones in enumerate(root_sets):
+        for c in range(num_pdf_classes[phones[0]]):
+            tree.roots[(r, c)] = Leaf(events.get((r, c), []))
 
     heap: list = []
     counter = 0
 
-    def consider(leaf: Leaf, phone: int, attach):
+    def consider(leaf: Leaf, root: int, attach):
         """Queue the leaf's best split; ``attach(node)`` puts a node where the leaf is."""
         nonlocal counter
-        if phone in context_independent or not leaf.events:
+        if not leaf.events:
             return
-        gain, key, q = _best_split(leaf, questions, min_count, var_floor)
+        ci = all(p in context_independent for p in root_sets[root])
+        keys = (CENTER,) if ci else (LEFT, RIGHT, CENTER)
+        gain, key, q = _best_split(leaf, questions, keys, min_count, var_floor)
         if key is not None:
-            heapq.heappush(heap, (-gain, counter, phone, leaf, key, q, attach))
+            heapq.heappush(heap, (-gain, counter, root, leaf, key, q, attach))
             counter += 1
 
     for k, leaf in tree.roots.items():
@@ -241,18 +268,18 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
     leaves = len(tree.roots)
     total_gain = 0.0
     while heap and leaves < num_leaves:
-        neg_gain, _, phone, leaf, key, q, attach = heapq.heappop(heap)
-        pos = 0 if key == LEFT else 1
+        neg_gain, _, root, leaf, key, q, attach = heapq.heappop(heap)
+        pos = _POSITION[key]
         split = Split(key, q, Leaf([e for e in leaf.events if e[pos] in q]), Leaf([e for e in leaf.events if e[pos] not in q]))
         attach(split)
         leaves += 1
         total_gain -= neg_gain
-        consider(split.yes, phone, lambda node, s=split: setattr(s, "yes", node))
-        consider(split.no, phone, lambda node, s=split: setattr(s, "no", node))
+        consider(split.yes, root, lambda node, s=split: setattr(s, "yes", node))
+        consider(split.no, root, lambda node, s=split: setattr(s, "no", node))
     tree.number_pdfs()
-    log.info("tree: %d leaves from %d (phone, state) roots, likelihood gain %.1f over %d frames (%.3f per frame)",
-             leaves, len(tree.roots), total_gain, int(sum(s[0] for s in stats.values())),
-             total_gain / max(1.0, sum(s[0] for s in stats.values())))
+    frames = sum(st[0] for st in stats.values())
+    log.info("tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
+             leaves, len(tree.roots), total_gain, int(frames), total_gain / max(1.0, frames))
     return tree
 
 
@@ -290,7 +317,7 @@ def kaldi_tree_bytes(tree: SenoneTree, context_width: int = 3, central_position:
             table.append(_token("NULL"))
             continue
         n = tree.num_pdf_classes[phone]
-        inner = b"".join(_node_bytes(tree.roots[(phone, c)]) for c in range(n))
+        inner = b"".join(_node_bytes(tree.node_for(phone, c)) for c in range(n))
         table.append(_token("TE") + _int32(PDF_CLASS) + _uint32(n) + _token("(") + inner + _token(")"))
     event_map = _token("TE") + _int32(central_position) + _uint32(max_phone + 1) + _token("(") + b"".join(table) + _token(")")
     return (_token("ContextDependency") + _int32(context_width) + _int32(central_position) + _token("ToPdf")
@@ -357,7 +384,10 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     phone_ids = read_symbol_table(lang_dir / "phones.txt")
     silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
     ci_phones = {int(x) for x in (lang_dir / "phones" / "context_indep.int").read_text().split()}
-    tree = build_tree(stats, num_classes, context_questions(phone_ids, silence), ci_phones, num_leaves, min_count)
+    root_sets = [[int(x) for x in line.split()[2:]] for line in (lang_dir / "phones" / "roots.int").read_text().splitlines()
+                 if line.strip()]
+    tree = build_tree(stats, num_classes, context_questions(phone_ids, silence), ci_phones, num_leaves, min_count,
+                      root_sets=root_sets)
     ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
     trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
     save_model(out_dir, topo_text, ctx_dep, trans_model)
