@@ -22,9 +22,9 @@ import torch
 from lhotse import load_manifest
 from tqdm import tqdm
 
-from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment
+from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
 from asrhybrid.errors import DataError
-from asrhybrid.features.cmvn import read_cmvn
+from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.graph.mkgraph import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
@@ -100,11 +100,9 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
 
     tree, trans_model = init_mono_model(lang_dir, exp_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
-    tid_to_phone = np.array([0] + [trans_model.transition_id_to_phone(t) for t in range(1, trans_model.num_transition_ids + 1)])
+    tid_to_phone, _ = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)
-    stats = read_cmvn(Path(cmvn_ark))["global"]
-    mean = stats[0, :-1] / stats[0, -1]
-    std = np.sqrt(np.maximum(stats[1, :-1] / stats[0, -1] - mean**2, 1e-8))
+    mean, std = global_mean_std(Path(cmvn_ark))
 
     cuts = load_manifest(cuts_path)
     feats, graphs = {}, {}

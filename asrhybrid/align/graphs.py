@@ -54,6 +54,33 @@ class GraphCompiler:
         return graph
 
 
+def transition_arrays(trans_model) -> tuple[np.ndarray, np.ndarray]:
+    """Per transition id (index 0 unused): its phone, and whether a phone instance starts with it.
+
+    With Kaldi's reordered HMMs the first frame of each state is its forward
+    transition, so a phone starts at a start-of-phone transition that is not a self-loop.
+    """
+    n = trans_model.num_transition_ids
+    tid_phone = np.zeros(n + 1, dtype=np.int64)
+    tid_starts_phone = np.zeros(n + 1, dtype=bool)
+    for t in range(1, n + 1):
+        tid_phone[t] = trans_model.transition_id_to_phone(t)
+        tid_starts_phone[t] = trans_model.transition_ids_is_start_of_phone(t) and not trans_model.is_self_loop(t)
+    return tid_phone, tid_starts_phone
+
+
+def phone_instances(tids, tid_phone: np.ndarray, tid_starts_phone: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """(left, phone, right, first frame, end frame) of each phone instance of an alignment (context 0 at the edges)."""
+    tids = np.asarray(tids)
+    starts = np.flatnonzero(tid_starts_phone[tids])
+    if len(starts) == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    ends = np.concatenate([starts[1:], [len(tids)]])
+    phones = [int(p) for p in tid_phone[tids[starts]]]
+    return [(phones[k - 1] if k > 0 else 0, phones[k], phones[k + 1] if k + 1 < len(phones) else 0, int(b), int(e))
+            for k, (b, e) in enumerate(zip(starts, ends))]
+
+
 def tid_loglikes(pdf_loglikes: np.ndarray, tid_to_pdf: np.ndarray) -> np.ndarray:
     """[T, num_pdfs] -> [T, num_tids] with column tid-1 (kaldi-hmm-gmm's DecodableCtc reads M[t, tid-1])."""
     return np.ascontiguousarray(pdf_loglikes[:, tid_to_pdf[1:]], dtype=np.float32)

@@ -20,6 +20,7 @@ import torch
 from lhotse import load_manifest
 from tqdm import tqdm
 
+from asrhybrid.align.graphs import phone_instances
 from asrhybrid.errors import DataError
 from asrhybrid.recipe.outputs import Completion, write_text_atomic
 
@@ -33,14 +34,9 @@ class Segment:
     end: int  # frame, exclusive
 
 
-def phone_segments(tids: list[int], trans_model, phone_names: dict[int, str]) -> list[Segment]:
-    segments: list[Segment] = []
-    for t, tid in enumerate(tids):
-        if trans_model.transition_ids_is_start_of_phone(tid) and not trans_model.is_self_loop(tid) or not segments:
-            segments.append(Segment(phone_names[trans_model.transition_id_to_phone(tid)], t, t + 1))
-        else:
-            segments[-1].end = t + 1
-    return segments
+def phone_segments(tids: list[int], arrays: tuple[np.ndarray, np.ndarray], phone_names: dict[int, str]) -> list[Segment]:
+    """Phone segments of an alignment; ``arrays`` from asrhybrid.align.graphs.transition_arrays."""
+    return [Segment(phone_names[phone], begin, end) for _, phone, _, begin, end in phone_instances(tids, *arrays)]
 
 
 def word_segments(phones: list[Segment], words: list[str], prons: dict[str, list[list[str]]], optional_silence: str,
@@ -141,7 +137,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
                  backend: str = "auto", force: bool = False) -> dict:
     """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, textgrid/<utt>.TextGrid."""
     from asrhybrid.align.flat_start import load_flat_start_model
-    from asrhybrid.align.graphs import GraphCompiler, align
+    from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
     from asrhybrid.graph.mkgraph import load_model
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
@@ -153,6 +149,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     tree, trans_model = load_model(model_dir)
     model, mean, std, log_prior = load_flat_start_model(model_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    arrays = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)
     phone_names = {int(i): s for s, i in (line.split() for line in (lang_dir / "phones.txt").read_text().splitlines())}
     optional_silence = (lang_dir / "phones" / "optional_silence.txt").read_text().strip()
@@ -177,7 +174,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
         tids = result[0]
         alignments[cut.id] = tids
         shift = cut.features.frame_shift
-        phones = phone_segments(tids, trans_model, phone_names)
+        phones = phone_segments(tids, arrays, phone_names)
         words = word_segments(phones, [w if w in prons else compiler.oov for w in cut.supervisions[0].text.split()],
                               prons, optional_silence, cut.id)
         for seg in words:

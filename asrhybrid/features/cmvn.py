@@ -46,6 +46,14 @@ def write_cmvn(ark: Path, stats: dict[str, CmvnStats]) -> None:
             writer.write(key, stats[key].stats)
 
 
+def global_mean_std(ark: Path, var_floor: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from the ``global`` entry of a CMVN archive (for feature normalisation)."""
+    stats = CmvnStats(0)
+    stats.stats = read_cmvn(Path(ark))["global"]
+    mean, var = stats.mean_var()
+    return mean, np.sqrt(np.maximum(var, var_floor))
+
+
 def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
     out = {}
     with kio.SequentialDoubleMatrixReader(f"ark:{ark}") as reader:

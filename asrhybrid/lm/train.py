@@ -9,7 +9,6 @@ G.fst is Kaldi's arpa2fst through kaldilm, with ``#0`` on back-off arcs.
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import subprocess
@@ -112,15 +111,11 @@ def build_binary(arpa: Path, binary: Path) -> Path:
     return binary
 
 
-@functools.lru_cache(maxsize=2)
-def read_arpa_cached(path):
-    return read_arpa(path)
-
-
 def perplexity(model_path: Path, sentences: list[str]) -> float:
     """Per-token perplexity with KenLM, </s> counted as a token (as SRILM's ppl)."""
-    if str(model_path).endswith(".arpa") and read_arpa(model_path).order == 1:
-        score = lambda s: read_arpa_cached(model_path).sentence_log10(s.split())  # noqa: E731  (KenLM needs order >= 2)
+    arpa = read_arpa(model_path) if str(model_path).endswith(".arpa") else None
+    if arpa is not None and arpa.order == 1:
+        score = lambda s: arpa.sentence_log10(s.split())  # noqa: E731  (KenLM needs order >= 2)
     else:
         import kenlm
 

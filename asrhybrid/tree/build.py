@@ -28,6 +28,8 @@ from typing import Union
 
 import numpy as np
 
+from asrhybrid.align.graphs import phone_instances, transition_arrays
+
 log = logging.getLogger(__name__)
 
 LEFT, CENTER, RIGHT, PDF_CLASS = 0, 1, 2, -1  # Kaldi's event keys for a triphone tree (N=3, P=1)
@@ -110,18 +112,11 @@ def accumulate_tree_stats(alignments: dict[str, list[int]], feats: dict[str, np.
     for utt, tids in alignments.items():
         x = np.asarray(feats[utt], dtype=np.float64)
         tids = np.asarray(tids)
-        starts = np.flatnonzero(tid_starts_phone[tids])
-        if len(starts) == 0 or starts[0] != 0:
-            starts = np.concatenate([[0], starts])
-        ends = np.concatenate([starts[1:], [len(tids)]])
-        phones = tid_phone[tids[starts]]
-        for k, (begin, end) in enumerate(zip(starts, ends)):
-            left = int(phones[k - 1]) if k > 0 else 0
-            right = int(phones[k + 1]) if k + 1 < len(phones) else 0
+        for left, phone, right, begin, end in phone_instances(tids, tid_phone, tid_starts_phone):
             classes = tid_pdf_class[tids[begin:end]]
             for c in np.unique(classes):
                 frames = x[begin:end][classes == c]
-                key = (left, int(phones[k]), right, int(c))
+                key = (left, phone, right, int(c))
                 acc = stats.get(key)
                 if acc is None:
                     acc = stats[key] = np.zeros(1 + 2 * x.shape[1])
@@ -344,7 +339,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     from lhotse import load_manifest
 
     from asrhybrid.align.flat_start import read_alignments, write_alignments
-    from asrhybrid.features.cmvn import read_cmvn
+    from asrhybrid.features.cmvn import global_mean_std
     from asrhybrid.graph.mkgraph import load_model, save_model
     from asrhybrid.kaldi import khg
     from asrhybrid.lm.train import read_symbol_table
@@ -364,17 +359,12 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
 
     num_tids = ci_tm.num_transition_ids
     pdf_pairs = ci_tree.get_pdf_info(list(topo.phones), [0] + [num_classes.get(p, 0) for p in range(1, max(topo.phones) + 1)])
-    tid_phone = np.zeros(num_tids + 1, dtype=np.int64)
+    tid_phone, tid_start = transition_arrays(ci_tm)
     tid_class = np.zeros(num_tids + 1, dtype=np.int64)
-    tid_start = np.zeros(num_tids + 1, dtype=bool)
     for t in range(1, num_tids + 1):
-        tid_phone[t] = ci_tm.transition_id_to_phone(t)
         tid_class[t] = pdf_pairs[ci_tm.transition_id_to_pdf(t)][0][1]
-        tid_start[t] = ci_tm.transition_ids_is_start_of_phone(t) and not ci_tm.is_self_loop(t)
 
-    stats_cmvn = read_cmvn(Path(cmvn_ark))["global"]
-    mean = stats_cmvn[0, :-1] / stats_cmvn[0, -1]
-    std = np.sqrt(np.maximum(stats_cmvn[1, :-1] / stats_cmvn[0, -1] - mean**2, 1e-8))
+    mean, std = global_mean_std(Path(cmvn_ark))
     alignments = read_alignments(ci_dir / "ali.ark")
     cuts = [c for c in load_manifest(cuts_path) if c.id in alignments]
     feats = {c.id: (c.load_features() - mean) / std for c in cuts}
@@ -395,16 +385,9 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     pdf_alignments = {}
     for utt, tids in alignments.items():
         tids = np.asarray(tids)
-        starts = np.flatnonzero(tid_start[tids])
-        if len(starts) == 0 or starts[0] != 0:
-            starts = np.concatenate([[0], starts])
-        ends = np.concatenate([starts[1:], [len(tids)]])
-        phones = tid_phone[tids[starts]]
         pdfs = []
-        for k, (b, e) in enumerate(zip(starts, ends)):
-            left = int(phones[k - 1]) if k > 0 else 0
-            right = int(phones[k + 1]) if k + 1 < len(phones) else 0
-            pdfs += [tree.pdf(left, int(phones[k]), right, int(c)) for c in tid_class[tids[b:e]]]
+        for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
+            pdfs += [tree.pdf(left, phone, right, int(c)) for c in tid_class[tids[b:e]]]
         pdf_alignments[utt] = pdfs
     write_alignments(out_dir / "ali_pdf.ark", pdf_alignments)
     summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
