@@ -30,25 +30,29 @@ def random_fsa(rng, num_states=4, num_labels=3) -> Fsa:
     return fsa
 
 
-def all_path_scores(fsa: Fsa, log_probs: list[list[float]], frames: int) -> list[float]:
-    """Every path that consumes exactly ``frames`` frames, enumerated."""
+def all_paths(fsa: Fsa, log_probs: list[list[float]], frames: int) -> list[tuple[float, tuple[int, ...]]]:
+    """(score, frame labels) of every path that consumes exactly ``frames`` frames, enumerated."""
     arcs = list(zip(fsa.src.tolist(), fsa.dst.tolist(), fsa.label.tolist(), fsa.score.tolist()))
-    scores = []
+    paths = []
 
-    def walk(state, t, acc):
+    def walk(state, t, acc, labels):
         for src, dst, label, score in arcs:
             if src != state:
                 continue
             if label == 0:
-                walk(dst, t, acc + score)
+                walk(dst, t, acc + score, labels)
             elif label == -1:
                 if t == frames:
-                    scores.append(acc + score)
+                    paths.append((acc + score, labels))
             elif t < frames:
-                walk(dst, t + 1, acc + score + log_probs[t][label - 1])
+                walk(dst, t + 1, acc + score + log_probs[t][label - 1], labels + (label,))
 
-    walk(0, 0, 0.0)
-    return scores
+    walk(0, 0, 0.0, ())
+    return paths
+
+
+def all_path_scores(fsa: Fsa, log_probs: list[list[float]], frames: int) -> list[float]:
+    return [score for score, _ in all_paths(fsa, log_probs, frames)]
 
 
 LABEL_TO_COLUMN = torch.tensor([0, 0, 1, 2])  # labels 1..3 -> columns 0..2
@@ -59,26 +63,44 @@ def test_totals_and_best_paths_equal_brute_force(device):
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(25):
-        fsas = [random_fsa(rng) for _ in range(3)]
-        lengths = [3, 2, 4]
-        log_probs = torch.randn(3, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30))))
+        fsas = [random_fsa(rng) for _ in range(4)]
+        lengths = [3, 2, 4, 1]
+        log_probs = torch.randn(4, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30))))
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), LABEL_TO_COLUMN)
         vec = FsaVec.from_fsas(fsas, device)
         totals = get_tot_scores(vec, dense).cpu()
         best = shortest_path(vec, dense)
         from_backward = backward_totals(vec, dense).cpu()
-        for b in range(3):
-            paths = all_path_scores(fsas[b], log_probs[b].tolist(), lengths[b])
+        for b in range(len(fsas)):
+            paths = all_paths(fsas[b], log_probs[b].tolist(), lengths[b])
             if not paths:
-                assert totals[b] == float("-inf") and best.scores[b] == float("-inf")
+                assert totals[b] == float("-inf") and best.scores[b] == float("-inf") and best.labels[b] == []
                 continue
-            expected = torch.logsumexp(torch.tensor(paths, dtype=torch.float64), 0).item()
+            scores = [score for score, _ in paths]
+            expected = torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item()
             assert totals[b].item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
             assert from_backward[b].item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
-            assert best.scores[b].item() == pytest.approx(max(paths), rel=1e-9, abs=1e-9)
-            assert len(best.labels[b]) == lengths[b]
+            assert best.scores[b].item() == pytest.approx(max(scores), rel=1e-9, abs=1e-9)
+            # the labels read back are those of a path with the best score
+            assert any(labels == tuple(best.labels[b]) and score == pytest.approx(max(scores), rel=1e-9)
+                       for score, labels in paths)
             checked += 1
-    assert checked > 40
+    assert checked > 60
+
+
+def test_epsilon_chains_and_unequal_lengths():
+    """Epsilon paths several arcs deep inside a frame, and utterances that end while others run on."""
+    # 0 -a-> 1 -eps-> 2 -eps-> 3 -eps-> 4 -b-> 5 -> final; and a direct 1 -b-> 5 that is worse
+    fsa = Fsa.from_arcs([(0, 1, 1, 0.0), (1, 2, 0, -0.1), (2, 3, 0, -0.1), (3, 4, 0, -0.1), (4, 5, 2, 0.0),
+                         (1, 5, 2, -1.0), (5, 6, -1, 0.0)], 7)
+    short = Fsa.from_arcs([(0, 1, 3, 0.5), (1, 2, -1, 0.0)], 3)
+    vec = FsaVec.from_fsas([short, fsa, short])
+    log_probs = torch.zeros(3, 5, 3, dtype=torch.float64)
+    dense = DenseFsaVec(log_probs, torch.tensor([1, 2, 1]), LABEL_TO_COLUMN)
+    best = shortest_path(vec, dense)
+    assert best.labels == [[3], [1, 2], [3]]
+    assert best.scores.tolist() == pytest.approx([0.5, -0.3, 0.5])
+    assert get_tot_scores(vec, dense)[1].item() == pytest.approx(math.log(math.exp(-0.3) + math.exp(-1.0)))
 
 
 def test_posteriors_sum_to_one_per_frame():
@@ -140,6 +162,32 @@ def yesno_training_graphs(tmp_path_factory):
     scores = [(3 * rng.standard_normal((int(rng.integers(120, 300)), trans_model.num_pdfs))).astype(np.float32)
               for _ in graphs]
     return np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64), graphs, scores
+
+
+def test_binary_reader_equals_arc_iterator(yesno_training_graphs):
+    from asrhybrid.fsa.fsa import from_kaldi_arcs
+    from asrhybrid.kaldi import kaldifst
+
+    _, graphs, _ = yesno_training_graphs
+    for graph in graphs[:20]:
+        fast, slow = from_kaldi(graph), from_kaldi_arcs(graph)
+        assert fast.num_states == slow.num_states
+        for field in ("src", "dst", "label", "score"):
+            assert torch.equal(getattr(fast, field), getattr(slow, field)), field
+    # an FST whose start is not state 0, with an input symbol table: read arc by arc
+    fst = kaldifst.StdVectorFst()
+    for _ in range(3):
+        fst.add_state()
+    fst.start = 2
+    fst.add_arc(2, kaldifst.StdArc(4, 4, 0.25, 0))
+    fst.add_arc(0, kaldifst.StdArc(5, 0, 1.5, 1))
+    fst.set_final(1, 0.5)
+    table = kaldifst.SymbolTable()
+    table.add_symbol("<eps>", 0)
+    fst.input_symbols = table
+    fsa = from_kaldi(fst)
+    assert list(zip(fsa.src.tolist(), fsa.dst.tolist(), fsa.label.tolist(), fsa.score.tolist())) == [
+        (0, 1, 4, -0.25), (1, 2, 5, -1.5), (2, 3, -1, -0.5)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -114,21 +114,25 @@ def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.nda
 
 def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray,
               device: str = "cpu", batch: int = 256) -> list[tuple[list[int], float] | None]:
-    """The FSA engine's batched Viterbi: (transition ids, score) or None where no path fits the frames."""
+    """The FSA engine's batched Viterbi: (transition ids, score) or None where no path fits the frames.
+
+    Utterances are batched longest first, so a batch pads its score matrix to similar lengths.
+    """
     from asrhybrid.fsa import DenseFsaVec, FsaVec, from_kaldi, shortest_path
 
     label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column
-    out: list[tuple[list[int], float] | None] = []
-    for start in range(0, len(graphs), batch):
-        chunk = pdf_loglikes[start : start + batch]
-        frames = max(ll.shape[0] for ll in chunk)
-        log_probs = torch.full((len(chunk), frames, chunk[0].shape[1]), 0.0)
-        for i, ll in enumerate(chunk):
-            log_probs[i, : ll.shape[0]] = torch.from_numpy(np.asarray(ll, dtype=np.float32))
-        dense = DenseFsaVec(log_probs.to(device), torch.tensor([ll.shape[0] for ll in chunk]), label_to_column)
-        best = shortest_path(FsaVec.from_fsas([from_kaldi(g) for g in graphs[start : start + batch]], device), dense)
-        for score, labels in zip(best.scores.tolist(), best.labels):
-            out.append((labels, score) if labels else None)
+    order = sorted(range(len(graphs)), key=lambda i: -pdf_loglikes[i].shape[0])
+    out: list[tuple[list[int], float] | None] = [None] * len(graphs)
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        lengths = [pdf_loglikes[i].shape[0] for i in chunk]
+        log_probs = torch.zeros((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
+        for row, i in enumerate(chunk):
+            log_probs[row, : lengths[row]] = torch.from_numpy(np.asarray(pdf_loglikes[i], dtype=np.float32))
+        dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), label_to_column)
+        best = shortest_path(FsaVec.from_fsas([from_kaldi(graphs[i]) for i in chunk], device), dense)
+        for i, score, labels in zip(chunk, best.scores.tolist(), best.labels):
+            out[i] = (labels, score) if labels else None
     return out
 
 
