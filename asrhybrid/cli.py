@@ -213,7 +213,8 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
     from asrhybrid.tree.build import build_senone_tree
 
     summary = build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
-                                num_leaves=args.num_leaves, min_count=args.min_count, force=args.force)
+                                num_leaves=args.num_leaves, min_count=args.min_count, questions=args.questions,
+                                force=args.force)
     log.info("tree: %s", summary)
 
 
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
     p.add_argument("--num-leaves", type=int, default=500)
     p.add_argument("--min-count", type=float, default=100.0, help="frames each side of a split must keep")
+    p.add_argument("--questions", default="auto", choices=["auto", "arpabet", "both"],
+                   help="automatic phone clustering (any phone set), ARPAbet classes, or both")
     _add_common(p)
     p.set_defaults(func=cmd_build_tree)
 

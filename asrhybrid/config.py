@@ -24,7 +24,7 @@ A recipe config names the corpus and gives each stage's options::
       large: {order: 4}      # rescoring (also a KenLM binary)
     tokens: {model_type: bpe, vocab_size: 200}
     align: {iterations: 8}   # FlatStartConfig fields (GMM-free flat start)
-    tree: {num_leaves: 500, min_count: 100}   # senone tree (stage 5)
+    tree: {num_leaves: 500, min_count: 100, questions: auto}   # senone tree (stage 5); questions: auto, arpabet or both
 """
 
 from __future__ import annotations

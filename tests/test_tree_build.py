@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from asrhybrid.tree.build import (CENTER, LEFT, Leaf, Split, build_tree, context_questions,
                                   kaldi_tree_bytes, load_context_dependency)
@@ -113,3 +114,51 @@ def test_shared_root_pools_variants_and_splits_on_the_central_phone():
     for phone in (2, 5):
         for left in (1, 3):
             assert ctx_dep.compute([left, phone, 1], 0) == (True, tree.pdf(left, phone, 1, 0))
+
+
+def gaussian_stats(rng, mean, frames=300, dim=3):
+    x = rng.normal(mean, 1.0, size=(frames, dim))
+    return np.concatenate([[frames], x.sum(0), (x**2).sum(0)])
+
+
+def test_phone_clustering_finds_the_planted_groups():
+    """Root sets {1,2} {3} {4,5} {6} {7} {8}: the first three sound alike (mean +3), the rest alike (mean -3)."""
+    from asrhybrid.tree.build import cluster_phone_questions
+
+    rng = np.random.default_rng(0)
+    root_sets = [[1, 2], [3], [4, 5], [6], [7], [8]]
+    group = {1: 3.0, 3: 3.0, 4: 3.0, 6: -3.0, 7: -3.0, 8: -3.0}
+    stats = {}
+    for r in root_sets:
+        for c in range(3):  # statistics of a root set's first phone (state c shifts the mean a little)
+            stats[(0, r[0], 0, c)] = gaussian_stats(rng, group[r[0]] + 0.3 * c)
+    questions = cluster_phone_questions(stats, root_sets)
+    assert frozenset(range(1, 9)) in questions  # the whole inventory
+    assert frozenset({1, 2, 3, 4, 5}) in questions and frozenset({6, 7, 8}) in questions
+    assert all(frozenset(r) in questions for r in root_sets)  # down to single root sets
+    assert len(questions) == 2 * len(root_sets) - 1  # a binary tree over the six sets
+
+
+def test_auto_questions_let_a_tree_split_on_a_class_of_any_phone_set():
+    """Phones without ARPAbet names: the clustered class {a, b} is the context that matters."""
+    from asrhybrid.tree.build import make_questions
+
+    rng = np.random.default_rng(1)
+    phone_ids = {"<eps>": 0, "SIL": 1, "a": 2, "b": 3, "c": 4, "d": 5, "x": 6}
+    root_sets = [[1], [2], [3], [4], [5], [6]]
+    stats = {}
+    for p, mean in ((2, 4.0), (3, 4.2), (4, -4.0), (5, -4.2), (1, 0.0)):
+        stats[(0, p, 0, 0)] = gaussian_stats(rng, mean)
+    for left in (2, 3, 4, 5):  # x sounds different after a/b than after c/d
+        stats[(left, 6, 0, 0)] = gaussian_stats(rng, 1.5 if left in (2, 3) else -1.5)
+    questions = make_questions("auto", phone_ids, {"SIL"}, stats, root_sets)
+    assert frozenset({2, 3}) in questions and frozenset({4, 5}) in questions
+    tree = build_tree(stats, {p: 1 for p in range(1, 7)}, questions, context_independent={1}, num_leaves=7,
+                      min_count=50, root_sets=root_sets)
+    root = tree.node_for(6, 0)
+    assert isinstance(root, Split) and root.key == LEFT and root.yes_set in (frozenset({2, 3}), frozenset({4, 5}))
+    assert tree.pdf(2, 6, 0, 0) == tree.pdf(3, 6, 0, 0) != tree.pdf(4, 6, 0, 0)
+    arpabet = make_questions("arpabet", phone_ids, {"SIL"}, stats, root_sets)
+    assert frozenset({2, 3}) not in arpabet  # ARPAbet classes know nothing of these phones
+    with pytest.raises(ValueError, match="auto, arpabet or both"):
+        make_questions("kmeans", phone_ids, {"SIL"}, stats, root_sets)

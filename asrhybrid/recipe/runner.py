@@ -133,10 +133,12 @@ def stage_align(run: RecipeRun) -> None:
 
 
 def stage_tree(run: RecipeRun) -> None:
-    corpus, fbank, tree = run.config.corpus, run.fbank_dir, {"num_leaves": 500, "min_count": 100, **run.config.tree}
+    corpus, fbank = run.config.corpus, run.fbank_dir
+    tree = {"num_leaves": 500, "min_count": 100, "questions": "auto", **run.config.tree}
     args = [str(fbank / f"{corpus}_cuts_train.jsonl.gz"), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
             str(run.workdir / "exp" / "tree"), "--cmvn", str(fbank / f"{corpus}_cmvn_global_train.ark"),
-            "--num-leaves", str(tree["num_leaves"]), "--min-count", str(tree["min_count"])]
+            "--num-leaves", str(tree["num_leaves"]), "--min-count", str(tree["min_count"]),
+            "--questions", str(tree["questions"])]
     run.run_verb("tree", "build-tree", args)
 
 

@@ -7,9 +7,13 @@ Each (root phone set of phones/roots.txt, HMM state) starts as one leaf, so
 the stress and word-position variants of a phone pool their data; leaves are
 split greedily on the question (about the left, right or central phone) that
 gains the most likelihood, until the target number of leaves or until no split
-keeps ``min_count`` frames on both sides. Questions are phonetic classes of ARPAbet (plus one question per
-phone and per word position); phones outside ARPAbet get one question each.
-Silence phones are not split on context (Kaldi's context-independent phones).
+keeps ``min_count`` frames on both sides. Questions (``questions``) come from
+automatic phone clustering (``auto``, the default, as Kaldi's cluster-phones:
+top-down binary clustering of the root sets by the Gaussian statistics of their
+states, every cluster a question; it needs no phone inventory, so any lexicon
+works), from ARPAbet phonetic classes (``arpabet``), or both; one question per
+phone set, per word position and for silence or the utterance edge are always
+there. Silence phones are not split on context (Kaldi's context-independent phones).
 
 The tree is written in Kaldi's binary ContextDependency format (event-map
 nodes TE / SE / CE / NULL) and loaded through kaldi-hmm-gmm's pickle hook,
@@ -66,17 +70,26 @@ def base_of(phone: str) -> str:
 
 
 def context_questions(phone_ids: dict[str, int], silence: set[str]) -> list[frozenset[int]]:
-    """Phone-id sets to ask about a context phone: classes, single phones, word positions, silence."""
+    """ARPAbet questions: phonetic classes, plus single phones, word positions, silence."""
     ids_by_base: dict[str, set[int]] = {}
     for name, i in phone_ids.items():
-        if name.startswith("#") or name == "<eps>":
-            continue
-        ids_by_base.setdefault(base_of(name), set()).add(i)
-    questions = {frozenset(ids) for ids in ids_by_base.values()}
+        if not name.startswith("#") and name != "<eps>":
+            ids_by_base.setdefault(base_of(name), set()).add(i)
+    questions = position_and_edge_questions(phone_ids, silence)
     for members in ARPABET_CLASSES.values():
         ids = set().union(*(ids_by_base.get(m, set()) for m in members))
         if ids:
             questions.add(frozenset(ids))
+    return sorted(questions, key=lambda q: (len(q), sorted(q)))
+
+
+def position_and_edge_questions(phone_ids: dict[str, int], silence: set[str]) -> set[frozenset[int]]:
+    """One question per phone set (all its variants), per word position, and silence-or-edge."""
+    ids_by_base: dict[str, set[int]] = {}
+    for name, i in phone_ids.items():
+        if not name.startswith("#") and name != "<eps>":
+            ids_by_base.setdefault(base_of(name), set()).add(i)
+    questions = {frozenset(ids) for ids in ids_by_base.values()}
     for suffix in ("_B", "_E", "_I", "_S"):
         ids = {i for name, i in phone_ids.items() if name.endswith(suffix)}
         if ids:
@@ -84,6 +97,86 @@ def context_questions(phone_ids: dict[str, int], silence: set[str]) -> list[froz
     sil = {i for name, i in phone_ids.items() if base_of(name) in silence}
     questions.add(frozenset(sil | {0}))  # silence or the utterance edge
     questions.add(frozenset({0}))
+    return questions
+
+
+def cluster_phone_questions(stats: dict, root_sets: list[list[int]], pdf_classes: tuple[int, ...] = (0, 1, 2),
+                            var_floor: float = 1e-3) -> list[frozenset[int]]:
+    """Questions by top-down binary clustering of the root sets (the idea of Kaldi's cluster-phones).
+
+    Each root set is described by its pooled Gaussian statistics per pdf class
+    (all contexts). A cluster is split in two by likelihood: start from the
+    split at the median of the members' projections on their principal
+    direction, then move single members across while the summed log-likelihood
+    of the two halves' Gaussians rises. Every cluster of the resulting binary
+    tree, from the whole inventory down to single sets, is a question.
+    """
+    phone_root = {p: r for r, phones in enumerate(root_sets) for p in phones}
+    pooled: dict[int, dict[int, np.ndarray]] = {}
+    for (_, phone, _, pdf_class), st in stats.items():
+        if pdf_class in pdf_classes and phone in phone_root:
+            per_class = pooled.setdefault(phone_root[phone], {})
+            per_class[pdf_class] = per_class.get(pdf_class, 0) + st
+    items = sorted(pooled)
+    if not items:
+        return []
+    dim = len(next(iter(stats.values())))
+    table = np.zeros((len(items), len(pdf_classes), dim))
+    for i, r in enumerate(items):
+        for j, c in enumerate(pdf_classes):
+            if c in pooled[r]:
+                table[i, j] = pooled[r][c]
+
+    def objective(members) -> float:
+        total = table[list(members)].sum(0)
+        return sum(gaussian_loglike(total[j], var_floor) for j in range(len(pdf_classes)))
+
+    def split(members: list[int]) -> tuple[list[int], list[int]]:
+        d = (dim - 1) // 2
+        counts = np.maximum(table[members, :, 0:1], 1e-10)
+        means = (table[members, :, 1 : 1 + d] / counts).reshape(len(members), -1)
+        centred = means - means.mean(0)
+        direction = np.linalg.svd(centred, full_matrices=False)[2][0] if len(members) > 2 else centred[0]
+        projection = centred @ direction
+        order = [members[k] for k in np.argsort(projection, kind="stable")]
+        a, b = set(order[: len(order) // 2]), set(order[len(order) // 2 :])
+        current = objective(a) + objective(b)
+        for _ in range(50):  # move members one at a time while it helps
+            moved = False
+            for m in members:
+                src, dst = (a, b) if m in a else (b, a)
+                if len(src) == 1:
+                    continue
+                gain = objective(src - {m}) + objective(dst | {m}) - current
+                if gain > 1e-9 * max(1.0, abs(current)):
+                    src.remove(m)
+                    dst.add(m)
+                    current += gain
+                    moved = True
+            if not moved:
+                break
+        return sorted(a), sorted(b)
+
+    questions: list[frozenset[int]] = []
+    pending = [list(range(len(items)))]
+    while pending:
+        members = pending.pop()
+        questions.append(frozenset(p for k in members for p in root_sets[items[k]]))
+        if len(members) > 1:
+            pending.extend(split(members))
+    return questions
+
+
+def make_questions(kind: str, phone_ids: dict[str, int], silence: set[str], stats: dict,
+                   root_sets: list[list[int]]) -> list[frozenset[int]]:
+    """The question set for ``kind`` in auto / arpabet / both (see the module docstring)."""
+    if kind not in ("auto", "arpabet", "both"):
+        raise ValueError(f"tree questions must be auto, arpabet or both, not {kind!r}")
+    questions = position_and_edge_questions(phone_ids, silence)
+    if kind in ("arpabet", "both"):
+        questions |= set(context_questions(phone_ids, silence))
+    if kind in ("auto", "both"):
+        questions |= set(cluster_phone_questions(stats, root_sets))
     return sorted(questions, key=lambda q: (len(q), sorted(q)))
 
 
@@ -161,6 +254,7 @@ class SenoneTree:
     roots: dict[tuple[int, int], Node] = field(default_factory=dict)  # (root index, pdf class) -> node
     num_pdf_classes: dict[int, int] = field(default_factory=dict)  # phone -> number of pdf classes
     phone_root: dict[int, int] = field(default_factory=dict)  # phone -> root index
+    gain_per_frame: float = 0.0  # log-likelihood gain of the splits over the frames of the statistics
 
     def leaves(self) -> list[Leaf]:
         out: list[Leaf] = []
@@ -273,6 +367,7 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
         consider(split.no, root, lambda node, s=split: setattr(s, "no", node))
     tree.number_pdfs()
     frames = sum(st[0] for st in stats.values())
+    tree.gain_per_frame = total_gain / max(1.0, frames)
     log.info("tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
              leaves, len(tree.roots), total_gain, int(frames), total_gain / max(1.0, frames))
     return tree
@@ -331,7 +426,7 @@ def load_context_dependency(data: bytes):
 # --- stage 5 -----------------------------------------------------------------------
 
 def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves: int = 500, min_count: float = 100.0,
-                      force: bool = False) -> dict:
+                      questions: str = "auto", force: bool = False) -> dict:
     """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo and ali_pdf.ark into ``out_dir``."""
     import json
     from pathlib import Path
@@ -347,7 +442,8 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
     done = Completion(out_dir, "build-tree", {"ali": (ci_dir / "ali.ark").stat().st_mtime_ns, "num_leaves": num_leaves,
-                                              "min_count": min_count, "lang": str(lang_dir.resolve())})
+                                              "min_count": min_count, "questions": questions,
+                                              "lang": str(lang_dir.resolve())})
     if done.is_done(force):
         log.info("%s: tree already built", out_dir)
         return json.loads((out_dir / "tree.json").read_text())
@@ -376,8 +472,9 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     ci_phones = {int(x) for x in (lang_dir / "phones" / "context_indep.int").read_text().split()}
     root_sets = [[int(x) for x in line.split()[2:]] for line in (lang_dir / "phones" / "roots.int").read_text().splitlines()
                  if line.strip()]
-    tree = build_tree(stats, num_classes, context_questions(phone_ids, silence), ci_phones, num_leaves, min_count,
-                      root_sets=root_sets)
+    question_sets = make_questions(questions, phone_ids, silence, stats, root_sets)
+    log.info("tree: %d questions (%s)", len(question_sets), questions)
+    tree = build_tree(stats, num_classes, question_sets, ci_phones, num_leaves, min_count, root_sets=root_sets)
     ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
     trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
     save_model(out_dir, topo_text, ctx_dep, trans_model)
@@ -391,6 +488,8 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
         pdf_alignments[utt] = pdfs
     write_alignments(out_dir / "ali_pdf.ark", pdf_alignments)
     summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
+               "questions": questions, "num_questions": len(question_sets),
+               "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
                "frames": int(sum(s[0] for s in stats.values())), "utterances": len(alignments)}
     write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
     done.mark_done()
