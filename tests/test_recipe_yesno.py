@@ -202,3 +202,42 @@ def test_fsa_viterbi_equals_kaldi_on_real_network_scores(yesno_through_stage_4):
         assert our_score == pytest.approx(kaldi_score, rel=1e-4)
         identical += our_tids == kaldi_tids
     assert identical >= len(cuts) - 1
+
+
+def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_through_stage_4):
+    """SIGKILL after some iterations; the re-run resumes from the last checkpoint and ends as an uninterrupted run."""
+    import signal
+    import time
+
+    import torch
+
+    from conftest import asrhybrid_cmd
+
+    work, _ = yesno_through_stage_4
+    fbank = work / "data" / "fbank"
+
+    def args(out):
+        return asrhybrid_cmd() + ["align-flat-start", str(fbank / "yesno_cuts_train.jsonl.gz"), str(work / "data" / "lang"),
+                                  str(out), "--cmvn", str(fbank / "yesno_cmvn_global_train.ark"), "--opt", "iterations=4"]
+
+    whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (killed / "2.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "2.pt").exists() and not (killed / "final.pt").exists(), "the kill must land mid-way"
+
+    resumed = subprocess.run(args(killed), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after iteration" in resumed.stderr
+    assert (killed / "ali.ark").read_bytes() == (tmp_path / "whole" / "ali.ark").read_bytes()
+    a = torch.load(killed / "final.pt", weights_only=False)
+    b = torch.load(tmp_path / "whole" / "final.pt", weights_only=False)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    assert (json.loads((killed / "flat_start.json").read_text())
+            == json.loads((tmp_path / "whole" / "flat_start.json").read_text()))

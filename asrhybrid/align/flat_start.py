@@ -8,6 +8,11 @@ counts) and realigns through the training graphs. Per iteration the log gives
 the frame cross-entropy, frame accuracy, the share of frames whose target
 changed, and how many utterances could not be aligned (they sit out the next
 training round and are listed, never dropped silently).
+
+Every finished iteration leaves ``ali.N.ark`` and a checkpoint ``N.pt`` (the
+network, the shuffling generator's state, the log so far): a killed run
+resumes after its last finished iteration and ends where an uninterrupted run
+would have (``force`` starts from scratch).
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         return json.loads((exp_dir / "flat_start.json").read_text())
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
+    resume_key = {"cuts": str(cuts_path.resolve()), "lang": str(lang_dir.resolve()),
+                  **{k: v for k, v in asdict(cfg).items() if k != "iterations"}}
 
     tree, trans_model = init_mono_model(lang_dir, exp_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
@@ -114,18 +121,25 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         graphs[cut.id] = compiler.compile(text)
     utts = sorted(graphs)
 
-    alignments: dict[str, list[int]] = {}
-    failed = []
-    for k, u in enumerate(utts):
-        ali = equal_alignment(graphs[u], feats[u].shape[0], seed=cfg.seed + k)
-        (alignments.__setitem__(u, ali) if ali else failed.append(u))
-    log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
-             len(alignments), len(failed), f": {' '.join(failed[:10])}" if failed else "")
-    write_alignments(exp_dir / "ali.0.ark", alignments)
-
     model = SplicedMLP(next(iter(feats.values())).shape[1], trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
-    history = []
-    for it in range(1, cfg.iterations + 1):
+    history, log_prior = [], None
+    first, checkpoint = (0, None) if force else _last_checkpoint(exp_dir, cfg.iterations, resume_key)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        generator.set_state(checkpoint["generator"])
+        history, log_prior = checkpoint["history"], checkpoint["log_prior"]
+        alignments = read_alignments(exp_dir / f"ali.{first}.ark")
+        log.info("resuming after iteration %d (its checkpoint %s)", first, exp_dir / f"{first}.pt")
+    else:
+        alignments, failed = {}, []
+        for k, u in enumerate(utts):
+            ali = equal_alignment(graphs[u], feats[u].shape[0], seed=cfg.seed + k)
+            (alignments.__setitem__(u, ali) if ali else failed.append(u))
+        log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
+                 len(alignments), len(failed), f": {' '.join(failed[:10])}" if failed else "")
+        write_alignments(exp_dir / "ali.0.ark", alignments)
+
+    for it in range(first + 1, cfg.iterations + 1):
         targets = {u: tid_to_pdf[np.asarray(a)] for u, a in alignments.items()}
         model.train()
         ce, acc = _train(model, feats, targets, cfg, generator, cfg.lr * cfg.lr_decay ** (it - 1))
@@ -156,8 +170,9 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
                  f": {' '.join(failed[:10])}" if failed else "")
         alignments = new_alignments
         write_alignments(exp_dir / f"ali.{it}.ark", alignments)
-        with atomic_output(exp_dir / f"{it}.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
+        with atomic_output(exp_dir / f"{it}.pt") as tmp:  # written last: it marks the iteration finished
+            torch.save({"state_dict": model.state_dict(), "generator": generator.get_state(), "history": history,
+                        "log_prior": log_prior, "resume_key": resume_key}, tmp)
     write_alignments(exp_dir / "ali.ark", alignments)
     with atomic_output(exp_dir / "final.pt") as tmp:
         torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std,
@@ -166,6 +181,20 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
     done.mark_done()
     return summary
+
+
+def _last_checkpoint(exp_dir: Path, iterations: int, resume_key: dict) -> tuple[int, dict | None]:
+    """(N, checkpoint) of the last finished iteration N <= ``iterations`` run with the same options, or (0, None)."""
+    for it in range(iterations, 0, -1):
+        path = exp_dir / f"{it}.pt"
+        if not (path.is_file() and (exp_dir / f"ali.{it}.ark").is_file()):
+            continue
+        checkpoint = torch.load(path, weights_only=False)
+        if not isinstance(checkpoint, dict) or checkpoint.get("resume_key") != resume_key:
+            log.info("%s was written with other options: starting from scratch", path)
+            return 0, None
+        return it, checkpoint
+    return 0, None
 
 
 def load_flat_start_model(exp_dir: Path | str):
