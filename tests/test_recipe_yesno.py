@@ -176,6 +176,38 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(yesno_through_stage_4)
         assert decode_words(hclg, loglikes, words) == sentence
 
 
+def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
+    """exp/tree/ali.ark (convert-ali): same phones as the flat start, its pdfs are ali_pdf.ark, and it is the path
+    Kaldi's aligner finds through the tree model's training graphs when only those pdfs score."""
+    from asrhybrid.align.flat_start import read_alignments
+    from asrhybrid.align.graphs import GraphCompiler, align_kaldi
+    from asrhybrid.graph.mkgraph import load_model
+
+    work, _ = yesno_through_stage_4
+    tree_dir, mono_dir = work / "exp" / "tree", work / "exp" / "mono_flat"
+    tree, trans_model = load_model(tree_dir)
+    _, mono_tm = load_model(mono_dir)
+    converted, pdfs = read_alignments(tree_dir / "ali.ark"), read_alignments(tree_dir / "ali_pdf.ark")
+    old = read_alignments(mono_dir / "ali.ark")
+    assert sorted(converted) == sorted(old)
+    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    for utt, tids in converted.items():
+        assert tid_to_pdf[tids].tolist() == pdfs[utt]
+        assert [trans_model.transition_id_to_phone(t) for t in tids] == [mono_tm.transition_id_to_phone(t) for t in old[utt]]
+        assert [trans_model.is_self_loop(t) for t in tids] == [mono_tm.is_self_loop(t) for t in old[utt]]
+
+    compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
+    cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz"))
+    graphs, scores = [], []
+    for cut in cuts:
+        graphs.append(compiler.compile(cut.supervisions[0].text))
+        onehot = np.full((cut.num_frames, trans_model.num_pdfs), -1000.0, dtype=np.float32)
+        onehot[np.arange(cut.num_frames), pdfs[cut.id]] = 0.0
+        scores.append(onehot)
+    for cut, result in zip(cuts, align_kaldi(graphs, scores, tid_to_pdf, beam=1000.0, retry_beam=0.0)):
+        assert result is not None and result[0] == converted[cut.id], cut.id
+
+
 def test_fsa_viterbi_equals_kaldi_on_real_network_scores(yesno_through_stage_4):
     """The flat-start network's scaled likelihoods on the test set: both aligners find the same best path."""
     import torch

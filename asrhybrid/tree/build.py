@@ -423,11 +423,43 @@ def load_context_dependency(data: bytes):
     return tree
 
 
+# --- alignments for the new model ------------------------------------------------------
+
+def tid_converter(old_tm, new_tm):
+    """Kaldi's convert-ali for the same topology: (old transition id, new pdf) -> the new model's transition id.
+
+    A transition id is a transition state (phone, HMM state, pdfs) plus the
+    index of the transition out of that HMM state; the index carries over, the
+    transition state is the new model's one for the same phone and the new pdf.
+    """
+    by_phone_pdf: dict[tuple[int, int], int] = {}
+    first = new_tm.state2id
+    for state in range(1, new_tm.num_transition_states + 1):
+        tids = range(first[state], first[state + 1])
+        pdfs = {new_tm.transition_id_to_pdf(t) for t in tids}
+        key = (new_tm.transition_id_to_phone(tids[0]), pdfs.pop())
+        if pdfs or key in by_phone_pdf:
+            raise ValueError("alignment conversion needs topologies where one pdf class belongs to one HMM state "
+                             "and self-loops share their state's pdf (Kaldi's standard ones)")
+        by_phone_pdf[key] = state
+    old_first, old_state = old_tm.state2id, old_tm.id2state
+
+    def convert(tid: int, phone: int, new_pdf: int) -> int:
+        index = tid - old_first[old_state[tid]]
+        return first[by_phone_pdf[(phone, new_pdf)]] + index
+
+    return convert
+
+
 # --- stage 5 -----------------------------------------------------------------------
 
 def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves: int = 500, min_count: float = 100.0,
                       questions: str = "auto", force: bool = False) -> dict:
-    """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo and ali_pdf.ark into ``out_dir``."""
+    """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo, ali.ark and ali_pdf.ark into ``out_dir``.
+
+    ``ali.ark`` holds the flat-start alignments converted to the new model's
+    transition ids (Kaldi's convert-ali), ``ali_pdf.ark`` their senones.
+    """
     import json
     from pathlib import Path
 
@@ -479,14 +511,19 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
     save_model(out_dir, topo_text, ctx_dep, trans_model)
 
-    pdf_alignments = {}
+    convert = tid_converter(ci_tm, trans_model)
+    pdf_alignments, tid_alignments = {}, {}
     for utt, tids in alignments.items():
         tids = np.asarray(tids)
-        pdfs = []
+        pdfs, new_tids = [], []
         for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
-            pdfs += [tree.pdf(left, phone, right, int(c)) for c in tid_class[tids[b:e]]]
-        pdf_alignments[utt] = pdfs
+            for tid in tids[b:e]:
+                pdf = tree.pdf(left, phone, right, int(tid_class[tid]))
+                pdfs.append(pdf)
+                new_tids.append(convert(int(tid), phone, pdf))
+        pdf_alignments[utt], tid_alignments[utt] = pdfs, new_tids
     write_alignments(out_dir / "ali_pdf.ark", pdf_alignments)
+    write_alignments(out_dir / "ali.ark", tid_alignments)
     summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
                "questions": questions, "num_questions": len(question_sets),
                "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
