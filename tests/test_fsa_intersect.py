@@ -203,3 +203,22 @@ def test_viterbi_equals_kaldis_aligner_on_real_training_graphs(yesno_training_gr
         assert our_score == pytest.approx(kaldi_score, rel=1e-4)
     identical = sum(o[0] == k[0] for o, k in zip(ours, kaldi))
     assert identical >= 98  # "identical except on exact ties"; random float scores make ties rare
+
+
+def test_batches_respect_the_size_limits(yesno_training_graphs):
+    """Small cell budgets split the work into more batches; the alignments do not change."""
+    from asrhybrid.align.graphs import _batches, align_fsa
+
+    tid_to_pdf, graphs, scores = yesno_training_graphs
+    order = sorted(range(30), key=lambda i: -scores[i].shape[0])
+    frames = [scores[i].shape[0] for i in order]
+    fsas = {}
+    batches = list(_batches(order, frames, 8, 20_000, graphs, fsas))
+    assert [i for b in batches for i in b] == order
+    for b in batches:
+        assert len(b) <= 8
+        longest = max(scores[i].shape[0] for i in b)
+        assert len(b) == 1 or sum(fsas[i].num_states for i in b) * (longest + 1) <= 20_000
+    assert len(batches) > 30 / 8
+    small = align_fsa(graphs[:30], scores[:30], tid_to_pdf, batch=8, max_cells=20_000)
+    assert small == align_fsa(graphs[:30], scores[:30], tid_to_pdf)

@@ -112,28 +112,48 @@ def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.nda
     return out
 
 
-def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray,
-              device: str = "cpu", batch: int = 256) -> list[tuple[list[int], float] | None]:
+def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, device: str = "cpu",
+              batch: int = 256, max_cells: float = 4e8) -> list[tuple[list[int], float] | None]:
     """The FSA engine's batched Viterbi: (transition ids, score) or None where no path fits the frames.
 
-    Utterances are batched longest first, so a batch pads its score matrix to similar lengths.
+    Utterances are batched longest first (a batch pads its score matrix to
+    similar lengths), at most ``batch`` of them and at most ``max_cells``
+    (graph states x frames, one byte of back-pointer each) per batch.
     """
-    from asrhybrid.fsa import DenseFsaVec, FsaVec, from_kaldi, shortest_path
+    from asrhybrid.fsa import DenseFsaVec, FsaVec, shortest_path
 
     label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column
     order = sorted(range(len(graphs)), key=lambda i: -pdf_loglikes[i].shape[0])
     out: list[tuple[list[int], float] | None] = [None] * len(graphs)
-    for start in range(0, len(order), batch):
-        chunk = order[start : start + batch]
+    fsas = {}
+    for chunk in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs, fsas):
         lengths = [pdf_loglikes[i].shape[0] for i in chunk]
         log_probs = torch.zeros((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
         for row, i in enumerate(chunk):
             log_probs[row, : lengths[row]] = torch.from_numpy(np.asarray(pdf_loglikes[i], dtype=np.float32))
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), label_to_column)
-        best = shortest_path(FsaVec.from_fsas([from_kaldi(graphs[i]) for i in chunk], device), dense)
+        best = shortest_path(FsaVec.from_fsas([fsas.pop(i) for i in chunk], device), dense)
         for i, score, labels in zip(chunk, best.scores.tolist(), best.labels):
             out[i] = (labels, score) if labels else None
     return out
+
+
+def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, graphs: list, fsas: dict):
+    """Consecutive groups of ``order`` (longest first) within the size limits, converting each graph to an Fsa."""
+    from asrhybrid.fsa import from_kaldi
+
+    chunk, states, longest = [], 0, 0
+    for i, length in zip(order, frames):
+        fsas[i] = from_kaldi(graphs[i])
+        if chunk and (len(chunk) == batch or (states + fsas[i].num_states) * (longest + 1) > max_cells):
+            yield chunk
+            chunk, states = [], 0
+        if not chunk:
+            longest = length
+        chunk.append(i)
+        states += fsas[i].num_states
+    if chunk:
+        yield chunk
 
 
 def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None,
