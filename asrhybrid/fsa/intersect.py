@@ -17,6 +17,10 @@ backtrace runs on the device for the whole batch, so on CUDA the loop is
 bound by kernel launches, not by round trips. Runs on whatever device the
 tensors are on.
 
+The tables are as wide as the largest in-degree, which suits training
+graphs (in-degree 3 or so); a decoding graph's few states with thousands of
+arcs in (HCLG's loop states) would need another layout.
+
 The backward pass mirrors the forward one with outgoing-arc tables, giving
 arc occupation posteriors; ``get_tot_scores`` wraps forward and backward in an
 autograd Function whose gradient wrt ``log_probs`` is the posterior occupation
@@ -117,7 +121,6 @@ class _Layout:
 
         to = lambda a, kind=int: torch.as_tensor(  # noqa: E731
             a, dtype=torch.int64 if kind is int else dtype, device=device)
-        self.label = fsas.label
         self.pos_fsa = to(state_fsa[order])
         self.start = to(pos[fsas.start_states.cpu().numpy()])
         column = dense.label_to_column.cpu().numpy()
@@ -178,7 +181,7 @@ class _Layout:
             table = _table(self._pos[src], self._pos[dst], emit, fsas.score.cpu().double().numpy()[emit],
                            self.num_states, to)
             table = self._all_rows(table, self.num_states, self.num_states)
-            emit_index = torch.full((len(self.label),), len(emit), dtype=torch.int64, device=fsas.device)
+            emit_index = torch.full((fsas.label.numel(),), len(emit), dtype=torch.int64, device=fsas.device)
             emit_index[self.emit_arcs] = torch.arange(len(emit), device=fsas.device)
             self._outgoing = (table, self._pad_base(table.arc), emit_index[table.arc.clamp(min=0)].masked_fill(
                 table.arc < 0, len(emit)))
