@@ -222,3 +222,44 @@ def test_batches_respect_the_size_limits(yesno_training_graphs):
     assert len(batches) > 30 / 8
     small = align_fsa(graphs[:30], scores[:30], tid_to_pdf, batch=8, max_cells=20_000)
     assert small == align_fsa(graphs[:30], scores[:30], tid_to_pdf)
+
+
+def ctc_graph(targets: list[int]) -> Fsa:
+    """CTC's topology for one target sequence: blank/label states, label = token + 1 (label 0 is epsilon here)."""
+    states = [0] + [x for t in targets for x in (t, 0)]  # blank, y1, blank, y2, ..., blank
+    arcs = []
+    for s, token in enumerate(states):
+        arcs.append((s, s, token + 1, 0.0))  # stay
+        if s + 1 < len(states):
+            arcs.append((s, s + 1, states[s + 1] + 1, 0.0))
+        if token != 0 and s + 2 < len(states) and states[s + 2] != token:
+            arcs.append((s, s + 2, states[s + 2] + 1, 0.0))  # skip the blank between different tokens
+    final = len(states)
+    arcs += [(final - 1, final, -1, 0.0), (final - 2, final, -1, 0.0)]
+    # entering: the first frame may be blank or the first token; a super-initial state does that
+    shifted = [(s + 1, d + 1, label, score) for s, d, label, score in arcs]
+    start = [(0, 1, 1, 0.0), (0, 2, states[1] + 1, 0.0)]
+    fsa = Fsa.from_arcs(start + shifted, final + 2)
+    fsa.score = fsa.score.double()
+    return fsa
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ctc_through_the_fsa_engine_equals_torch_ctc_loss(device):
+    """An FSA loss trains a network: CTC as an FsaVec gives torch's ctc_loss and its gradient."""
+    torch.manual_seed(0)
+    targets = [[1, 1, 2], [3, 1, 4, 2], [4]]
+    lengths = torch.tensor([12, 9, 5])
+    logits = torch.randn(3, 12, 5, dtype=torch.float64, requires_grad=True)
+    log_probs = logits.log_softmax(-1)
+    vec = FsaVec.from_fsas([ctc_graph(t) for t in targets], device)
+    dense = DenseFsaVec(log_probs.to(device), lengths, torch.arange(-1, 5).clamp(min=0))
+    ours = -get_tot_scores(vec, dense).cpu()
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+
+    reference = torch.nn.functional.ctc_loss(
+        logits.log_softmax(-1).transpose(0, 1), torch.tensor([x for t in targets for x in t]), lengths,
+        torch.tensor([len(t) for t in targets]), blank=0, reduction="none")
+    (grad_ref,) = torch.autograd.grad(reference.sum(), logits)
+    np.testing.assert_allclose(ours.detach().numpy(), reference.detach().numpy(), rtol=1e-9)
+    np.testing.assert_allclose(grad_ours.numpy(), grad_ref.numpy(), atol=1e-9)
