@@ -263,3 +263,16 @@ def test_ctc_through_the_fsa_engine_equals_torch_ctc_loss(device):
     (grad_ref,) = torch.autograd.grad(reference.sum(), logits)
     np.testing.assert_allclose(ours.detach().numpy(), reference.detach().numpy(), rtol=1e-9)
     np.testing.assert_allclose(grad_ours.numpy(), grad_ref.numpy(), atol=1e-9)
+
+
+def test_utterances_lost_by_kaldis_beam_are_aligned_exactly(yesno_training_graphs):
+    """Barely enough frames and a tiny beam: Kaldi's aligner fails; align() hands those to the FSA Viterbi."""
+    from asrhybrid.align.graphs import align, align_fsa, align_kaldi
+
+    tid_to_pdf, graphs, _ = yesno_training_graphs
+    rng = np.random.default_rng(7)
+    scores = [(3 * rng.standard_normal((27, int(tid_to_pdf.max()) + 1))).astype(np.float32) for _ in graphs[:10]]
+    assert sum(r is None for r in align_kaldi(graphs[:10], scores, tid_to_pdf, beam=0.5, retry_beam=0.0)) >= 5
+    results = align(graphs[:10], scores, tid_to_pdf, backend="kaldi", device="cpu", beam=0.5, retry_beam=0.0)
+    assert all(r is not None for r in results)
+    assert results == align_fsa(graphs[:10], scores, tid_to_pdf)

@@ -273,3 +273,23 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
     assert (json.loads((killed / "flat_start.json").read_text())
             == json.loads((tmp_path / "whole" / "flat_start.json").read_text()))
+
+
+def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_stage_4):
+    """Iteration 0 keeps equal-alignment paths with silence at both edges; a single draw often has none."""
+    from asrhybrid.align.flat_start import read_alignments
+    from asrhybrid.align.graphs import GraphCompiler, equal_alignment, transition_arrays
+    from asrhybrid.graph.mkgraph import load_model
+    from asrhybrid.lm.train import read_int_list
+
+    work, _ = yesno_through_stage_4
+    tree, trans_model = load_model(work / "exp" / "mono_flat")
+    tid_phone, _ = transition_arrays(trans_model)
+    silence = set(read_int_list(work / "data" / "lang" / "phones" / "silence.int"))
+    first = read_alignments(work / "exp" / "mono_flat" / "ali.0.ark")
+    assert first and all(tid_phone[a[0]] in silence and tid_phone[a[-1]] in silence for a in first.values())
+
+    compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
+    cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz"))
+    single = [equal_alignment(compiler.compile(c.supervisions[0].text), c.num_frames, seed=k) for k, c in enumerate(cuts)]
+    assert sum(tid_phone[a[0]] not in silence or tid_phone[a[-1]] not in silence for a in single) > len(cuts) / 4

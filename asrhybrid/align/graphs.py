@@ -30,10 +30,10 @@ class GraphCompiler:
 
     def __post_init__(self):
         from asrhybrid.kaldi import kaldifst, khg
-        from asrhybrid.lm.train import read_symbol_table
+        from asrhybrid.lm.train import read_int_list, read_symbol_table
 
         self.words = read_symbol_table(self.lang_dir / "words.txt")
-        self.disambig = [int(x) for x in (self.lang_dir / "phones" / "disambig.int").read_text().split()]
+        self.disambig = read_int_list(self.lang_dir / "phones" / "disambig.int")
         self.oov = (self.lang_dir / "oov.txt").read_text().strip()
         self._compiler = khg.TrainingGraphCompiler(
             trans_model=self.trans_model, ctx_dep=self.tree,
@@ -86,14 +86,23 @@ def tid_loglikes(pdf_loglikes: np.ndarray, tid_to_pdf: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(pdf_loglikes[:, tid_to_pdf[1:]], dtype=np.float32)
 
 
-def equal_alignment(graph, num_frames: int, seed: int) -> list[int] | None:
-    """Kaldi's align-equal-compiled: a random path of the graph with frames shared out equally."""
+def equal_alignment(graph, num_frames: int, seed: int, prefer=None, tries: int = 20) -> list[int] | None:
+    """Kaldi's align-equal-compiled: a random path of the graph with frames shared out equally.
+
+    With ``prefer`` (a test on an alignment), up to ``tries`` paths are drawn
+    and the first that passes is kept (the last drawn if none does).
+    """
     from asrhybrid.kaldi import kaldifst
 
-    ok, aligned = kaldifst.equal_align(graph, num_frames, seed)
-    if not ok:
-        return None
-    return [t for t in kaldifst.get_linear_symbol_sequence(aligned)[1] if t > 0]
+    tids = None
+    for k in range(tries if prefer else 1):
+        ok, aligned = kaldifst.equal_align(graph, num_frames, seed + k * 7919)
+        if not ok:
+            return None
+        tids = [t for t in kaldifst.get_linear_symbol_sequence(aligned)[1] if t > 0]
+        if prefer is None or prefer(tids):
+            break
+    return tids
 
 
 def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, beam: float = 10.0,
@@ -161,10 +170,20 @@ def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str |
     """Forced alignment with the default back-end: the FSA engine on CUDA, Kaldi's aligner on CPU.
 
     The beams are Kaldi's (the FSA engine searches exhaustively and needs none).
+    Utterances that Kaldi's beams lose even at the retry beam are aligned again
+    by the exact FSA Viterbi; None is left only where no path fits the frames.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend == "auto":
         backend = "fsa" if device != "cpu" else "kaldi"
-    if backend == "kaldi":
-        return align_kaldi(graphs, pdf_loglikes, tid_to_pdf, beam, retry_beam)
-    return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device)
+    if backend == "fsa":
+        return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device)
+    results = align_kaldi(graphs, pdf_loglikes, tid_to_pdf, beam, retry_beam)
+    lost = [i for i, r in enumerate(results) if r is None]
+    if lost:
+        exact = align_fsa([graphs[i] for i in lost], [pdf_loglikes[i] for i in lost], tid_to_pdf, device)
+        for i, r in zip(lost, exact):
+            results[i] = r
+        log.info("%d utterance(s) failed Kaldi's beams (%g, retry %g); the FSA Viterbi aligned %d of them",
+                 len(lost), beam, retry_beam, sum(r is not None for r in exact))
+    return results

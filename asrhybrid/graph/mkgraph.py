@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from asrhybrid.errors import DataError
-from asrhybrid.lm.train import read_symbol_table
+from asrhybrid.lm.train import read_int_list, read_symbol_table
 from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ def load_model(model_dir: Path | str):
     return pickle.loads((model_dir / "tree").read_bytes()), pickle.loads((model_dir / "trans.pkl").read_bytes())
 
 
-def _int_list(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()]
-
-
 def remove_input_symbols(fst, symbols: list[int], num_labels: int):
     """Kaldi's fstrmsymbols: ``symbols`` on the input side become epsilon.
 
@@ -96,7 +92,7 @@ def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1
     from asrhybrid.kaldi import kaldifst, khg
 
     L = kaldifst.StdVectorFst.read(str(lang_dir / "L_disambig.fst"))
-    disambig_phones = _int_list(lang_dir / "phones" / "disambig.int")
+    disambig_phones = read_int_list(lang_dir / "phones" / "disambig.int")
 
     LG = kaldifst.StdVectorFst(kaldifst.compose(L, G))
     kaldifst.determinize_star(LG, use_log=True)

@@ -42,6 +42,14 @@ def read_symbol_table(path: Path) -> dict[str, int]:
     return table
 
 
+def read_int_list(path: Path) -> list[int]:
+    """A lang dir's integer list file (phones/silence.int, disambig.int, ...)."""
+    try:
+        return [int(x) for x in Path(path).read_text().split()]
+    except ValueError as e:
+        raise DataError([f"{path}: expected whitespace-separated integers ({e})"]) from None
+
+
 def prepare_lm_text(lines: list[str], words: set[str] | None, oov_word: str | None, source: str) -> list[str]:
     """Check LM training sentences; map words outside ``words`` to ``oov_word`` (counted, logged).
 

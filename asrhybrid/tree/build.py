@@ -469,7 +469,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     from asrhybrid.features.cmvn import global_mean_std
     from asrhybrid.graph.mkgraph import load_model, save_model
     from asrhybrid.kaldi import khg
-    from asrhybrid.lm.train import read_symbol_table
+    from asrhybrid.lm.train import read_int_list, read_symbol_table
     from asrhybrid.recipe.outputs import Completion, write_text_atomic
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
@@ -501,7 +501,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
 
     phone_ids = read_symbol_table(lang_dir / "phones.txt")
     silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
-    ci_phones = {int(x) for x in (lang_dir / "phones" / "context_indep.int").read_text().split()}
+    ci_phones = set(read_int_list(lang_dir / "phones" / "context_indep.int"))
     root_sets = [[int(x) for x in line.split()[2:]] for line in (lang_dir / "phones" / "roots.int").read_text().splitlines()
                  if line.strip()]
     question_sets = make_questions(questions, phone_ids, silence, stats, root_sets)
