@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 from lhotse import load_manifest
@@ -84,3 +85,20 @@ def test_synth_killed_midway_resumes_to_the_same_corpus(tmp_path):
     ref = {p.relative_to(tmp_path / "ref"): p.read_bytes() for p in (tmp_path / "ref").rglob("*") if p.is_file()}
     got = {p.relative_to(tmp_path / "s"): p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
     assert got == ref
+
+
+def test_completion_markers_compare_paths_not_their_spelling(tmp_path, monkeypatch):
+    """A finished step re-run with the same file named relatively is a no-op; another file is a stale-output error."""
+    import pytest
+
+    from asrhybrid.errors import StaleOutputError
+    from asrhybrid.recipe.outputs import Completion
+
+    (tmp_path / "words.txt").write_text("a 1\n")
+    (tmp_path / "other.txt").write_text("b 1\n")
+    Completion(tmp_path / "out", "step", {"words": str(tmp_path / "words.txt"), "order": 2}).mark_done()
+    monkeypatch.chdir(tmp_path)
+    assert Completion(tmp_path / "out", "step", {"words": "words.txt", "order": 2}).is_done()
+    assert Completion(tmp_path / "out", "step", {"words": Path("./words.txt"), "order": 2}).is_done()
+    with pytest.raises(StaleOutputError, match="words"):
+        Completion(tmp_path / "out", "step", {"words": "other.txt", "order": 2}).is_done()

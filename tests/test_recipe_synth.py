@@ -26,3 +26,20 @@ def test_default_recipe_runs_offline(tmp_path):
     assert speakers["train"].isdisjoint(speakers["dev"] | speakers["test"])
     assert any(c.supervisions[0].custom.get("noise") for c in cuts["train"])
     assert cuts["dev"][0].load_features().shape[1] == 80
+    # Stages 2-5 ran too: the flat start converged, and its alignments of the held-out test
+    # speakers meet the quality measured when its defaults were chosen (README, Alignment).
+    import json
+
+    flat = json.loads((work / "exp" / "mono_flat" / "flat_start.json").read_text())["iterations"]
+    assert flat[-1]["changed_phone_frames"] < 0.02
+    assert json.loads((work / "exp" / "tree" / "tree.json").read_text())["leaves"] == 800
+    out = work / "exp" / "mono_flat" / "align_test"
+    test_cuts = str(work / "data" / "fbank" / "synth_cuts_test.jsonl.gz")
+    cli = [sys.executable, "-m", "asrhybrid.cli"]
+    for verb in (["align", test_cuts, str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out)],
+                 ["align-quality", test_cuts, str(out)]):
+        done = subprocess.run(cli + verb, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    words = json.loads((out / "quality.json").read_text())["word_boundaries"]
+    assert words["boundaries"] > 1000
+    assert words["mean_ms"] < 25 and words["within_20ms"] > 0.65

@@ -68,6 +68,15 @@ def write_text_atomic(path: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _canonical(value: Any) -> Any:
+    """Paths (and strings naming existing files) as absolute paths, so work/x and /abs/work/x compare equal."""
+    if isinstance(value, Path) or (isinstance(value, str) and value and os.path.exists(value)):
+        return str(Path(value).resolve())
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 class Completion:
     """The completion marker of one step writing into ``directory``.
 
@@ -78,7 +87,7 @@ class Completion:
     def __init__(self, directory: Path | str, step: str, params: dict[str, Any]):
         self.directory = Path(directory)
         self.step = step
-        self.params = json.loads(json.dumps(params, sort_keys=True, default=str))
+        self.params = json.loads(json.dumps({k: _canonical(v) for k, v in params.items()}, sort_keys=True, default=str))
         self.path = self.directory / f".done.{step}.json"
 
     def is_done(self, force: bool = False) -> bool:
@@ -92,7 +101,7 @@ class Completion:
         if force:
             self.path.unlink()
             return False
-        previous = json.loads(self.path.read_text(encoding="utf-8"))
+        previous = {k: _canonical(v) for k, v in json.loads(self.path.read_text(encoding="utf-8")).items()}
         if previous != self.params:
             changed = sorted(
                 k for k in set(previous) | set(self.params) if previous.get(k) != self.params.get(k)
