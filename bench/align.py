@@ -85,7 +85,7 @@ def time_viterbi(graphs, scores, tid_to_pdf, device: str, batch: int) -> float:
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
         lengths = [scores[i].shape[0] for i in chunk]
-        log_probs = torch.zeros((len(chunk), max(lengths), scores[0].shape[1]))
+        log_probs = torch.empty((len(chunk), max(lengths), scores[0].shape[1]))  # frames past a length are never read
         for row, i in enumerate(chunk):
             log_probs[row, : lengths[row]] = torch.from_numpy(scores[i])
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), torch.as_tensor(tid_to_pdf))

@@ -276,3 +276,20 @@ def test_utterances_lost_by_kaldis_beam_are_aligned_exactly(yesno_training_graph
     results = align(graphs[:10], scores, tid_to_pdf, backend="kaldi", device="cpu", beam=0.5, retry_beam=0.0)
     assert all(r is not None for r in results)
     assert results == align_fsa(graphs[:10], scores, tid_to_pdf)
+
+
+def test_frames_past_the_lengths_are_never_read():
+    """NaN beyond each utterance's length (the shortest first in the batch) changes nothing."""
+    rng = np.random.default_rng(11)
+    fsas = [random_fsa(rng, num_states=5) for _ in range(3)]
+    lengths = torch.tensor([2, 5, 3])
+    clean = torch.randn(3, 5, 3, dtype=torch.float64)
+    dirty = clean.clone()
+    for b, n in enumerate(lengths.tolist()):
+        dirty[b, n:] = float("nan")
+    vec = FsaVec.from_fsas(fsas)
+    a, b = DenseFsaVec(clean, lengths, LABEL_TO_COLUMN), DenseFsaVec(dirty, lengths, LABEL_TO_COLUMN)
+    assert torch.equal(shortest_path(vec, a).scores, shortest_path(vec, b).scores)
+    assert shortest_path(vec, a).labels == shortest_path(vec, b).labels
+    assert torch.equal(get_tot_scores(vec, a), get_tot_scores(vec, b))
+    torch.testing.assert_close(arc_posteriors(vec, a)[1], arc_posteriors(vec, b)[1], rtol=0, atol=0)

@@ -140,7 +140,8 @@ def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarr
     fsas = {}
     for chunk in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs, fsas):
         lengths = [pdf_loglikes[i].shape[0] for i in chunk]
-        log_probs = torch.zeros((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
+        # frames past an utterance's length are never read: no need to clear them
+        log_probs = torch.empty((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
         for row, i in enumerate(chunk):
             log_probs[row, : lengths[row]] = torch.from_numpy(np.asarray(pdf_loglikes[i], dtype=np.float32))
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), label_to_column)

@@ -190,7 +190,7 @@ class FsaVec:
 
 @dataclass
 class DenseFsaVec:
-    """Per-utterance frame scores: ``log_probs[b, t, c]`` for t < ``lengths[b]``.
+    """Per-utterance frame scores: ``log_probs[b, t, c]`` for t < ``lengths[b]`` (later frames are never read).
 
     Arc labels select columns through ``label_to_column`` (e.g. transition id
     to pdf id); label 0 (epsilon) and -1 (final) take no column.

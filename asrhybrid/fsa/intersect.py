@@ -132,6 +132,9 @@ class _Layout:
         base = np.zeros(len(label), dtype=np.int64)
         base[emit] = arc_fsa[emit] * T * C + column[label[emit]]
         self.base = to(base)
+        # padding entries read a frame of the longest utterance: always inside its length, so
+        # never a frame past the lengths, which callers need not fill
+        self.pad_base = int(np.argmax(lengths)) * T * C if len(lengths) else 0
         # one row per position (states without emitting arcs in: all padding)
         self.incoming = self._all_rows(_table(pos[dst[emit]], pos[src[emit]], emit, score[emit], pad, to), S, pad)
         self.incoming_base = self._pad_base(self.incoming.arc)
@@ -158,7 +161,7 @@ class _Layout:
         return _count_above(pos_length[rows.cpu().numpy()], int(pos_length.max(initial=0)) + 1, strict=False)
 
     def _pad_base(self, arcs: torch.Tensor) -> torch.Tensor:
-        return torch.where(arcs >= 0, self.base[arcs.clamp(min=0)], torch.zeros_like(arcs))
+        return torch.where(arcs >= 0, self.base[arcs.clamp(min=0)], torch.full_like(arcs, self.pad_base))
 
     @staticmethod
     def _all_rows(table: _Table, n: int, pad: int) -> _Table:
