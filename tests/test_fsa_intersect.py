@@ -212,8 +212,9 @@ def test_batches_respect_the_size_limits(yesno_training_graphs):
     tid_to_pdf, graphs, scores = yesno_training_graphs
     order = sorted(range(30), key=lambda i: -scores[i].shape[0])
     frames = [scores[i].shape[0] for i in order]
-    fsas = {}
-    batches = list(_batches(order, frames, 8, 20_000, graphs, fsas))
+    pairs = list(_batches(order, frames, 8, 20_000, graphs))
+    fsas = {i: fsa for chunk in pairs for i, fsa in chunk}
+    batches = [[i for i, _ in chunk] for chunk in pairs]
     assert [i for b in batches for i in b] == order
     for b in batches:
         assert len(b) <= 8

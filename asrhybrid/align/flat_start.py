@@ -110,8 +110,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         return json.loads((exp_dir / "flat_start.json").read_text())
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    resume_key = {"cuts": str(cuts_path.resolve()), "lang": str(lang_dir.resolve()),
-                  **{k: v for k, v in asdict(cfg).items() if k != "iterations"}}
+    resume_key = {k: v for k, v in done.params.items() if k != "iterations"}  # more iterations may resume
 
     tree, trans_model = init_mono_model(lang_dir, exp_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)

@@ -137,34 +137,34 @@ def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarr
     label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column
     order = sorted(range(len(graphs)), key=lambda i: -pdf_loglikes[i].shape[0])
     out: list[tuple[list[int], float] | None] = [None] * len(graphs)
-    fsas = {}
-    for chunk in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs, fsas):
+    for pairs in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs):
+        chunk = [i for i, _ in pairs]
         lengths = [pdf_loglikes[i].shape[0] for i in chunk]
         # frames past an utterance's length are never read: no need to clear them
         log_probs = torch.empty((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
         for row, i in enumerate(chunk):
             log_probs[row, : lengths[row]] = torch.from_numpy(np.asarray(pdf_loglikes[i], dtype=np.float32))
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), label_to_column)
-        best = shortest_path(FsaVec.from_fsas([fsas.pop(i) for i in chunk], device), dense)
+        best = shortest_path(FsaVec.from_fsas([fsa for _, fsa in pairs], device), dense)
         for i, score, labels in zip(chunk, best.scores.tolist(), best.labels):
             out[i] = (labels, score) if labels else None
     return out
 
 
-def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, graphs: list, fsas: dict):
-    """Consecutive groups of ``order`` (longest first) within the size limits, converting each graph to an Fsa."""
+def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, graphs: list):
+    """Consecutive groups of ``order`` (longest first) within the size limits, as (index, its graph as an Fsa)."""
     from asrhybrid.fsa import from_kaldi
 
     chunk, states, longest = [], 0, 0
     for i, length in zip(order, frames):
-        fsas[i] = from_kaldi(graphs[i])
-        if chunk and (len(chunk) == batch or (states + fsas[i].num_states) * (longest + 1) > max_cells):
+        fsa = from_kaldi(graphs[i])
+        if chunk and (len(chunk) == batch or (states + fsa.num_states) * (longest + 1) > max_cells):
             yield chunk
             chunk, states = [], 0
         if not chunk:
             longest = length
-        chunk.append(i)
-        states += fsas[i].num_states
+        chunk.append((i, fsa))
+        states += fsa.num_states
     if chunk:
         yield chunk
 

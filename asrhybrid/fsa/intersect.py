@@ -152,9 +152,10 @@ class _Layout:
 
         final = np.flatnonzero(label == -1)
         self.final = self._all_rows(_table(arc_fsa[final], pos[src[final]], final, score[final], pad, to), B, pad)
-        self.final_of_pos = (final, pos[src[final]], score[final])
-        self._outgoing = None
-        self._pos = pos
+        self.final_of_pos = (pos[src[final]], score[final])
+        # what the backward pass's outgoing-arc table needs, built on first use
+        self._emit_ends = (pos[src[emit]], pos[dst[emit]], emit, score[emit])
+        self._num_arcs, self._to, self._outgoing = len(label), to, None
 
     @staticmethod
     def _prefix(rows: torch.Tensor, pos_length: np.ndarray) -> list[int]:
@@ -174,20 +175,16 @@ class _Layout:
         other[table.rows], arc[table.rows], score[table.rows] = table.other, table.arc, table.score
         return _Table(torch.arange(n, device=device), other, arc, score)
 
-    def outgoing(self, fsas: FsaVec) -> _Table:
-        """Emitting arcs by source position (for the backward pass), built on first use."""
+    def outgoing(self):
+        """(table of emitting arcs by source position, their log_probs bases, their index among the emitting arcs)."""
         if self._outgoing is None:
-            emit = self.emit_arcs.cpu().numpy()
-            src, dst = fsas.src.cpu().numpy()[emit], fsas.dst.cpu().numpy()[emit]
-            to = lambda a, kind=int: torch.as_tensor(  # noqa: E731
-                a, dtype=torch.int64 if kind is int else self.incoming.score.dtype, device=fsas.device)
-            table = _table(self._pos[src], self._pos[dst], emit, fsas.score.cpu().double().numpy()[emit],
-                           self.num_states, to)
-            table = self._all_rows(table, self.num_states, self.num_states)
-            emit_index = torch.full((fsas.label.numel(),), len(emit), dtype=torch.int64, device=fsas.device)
-            emit_index[self.emit_arcs] = torch.arange(len(emit), device=fsas.device)
-            self._outgoing = (table, self._pad_base(table.arc), emit_index[table.arc.clamp(min=0)].masked_fill(
-                table.arc < 0, len(emit)))
+            src, dst, emit, score = self._emit_ends
+            S, E, device = self.num_states, len(emit), self.emit_arcs.device
+            table = self._all_rows(_table(src, dst, emit, score, S, self._to), S, S)
+            emit_index = torch.full((self._num_arcs,), E, dtype=torch.int64, device=device)
+            emit_index[self.emit_arcs] = torch.arange(E, device=device)
+            self._outgoing = (table, self._pad_base(table.arc),
+                              emit_index[table.arc.clamp(min=0)].masked_fill(table.arc < 0, E))
         return self._outgoing
 
     def frame_scores(self, log_probs: torch.Tensor, base: torch.Tensor, rows: int, t: int) -> torch.Tensor:
@@ -351,8 +348,8 @@ def _backward(run: _Run, alphas: torch.Tensor, totals: torch.Tensor):
     lay, f = run.lay, run.fsas
     T, S, E = run.steps, f.num_states, lay.emit_arcs.numel()
     device, dtype = f.device, alphas.dtype
-    out, out_base, out_emit = lay.outgoing(f)
-    final_arcs, final_pos, final_score = lay.final_of_pos
+    out, out_base, out_emit = lay.outgoing()
+    final_pos, final_score = lay.final_of_pos
     beta_final = _scatter_lse(torch.as_tensor(final_score, dtype=dtype, device=device),
                               torch.as_tensor(final_pos, dtype=torch.int64, device=device), S + 1)
     total_pos = totals[lay.pos_fsa]

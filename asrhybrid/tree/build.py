@@ -69,27 +69,31 @@ def base_of(phone: str) -> str:
     return phone.rstrip("012")
 
 
-def context_questions(phone_ids: dict[str, int], silence: set[str]) -> list[frozenset[int]]:
-    """ARPAbet questions: phonetic classes, plus single phones, word positions, silence."""
+def _ids_by_base(phone_ids: dict[str, int]) -> dict[str, set[int]]:
+    """Phone ids grouped by base phone (AH -> the ids of AH0_B, AH1_I, ...); no <eps>, no #k."""
     ids_by_base: dict[str, set[int]] = {}
     for name, i in phone_ids.items():
         if not name.startswith("#") and name != "<eps>":
             ids_by_base.setdefault(base_of(name), set()).add(i)
-    questions = position_and_edge_questions(phone_ids, silence)
-    for members in ARPABET_CLASSES.values():
-        ids = set().union(*(ids_by_base.get(m, set()) for m in members))
-        if ids:
-            questions.add(frozenset(ids))
+    return ids_by_base
+
+
+def arpabet_class_questions(phone_ids: dict[str, int]) -> set[frozenset[int]]:
+    """One question per ARPAbet phonetic class present in the phone set."""
+    ids_by_base = _ids_by_base(phone_ids)
+    classes = (set().union(*(ids_by_base.get(m, set()) for m in members)) for members in ARPABET_CLASSES.values())
+    return {frozenset(ids) for ids in classes if ids}
+
+
+def context_questions(phone_ids: dict[str, int], silence: set[str]) -> list[frozenset[int]]:
+    """ARPAbet questions: phonetic classes, plus single phones, word positions, silence."""
+    questions = position_and_edge_questions(phone_ids, silence) | arpabet_class_questions(phone_ids)
     return sorted(questions, key=lambda q: (len(q), sorted(q)))
 
 
 def position_and_edge_questions(phone_ids: dict[str, int], silence: set[str]) -> set[frozenset[int]]:
     """One question per phone set (all its variants), per word position, and silence-or-edge."""
-    ids_by_base: dict[str, set[int]] = {}
-    for name, i in phone_ids.items():
-        if not name.startswith("#") and name != "<eps>":
-            ids_by_base.setdefault(base_of(name), set()).add(i)
-    questions = {frozenset(ids) for ids in ids_by_base.values()}
+    questions = {frozenset(ids) for ids in _ids_by_base(phone_ids).values()}
     for suffix in ("_B", "_E", "_I", "_S"):
         ids = {i for name, i in phone_ids.items() if name.endswith(suffix)}
         if ids:
@@ -174,7 +178,7 @@ def make_questions(kind: str, phone_ids: dict[str, int], silence: set[str], stat
         raise ValueError(f"tree questions must be auto, arpabet or both, not {kind!r}")
     questions = position_and_edge_questions(phone_ids, silence)
     if kind in ("arpabet", "both"):
-        questions |= set(context_questions(phone_ids, silence))
+        questions |= arpabet_class_questions(phone_ids)
     if kind in ("auto", "both"):
         questions |= set(cluster_phone_questions(stats, root_sets))
     return sorted(questions, key=lambda q: (len(q), sorted(q)))
@@ -369,7 +373,7 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
     frames = sum(st[0] for st in stats.values())
     tree.gain_per_frame = total_gain / max(1.0, frames)
     log.info("tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
-             leaves, len(tree.roots), total_gain, int(frames), total_gain / max(1.0, frames))
+             leaves, len(tree.roots), total_gain, int(frames), tree.gain_per_frame)
     return tree
 
 
