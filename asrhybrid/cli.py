@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from asrhybrid.align import BACKENDS
 from asrhybrid.config import parse_options
 from asrhybrid.errors import AsrHybridError
 from asrhybrid.recipe.logs import log_to_file, setup_logging
@@ -185,8 +186,11 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
     from asrhybrid.align.flat_start import FlatStartConfig, flat_start
     from asrhybrid.errors import ConfigError
 
+    options = parse_options(args.opt)
+    if args.backend:
+        options["backend"] = args.backend
     try:
-        cfg = FlatStartConfig(**parse_options(args.opt))
+        cfg = FlatStartConfig(**options)
     except TypeError as e:
         raise ConfigError(f"align-flat-start: bad option: {e}") from None
     flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, force=args.force)
@@ -356,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats (Kaldi ark) of the training features")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
+    p.add_argument("--backend", choices=BACKENDS, help="aligner for the realignments (default: the device's; see README)")
     _add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
 
@@ -364,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lang_dir", type=Path)
     p.add_argument("model_dir", type=Path, help="tree, trans.pkl and final.pt (e.g. exp/mono_flat)")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--backend", default="auto", choices=["auto", "kaldi", "fsa"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="kaldi (C++ aligner, beams), k2 or torch (exact FSA engines); auto: the device's default")
     _add_common(p)
     p.set_defaults(func=cmd_align)
 

@@ -2,10 +2,13 @@
 # `make setup`: create .venv with every pinned dependency (../shared/DESIGN.md
 # section 3), build kaldifeat and KenLM's lmplz/build_binary from their PyPI
 # source tarballs offline, and cache those builds outside the checkout so a
-# second run (or CI on a fresh clone) does not rebuild them.
+# second run (or CI on a fresh clone) does not rebuild them. k2 (CPU) is built
+# from its source at a pinned commit the same way (DESIGN.md section 3).
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VENV (default
-# .venv), ASRHYBRID_CACHE (default ~/.cache/asrhybrid), JOBS (build jobs).
+# .venv), ASRHYBRID_CACHE (default ~/.cache/asrhybrid), JOBS (build jobs),
+# K2_SOURCE (a k2 source archive or folder at K2_COMMIT; default: the cached
+# archive, else GitHub's archive of the commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,12 +20,13 @@ KALDIFEAT_VERSION=1.24
 PYBIND11_VERSION=3.1.0
 KENLM_VERSION=0.3.0
 TORCH_VERSION=2.13.0
+K2_COMMIT=a741ae88abc6995345aa166464a239b7d270dd4c  # 2025-07-14, k2 1.24.4
 
 log() { echo "[setup $(date +%H:%M:%S)] $*"; }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 
 # --- 1. system packages (KenLM's builder needs boost; kaldifeat needs cmake) ---
-debs=(cmake g++ make zlib1g-dev libbz2-dev liblzma-dev
+debs=(cmake g++ make patch zlib1g-dev libbz2-dev liblzma-dev
       libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev)
 if command -v dpkg-query >/dev/null; then
   missing=()
@@ -38,7 +42,7 @@ if command -v dpkg-query >/dev/null; then
     fi
   fi
 else
-  for tool in cmake g++ make; do
+  for tool in cmake g++ make patch; do
     command -v $tool >/dev/null || die "$tool not found; install it and boost (program_options, system, thread, test) development files"
   done
 fi
@@ -96,7 +100,64 @@ if ! kaldifeat_ok; then
   kaldifeat_ok || die "kaldifeat installed but does not import; run: $PY -c 'import kaldifeat'"
 fi
 
-# --- 4. KenLM's lmplz and build_binary (the PyPI module only queries models;
+# --- 4. k2 (CPU) from source at K2_COMMIT. PyPI has k2 wheels only for old
+#        Pythons and torches and no sdist; its CMake would download pybind11
+#        and kaldifeat, so it gets PyPI's sdists of both: pybind11 at the
+#        version torch bundles (they share pybind11's internals), kaldifeat's
+#        C++ sources. One patch for pybind11 3 (local/k2-pybind11-pickle.patch). ---
+k2_ok() { "$PY" -c "import k2; k2.Fsa.from_str('0 1 1 0.5\n1 2 -1 0\n2')" >/dev/null 2>&1; }
+k2_source() {  # -> a folder holding k2's source at K2_COMMIT (a copy: the patch never touches K2_SOURCE)
+  local dest=$1 archive
+  if [ -n "${K2_SOURCE:-}" ]; then
+    [ -e "$K2_SOURCE" ] || die "K2_SOURCE=$K2_SOURCE does not exist"
+    if [ -d "$K2_SOURCE" ]; then cp -a "$K2_SOURCE/." "$dest/"; return; fi
+    archive=$K2_SOURCE
+  else
+    archive="$CACHE/src/k2-$K2_COMMIT.tar.gz"
+    if [ ! -f "$archive" ]; then
+      local url="https://github.com/k2-fsa/k2/archive/$K2_COMMIT.tar.gz"
+      log "downloading k2's source ($url); offline, set K2_SOURCE to a copy of that archive"
+      "$PY" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" "$url" "$archive.tmp" \
+        || die "could not download $url; set K2_SOURCE to a k2 source archive or folder at commit $K2_COMMIT"
+      mv "$archive.tmp" "$archive"
+    fi
+  fi
+  tar -xzf "$archive" -C "$dest" --strip-components=1 || die "$archive is not a readable k2 source archive"
+}
+if ! k2_ok; then
+  wheel_dir="$CACHE/k2-${K2_COMMIT:0:8}/torch-$torch_ver-$py_tag"
+  if ! ls "$wheel_dir"/k2-*.whl >/dev/null 2>&1; then
+    log "building k2 ${K2_COMMIT:0:8} (CPU) against torch $torch_ver (about 8 min on 2 cores; cached in $wheel_dir)"
+    build_log="$CACHE/k2-build.log"
+    src=$(mktemp -d "$CACHE/k2-src.XXXXXX")
+    k2_source "$src"
+    [ -f "$src/setup.py" ] && [ -d "$src/k2/csrc" ] || die "$src does not look like k2's source (no setup.py, k2/csrc)"
+    patch_file="$PWD/local/k2-pybind11-pickle.patch"
+    if ! (cd "$src" && patch -p1 -R -s -f --dry-run < "$patch_file" >/dev/null 2>&1); then  # not applied yet
+      (cd "$src" && patch -p1 -N -s < "$patch_file") || die "local/k2-pybind11-pickle.patch does not apply to $src"
+    fi
+    torch_pybind11=$("$PY" - <<'PYEOF'
+import re, torch, pathlib
+h = (pathlib.Path(torch.__file__).parent / "include/pybind11/detail/common.h").read_text()
+print(".".join(re.search(rf"#define PYBIND11_VERSION_{k} (\d+)", h).group(1) for k in ("MAJOR", "MINOR", "PATCH")))
+PYEOF
+)
+    pb_sdist=$(fetch_sdist pybind11 "$torch_pybind11")
+    [ -d "$CACHE/src/pybind11-$torch_pybind11" ] || tar -xzf "$pb_sdist" -C "$CACHE/src"
+    kf_sdist=$(fetch_sdist kaldifeat $KALDIFEAT_VERSION)
+    [ -d "$CACHE/src/kaldifeat-$KALDIFEAT_VERSION" ] || tar -xzf "$kf_sdist" -C "$CACHE/src"
+    rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
+    K2_CMAKE_ARGS="-DK2_WITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release -DK2_ENABLE_TESTS=OFF -DK2_ENABLE_BENCHMARK=OFF -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$CACHE/src/pybind11-$torch_pybind11 -DFETCHCONTENT_SOURCE_DIR_KALDIFEAT=$CACHE/src/kaldifeat-$KALDIFEAT_VERSION" \
+      K2_MAKE_ARGS="-j$JOBS" MAKEFLAGS="-j$JOBS" \
+      "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$wheel_dir.tmp" "$src" > "$build_log" 2>&1 \
+      || { tail -n 20 "$build_log" >&2; die "k2 build failed; the whole log is $build_log"; }
+    rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir" && rm -rf "$src"
+  fi
+  "${PIP[@]}" install --no-deps --force-reinstall "$wheel_dir"/k2-*.whl
+  k2_ok || die "k2 installed but does not work; run: $PY -c 'import k2'"
+fi
+
+# --- 5. KenLM's lmplz and build_binary (the PyPI module only queries models;
 #        the same sdist holds lm/builder) ---
 kenlm_bin="$CACHE/kenlm-$KENLM_VERSION/bin"
 if [ ! -x "$kenlm_bin/lmplz" ] || [ ! -x "$kenlm_bin/build_binary" ]; then
@@ -116,7 +177,7 @@ fi
 ln -sf "$kenlm_bin/lmplz" "$VENV/bin/lmplz"
 ln -sf "$kenlm_bin/build_binary" "$VENV/bin/build_binary"
 
-# --- 5. check the whole stack in a fresh process ---
+# --- 6. check the whole stack in a fresh process ---
 "$VENV/bin/asrhybrid" check-install || die "the installation check failed"
 echo "$want_stamp" > "$stamp"
 log "done: activate with 'source $VENV/bin/activate'"

@@ -24,8 +24,21 @@ def require_shared(*parts: str) -> Path:
     base = shared_dir()
     path = base.joinpath(*parts) if base else None
     if path is None or not path.exists():
+        if os.environ.get("CI") == "true":  # CI always has ../shared: a skip there would hide a failure
+            pytest.fail(f"shared data {'/'.join(parts)} missing under CI=true")
         pytest.skip(f"shared data {'/'.join(parts)} not available (set ASRHYBRID_SHARED)")
     return path
+
+
+def require_k2():
+    """k2, which `make setup` always builds: a skip with a message on a machine without it, a failure under CI."""
+    try:
+        import k2
+    except ImportError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"k2 does not import under CI=true ({e}); make setup must build it")
+        pytest.skip(f"k2 is not installed ({e}); run make setup")
+    return k2
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""asrhybrid.fsa against brute force on tiny FSAs, autograd's gradcheck, and Kaldi's C++ aligner."""
+"""The torch FSA engine (asrhybrid.fsa.intersect) against brute force on tiny FSAs, autograd's gradcheck, and Kaldi's C++ aligner."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from asrhybrid.fsa import DenseFsaVec, Fsa, FsaVec, from_kaldi, get_tot_scores, shortest_path
-from asrhybrid.fsa.intersect import arc_posteriors, backward_totals, state_posteriors
+from asrhybrid.fsa import DenseFsaVec, Fsa, FsaVec, from_kaldi, state_posteriors
+from asrhybrid.fsa.intersect import arc_posteriors, backward_totals, get_tot_scores, shortest_path
 from conftest import require_shared
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -117,7 +117,7 @@ def test_posteriors_sum_to_one_per_frame():
         length = int(dense.lengths[b])
         np.testing.assert_allclose(per_frame[:length].numpy(), 1.0, atol=1e-9)
         assert per_frame[length:].abs().sum().item() == 0.0
-    occupation = state_posteriors(vec, dense)
+    occupation = state_posteriors(fsas, dense, "torch")
     owner = vec.state_fsa()
     for b in range(4):
         if not math.isinf(totals[b]):
@@ -197,7 +197,7 @@ def test_viterbi_equals_kaldis_aligner_on_real_training_graphs(yesno_training_gr
     tid_to_pdf, graphs, scores = yesno_training_graphs
     assert sum(int((from_kaldi(g).label == 0).sum()) for g in graphs[:5]) > 0, "the graphs have epsilons"
     kaldi = align_kaldi(graphs, scores, tid_to_pdf, beam=200.0, retry_beam=0.0)
-    ours = align_fsa(graphs, scores, tid_to_pdf, device)
+    ours = align_fsa(graphs, scores, tid_to_pdf, device, engine="torch")
     assert all(k is not None for k in kaldi) and all(o is not None for o in ours)
     for (our_tids, our_score), (kaldi_tids, kaldi_score) in zip(ours, kaldi):
         assert our_score == pytest.approx(kaldi_score, rel=1e-4)
@@ -207,22 +207,21 @@ def test_viterbi_equals_kaldis_aligner_on_real_training_graphs(yesno_training_gr
 
 def test_batches_respect_the_size_limits(yesno_training_graphs):
     """Small cell budgets split the work into more batches; the alignments do not change."""
-    from asrhybrid.align.graphs import _batches, align_fsa
+    from asrhybrid.align.graphs import TrainingGraph, _batches, align_fsa
 
     tid_to_pdf, graphs, scores = yesno_training_graphs
+    graphs = [TrainingGraph(g) for g in graphs]
     order = sorted(range(30), key=lambda i: -scores[i].shape[0])
     frames = [scores[i].shape[0] for i in order]
-    pairs = list(_batches(order, frames, 8, 20_000, graphs))
-    fsas = {i: fsa for chunk in pairs for i, fsa in chunk}
-    batches = [[i for i, _ in chunk] for chunk in pairs]
+    batches = list(_batches(order, frames, 8, 20_000, graphs))
     assert [i for b in batches for i in b] == order
     for b in batches:
         assert len(b) <= 8
         longest = max(scores[i].shape[0] for i in b)
-        assert len(b) == 1 or sum(fsas[i].num_states for i in b) * (longest + 1) <= 20_000
+        assert len(b) == 1 or sum(graphs[i].fsa.num_states for i in b) * (longest + 1) <= 20_000
     assert len(batches) > 30 / 8
-    small = align_fsa(graphs[:30], scores[:30], tid_to_pdf, batch=8, max_cells=20_000)
-    assert small == align_fsa(graphs[:30], scores[:30], tid_to_pdf)
+    small = align_fsa(graphs[:30], scores[:30], tid_to_pdf, batch=8, max_cells=20_000, engine="torch")
+    assert small == align_fsa(graphs[:30], scores[:30], tid_to_pdf, engine="torch")
 
 
 def ctc_graph(targets: list[int]) -> Fsa:
@@ -276,7 +275,9 @@ def test_utterances_lost_by_kaldis_beam_are_aligned_exactly(yesno_training_graph
     assert sum(r is None for r in align_kaldi(graphs[:10], scores, tid_to_pdf, beam=0.5, retry_beam=0.0)) >= 5
     results = align(graphs[:10], scores, tid_to_pdf, backend="kaldi", device="cpu", beam=0.5, retry_beam=0.0)
     assert all(r is not None for r in results)
-    assert results == align_fsa(graphs[:10], scores, tid_to_pdf)
+    exact = align_fsa(graphs[:10], scores, tid_to_pdf)  # the default FSA engine, as align() uses
+    assert [r[0] for r in results] == [e[0] for e in exact]
+    np.testing.assert_allclose([r[1] for r in results], [e[1] for e in exact], rtol=1e-6)
 
 
 def test_frames_past_the_lengths_are_never_read():

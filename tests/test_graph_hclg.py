@@ -54,7 +54,8 @@ def test_yesno_hclg_decodes_planted_utterances(tmp_path):
         assert decode_words(hclg, planted_loglikes(lang, tree, trans_model, words, sentence, seed=k), words) == sentence
 
 
-def test_200_word_hclg_with_position_dependent_phones(tmp_path):
+def build_200_word_graph(tmp_path):
+    """(lang, tree, trans model, LM sentences) of a bigram HCLG over 200 synth words (CMUdict, position-dependent phones)."""
     from asrhybrid.data.synth.grammar import generate_sentence, vocabulary
 
     vocab = vocabulary()[:200]
@@ -70,6 +71,11 @@ def test_200_word_hclg_with_position_dependent_phones(tmp_path):
     sentences += vocab  # every word in the LM
     tree, trans_model, stats = build(tmp_path, lang, sentences)
     assert set(stats["unreachable_words"]) <= {"!SIL", "<SPOKEN_NOISE>", "<UNK>"}  # not in the LM text
+    return lang, tree, trans_model, sentences
+
+
+def test_200_word_hclg_with_position_dependent_phones(tmp_path):
+    lang, tree, trans_model, sentences = build_200_word_graph(tmp_path)
     hclg, words = load_hclg(tmp_path / "graph"), read_symbol_table(lang / "words.txt")
     for k in range(5):
         sentence = sentences[k * 7]

@@ -39,3 +39,37 @@ def test_kaldi_wrappers_share_fsts_and_import_without_deadlock():
     assert out.returncode == 0, out.stderr
     states, arcs = map(int, out.stdout.split())
     assert arcs > 1, "add_self_loops must have added the self-loop"
+
+
+K2_PROBE = """
+import importlib
+for name in {order!r}:
+    importlib.import_module(name)
+import k2, torch
+lattice = k2.create_fsa_vec([k2.Fsa.from_str("0 1 1 0.5\\n1 2 -1 0\\n2")])
+print(k2.with_cuda, float(lattice.get_tot_scores(use_double_scores=True, log_semiring=True)))
+"""
+
+
+def test_k2_imports_beside_the_kaldi_wrappers_kaldifeat_and_lhotse():
+    """k2 before and after the pinned wrappers (in asrhybrid.kaldi's order), kaldifeat and lhotse: no deadlock."""
+    from conftest import require_k2
+
+    require_k2()
+    for order in (["k2", "asrhybrid.kaldi", "kaldifeat", "lhotse"], ["lhotse", "kaldifeat", "asrhybrid.kaldi", "k2"]):
+        out = subprocess.run([sys.executable, "-c", K2_PROBE.format(order=order)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        with_cuda, total = out.stdout.split()
+        assert with_cuda in ("True", "False") and float(total) == 0.5
+
+
+def test_check_install_lists_k2():
+    from conftest import asrhybrid_cmd, require_k2
+
+    require_k2()
+    out = subprocess.run(asrhybrid_cmd() + ["check-install"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    fields = [line.split() for line in out.stdout.splitlines()]
+    assert any(f[0] == "k2" and f[1][0].isdigit() for f in fields)  # its version
+    assert any(f[:2] == ["k2", "cuda"] and f[2] in ("True", "False") for f in fields)

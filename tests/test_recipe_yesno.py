@@ -208,32 +208,71 @@ def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
         assert result is not None and result[0] == converted[cut.id], cut.id
 
 
-def test_fsa_viterbi_equals_kaldi_on_real_network_scores(yesno_through_stage_4):
-    """The flat-start network's scaled likelihoods on the test set: both aligners find the same best path."""
+def real_network_scores(work: Path, part: str):
+    """(tid_to_pdf, Kaldi training graphs, the flat-start network's scaled likelihoods) for a part's cuts."""
     import torch
 
     from asrhybrid.align.flat_start import load_flat_start_model
-    from asrhybrid.align.graphs import GraphCompiler, align_fsa, align_kaldi
+    from asrhybrid.align.graphs import GraphCompiler
     from asrhybrid.graph.mkgraph import load_model
 
-    work, _ = yesno_through_stage_4
     model_dir = work / "exp" / "mono_flat"
     tree, trans_model = load_model(model_dir)
     model, mean, std, log_prior = load_flat_start_model(model_dir)
     compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
-    cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"))
+    cuts = list(load_manifest(next((work / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))))
     graphs = [compiler.compile(c.supervisions[0].text) for c in cuts]
     with torch.no_grad():
         scores = [model.log_posteriors(torch.from_numpy(((c.load_features() - mean) / std).astype(np.float32))).numpy()
                   - log_prior for c in cuts]
-    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    return np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64), graphs, scores
+
+
+def test_fsa_engines_equal_kaldi_on_real_network_scores(yesno_through_stage_4):
+    """The flat-start network's scaled likelihoods on all 60 utterances: Kaldi's aligner, k2 and the torch engine
+    find the same best path; k2 and the torch engine give the same totals, posteriors and gradients."""
+    from asrhybrid.align.graphs import align_fsa, align_kaldi
+    from asrhybrid.fsa import from_kaldi
+    from conftest import require_k2
+    from test_fsa_k2 import engines_agree
+
+    work, _ = yesno_through_stage_4
+    tid_to_pdf, graphs, scores = real_network_scores(work, "test")
+    _, train_graphs, train_scores = real_network_scores(work, "train")
+    graphs, scores = graphs + train_graphs, scores + train_scores
     kaldi = align_kaldi(graphs, scores, tid_to_pdf, beam=1000.0, retry_beam=0.0)
-    ours = align_fsa(graphs, scores, tid_to_pdf)
+    ours = align_fsa(graphs, scores, tid_to_pdf, engine="torch")
     identical = 0
     for (our_tids, our_score), (kaldi_tids, kaldi_score) in zip(ours, kaldi):
         assert our_score == pytest.approx(kaldi_score, rel=1e-4)
         identical += our_tids == kaldi_tids
-    assert identical >= len(cuts) - 1
+    assert identical >= len(graphs) - 1
+
+    require_k2()
+    out = engines_agree([from_kaldi(g) for g in graphs], scores, tid_to_pdf)
+    assert sum(k == t for k, t in zip(out["k2"]["best"].labels, out["torch"]["best"].labels)) >= len(graphs) - 1
+
+
+def test_align_verb_backends_write_identical_alignments(yesno_through_stage_4):
+    """`asrhybrid align --backend k2` (and torch) on the test set: the same Kaldi table as --backend kaldi."""
+    import kaldi_native_io as kio
+
+    from conftest import require_k2
+
+    require_k2()
+    work, _ = yesno_through_stage_4
+    tables = {}
+    for backend in ("kaldi", "k2", "torch"):
+        out = work / "exp" / "mono_flat" / f"align_test_{backend}"
+        cli = [sys.executable, "-m", "asrhybrid.cli", "align", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+               str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out), "--backend", backend]
+        result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        with kio.SequentialInt32VectorReader(f"scp:{out / 'ali.scp'}") as table:
+            tables[backend] = {utt: list(ali) for utt, ali in table}
+        assert (out / "word.ctm").read_text() == (work / "exp" / "mono_flat" / "align_test_kaldi" / "word.ctm").read_text()
+    assert len(tables["kaldi"]) == 30
+    assert tables["k2"] == tables["kaldi"] == tables["torch"]
 
 
 def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_through_stage_4):

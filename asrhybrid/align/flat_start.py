@@ -27,8 +27,9 @@ import torch
 from lhotse import load_manifest
 from tqdm import tqdm
 
-from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
-from asrhybrid.errors import DataError
+from asrhybrid.align import BACKENDS
+from asrhybrid.align.graphs import GraphCompiler, TrainingGraph, align, equal_alignment, transition_arrays
+from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.graph.mkgraph import init_mono_model
 from asrhybrid.lm.train import read_int_list
@@ -56,7 +57,7 @@ class FlatStartConfig:
     # optional silence left out, the first phone took the leading silence, and on synth the
     # networks learnt word-initial stops as silence for good (words started ~55 ms early).
     edge_silence: bool = True
-    backend: str = "auto"  # kaldi on CPU, the FSA engine on CUDA
+    backend: str = "auto"  # kaldi, k2 or torch; auto: the device's default (asrhybrid.align.graphs.DEFAULT_BACKEND)
     # Kaldi's nnet alignment beams are 10/40; the first networks of a flat start are
     # weak, and with those beams 4-7% of synth utterances failed to align early on.
     beam: float = 20.0
@@ -104,6 +105,8 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
                cfg: FlatStartConfig = FlatStartConfig(), force: bool = False) -> dict:
     """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.ark per iteration, final.pt, ali.ark)."""
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
     done = Completion(exp_dir, "flat-start", {"cuts": str(cuts_path.resolve()), "lang": str(lang_dir.resolve()), **asdict(cfg)})
     if done.is_done(force):
         log.info("%s: flat start already done", exp_dir)
@@ -125,7 +128,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         if not text.strip():
             raise DataError([f"cut '{cut.id}' ({cuts_path}): empty transcript"])
         feats[cut.id] = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
-        graphs[cut.id] = compiler.compile(text)
+        graphs[cut.id] = TrainingGraph(compiler.compile(text))  # converted for the FSA engines once
     utts = sorted(graphs)
 
     model = SplicedMLP(next(iter(feats.values())).shape[1], trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
@@ -143,7 +146,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         prefer = (lambda tids: silence[tids[0]] and silence[tids[-1]]) if cfg.edge_silence else None
         alignments, failed = {}, []
         for k, u in enumerate(utts):
-            ali = equal_alignment(graphs[u], feats[u].shape[0], seed=cfg.seed + k, prefer=prefer)
+            ali = equal_alignment(graphs[u].fst, feats[u].shape[0], seed=cfg.seed + k, prefer=prefer)
             (alignments.__setitem__(u, ali) if ali else failed.append(u))
         log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
                  len(alignments), len(failed), f": {' '.join(failed[:10])}" if failed else "")

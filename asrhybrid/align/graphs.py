@@ -1,16 +1,15 @@
-"""Training graphs and forced alignment, through Kaldi's aligner or the FSA engine.
+"""Training graphs and forced alignment, through Kaldi's aligner, k2 or the torch FSA engine.
 
 Graphs are Kaldi's compile-train-graphs (kaldi-hmm-gmm's TrainingGraphCompiler,
 transition and self-loop scales 0, then transition probabilities added with
 transition scale 1.0 and self-loop scale 0.1, as Kaldi's align scripts do).
 Alignment takes frame log-likelihoods per pdf (for a hybrid model, log
-posteriors minus log priors); both back-ends give the same best path
-(tests/test_fsa_intersect.py), except where Kaldi's beam loses it. On CPU
-Kaldi's C++ aligner is the default: on real network scores its pruned search
-is faster on one core than the exhaustive FSA Viterbi (bench/align.py
---workdir: 0.8-1.1x; on flat random scores the FSA engine is 3.5x faster).
-What its beams lose, the FSA Viterbi aligns. On CUDA the FSA engine aligns a
-whole batch at once.
+posteriors minus log priors). Three back-ends give the same best path
+(tests/test_fsa_intersect.py, tests/test_fsa_k2.py) except where Kaldi's beam
+loses it: ``kaldi`` (the C++ aligner, pruned by its beams), ``k2`` and
+``torch`` (asrhybrid.fsa's two engines, exact). The default per device comes
+from bench/align.py (README, "Alignment back-ends"): see :data:`DEFAULT_BACKEND`.
+What Kaldi's beams lose, an exact FSA engine aligns.
 """
 
 from __future__ import annotations
@@ -22,7 +21,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asrhybrid.align import BACKENDS
+
 log = logging.getLogger(__name__)
+
+
+# The fastest exact engine per device, from bench/align.py on one CPU thread (2026-11-30, frames/s):
+#   random scores over yesno graphs:   torch 468k, k2 212k, (Kaldi 94k)
+#   synth flat-start network's scores: torch 305k, k2 95k,  (Kaldi 197k: beam 20 pruned hard, and lost the
+#                                      best path on 1.75% of utterances)
+# On CUDA the torch engine, unless k2 was built with CUDA (not measured here: no GPU).
+DEFAULT_BACKEND = {"cpu": "torch", "cuda": "torch"}
+
+
+def default_backend(device: str) -> str:
+    """The exact FSA engine that aligns fastest on ``device`` (k2 or torch), given what is installed."""
+    from asrhybrid.fsa.k2_engine import available, with_cuda
+
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if kind == "cuda" and with_cuda():
+        return "k2"
+    backend = DEFAULT_BACKEND[kind]
+    return "torch" if backend == "k2" and not available() else backend
+
+
+class TrainingGraph:
+    """One utterance's training graph as Kaldi's FST, and as an Fsa for the FSA engines (converted once,
+    on first use; the Fsa caches its k2 form in turn), so realigning every iteration converts nothing."""
+
+    def __init__(self, fst):
+        self.fst = fst
+        self._fsa = None
+
+    @property
+    def fsa(self):
+        if self._fsa is None:
+            from asrhybrid.fsa import from_kaldi
+
+            self._fsa = from_kaldi(self.fst)
+        return self._fsa
+
+
+def _graph(g) -> TrainingGraph:
+    return g if isinstance(g, TrainingGraph) else TrainingGraph(g)
 
 
 @dataclass
@@ -110,13 +151,15 @@ def equal_alignment(graph, num_frames: int, seed: int, prefer=None, tries: int =
 
 def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, beam: float = 10.0,
                 retry_beam: float = 40.0) -> list[tuple[list[int], float] | None]:
-    """Kaldi's aligner per utterance: (transition ids, score) or None when it fails."""
+    """Kaldi's aligner per utterance: (transition ids, score) or None when it fails.
+
+    ``graphs``: Kaldi FSTs or :class:`TrainingGraph`s (as for every aligner here)."""
     from asrhybrid.kaldi import khg
 
     out = []
     for graph, ll in zip(graphs, pdf_loglikes):
         r = khg.align_utterance_wrapper(
-            config=khg.AlignConfig(beam=beam, retry_beam=retry_beam), utt="u", acoustic_scale=1.0, fst=graph,
+            config=khg.AlignConfig(beam=beam, retry_beam=retry_beam), utt="u", acoustic_scale=1.0, fst=_graph(graph).fst,
             decodable=khg.DecodableCtc(tid_loglikes(ll, tid_to_pdf)), num_done=0, num_error=0, num_retried=0,
             tot_like=0.0, frame_count=0,
         )
@@ -125,63 +168,66 @@ def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.nda
 
 
 def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, device: str = "cpu",
-              batch: int = 256, max_cells: float = 4e8) -> list[tuple[list[int], float] | None]:
-    """The FSA engine's batched Viterbi: (transition ids, score) or None where no path fits the frames.
+              batch: int = 256, max_cells: float = 4e8, engine: str | None = None) -> list[tuple[list[int], float] | None]:
+    """Exact Viterbi through an FSA engine (k2 or torch; default: the device's, :func:`default_backend`):
+    (transition ids, score) or None where no path fits the frames.
 
     Utterances are batched longest first (a batch pads its score matrix to
     similar lengths), at most ``batch`` of them and at most ``max_cells``
-    (graph states x frames, one byte of back-pointer each) per batch.
+    (graph states x frames: the torch engine keeps a byte of back-pointer each) per batch.
     """
-    from asrhybrid.fsa import DenseFsaVec, FsaVec, shortest_path
+    from asrhybrid.fsa import DenseFsaVec, shortest_path
 
+    graphs = [_graph(g) for g in graphs]
+    engine = engine or default_backend(device)
     label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column
     order = sorted(range(len(graphs)), key=lambda i: -pdf_loglikes[i].shape[0])
     out: list[tuple[list[int], float] | None] = [None] * len(graphs)
-    for pairs in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs):
-        chunk = [i for i, _ in pairs]
+    for chunk in _batches(order, [pdf_loglikes[i].shape[0] for i in order], batch, max_cells, graphs):
         lengths = [pdf_loglikes[i].shape[0] for i in chunk]
         # frames past an utterance's length are never read: no need to clear them
         log_probs = torch.empty((len(chunk), max(lengths), pdf_loglikes[chunk[0]].shape[1]))
         for row, i in enumerate(chunk):
             log_probs[row, : lengths[row]] = torch.from_numpy(np.asarray(pdf_loglikes[i], dtype=np.float32))
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), label_to_column)
-        best = shortest_path(FsaVec.from_fsas([fsa for _, fsa in pairs], device), dense)
+        best = shortest_path([graphs[i].fsa for i in chunk], dense, engine)
         for i, score, labels in zip(chunk, best.scores.tolist(), best.labels):
             out[i] = (labels, score) if labels else None
     return out
 
 
-def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, graphs: list):
-    """Consecutive groups of ``order`` (longest first) within the size limits, as (index, its graph as an Fsa)."""
-    from asrhybrid.fsa import from_kaldi
-
+def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, graphs: list[TrainingGraph]):
+    """Consecutive groups of ``order`` (longest first) within the size limits."""
     chunk, states, longest = [], 0, 0
     for i, length in zip(order, frames):
-        fsa = from_kaldi(graphs[i])
-        if chunk and (len(chunk) == batch or (states + fsa.num_states) * (longest + 1) > max_cells):
+        num_states = graphs[i].fsa.num_states
+        if chunk and (len(chunk) == batch or (states + num_states) * (longest + 1) > max_cells):
             yield chunk
             chunk, states = [], 0
         if not chunk:
             longest = length
-        chunk.append((i, fsa))
-        states += fsa.num_states
+        chunk.append(i)
+        states += num_states
     if chunk:
         yield chunk
 
 
 def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None,
           beam: float = 10.0, retry_beam: float = 40.0):
-    """Forced alignment with the default back-end: the FSA engine on CUDA, Kaldi's aligner on CPU.
+    """Forced alignment with ``backend`` (kaldi, k2, torch; ``auto``: :func:`default_backend` of the device).
 
-    The beams are Kaldi's (the FSA engine searches exhaustively and needs none).
+    The beams are Kaldi's (the FSA engines search exhaustively and need none).
     Utterances that Kaldi's beams lose even at the retry beam are aligned again
-    by the exact FSA Viterbi; None is left only where no path fits the frames.
+    by an exact FSA engine; None is left only where no path fits the frames.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown alignment back-end '{backend}' (expected one of {', '.join(BACKENDS)})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend == "auto":
-        backend = "fsa" if device != "cpu" else "kaldi"
-    if backend == "fsa":
-        return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device)
+        backend = default_backend(device)
+    graphs = [_graph(g) for g in graphs]
+    if backend != "kaldi":
+        return align_fsa(graphs, pdf_loglikes, tid_to_pdf, device, engine=backend)
     results = align_kaldi(graphs, pdf_loglikes, tid_to_pdf, beam, retry_beam)
     lost = [i for i, r in enumerate(results) if r is None]
     if lost:

@@ -1,6 +1,15 @@
-"""The FSA engine (k2's role, since k2 cannot be installed): FSAs as tensors, intersect_dense on CPU or CUDA."""
+"""FSAs as tensors and the operations on them, through k2 or asrhybrid's own torch engine (asrhybrid.fsa.engine)."""
 
-from asrhybrid.fsa.fsa import DenseFsaVec, Fsa, FsaVec, from_kaldi
-from asrhybrid.fsa.intersect import arc_posteriors, get_tot_scores, shortest_path, state_posteriors
+from asrhybrid.fsa.engine import (
+    ENGINES,
+    arc_posteriors,
+    default_engine,
+    get_tot_scores,
+    resolve_engine,
+    shortest_path,
+    state_posteriors,
+)
+from asrhybrid.fsa.fsa import BestPath, DenseFsaVec, Fsa, FsaVec, from_kaldi
 
-__all__ = ["DenseFsaVec", "Fsa", "FsaVec", "from_kaldi", "arc_posteriors", "get_tot_scores", "shortest_path", "state_posteriors"]
+__all__ = ["ENGINES", "BestPath", "DenseFsaVec", "Fsa", "FsaVec", "from_kaldi", "arc_posteriors", "default_engine",
+           "get_tot_scores", "resolve_engine", "shortest_path", "state_posteriors"]

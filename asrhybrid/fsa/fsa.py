@@ -1,12 +1,17 @@
-"""FSAs as tensors, in k2's vocabulary (k2 itself cannot be installed here).
+"""FSAs as tensors, in k2's vocabulary: the graph type both engines read.
 
 An ``Fsa`` is a list of arcs (``src``, ``dst``, ``label``, ``score``) over
 states ``0..num_states-1``; state 0 is the start and the last state is the
 final state, entered only by arcs labelled -1 (k2's convention: the final
 weight of a Kaldi FST becomes the score of such an arc). Scores are log
 probabilities (the negated Kaldi costs). Label 0 is epsilon: it consumes no
-frame. An ``FsaVec`` concatenates several FSAs with state offsets, so one set of
+frame. A transducer (HCLG: transition ids in, words out) also has
+``aux_label`` per arc (0 for none, -1 on final arcs, as k2's aux_labels).
+An ``FsaVec`` concatenates several FSAs with state offsets, so one set of
 tensor operations processes a whole batch.
+
+``asrhybrid.fsa.k2_engine`` converts an ``Fsa`` to a ``k2.Fsa`` (once: the
+result is cached on the Fsa), so the same graph object serves both engines.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +34,9 @@ class Fsa:
     label: torch.Tensor  # int64 [A]; 0 epsilon, -1 into the final state
     score: torch.Tensor  # float32 [A]
     num_states: int
+    aux_label: torch.Tensor | None = None  # int64 [A]: output labels of a transducer (words of HCLG)
+    # the k2 form, made on first use by asrhybrid.fsa.k2_engine.to_k2
+    k2_cache: object = field(default=None, repr=False, compare=False)
 
     @property
     def num_arcs(self) -> int:
@@ -50,17 +58,21 @@ class Fsa:
         )
 
     def to(self, device: torch.device | str) -> "Fsa":
-        return Fsa(self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device), self.num_states)
+        aux = None if self.aux_label is None else self.aux_label.to(device)
+        return Fsa(self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device),
+                   self.num_states, aux)
 
 
-def from_kaldi(fst) -> Fsa:
+def from_kaldi(fst, output_labels: bool = False) -> Fsa:
     """A kaldifst StdVectorFst (input labels, tropical costs) as an Fsa.
 
     States are renumbered so that the start is 0 and a new super-final state
     is last; each final weight becomes an arc labelled -1 into it. Output
-    labels are dropped (alignment and training need the input side only).
-    The FST is read through its OpenFst binary image (an arc iterator in
-    Python costs ten times more); :func:`from_kaldi_arcs` is the slow reference.
+    labels become ``aux_label`` with ``output_labels`` (HCLG's words; -1 on
+    the final arcs), else they are dropped (alignment and training need the
+    input side only). The FST is read through its OpenFst binary image (an
+    arc iterator in Python costs ten times more); :func:`from_kaldi_arcs` is
+    the slow reference.
     """
     if fst.start < 0:
         raise ValueError("the FST has no start state")
@@ -70,13 +82,13 @@ def from_kaldi(fst) -> Fsa:
         image = open(path, "rb").read()
     parsed = _parse_vector_fst(image)
     if parsed is None:
-        return from_kaldi_arcs(fst)
-    start, finals, src, dst, label, cost = parsed
-    return _renumbered(start, finals, src, dst, label, cost)
+        return from_kaldi_arcs(fst, output_labels)
+    fsa = _renumbered(*parsed)
+    return fsa if output_labels else Fsa(fsa.src, fsa.dst, fsa.label, fsa.score, fsa.num_states)
 
 
 def _parse_vector_fst(image: bytes):
-    """(start, final costs, arc src, dst, ilabel, cost) from a binary StdVectorFst; None for another layout."""
+    """(start, final costs, arc src, dst, ilabel, olabel, cost) from a binary StdVectorFst; None for another layout."""
     magic, = struct.unpack_from("<i", image, 0)
     if magic != _OPENFST_MAGIC:
         return None
@@ -100,15 +112,15 @@ def _parse_vector_fst(image: bytes):
     arc_state = np.repeat(np.arange(num_states), counts)
     first = np.repeat(offsets + 3 - 4 * (np.cumsum(counts) - counts), counts) + 4 * np.arange(int(counts.sum()))
     return (start, finals, arc_state, words[first + 3].astype(np.int64), words[first].astype(np.int64),
-            words[first + 2].view(np.float32).astype(np.float64))
+            words[first + 1].astype(np.int64), words[first + 2].view(np.float32).astype(np.float64))
 
 
-def _renumbered(start, finals, src, dst, label, cost) -> Fsa:
+def _renumbered(start, finals, src, dst, label, olabel, cost) -> Fsa:
     n = len(finals)
     new_id = np.concatenate([[start], np.delete(np.arange(n), start)]).argsort()  # old state -> new id
     final_states = np.flatnonzero(np.isfinite(finals))
     order = np.argsort(new_id[src], kind="stable")
-    src, dst, label, cost = new_id[src][order], new_id[dst][order], label[order], cost[order]
+    src, dst, label, olabel, cost = new_id[src][order], new_id[dst][order], label[order], olabel[order], cost[order]
     fsrc = new_id[final_states]
     # arcs of each state, then its final arc (as the arc iterator reading did)
     all_src = np.concatenate([src, fsrc])
@@ -120,10 +132,11 @@ def _renumbered(start, finals, src, dst, label, cost) -> Fsa:
         torch.from_numpy(np.concatenate([label, np.full(len(fsrc), -1)])[order]),
         torch.from_numpy(-np.concatenate([cost, finals[final_states]])[order].astype(np.float32)),
         n + 1,
+        torch.from_numpy(np.concatenate([olabel, np.full(len(fsrc), -1)])[order]),
     )
 
 
-def from_kaldi_arcs(fst) -> Fsa:
+def from_kaldi_arcs(fst, output_labels: bool = False) -> Fsa:
     """:func:`from_kaldi` through kaldifst's arc iterator (the reference, and the path for FSTs with symbol tables)."""
     from asrhybrid.kaldi import kaldifst
 
@@ -134,13 +147,19 @@ def from_kaldi_arcs(fst) -> Fsa:
     new_id = {s: i for i, s in enumerate(order)}
     final_state = n
     arcs: list[tuple[int, int, int, float]] = []
+    olabels: list[int] = []
     for s in order:
         for arc in kaldifst.ArcIterator(fst, s):
             arcs.append((new_id[s], new_id[arc.nextstate], arc.ilabel, -arc.weight.value))
+            olabels.append(arc.olabel)
         final_cost = fst.final(s).value
         if final_cost != float("inf"):
             arcs.append((new_id[s], final_state, -1, -final_cost))
-    return Fsa.from_arcs(arcs, n + 1)
+            olabels.append(-1)
+    fsa = Fsa.from_arcs(arcs, n + 1)
+    if output_labels:
+        fsa.aux_label = torch.tensor(olabels, dtype=torch.int64)
+    return fsa
 
 
 @dataclass
@@ -186,6 +205,12 @@ class FsaVec:
         bounds = torch.cat([self.start_states.cpu(), torch.tensor([self.num_states])])
         owner = torch.repeat_interleave(torch.arange(self.batch_size), bounds[1:] - bounds[:-1])
         return owner.to(self.device)
+
+
+@dataclass
+class BestPath:
+    scores: torch.Tensor  # [B] best path score (-inf where no path)
+    labels: list[list[int]]  # per utterance, the label of each frame (e.g. transition ids); [] where no path
 
 
 @dataclass

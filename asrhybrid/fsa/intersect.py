@@ -1,4 +1,4 @@
-"""Frame-synchronous intersection of an FsaVec with a DenseFsaVec (k2's intersect_dense).
+"""The torch engine: frame-synchronous intersection of an FsaVec with a DenseFsaVec (k2's intersect_dense).
 
 One step per frame for the whole batch. States are laid out by their
 utterance's length, longest first, so the states still running at frame ``t``
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asrhybrid.fsa.fsa import DenseFsaVec, FsaVec
+from asrhybrid.fsa.fsa import BestPath, DenseFsaVec, FsaVec
 
 NEG_INF = float("-inf")
 
@@ -264,12 +264,6 @@ class _Run:
         return torch.logsumexp(cand, dim=1), None
 
 
-@dataclass
-class BestPath:
-    scores: torch.Tensor  # [B] best path score (-inf where no path)
-    labels: list[list[int]]  # per utterance, the label of each frame (e.g. transition ids)
-
-
 def shortest_path(fsas: FsaVec, dense: DenseFsaVec) -> BestPath:
     """Viterbi: the best path of each FSA through its utterance's frames, and its frame labels."""
     _check(fsas, dense)
@@ -379,13 +373,20 @@ def _backward(run: _Run, alphas: torch.Tensor, totals: torch.Tensor):
     return posteriors[:, :E], beta[lay.start]
 
 
+def _in_double(dense: DenseFsaVec, log_probs: torch.Tensor, use_double_scores: bool) -> DenseFsaVec:
+    """The scores in float64 when asked (k2's use_double_scores): sums of hundreds of frames in float32
+    leave posteriors about 1e-3 off (alpha + beta - total of magnitude 1e3)."""
+    log_probs = log_probs.detach()
+    return DenseFsaVec(log_probs.double() if use_double_scores else log_probs, dense.lengths, dense.label_to_column)
+
+
 class _TotScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, log_probs, fsas, dense):
-        dense = DenseFsaVec(log_probs.detach(), dense.lengths, dense.label_to_column)
-        run, alphas, totals = _forward(fsas, dense)
+    def forward(ctx, log_probs, fsas, dense, use_double_scores):
+        run, alphas, totals = _forward(fsas, _in_double(dense, log_probs, use_double_scores))
         ctx.saved = (run, alphas, totals)
-        return totals
+        ctx.dtype = log_probs.dtype
+        return totals.to(log_probs.dtype)
 
     @staticmethod
     def backward(ctx, grad_totals):
@@ -398,26 +399,28 @@ class _TotScores(torch.autograd.Function):
         utt = run.fsas.arc_fsa[lay.emit_arcs]
         t_index = torch.arange(posteriors.shape[0], device=log_probs.device)[:, None]
         flat = (utt[None, :] * T + t_index) * C + lay.emit_column[None, :]
-        weights = posteriors * grad_totals[utt][None, :]
+        weights = posteriors * grad_totals.to(posteriors.dtype)[utt][None, :]
         grad.index_add_(0, flat.reshape(-1), weights.reshape(-1))
-        return grad.view(B, T, C), None, None
+        return grad.view(B, T, C).to(ctx.dtype), None, None, None
 
 
-def get_tot_scores(fsas: FsaVec, dense: DenseFsaVec, log_semiring: bool = True) -> torch.Tensor:
+def get_tot_scores(fsas: FsaVec, dense: DenseFsaVec, log_semiring: bool = True,
+                   use_double_scores: bool = True) -> torch.Tensor:
     """Total score of each FSA with its utterance: log-sum over paths (differentiable), or the best path."""
     _check(fsas, dense)
     if not log_semiring:
         return shortest_path(fsas, dense).scores
-    return _TotScores.apply(dense.log_probs, fsas, dense)
+    return _TotScores.apply(dense.log_probs, fsas, dense, use_double_scores)
 
 
-def arc_posteriors(fsas: FsaVec, dense: DenseFsaVec):
+def arc_posteriors(fsas: FsaVec, dense: DenseFsaVec, use_double_scores: bool = True):
     """(totals [B], posteriors [T, emitting arcs], emitting arc ids): forward-backward occupation."""
     _check(fsas, dense)
     with torch.no_grad():
-        run, alphas, totals = _forward(fsas, dense)
+        run, alphas, totals = _forward(fsas, _in_double(dense, dense.log_probs, use_double_scores))
         posteriors, _ = _backward(run, alphas, totals)
-    return totals, posteriors, run.lay.emit_arcs
+    dtype = dense.log_probs.dtype
+    return totals.to(dtype), posteriors.to(dtype), run.lay.emit_arcs
 
 
 def backward_totals(fsas: FsaVec, dense: DenseFsaVec) -> torch.Tensor:
@@ -426,10 +429,3 @@ def backward_totals(fsas: FsaVec, dense: DenseFsaVec) -> torch.Tensor:
         run, alphas, totals = _forward(fsas, dense)
         _, start_beta = _backward(run, alphas, totals)
     return start_beta
-
-
-def state_posteriors(fsas: FsaVec, dense: DenseFsaVec) -> torch.Tensor:
-    """Occupation of each state right after each frame: [T, num_states], from the emitting arcs entering it."""
-    totals, posteriors, emit = arc_posteriors(fsas, dense)
-    out = torch.zeros(posteriors.shape[0], fsas.num_states, dtype=posteriors.dtype, device=posteriors.device)
-    return out.index_add_(1, fsas.dst[emit], posteriors)

