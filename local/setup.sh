@@ -130,8 +130,10 @@ if ! k2_ok; then
     log "building k2 ${K2_COMMIT:0:8} (CPU) against torch $torch_ver (about 8 min on 2 cores; cached in $wheel_dir)"
     build_log="$CACHE/k2-build.log"
     src=$(mktemp -d "$CACHE/k2-src.XXXXXX")
+    trap 'rm -rf "$src"' EXIT  # the copy goes whatever happens; the build log stays
     k2_source "$src"
-    [ -f "$src/setup.py" ] && [ -d "$src/k2/csrc" ] || die "$src does not look like k2's source (no setup.py, k2/csrc)"
+    [ -f "$src/setup.py" ] && [ -d "$src/k2/csrc" ] \
+      || die "${K2_SOURCE:-the k2 archive} does not look like k2's source at $K2_COMMIT (no setup.py, k2/csrc)"
     patch_file="$PWD/local/k2-pybind11-pickle.patch"
     if ! (cd "$src" && patch -p1 -R -s -f --dry-run < "$patch_file" >/dev/null 2>&1); then  # not applied yet
       (cd "$src" && patch -p1 -N -s < "$patch_file") || die "local/k2-pybind11-pickle.patch does not apply to $src"
@@ -151,7 +153,7 @@ PYEOF
       K2_MAKE_ARGS="-j$JOBS" MAKEFLAGS="-j$JOBS" \
       "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$wheel_dir.tmp" "$src" > "$build_log" 2>&1 \
       || { tail -n 20 "$build_log" >&2; die "k2 build failed; the whole log is $build_log"; }
-    rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir" && rm -rf "$src"
+    rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
   fi
   "${PIP[@]}" install --no-deps --force-reinstall "$wheel_dir"/k2-*.whl
   k2_ok || die "k2 installed but does not work; run: $PY -c 'import k2'"

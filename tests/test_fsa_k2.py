@@ -170,9 +170,16 @@ def decode_planted_with_k2(graph_dir, lang, tree, trans_model, sentences):
     from asrhybrid.lm.train import read_symbol_table
     from test_graph_hclg import planted_loglikes
 
+    from asrhybrid.fsa.fsa import from_kaldi_arcs
+    from asrhybrid.kaldi import kaldifst
+
     words = read_symbol_table(lang / "words.txt")
-    hclg = from_kaldi(load_hclg(graph_dir), output_labels=True)
+    vector = kaldifst.StdVectorFst.read(str(graph_dir / "HCLG.fst"))
+    hclg = from_kaldi(vector, output_labels=True)  # read through its OpenFst binary image
     assert int((hclg.label == 0).sum()) > 0, "Kaldi's HCLG has input-epsilon arcs"
+    reference = from_kaldi_arcs(load_hclg(graph_dir), output_labels=True)  # the ConstFst, arc by arc
+    assert torch.equal(hclg.label, reference.label) and torch.equal(hclg.aux_label, reference.aux_label)
+    assert int((hclg.aux_label > 0).sum()) > 0 and bool((hclg.aux_label[hclg.label == -1] == -1).all())
     tid_to_column = torch.arange(-1, trans_model.num_transition_ids).clamp(min=0)  # planted: column tid - 1
     graph = to_k2(hclg, tid_to_column)
     # k2's form has none: every arc consumes a frame with one emitting arc of HCLG, or is final
