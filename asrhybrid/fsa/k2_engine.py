@@ -39,6 +39,7 @@ import torch
 
 from asrhybrid.fsa.fsa import DenseFsaVec, Fsa
 
+
 @functools.cache
 def available() -> bool:
     """Whether k2 imports here (built by `make setup`; absent on a machine set up without it)."""
@@ -161,11 +162,11 @@ def shortest_path(fsas: list[Fsa], dense: DenseFsaVec, output_beam: float = 1.0)
         best = k2.shortest_path(lattice, use_double_scores=True)
         scores = best.get_tot_scores(use_double_scores=True, log_semiring=False)
         utt, arc = _original_arcs(fsas, best, rank, "cpu")
-    labels = torch.cat([f.label for f in fsas])
     keep = arc >= 0  # the final arc consumes no frame
-    paths: list[list[int]] = [[] for _ in fsas]
-    for b, label in zip(utt[keep].tolist(), labels[arc[keep]].tolist()):  # arcs in path order, paths in turn
-        paths[b].append(label)
+    utt, labels = utt[keep], torch.cat([f.label for f in fsas])[arc[keep]]
+    by_utt = torch.argsort(utt, stable=True)  # each path's arcs stay in path order
+    counts = torch.bincount(utt, minlength=len(fsas)).tolist()
+    paths = [p.tolist() for p in torch.split(labels[by_utt], counts)]
     return scores[rank.to(scores.device)].to(dense.log_probs.dtype), paths
 
 
@@ -190,9 +191,7 @@ def arc_posteriors(fsas: list[Fsa], dense: DenseFsaVec):
 def ctc_loss(log_probs: torch.Tensor, targets: list[list[int]], lengths: torch.Tensor) -> torch.Tensor:
     """k2's own CTC loss (k2.ctc_graph + k2.ctc_loss) per utterance; ``log_probs`` [B, T, C], blank 0."""
     k2 = k2_module()
-    order = torch.argsort(-lengths.cpu(), stable=True)
-    segments = torch.stack([order, torch.zeros_like(order), lengths.cpu()[order]], dim=1).to(torch.int32)
-    dense = k2.DenseFsaVec(log_probs.to(torch.float32), segments)
+    dense, order = dense_fsa_vec(DenseFsaVec(log_probs, lengths, torch.arange(log_probs.shape[2])))
     graphs = k2.ctc_graph([targets[i] for i in order.tolist()], device=log_probs.device)
     loss = k2.ctc_loss(graphs, dense, output_beam=_ALL, reduction="none", use_double_scores=True)
     out = torch.empty_like(loss)
