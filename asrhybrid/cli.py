@@ -100,14 +100,24 @@ def read_texts(sources: list[Path]) -> list[str]:
     return texts
 
 
+def text_inputs(sources: list[Path] | None, role: str = "text") -> dict[str, Path]:
+    """Text sources by role, for completion markers (text0, text1, ...)."""
+    return {f"{role}{k}": Path(src) for k, src in enumerate(sources or [])}
+
+
 def cmd_prepare_dict(args: argparse.Namespace) -> None:
     from asrhybrid.lang.dicts import prepare_dict
-    from asrhybrid.recipe.outputs import content_digest, run_once
+    from asrhybrid.recipe.outputs import atomic_output, run_once
 
-    texts = read_texts(args.text)
-    params = {"lexicon": args.lexicon, "stress": not args.no_stress, "texts": content_digest(*texts)}
-    run_once(args.dict_dir, "prepare-dict", params, args.force,
-             lambda: prepare_dict(args.lexicon, args.dict_dir, texts, stress=not args.no_stress))
+    source_dir = Path(args.lexicon) if Path(args.lexicon).is_dir() else None
+    params = {"lexicon": "dict dir" if source_dir else args.lexicon, "stress": not args.no_stress}
+    inputs = {**text_inputs(args.text), **({"lexicon": source_dir} if source_dir else {})}
+
+    def work():
+        with atomic_output(args.dict_dir) as tmp:  # swapped in whole: no file of an earlier run survives
+            prepare_dict(args.lexicon, tmp, read_texts(args.text), stress=not args.no_stress)
+
+    run_once(args.dict_dir, "prepare-dict", params, args.force, work, inputs)
 
 
 def cmd_prepare_lang(args: argparse.Namespace) -> None:
@@ -121,19 +131,19 @@ def cmd_train_lm(args: argparse.Namespace) -> None:
     import json
 
     from asrhybrid.lm.train import read_symbol_table, train_lm
-    from asrhybrid.recipe.outputs import content_digest, run_once, write_text_atomic
+    from asrhybrid.recipe.outputs import run_once, write_text_atomic
 
-    texts, dev = read_texts(args.text), read_texts(args.dev)
-    words = set(read_symbol_table(args.words)) if args.words else None
-    params = {"order": args.order, "prune": args.prune, "binary": args.binary, "oov": args.oov,
-              "texts": content_digest(*texts), "dev": content_digest(*dev), "words": str(args.words)}
+    params = {"order": args.order, "prune": args.prune, "binary": args.binary, "oov": args.oov}
+    inputs = {**text_inputs(args.text), **text_inputs(args.dev, "dev"), **({"words": args.words} if args.words else {})}
 
     def work():
+        texts, dev = read_texts(args.text), read_texts(args.dev)
+        words = set(read_symbol_table(args.words)) if args.words else None
         summary = train_lm(texts, args.out_dir, args.name, args.order, words=words, oov_word=args.oov,
                            prune=args.prune, binary=args.binary, dev_lines=dev, source=" ".join(map(str, args.text)))
         write_text_atomic(args.out_dir / f"{args.name}.json", json.dumps(summary, indent=1) + "\n")
 
-    run_once(args.out_dir, f"train-lm-{args.name}", params, args.force, work)
+    run_once(args.out_dir, f"train-lm-{args.name}", params, args.force, work, inputs, outputs=[f"{args.name}.*"])
 
 
 def cmd_arpa2fst(args: argparse.Namespace) -> None:
@@ -147,31 +157,32 @@ def cmd_format_lm(args: argparse.Namespace) -> None:
     import shutil
 
     from asrhybrid.lm.train import arpa_to_g
-    from asrhybrid.recipe.outputs import run_once
+    from asrhybrid.recipe.outputs import atomic_output, run_once
 
     def work():
-        shutil.copytree(args.lang_dir, args.out_dir, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".done.*", ".tmp*"))
-        arpa_to_g(args.arpa, args.out_dir / "words.txt", args.out_dir / "G.fst")
+        with atomic_output(args.out_dir) as tmp:  # swapped in whole: no file of an earlier run survives
+            shutil.copytree(args.lang_dir, tmp, ignore=shutil.ignore_patterns(".done.*", ".partial.*", ".tmp*"))
+            arpa_to_g(args.arpa, tmp / "words.txt", tmp / "G.fst")
 
-    params = {"lang": str(args.lang_dir.resolve()), "arpa": str(args.arpa.resolve()), "mtime": args.arpa.stat().st_mtime_ns}
-    run_once(args.out_dir, "format-lm", params, args.force, work)
+    run_once(args.out_dir, "format-lm", {}, args.force, work, {"lang": args.lang_dir, "arpa": args.arpa})
 
 
 def cmd_train_bpe(args: argparse.Namespace) -> None:
     from asrhybrid.lm.bpe import train_tokens
-    from asrhybrid.recipe.outputs import content_digest, run_once
+    from asrhybrid.recipe.outputs import run_once
 
-    texts = read_texts(args.text)
-    params = {"vocab_size": args.vocab_size, "model_type": args.model_type, "texts": content_digest(*texts)}
+    params = {"vocab_size": args.vocab_size, "model_type": args.model_type}
     run_once(args.out_dir, f"train-bpe-{args.model_type}", params, args.force,
-             lambda: train_tokens(texts, args.out_dir, args.vocab_size, args.model_type))
+             lambda: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
+             text_inputs(args.text))
 
 
 def cmd_init_mono(args: argparse.Namespace) -> None:
-    from asrhybrid.graph.mkgraph import init_mono_model
+    from asrhybrid.graph.mkgraph import MODEL_FILES, init_mono_model
+    from asrhybrid.recipe.outputs import run_once
 
-    init_mono_model(args.lang_dir, args.model_dir)
+    run_once(args.model_dir, "init-mono", {}, args.force, lambda: init_mono_model(args.lang_dir, args.model_dir),
+             {"lang": args.lang_dir}, outputs=MODEL_FILES)
 
 
 def cmd_mkgraph(args: argparse.Namespace) -> None:

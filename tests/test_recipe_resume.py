@@ -82,8 +82,10 @@ def test_synth_killed_midway_resumes_to_the_same_corpus(tmp_path):
     proc.wait()
     assert not (tmp_path / "s" / "metadata.jsonl").exists(), "the kill must land mid-way"
     assert run(["synth-corpus", str(tmp_path / "s"), *opts]).returncode == 0
-    ref = {p.relative_to(tmp_path / "ref"): p.read_bytes() for p in (tmp_path / "ref").rglob("*") if p.is_file()}
-    got = {p.relative_to(tmp_path / "s"): p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    def data_files(root):  # completion markers carry a stamp of their own run
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".done." not in p.name}
+
+    ref, got = data_files(tmp_path / "ref"), data_files(tmp_path / "s")
     assert got == ref
 
 
@@ -102,3 +104,96 @@ def test_completion_markers_compare_paths_not_their_spelling(tmp_path, monkeypat
     assert Completion(tmp_path / "out", "step", {"words": Path("./words.txt"), "order": 2}).is_done()
     with pytest.raises(StaleOutputError, match="words"):
         Completion(tmp_path / "out", "step", {"words": "other.txt", "order": 2}).is_done()
+
+
+def test_markers_redo_a_step_whose_inputs_changed(tmp_path, caplog):
+    """Make-like markers: a step reading another step's output redoes when that step ran again; a step reading a
+    plain file redoes when its content changed; its own re-run with nothing changed is a no-op."""
+    import logging
+
+    from asrhybrid.recipe.outputs import Completion, input_stamp
+
+    caplog.set_level(logging.INFO)
+    up, down, text = tmp_path / "up", tmp_path / "down", tmp_path / "text.txt"
+    text.write_text("a b\n")
+    (up / "sub").mkdir(parents=True)
+    (up / "sub" / "x.txt").write_text("x\n")
+    upstream = Completion(up, "make-up", {"n": 1}, inputs={"text": text})
+    upstream.mark_done()
+    stamp = input_stamp(up / "sub" / "x.txt")
+    assert stamp.startswith("step:") and input_stamp(up) == stamp  # the marker claims everything below up/
+
+    def downstream():
+        return Completion(down, "make-down", {"n": 2}, inputs={"up": up / "sub" / "x.txt"})
+
+    assert not downstream().is_done()
+    downstream().mark_done()
+    assert downstream().is_done()
+    Completion(up, "make-up", {"n": 1}, inputs={"text": text}).mark_done()  # upstream ran again: new stamp
+    assert not downstream().is_done()
+    assert "inputs of 'make-down' changed since it ran (up)" in caplog.text
+    assert not (down / ".done.make-down.json").exists()
+
+    assert Completion(up, "make-up", {"n": 1}, inputs={"text": text}).is_done()
+    text.write_text("a c\n")  # a plain file: its content counts
+    assert not Completion(up, "make-up", {"n": 1}, inputs={"text": text}).is_done()
+
+
+def test_partial_work_of_other_options_is_cleared(tmp_path, caplog):
+    import logging
+
+    from asrhybrid.recipe.outputs import Completion
+
+    caplog.set_level(logging.INFO)
+    cleared = []
+    first = Completion(tmp_path, "resumable", {"opt": 1})
+    first.start_partial(lambda: cleared.append("first"))
+    Completion(tmp_path, "resumable", {"opt": 1}).start_partial(lambda: cleared.append("same"))
+    assert cleared == []  # same options and inputs: the partial work is resumed
+    Completion(tmp_path, "resumable", {"opt": 2}).start_partial(lambda: cleared.append("other"))
+    assert cleared == ["other"] and "starting over" in caplog.text
+    Completion(tmp_path, "resumable", {"opt": 2}).mark_done()
+    assert not (tmp_path / ".partial.resumable.json").exists()
+
+
+def test_stale_temporaries_of_a_live_run_are_kept(tmp_path):
+    """Two runs in one directory: temporaries of a process still alive are not deleted, a dead one's are."""
+    import subprocess
+
+    from asrhybrid.recipe.outputs import TMP_PREFIX, remove_stale_temporaries
+
+    alive = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        (tmp_path / f"{TMP_PREFIX}{alive.pid}.a.txt").write_text("live")
+        (tmp_path / f"{TMP_PREFIX}{dead.pid}.b.txt").write_text("dead")
+        remove_stale_temporaries(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"{TMP_PREFIX}{alive.pid}.a.txt"]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
+    import sys
+
+    import pytest
+
+    from asrhybrid.errors import AsrHybridError
+    from asrhybrid.recipe.runner import workdir_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from asrhybrid.recipe.runner import workdir_lock\n"
+        f"with workdir_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(AsrHybridError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+            with workdir_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with workdir_lock(tmp_path):  # the lock went with the process
+        pass

@@ -332,3 +332,32 @@ def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_sta
     cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz"))
     single = [equal_alignment(compiler.compile(c.supervisions[0].text), c.num_frames, seed=k) for k, c in enumerate(cuts)]
     assert sum(tid_phone[a[0]] not in silence or tid_phone[a[-1]] not in silence for a in single) > len(cuts) / 4
+
+
+def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):
+    """make stage=2 stop_stage=2 force=1, then make: stages 3-5 redo (they read the lang dir), 0-1 do not.
+
+    Last in this module: it redoes the shared workdir's later stages."""
+    work, yesno_dir = yesno_through_stage_4
+    markers = {
+        "data": work / "data" / "manifests" / ".done.data-yesno.json",
+        "fbank": work / "data" / "fbank" / ".done.fbank-yesno-train.json",
+        "bpe": work / "data" / "lang_char_10" / ".done.train-bpe-char.json",
+        "lang": work / "data" / "lang" / ".done.prepare-lang.json",
+        "lm": work / "data" / "lm" / ".done.train-lm-small.json",
+        "lang_test": work / "data" / "lang_test_small" / ".done.format-lm.json",
+        "flat_start": work / "exp" / "mono_flat" / ".done.flat-start.json",
+        "tree": work / "exp" / "tree" / ".done.build-tree.json",
+    }
+    before = {k: json.loads(p.read_text())["stamp"] for k, p in markers.items()}
+    forced = make(work, yesno_dir, "force=1", stages=(2, 2))
+    assert forced.returncode == 0, forced.stderr
+    again = make(work, yesno_dir, stages=(0, 5))
+    assert again.returncode == 0, again.stderr
+    after = {k: json.loads(p.read_text())["stamp"] for k, p in markers.items()}
+    redone = sorted(k for k in markers if after[k] != before[k])
+    assert redone == ["flat_start", "lang", "lang_test", "lm", "tree"]  # the transcripts (bpe) did not change
+    assert "inputs of 'flat-start' changed since it ran (lang)" in again.stderr
+    third = make(work, yesno_dir, stages=(0, 5))  # and then nothing is left to do
+    assert third.returncode == 0 and "redoing" not in third.stderr
+    assert {k: json.loads(p.read_text())["stamp"] for k, p in markers.items()} == after

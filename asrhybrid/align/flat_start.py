@@ -107,13 +107,14 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
-    done = Completion(exp_dir, "flat-start", {"cuts": str(cuts_path.resolve()), "lang": str(lang_dir.resolve()), **asdict(cfg)})
+    done = Completion(exp_dir, "flat-start", asdict(cfg), inputs={"cuts": cuts_path, "lang": lang_dir, "cmvn": cmvn_ark})
     if done.is_done(force):
         log.info("%s: flat start already done", exp_dir)
         return json.loads((exp_dir / "flat_start.json").read_text())
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    resume_key = {k: v for k, v in done.params.items() if k != "iterations"}  # more iterations may resume
+    # checkpoints resume when made with the same inputs and options (more iterations may resume)
+    resume_key = {**{k: v for k, v in done.params.items() if k != "iterations"}, "inputs": done.inputs}
 
     tree, trans_model = init_mono_model(lang_dir, exp_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)

@@ -141,8 +141,8 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     from asrhybrid.graph.mkgraph import load_model
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
-    done = Completion(out_dir, "align", {"cuts": str(cuts_path.resolve()), "model": str(model_dir.resolve()), "backend": backend,
-                                         "mtime": (model_dir / "final.pt").stat().st_mtime_ns if (model_dir / "final.pt").exists() else 0})
+    done = Completion(out_dir, "align", {"backend": backend},
+                      inputs={"cuts": cuts_path, "lang": lang_dir, "model": model_dir})
     if done.is_done(force):
         log.info("%s: alignments already written", out_dir)
         return {}

@@ -33,10 +33,11 @@ def prepare_data(
     corpus_dir, manifest_dir = Path(corpus_dir), Path(manifest_dir)
     options = options or {}
     params = {
-        "preparer": preparer, "corpus_dir": str(corpus_dir.resolve()), "sample_rate": sample_rate,
-        "options": options, "resample": resample, "verify_audio": verify_audio,
+        "preparer": preparer, "sample_rate": sample_rate, "options": options, "resample": resample,
+        "verify_audio": verify_audio,
     }
-    done = Completion(manifest_dir, f"data-{corpus}", params)
+    done = Completion(manifest_dir, f"data-{corpus}", params, inputs={"corpus": corpus_dir},
+                      outputs=[f"{corpus}_recordings_*", f"{corpus}_supervisions_*"])
     if done.is_done(force):
         log.info("data %s: already prepared in %s", corpus, manifest_dir)
         return {p: manifest_paths(manifest_dir, corpus, p)[1] for p in manifest_parts(manifest_dir, corpus)}

@@ -140,16 +140,24 @@ def compute_fbank(
     # intermediates; 600 s batches ran at under half the speed); a GPU wants more.
     batch_duration = batch_duration or (60.0 if device == "cpu" else 600.0)
     for part in parts:
-        params = {"config": asdict(config), "chunk_size": chunk_size, "manifests": str(manifest_dir.resolve())}
-        done = Completion(fbank_dir, f"fbank-{corpus}-{part}", params)
+        recordings, supervisions = manifest_paths(manifest_dir, corpus, part)
+        feats_dir = fbank_dir / f"{corpus}_feats_{part}"
+        done = Completion(fbank_dir, f"fbank-{corpus}-{part}", {"config": asdict(config), "chunk_size": chunk_size},
+                          inputs={"recordings": recordings, "supervisions": supervisions},
+                          outputs=[cuts_path(fbank_dir, corpus, part).name, feats_dir.name,
+                                   f"{corpus}_cmvn_{part}.ark", f"{corpus}_cmvn_global_{part}.ark"])
         if done.is_done(force):
             log.info("fbank %s/%s: already done", corpus, part)
             continue
         cuts = list(cuts_from_manifests(manifest_dir, corpus, part))
-        feats_dir = fbank_dir / f"{corpus}_feats_{part}"
-        if force and feats_dir.exists():
-            for p in feats_dir.iterdir():
+
+        def clear_chunks():
+            for p in feats_dir.iterdir() if feats_dir.exists() else ():
                 p.unlink()
+
+        if force:
+            clear_chunks()
+        done.start_partial(clear_chunks)  # chunks of other options or inputs go
         feats_dir.mkdir(exist_ok=True)
         remove_stale_temporaries(feats_dir)
 

@@ -44,6 +44,9 @@ def init_mono_model(lang_dir: Path | str, model_dir: Path | str):
     return tree, trans_model
 
 
+MODEL_FILES = ("topo", "tree", "trans.pkl")  # what save_model writes
+
+
 def save_model(model_dir: Path, topo_text: str, tree, trans_model) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(model_dir / "topo", topo_text)
@@ -141,8 +144,8 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
     g_fst = Path(g_fst) if g_fst else lang_dir / "G.fst"
     if not g_fst.is_file():
         raise DataError([f"{g_fst} not found (asrhybrid arpa2fst ARPA WORDS G makes it)"])
-    stamp = {p.name: p.stat().st_mtime_ns for p in (g_fst, lang_dir / "L_disambig.fst", model_dir / "tree", model_dir / "trans.pkl")}
-    done = Completion(graph_dir, "mkgraph", {"inputs": stamp, "self_loop_scale": self_loop_scale})
+    done = Completion(graph_dir, "mkgraph", {"self_loop_scale": self_loop_scale},
+                      inputs={"lang": lang_dir, "G": g_fst, "tree": model_dir / "tree", "trans": model_dir / "trans.pkl"})
     if done.is_done(force):
         log.info("%s: graph already built", graph_dir)
         return {}

@@ -232,9 +232,8 @@ def prepare_lang(
     d = read_dict_dir(dict_dir)
     if oov_word not in d.lexicon.words():
         raise DataError([f"{dict_dir}: the OOV word '{oov_word}' is not in the lexicon"])
-    inputs = {p.name: p.read_text(encoding="utf-8") for p in sorted(dict_dir.glob("*.txt"))}
-    params = {"dict": inputs, "oov": oov_word, "position_dependent": position_dependent_phones, "sil_prob": sil_prob}
-    done = Completion(lang_dir, "prepare-lang", params)
+    params = {"oov": oov_word, "position_dependent": position_dependent_phones, "sil_prob": sil_prob}
+    done = Completion(lang_dir, "prepare-lang", params, inputs={"dict": dict_dir})
     if done.is_done(force):
         log.info("%s: lang already prepared", lang_dir)
         return lang_dir
@@ -260,66 +259,69 @@ def prepare_lang(
     word_list = ["<eps>"] + words + ["#0", "<s>", "</s>"]
     word_ids = {w: i for i, w in enumerate(word_list)}
 
-    lang_dir.mkdir(parents=True, exist_ok=True)
-    phones_dir = lang_dir / "phones"
-    phones_dir.mkdir(exist_ok=True)
-    _write_table(lang_dir / "phones.txt", phones)
-    _write_table(lang_dir / "words.txt", word_list)
-    write_text_atomic(lang_dir / "oov.txt", f"{oov_word}\n")
-    write_text_atomic(lang_dir / "oov.int", f"{word_ids[oov_word]}\n")
+    # built under a temporary name and swapped in whole: no file of an earlier build survives
+    final_dir = lang_dir
+    with atomic_output(final_dir) as lang_dir:
+        lang_dir.mkdir(parents=True, exist_ok=True)
+        phones_dir = lang_dir / "phones"
+        phones_dir.mkdir(exist_ok=True)
+        _write_table(lang_dir / "phones.txt", phones)
+        _write_table(lang_dir / "words.txt", word_list)
+        write_text_atomic(lang_dir / "oov.txt", f"{oov_word}\n")
+        write_text_atomic(lang_dir / "oov.int", f"{word_ids[oov_word]}\n")
 
-    sets = [expand(s) for s in d.silence_sets + d.nonsilence_sets]
-    _write_phone_list(phones_dir, "sets", sets, phone_ids, csl=False)
-    roots = [["shared", "split"] + s for s in sets]
-    write_text_atomic(phones_dir / "roots.txt", "".join(" ".join(r) + "\n" for r in roots))
-    write_text_atomic(phones_dir / "roots.int", "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots))
-    for name, lst in (("silence", silence), ("nonsilence", nonsilence), ("context_indep", silence),
-                      ("optional_silence", [d.optional_silence]), ("disambig", disambig)):
-        _write_phone_list(phones_dir, name, [[p] for p in lst], phone_ids)
-    questions = [expand(q) for q in d.extra_questions]
-    if position_dependent_phones:
-        nonsil_base = [p for s in d.nonsilence_sets for p in s]
-        sil_base = [p for s in d.silence_sets for p in s]
-        questions += [[p + s for p in nonsil_base] for s in POSITIONS]
-        questions += [[p + s for p in sil_base] for s in ("",) + POSITIONS]
-    _write_phone_list(phones_dir, "extra_questions", questions, phone_ids, csl=False)
-    _write_phone_list(phones_dir, "wdisambig", [["#0"]], phone_ids, csl=False)
-    write_text_atomic(phones_dir / "wdisambig_phones.int", f"{phone_ids['#0']}\n")
-    write_text_atomic(phones_dir / "wdisambig_words.int", f"{word_ids['#0']}\n")
-    if position_dependent_phones:
-        kinds = {"_B": "begin", "_E": "end", "_I": "internal", "_S": "singleton"}
-        boundary = [(p, kinds.get(p[-2:], "nonword")) for p in silence + nonsilence]
-        write_text_atomic(phones_dir / "word_boundary.txt", "".join(f"{p} {k}\n" for p, k in boundary))
-        write_text_atomic(phones_dir / "word_boundary.int", "".join(f"{phone_ids[p]} {k}\n" for p, k in boundary))
-    # The optional silence aligns as the word <eps> (Kaldi adds it whatever sil_prob is).
-    align = sorted({(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (d.optional_silence,))},
-                   key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"))
-    write_text_atomic(phones_dir / "align_lexicon.txt", "".join(f"{w} {w} {' '.join(p)}\n" for w, p in align))
-    write_text_atomic(phones_dir / "align_lexicon.int",
-                      "".join(f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n" for w, p in align))
+        sets = [expand(s) for s in d.silence_sets + d.nonsilence_sets]
+        _write_phone_list(phones_dir, "sets", sets, phone_ids, csl=False)
+        roots = [["shared", "split"] + s for s in sets]
+        write_text_atomic(phones_dir / "roots.txt", "".join(" ".join(r) + "\n" for r in roots))
+        write_text_atomic(phones_dir / "roots.int", "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots))
+        for name, lst in (("silence", silence), ("nonsilence", nonsilence), ("context_indep", silence),
+                          ("optional_silence", [d.optional_silence]), ("disambig", disambig)):
+            _write_phone_list(phones_dir, name, [[p] for p in lst], phone_ids)
+        questions = [expand(q) for q in d.extra_questions]
+        if position_dependent_phones:
+            nonsil_base = [p for s in d.nonsilence_sets for p in s]
+            sil_base = [p for s in d.silence_sets for p in s]
+            questions += [[p + s for p in nonsil_base] for s in POSITIONS]
+            questions += [[p + s for p in sil_base] for s in ("",) + POSITIONS]
+        _write_phone_list(phones_dir, "extra_questions", questions, phone_ids, csl=False)
+        _write_phone_list(phones_dir, "wdisambig", [["#0"]], phone_ids, csl=False)
+        write_text_atomic(phones_dir / "wdisambig_phones.int", f"{phone_ids['#0']}\n")
+        write_text_atomic(phones_dir / "wdisambig_words.int", f"{word_ids['#0']}\n")
+        if position_dependent_phones:
+            kinds = {"_B": "begin", "_E": "end", "_I": "internal", "_S": "singleton"}
+            boundary = [(p, kinds.get(p[-2:], "nonword")) for p in silence + nonsilence]
+            write_text_atomic(phones_dir / "word_boundary.txt", "".join(f"{p} {k}\n" for p, k in boundary))
+            write_text_atomic(phones_dir / "word_boundary.int", "".join(f"{phone_ids[p]} {k}\n" for p, k in boundary))
+        # The optional silence aligns as the word <eps> (Kaldi adds it whatever sil_prob is).
+        align = sorted({(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (d.optional_silence,))},
+                       key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"))
+        write_text_atomic(phones_dir / "align_lexicon.txt", "".join(f"{w} {w} {' '.join(p)}\n" for w, p in align))
+        write_text_atomic(phones_dir / "align_lexicon.int",
+                          "".join(f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n" for w, p in align))
 
-    nonsil_ids = [phone_ids[p] for p in nonsilence]
-    sil_ids = [phone_ids[p] for p in silence]
-    write_text_atomic(lang_dir / "topo", make_topo(nonsil_ids, sil_ids))
+        nonsil_ids = [phone_ids[p] for p in nonsilence]
+        sil_ids = [phone_ids[p] for p in silence]
+        write_text_atomic(lang_dir / "topo", make_topo(nonsil_ids, sil_ids))
 
-    sil_phone = d.optional_silence
-    symbol_ids = {**phone_ids, "<eps>": 0}
-    L = compile_fst(lexicon_fst_text(entries, sil_prob, sil_phone), symbol_ids, word_ids)
-    kaldifst.arcsort(L, sort_type="olabel")
-    with atomic_output(lang_dir / "L.fst") as tmp:
-        L.write(str(tmp))
-    disambig_entries = [(w, p, pron) for (w, p, _), pron in zip(entries, disambig_prons)]
-    L_disambig = compile_fst(
-        lexicon_fst_text(disambig_entries, sil_prob, sil_phone, f"#{num_disambig}" if sil_prob > 0 else None),
-        symbol_ids, word_ids,
-    )
-    # #0 self-loops where words come out (fstaddselfloops), so G's #0 backoff arcs can pass L.
-    kaldifst.add_self_loops(L_disambig, isyms=[phone_ids["#0"]], osyms=[word_ids["#0"]])
-    kaldifst.arcsort(L_disambig, sort_type="olabel")
-    with atomic_output(lang_dir / "L_disambig.fst") as tmp:
-        L_disambig.write(str(tmp))
+        sil_phone = d.optional_silence
+        symbol_ids = {**phone_ids, "<eps>": 0}
+        L = compile_fst(lexicon_fst_text(entries, sil_prob, sil_phone), symbol_ids, word_ids)
+        kaldifst.arcsort(L, sort_type="olabel")
+        with atomic_output(lang_dir / "L.fst") as tmp:
+            L.write(str(tmp))
+        disambig_entries = [(w, p, pron) for (w, p, _), pron in zip(entries, disambig_prons)]
+        L_disambig = compile_fst(
+            lexicon_fst_text(disambig_entries, sil_prob, sil_phone, f"#{num_disambig}" if sil_prob > 0 else None),
+            symbol_ids, word_ids,
+        )
+        # #0 self-loops where words come out (fstaddselfloops), so G's #0 backoff arcs can pass L.
+        kaldifst.add_self_loops(L_disambig, isyms=[phone_ids["#0"]], osyms=[word_ids["#0"]])
+        kaldifst.arcsort(L_disambig, sort_type="olabel")
+        with atomic_output(lang_dir / "L_disambig.fst") as tmp:
+            L_disambig.write(str(tmp))
 
     log.info("lang %s: %d phones (%d disambiguation symbols), %d words, L %d states",
-             lang_dir, len(silence) + len(nonsilence), len(disambig), len(words), L.num_states)
+             final_dir, len(silence) + len(nonsilence), len(disambig), len(words), L.num_states)
     done.mark_done()
-    return lang_dir
+    return final_dir

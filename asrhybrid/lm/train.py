@@ -97,17 +97,20 @@ def train_arpa(
         cmd += ["--prune", *map(str, prune)]
     attempts = [discount_fallback] if discount_fallback is not None else [False, True]
     for fallback in attempts:
-        with atomic_output(arpa) as tmp, open(text, "rb") as stdin, open(tmp, "wb") as stdout:
-            result = subprocess.run(cmd + (["--discount_fallback"] if fallback else []), stdin=stdin, stdout=stdout,
-                                    stderr=subprocess.PIPE)
-        if result.returncode == 0:
-            log.info("lmplz -o %d%s: %s", order, " --discount_fallback" if fallback else "", arpa)
-            return arpa
-        err = result.stderr.decode(errors="replace")
-        if not (fallback is False and "discount_fallback" in err and len(attempts) > 1):
-            break
-        log.info("%s is too small for Kneser-Ney discounts; retrying with --discount_fallback", text)
-    raise AsrHybridError(f"lmplz failed on {text}:\n{err.strip()[-2000:]}")
+        try:
+            with atomic_output(arpa) as tmp, open(text, "rb") as stdin, open(tmp, "wb") as stdout:
+                result = subprocess.run(cmd + (["--discount_fallback"] if fallback else []), stdin=stdin,
+                                        stdout=stdout, stderr=subprocess.PIPE)
+                if result.returncode != 0:  # raised inside: the partial ARPA is removed, not renamed into place
+                    raise AsrHybridError(f"lmplz failed (exit {result.returncode}) on {text}:\n"
+                                         f"{result.stderr.decode(errors='replace').strip()[-2000:]}")
+        except AsrHybridError as e:
+            if fallback is False and "discount_fallback" in str(e) and len(attempts) > 1:
+                log.info("%s is too small for Kneser-Ney discounts; retrying with --discount_fallback", text)
+                continue
+            raise
+        log.info("lmplz -o %d%s: %s", order, " --discount_fallback" if fallback else "", arpa)
+        return arpa
 
 
 def build_binary(arpa: Path, binary: Path) -> Path:

@@ -2,26 +2,49 @@
 
 Every file a stage writes goes to a hidden temporary sibling first and is
 renamed into place only when complete, so a killed stage never leaves a
-half-written file under its final name. A stage that finishes writes a
-completion marker holding the options it ran with: a re-run with the same
-options is a no-op, a re-run with other options is refused unless forced
-(Kaldi would silently reuse stale outputs; we would rather say so).
+half-written file under its final name.
+
+A step that finishes writes one completion marker (``.done.<step>.json``
+in its output directory), the project's one scheme, like make's targets:
+
+- ``params``: the options its outputs depend on. A re-run with the same
+  options is a no-op; with other options it is refused unless forced
+  (Kaldi would silently reuse stale outputs; we would rather say so).
+- ``inputs``: a stamp of each input, by role. An input another step made
+  has that step's marker stamp (a new one each time the step runs); any
+  other file its content digest, any other directory a digest of its file
+  listing (names, sizes, mtimes: corpora are too large to read). A changed
+  stamp makes the step redo its work on the next run, so redoing stage 2
+  makes the stages that read its outputs redo too.
+- ``outputs``: what it wrote (relative to its directory, or a file name
+  pattern there; "." for all of it),
+  so that a later step reading one of them finds this marker.
+- ``stamp``: new each time the step finishes.
+
+Resumable steps (the synthetic corpus, feature chunks, flat-start
+iterations) keep their partial work only when it was made with the same
+options and inputs (:meth:`Completion.start_partial`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from asrhybrid.errors import StaleOutputError
 
+log = logging.getLogger(__name__)
+
 TMP_PREFIX = ".tmp"
+MARKER_GLOB = ".done.*.json"
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -29,11 +52,24 @@ def temporary_sibling(path: Path) -> Path:
     return path.parent / f"{TMP_PREFIX}{os.getpid()}.{path.name}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporaries left by killed runs (any pid) in ``directory``."""
+    """Delete temporaries left in ``directory`` by killed runs (those of live processes stay)."""
     if not directory.is_dir():
         return
     for p in directory.glob(f"{TMP_PREFIX}*.*"):
+        pid = p.name[len(TMP_PREFIX):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -77,50 +113,149 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _digest(*parts: str) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+_file_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _file_digests:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _file_digests[key] = h.hexdigest()[:16]
+    return _file_digests[key]
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "stamp" in data else None
+
+
+def _claiming_marker(path: Path) -> dict | None:
+    """The marker of the step that wrote ``path`` (the nearest directory up whose marker lists it), if any."""
+    for directory in [path] * path.is_dir() + list(path.parents)[:4]:
+        for marker_path in sorted(directory.glob(MARKER_GLOB)):
+            marker = _read_marker(marker_path)
+            if marker is None:
+                continue
+            for out in marker.get("outputs", []):
+                target = (directory / out).resolve()
+                if path == target or target in path.parents or (
+                        path.parent == directory.resolve() and fnmatch.fnmatchcase(path.name, out)):
+                    return marker
+    return None
+
+
+def input_stamp(path: Path | str) -> str:
+    """What an input is, for markers: the stamp of the step that wrote it, else a digest of it."""
+    path = Path(path).resolve()
+    marker = _claiming_marker(path)
+    if marker is not None:
+        return f"step:{marker['stamp']}"
+    if path.is_file():
+        return f"file:{_file_digest(path)}"
+    if path.is_dir():
+        listing = sorted(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                         for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return f"dir:{_digest(*listing)}"
+    return "missing"
+
+
 class Completion:
     """The completion marker of one step writing into ``directory``.
 
-    ``params`` must be JSON-serialisable: they are the options the outputs
-    depend on, compared on re-runs.
+    ``params`` (JSON-serialisable) are the options the outputs depend on;
+    ``inputs`` the paths it reads, by role; ``outputs`` what it writes,
+    relative to ``directory`` ("." for everything in it).
     """
 
-    def __init__(self, directory: Path | str, step: str, params: dict[str, Any]):
+    def __init__(self, directory: Path | str, step: str, params: dict[str, Any],
+                 inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)):
         self.directory = Path(directory)
         self.step = step
         self.params = json.loads(json.dumps({k: _canonical(v) for k, v in params.items()}, sort_keys=True, default=str))
+        self.inputs = {role: input_stamp(p) for role, p in sorted((inputs or {}).items())}
+        self.outputs = list(outputs)
         self.path = self.directory / f".done.{step}.json"
 
+    @property
+    def key(self) -> str:
+        """What partial work must share to be resumed: the options and the inputs."""
+        return _digest(json.dumps(self.params, sort_keys=True), json.dumps(self.inputs, sort_keys=True))
+
     def is_done(self, force: bool = False) -> bool:
-        """True when this step already finished with the same options.
+        """True when this step already finished with the same options and inputs.
 
         Raises StaleOutputError if it finished with other options and
-        ``force`` is not set; with ``force`` the marker is removed.
+        ``force`` is not set; with ``force``, or when an input changed, the
+        marker is removed (said in the log) and the step is to run again.
         """
         if not self.path.exists():
             return False
         if force:
             self.path.unlink()
             return False
-        previous = {k: _canonical(v) for k, v in json.loads(self.path.read_text(encoding="utf-8")).items()}
-        if previous != self.params:
-            changed = sorted(
-                k for k in set(previous) | set(self.params) if previous.get(k) != self.params.get(k)
-            )
+        previous = _read_marker(self.path)
+        if previous is None:
+            log.info("%s: the marker of '%s' is from an older asrhybrid: redoing it", self.directory, self.step)
+            self.path.unlink()
+            return False
+        old_params = {k: _canonical(v) for k, v in previous["params"].items()}
+        if old_params != self.params:
+            changed = sorted(k for k in set(old_params) | set(self.params) if old_params.get(k) != self.params.get(k))
             raise StaleOutputError(
                 f"{self.directory} holds outputs of '{self.step}' made with other options "
                 f"(changed: {', '.join(changed)}); re-run with --force (make ... force=1) to redo it"
             )
+        old_inputs = previous.get("inputs", {})
+        if old_inputs != self.inputs:
+            changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
+            log.info("%s: inputs of '%s' changed since it ran (%s): redoing it", self.directory, self.step,
+                     ", ".join(changed))
+            self.path.unlink()
+            return False
         return True
 
+    def start_partial(self, clear: Callable[[], None]) -> None:
+        """Before resumable work: partial outputs made with other options or inputs are cleared (``clear()``)."""
+        path = self.directory / f".partial.{self.step}.json"
+        if path.exists():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8")).get("key")
+            except ValueError:
+                old = None
+            if old != self.key:
+                log.info("%s: partial work of '%s' was made with other options or inputs: starting over",
+                         self.directory, self.step)
+                clear()
+        write_text_atomic(path, json.dumps({"key": self.key}) + "\n")
+
     def mark_done(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.params, indent=1, sort_keys=True) + "\n")
+        marker = {"step": self.step, "params": self.params, "inputs": self.inputs, "outputs": self.outputs,
+                  "stamp": uuid.uuid4().hex}
+        write_text_atomic(self.path, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        (self.directory / f".partial.{self.step}.json").unlink(missing_ok=True)
 
 
-def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work) -> bool:
-    """Run ``work()`` unless ``step`` already finished in ``directory`` with ``params``; True if it ran."""
-    done = Completion(directory, step, params)
+def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work,
+             inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)) -> bool:
+    """Run ``work()`` unless ``step`` already finished in ``directory`` with ``params`` and ``inputs``; True if it ran."""
+    done = Completion(directory, step, params, inputs, outputs)
     if done.is_done(force):
-        logging.getLogger(__name__).info("%s: '%s' already done", directory, step)
+        log.info("%s: '%s' already done", directory, step)
         return False
     work()
     done.mark_done()
@@ -129,8 +264,4 @@ def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bo
 
 def content_digest(*texts: str) -> str:
     """A short digest of inputs, for completion markers of steps whose inputs are text."""
-    h = hashlib.sha1()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+    return _digest(*texts)

@@ -15,7 +15,10 @@ through the verbs' completion markers; ``force`` redoes it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -161,6 +164,31 @@ def run_recipe(
     selected = [s for s in STAGES if stage <= s[0] <= stop_stage]
     if not selected:
         raise ConfigError(f"no stage in {stage}..{stop_stage}; stages: " + ", ".join(f"{n} {name}" for n, name, _ in STAGES))
+    with workdir_lock(run.workdir):
+        _run_stages(run, selected)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """One run per workdir: a second one stops at once, naming the first one's pid (the lock goes with the process)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise AsrHybridError(f"{workdir} is in use by another run (pid {holder}); wait for it to end or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _run_stages(run: RecipeRun, selected) -> None:
+    config = run.config
     for number, name, fn in selected:
         start = time.time()
         log.info("Stage %d: %s (%s, workdir %s)", number, name, config.corpus, run.workdir)

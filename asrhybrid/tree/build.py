@@ -477,9 +477,8 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     from asrhybrid.recipe.outputs import Completion, write_text_atomic
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
-    done = Completion(out_dir, "build-tree", {"ali": (ci_dir / "ali.ark").stat().st_mtime_ns, "num_leaves": num_leaves,
-                                              "min_count": min_count, "questions": questions,
-                                              "lang": str(lang_dir.resolve())})
+    done = Completion(out_dir, "build-tree", {"num_leaves": num_leaves, "min_count": min_count, "questions": questions},
+                      inputs={"cuts": cuts_path, "lang": lang_dir, "ci": ci_dir, "cmvn": cmvn_ark})
     if done.is_done(force):
         log.info("%s: tree already built", out_dir)
         return json.loads((out_dir / "tree.json").read_text())

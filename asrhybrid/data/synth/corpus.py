@@ -207,6 +207,7 @@ def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), force
         return out_dir
     if force and (out_dir / "wav").exists():
         shutil.rmtree(out_dir / "wav")
+    done.start_partial(lambda: shutil.rmtree(out_dir / "wav", ignore_errors=True))  # WAVs of other options go
     for folder in (out_dir / "wav").glob("*"):
         remove_stale_temporaries(folder)
     speakers = make_speakers(cfg)
