@@ -67,9 +67,15 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    unknown = set(raw) - {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "description"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    _check_keys(path, "", raw, TOP_KEYS)
+    for section, allowed in _section_keys().items():
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: '{section}' must be a mapping, not {value!r}")
+        _check_keys(path, section, value, allowed)
+    for name, opts in (raw.get("lm") or {}).items():
+        _check_keys(path, f"lm.{name}", opts or {}, {"order", "prune"})
+    _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
     for key in ("corpus", "sample_rate", "data"):
         if key not in raw:
             raise ConfigError(f"{path}: missing '{key}'")
@@ -88,6 +94,51 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     )
 
 
+TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "description"}
+
+
+def _field_names(kind: str) -> set[str]:
+    """Fields of the config dataclass a section feeds (imported here: they live with their stages)."""
+    from dataclasses import fields
+
+    if kind == "fbank":
+        from asrhybrid.features.fbank import KaldiFbankConfig as cls
+    elif kind == "synth":
+        from asrhybrid.data.synth.corpus import SynthConfig as cls
+    else:
+        from asrhybrid.align.flat_start import FlatStartConfig as cls
+    return {f.name for f in fields(cls)}
+
+
+def _section_keys() -> dict[str, set[str]]:
+    return {
+        "data": {"preparer", "download", "options", "resample", "verify_audio"},
+        "features": {"fbank", "num_jobs"},
+        "synth": _field_names("synth"),
+        "lang": {"lexicon", "oov", "position_dependent", "sil_prob", "stress"},
+        "lm": {"small", "large"},
+        "tokens": {"model_type", "vocab_size"},
+        "align": _field_names("align"),
+        "tree": {"num_leaves", "min_count", "questions"},
+    }
+
+
+def _check_keys(path: Path, section: str, values: dict, allowed: set[str]) -> None:
+    """Unknown keys are errors naming the nearest valid one (a typo must not be silently ignored)."""
+    import difflib
+
+    for key in values:
+        if key not in allowed:
+            where = f"{section}.{key}" if section else key
+            near = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{path}: unknown key '{where}'{hint}")
+
+
+# YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words (split=no is a split's name)
+_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """``["num_mel_bins=40", "dev_speakers=[theo]"]`` -> dict; values are YAML scalars or lists."""
     out: dict[str, Any] = {}
@@ -95,7 +146,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"option '{pair}' is not KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = value.strip() if value.strip().lower() in _WORDS else yaml.safe_load(value)
     return out
 
 

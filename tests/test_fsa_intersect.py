@@ -275,9 +275,13 @@ def test_utterances_lost_by_kaldis_beam_are_aligned_exactly(yesno_training_graph
     assert sum(r is None for r in align_kaldi(graphs[:10], scores, tid_to_pdf, beam=0.5, retry_beam=0.0)) >= 5
     results = align(graphs[:10], scores, tid_to_pdf, backend="kaldi", device="cpu", beam=0.5, retry_beam=0.0)
     assert all(r is not None for r in results)
-    exact = align_fsa(graphs[:10], scores, tid_to_pdf)  # the default FSA engine, as align() uses
+    # the exact best path from an independent implementation: k2's Viterbi
+    from conftest import require_k2
+
+    require_k2()
+    exact = align_fsa(graphs[:10], scores, tid_to_pdf, engine="k2")
     assert [r[0] for r in results] == [e[0] for e in exact]
-    np.testing.assert_allclose([r[1] for r in results], [e[1] for e in exact], rtol=1e-6)
+    np.testing.assert_allclose([r[1] for r in results], [e[1] for e in exact], rtol=1e-5)
 
 
 def test_frames_past_the_lengths_are_never_read():
@@ -295,3 +299,13 @@ def test_frames_past_the_lengths_are_never_read():
     assert shortest_path(vec, a).labels == shortest_path(vec, b).labels
     assert torch.equal(get_tot_scores(vec, a), get_tot_scores(vec, b))
     torch.testing.assert_close(arc_posteriors(vec, a)[1], arc_posteriors(vec, b)[1], rtol=0, atol=0)
+
+
+def test_labels_past_the_score_columns_are_refused():
+    """A label without a column, or a column past log_probs, is an error, never a silent out-of-bounds read."""
+    fsa = Fsa.from_arcs([(0, 1, 3, 0.0), (1, 2, -1, 0.0)], 3)
+    vec = FsaVec.from_fsas([fsa])
+    with pytest.raises(ValueError, match="label 3 has no score column"):
+        shortest_path(vec, DenseFsaVec(torch.zeros(1, 1, 3), torch.tensor([1]), torch.tensor([0, 0, 1])))
+    with pytest.raises(ValueError, match="column 5, past the 3 columns"):
+        get_tot_scores(vec, DenseFsaVec(torch.zeros(1, 1, 3), torch.tensor([1]), torch.tensor([0, 0, 1, 5])))

@@ -208,6 +208,16 @@ def _check(fsas: FsaVec, dense: DenseFsaVec) -> None:
         raise ValueError(f"log_probs must be [B={fsas.batch_size}, T, C], got {tuple(dense.log_probs.shape)}")
     if int(dense.lengths.max()) > dense.log_probs.shape[1]:
         raise ValueError("a length exceeds the frames of log_probs")
+    # an index past the score matrix would read another utterance's or frame's scores silently
+    labels = fsas.label[fsas.label > 0]
+    if labels.numel():
+        top = int(labels.max())
+        if top >= dense.label_to_column.numel():
+            raise ValueError(f"label {top} has no score column (label_to_column has {dense.label_to_column.numel()} entries)")
+        column = int(dense.label_to_column.to(labels.device)[labels].max())
+        if column >= dense.log_probs.shape[2]:
+            raise ValueError(f"label_to_column maps a label to column {column}, past the {dense.log_probs.shape[2]} "
+                             "columns of log_probs")
 
 
 class _Run:

@@ -1,0 +1,34 @@
+"""Recipe configs and --opt values: typos are errors naming the nearest valid key, words stay words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asrhybrid.config import load_recipe, parse_options
+from asrhybrid.errors import ConfigError
+from conftest import REPO
+
+
+@pytest.mark.parametrize("recipe", sorted(p.parent.name for p in (REPO / "recipes").glob("*/config.yaml")))
+def test_every_shipped_recipe_loads(recipe):
+    assert load_recipe(REPO / "recipes" / recipe).corpus
+
+
+@pytest.mark.parametrize("section, text, where, near", [
+    ("tree", "tree: {min_cnt: 5}", "tree.min_cnt", "min_count"),
+    ("align", "align: {iteration: 3}", "align.iteration", "iterations"),
+    ("lm", "lm: {small: {ordr: 2}}", "lm.small.ordr", "order"),
+    ("features", "features: {fbank: {num_mel_bin: 40}}", "features.fbank.num_mel_bin", "num_mel_bins"),
+    ("top", "tokenz: {vocab_size: 10}", "tokenz", "tokens"),
+])
+def test_unknown_nested_keys_name_the_nearest_valid_one(tmp_path: Path, section, text, where, near):
+    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=f"unknown key '{where}'; did you mean '{near}'"):
+        load_recipe(tmp_path)
+
+
+def test_options_keep_yes_and_no_as_words():
+    assert parse_options(["split=no", "x=yes", "n=3", "flag=true", "speakers=[theo]"]) == {
+        "split": "no", "x": "yes", "n": 3, "flag": True, "speakers": ["theo"]}
