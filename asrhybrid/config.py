@@ -10,6 +10,7 @@ A recipe config names the corpus and gives each stage's options::
       resample: true         # other rates are resampled on load, else an error
       verify_audio: true     # decode every file once while preparing
     synth: {...}             # only for generated corpora (SynthConfig fields)
+    parts: {train: train-clean-5, dev: dev-clean-2}   # the corpus's part names by role (default: the role)
     features:
       fbank: {num_mel_bins: 23}   # KaldiFbankConfig fields
       num_jobs: 2
@@ -51,6 +52,11 @@ class RecipeConfig:
     tokens: dict[str, Any] = field(default_factory=dict)
     align: dict[str, Any] = field(default_factory=dict)
     tree: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, str] = field(default_factory=dict)
+
+    def part(self, role: str) -> str:
+        """The corpus's name for a part role (train, dev, test): Lhotse's LibriSpeech says train-clean-5."""
+        return str(self.parts.get(role, role))
 
     @property
     def preparer(self) -> str:
@@ -91,10 +97,12 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         tokens=dict(raw.get("tokens") or {}),
         align=dict(raw.get("align") or {}),
         tree=dict(raw.get("tree") or {}),
+        parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
     )
 
 
-TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "description"}
+TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "parts",
+            "description"}
 
 
 def _field_names(kind: str) -> set[str]:
@@ -120,6 +128,7 @@ def _section_keys() -> dict[str, set[str]]:
         "tokens": {"model_type", "vocab_size"},
         "align": _field_names("align"),
         "tree": {"num_leaves", "min_count", "questions"},
+        "parts": {"train", "dev", "test"},
     }
 
 

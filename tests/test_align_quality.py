@@ -17,9 +17,9 @@ def write_ctms(cuts, out, shift_s: float):
     for cut in cuts:
         sup = cut.supervisions[0]
         for a in sup.alignment["word"]:
-            words.append(f"{cut.id} 1 {a.start + shift_s:.4f} {a.duration:.4f} {a.symbol}\n")
+            words.append(f"{cut.recording_id} 1 {a.start + shift_s:.4f} {a.duration:.4f} {a.symbol}\n")
         for a in sup.alignment["phone"]:
-            phones.append(f"{cut.id} 1 {a.start + shift_s:.4f} {a.duration:.4f} {a.symbol}\n")
+            phones.append(f"{cut.recording_id} 1 {a.start + shift_s:.4f} {a.duration:.4f} {a.symbol}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "word.ctm").write_text("".join(words))
     (out / "phone.ctm").write_text("".join(phones))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import pytest
@@ -139,11 +141,30 @@ def test_our_lmplz_reproduces_kenlms_own_toy_models(tmp_path, arpa_dir, toy):
         assert ours.ngrams[ngram] == pytest.approx((prob, backoff), abs=1e-6), ngram
 
 
-def test_unigram_perplexity_without_kenlm_query(tmp_path):
-    """KenLM's query code needs order >= 2; unigram LMs (yesno, digits) are scored from the ARPA."""
-    summary = train_lm(["YES NO YES", "NO NO YES", "YES YES"], tmp_path, "ug", 1, dev_lines=["YES NO"])
-    arpa = read_arpa(summary["arpa"])
-    assert summary["dev_perplexity"] == pytest.approx(10 ** (-arpa.sentence_log10(["YES", "NO"]) / 3), rel=1e-3)
+def test_unigram_perplexity_equals_kenlms_query(tmp_path):
+    """KenLM's query code needs order >= 2, so unigram LMs (yesno, digits) are scored from the ARPA by our scorer.
+
+    The reference is KenLM itself on the same distribution written as a bigram model: one explicit bigram
+    "<s> YES" carrying YES's unigram log-probability and a zero back-off for <s>, so every bigram
+    probability equals the unigram one."""
+    import kenlm
+
+    summary = train_lm(["YES NO YES", "NO NO YES", "YES YES"], tmp_path, "ug", 1, dev_lines=["YES NO", "NO NO YES"])
+    lines = Path(summary["arpa"]).read_text().splitlines()
+    unigrams = {}
+    for line in lines[lines.index("\\1-grams:") + 1:]:
+        if not line.strip():
+            break
+        prob, word = line.split()[:2]
+        unigrams[word] = float(prob)
+    bigram = ["\\data\\", f"ngram 1={len(unigrams)}", "ngram 2=1", "", "\\1-grams:"]
+    bigram += [f"{p}\t{w}\t0" if w == "<s>" else f"{p}\t{w}" for w, p in unigrams.items()]
+    bigram += ["", "\\2-grams:", f"{unigrams['YES']}\t<s> YES", "", "\\end\\", ""]
+    (tmp_path / "as_bigram.arpa").write_text("\n".join(bigram))
+    model = kenlm.Model(str(tmp_path / "as_bigram.arpa"))
+    log10 = sum(model.score(s, bos=True, eos=True) for s in ("YES NO", "NO NO YES"))
+    words = 2 + 3 + 2  # with </s> each
+    assert summary["dev_perplexity"] == pytest.approx(10 ** (-log10 / words), abs=5e-4)  # stored to 3 decimals
 
 
 def test_token_models(tmp_path):

@@ -127,25 +127,29 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
     result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
-    from asrhybrid.align.outputs import read_textgrid_tiers
-    from asrhybrid.align.plot import plot_word_boundaries, read_ctm
+    from praatio import textgrid
+
+    from asrhybrid.align.outputs import cut_entries, read_ctm
+    from asrhybrid.align.plot import plot_word_boundaries
 
     test = load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")
-    words = read_ctm(out / "word.ctm")
-    phones = read_ctm(out / "phone.ctm")
-    assert sorted(words) == sorted(test.ids)
+    word_ctm, phone_ctm = read_ctm(out / "word.ctm"), read_ctm(out / "phone.ctm")
+    assert sorted(word_ctm) == sorted({c.recording_id for c in test})  # Kaldi's CTMs name recordings
     import kaldi_native_io as kio
 
     with kio.RandomAccessInt32VectorReader(f"scp:{out / 'ali.scp'}") as table:
         for cut in test:
-            assert [w for _, _, w in words[cut.id]] == cut.supervisions[0].text.split()
-            spans = [(s, e) for s, e, _ in words[cut.id]]
+            words, phones = cut_entries(word_ctm, cut), cut_entries(phone_ctm, cut)
+            assert [w for _, _, w in words] == cut.supervisions[0].text.split()
+            spans = [(s, e) for s, e, _ in words]
             assert all(e > s for s, e in spans) and all(a[1] <= b[0] + 1e-6 for a, b in zip(spans, spans[1:]))
-            assert abs(phones[cut.id][-1][1] - cut.num_frames * 0.01) < 1e-6  # phones tile the utterance
+            assert abs(phones[-1][1] - cut.num_frames * 0.01) < 1e-6  # phones tile the utterance
             assert len(table[cut.id]) == cut.num_frames
-            tiers = read_textgrid_tiers(out / "textgrid" / f"{cut.id}.TextGrid")
-            assert [t for _, _, t in tiers["words"] if t] == cut.supervisions[0].text.split()
-            assert tiers["phones"][-1][1] == pytest.approx(cut.num_frames * 0.01, abs=1e-3)
+            # one TextGrid per recording, read by praatio (Praat's format, not only our own reading of it)
+            grid = textgrid.openTextgrid(str(out / "textgrid" / f"{cut.recording_id}.TextGrid"), includeEmptyIntervals=True)
+            assert [e.label for e in grid.getTier("words").entries if e.label] == cut.supervisions[0].text.split()
+            assert grid.getTier("phones").entries[-1].end == pytest.approx(cut.num_frames * 0.01, abs=1e-3)
+            assert grid.maxTimestamp == pytest.approx(cut.recording.duration)
     png = plot_word_boundaries(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz", out / "word.ctm", tmp_path / "w.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -74,6 +74,16 @@ def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
     assert kaldi_tree_bytes(ours, context_width=1, central_position=0) == kaldi_bytes
 
 
+def test_encoder_writes_kaldis_bytes_for_a_triphone_tree_with_splits(tmp_path):
+    """A tree with split nodes (SE, TE, CE): Kaldi's ContextDependency reads our bytes and writes them back unchanged."""
+    tree = build_tree(planted_stats(np.random.default_rng(2)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
+                      context_independent={1}, num_leaves=6, min_count=50)
+    ours = kaldi_tree_bytes(tree)
+    assert b"SE" in ours and b"TE" in ours and b"CE" in ours
+    load_context_dependency(ours).write(True, str(tmp_path / "tree"))
+    assert (tmp_path / "tree").read_bytes()[2:] == ours  # without the "\0B" binary-mode header
+
+
 def test_loaded_triphone_tree_computes_our_pdfs():
     tree = build_tree(planted_stats(np.random.default_rng(2)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
                       context_independent={1}, num_leaves=6, min_count=50)

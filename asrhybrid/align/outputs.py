@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from asrhybrid.align.graphs import phone_instances
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import Completion, write_text_atomic
+from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,46 +76,47 @@ def base_phone(name: str) -> str:
     return name[:-2] if name[-2:] in ("_B", "_E", "_I", "_S") else name
 
 
-def textgrid(duration: float, tiers: dict[str, list[tuple[float, float, str]]]) -> str:
-    """A Praat TextGrid (long text format) with interval tiers; gaps become empty intervals."""
-    def fill(items):
-        out, t = [], 0.0
-        for start, end, label in items:
-            if start > t + 1e-9:
-                out.append((t, start, ""))
-            out.append((start, end, label))
-            t = end
-        if t < duration - 1e-9:
-            out.append((t, duration, ""))
-        return out
-
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration:.3f}",
-             "tiers? <exists>", f"size = {len(tiers)}", "item []:"]
-    for k, (name, items) in enumerate(tiers.items(), start=1):
-        intervals = fill(items)
-        lines += [f"    item [{k}]:", '        class = "IntervalTier"', f'        name = "{name}"', "        xmin = 0",
-                  f"        xmax = {duration:.3f}", f"        intervals: size = {len(intervals)}"]
-        for i, (start, end, label) in enumerate(intervals, start=1):
-            text = label.replace('"', '""')
-            lines += [f"        intervals [{i}]:", f"            xmin = {start:.3f}", f"            xmax = {end:.3f}",
-                      f'            text = "{text}"']
-    return "\n".join(lines) + "\n"
+CtmEntry = tuple[float, float, str]  # start, end (seconds in the recording), label
 
 
-def read_textgrid_tiers(path: Path) -> dict[str, list[tuple[float, float, str]]]:
-    """The interval tiers of a long-format TextGrid (what we write; enough for tests and round trips)."""
-    tiers: dict[str, list[tuple[float, float, str]]] = {}
-    current, interval = None, {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if line.startswith("name = "):
-            current = line.split("=", 1)[1].strip().strip('"')
-            tiers[current] = []
-        elif line.startswith(("xmin = ", "xmax = ")) and current is not None and raw.startswith("            "):
-            interval[line[:4]] = float(line.split("=", 1)[1])
-        elif line.startswith("text = ") and current is not None:
-            tiers[current].append((interval["xmin"], interval["xmax"], line.split("=", 1)[1].strip()[1:-1]))
-    return tiers
+def read_ctm(path: Path | str) -> dict[str, list[CtmEntry]]:
+    """A Kaldi CTM (``recording channel start duration label``) as entries per recording, in file order."""
+    out: dict[str, list[CtmEntry]] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 5:
+            raise DataError([f"{path}:{number}: a CTM line has 5 fields (recording channel start duration label)"])
+        start, duration = float(fields[2]), float(fields[3])
+        out.setdefault(fields[0], []).append((start, start + duration, fields[4]))
+    return out
+
+
+def cut_entries(ctm: dict[str, list[CtmEntry]], cut) -> list[CtmEntry]:
+    """The entries of ``cut`` (those starting inside it, on its recording), in seconds from the cut's start."""
+    return [(s - cut.start, e - cut.start, label) for s, e, label in ctm.get(cut.recording_id, [])
+            if cut.start - 1e-6 <= s < cut.end - 1e-6]
+
+
+def ctm_line(cut, start: float, end: float, label: str) -> str:
+    """Kaldi's CTM convention: the recording, its channel (1-based), the start in the recording (the
+    segment's offset added, as utils/convert_ctm.pl does), the duration, the label."""
+    channel = cut.channel if isinstance(cut.channel, int) else cut.channel[0]
+    return f"{cut.recording_id} {channel + 1} {cut.start + start:.2f} {end - start:.2f} {label}\n"
+
+
+def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]) -> None:
+    """A Praat TextGrid (long format, through praatio) with one interval tier each; gaps stay empty."""
+    from praatio import textgrid
+    from praatio.data_classes.interval_tier import IntervalTier
+
+    grid = textgrid.Textgrid(minTimestamp=0.0, maxTimestamp=duration)
+    for name, items in tiers.items():
+        grid.addTier(IntervalTier(name, [(round(s, 3), round(min(e, duration), 3), label) for s, e, label in items],
+                                  0.0, duration))
+    with atomic_output(path) as tmp:
+        grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
 
 
 def write_alignment_table(out_dir: Path, alignments: dict[str, list[int]]) -> None:
@@ -127,10 +128,10 @@ def write_alignment_table(out_dir: Path, alignments: dict[str, list[int]]) -> No
     with kio.Int32VectorWriter(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
         for utt in sorted(alignments):
             writer.write(utt, alignments[utt])
-    scp_text = tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve()))
+    tmp_scp.write_text(tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve())))
+    # both complete before either lands: two renames in a row (the step's marker, written after, vouches for the pair)
     os.replace(tmp_ark, ark)
-    write_text_atomic(scp, scp_text)
-    tmp_scp.unlink()
+    os.replace(tmp_scp, scp)
 
 
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
@@ -167,6 +168,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "textgrid").mkdir(exist_ok=True)
     alignments, failed, word_ctm, phone_ctm = {}, [], [], []
+    recordings: dict[str, tuple[float, dict[str, list[CtmEntry]]]] = {}  # recording: (duration, tiers)
     for cut, result in zip(cuts, results):
         if result is None:
             failed.append(cut.id)
@@ -177,18 +179,21 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
         phones = phone_segments(tids, arrays, phone_names)
         words = word_segments(phones, [w if w in prons else compiler.oov for w in cut.supervisions[0].text.split()],
                               prons, optional_silence, cut.id)
-        for seg in words:
-            word_ctm.append(f"{cut.id} 1 {seg.start * shift:.2f} {(seg.end - seg.start) * shift:.2f} {seg.label}\n")
-        for seg in phones:
-            phone_ctm.append(f"{cut.id} 1 {seg.start * shift:.2f} {(seg.end - seg.start) * shift:.2f} {base_phone(seg.label)}\n")
-        tiers = {
-            "words": [(s.start * shift, s.end * shift, s.label) for s in words],
-            "phones": [(s.start * shift, s.end * shift, base_phone(s.label)) for s in phones],
-        }
-        write_text_atomic(out_dir / "textgrid" / f"{cut.id}.TextGrid", textgrid(len(tids) * shift, tiers))
+        word_items = [(seg.start * shift, seg.end * shift, seg.label) for seg in words]
+        phone_items = [(seg.start * shift, seg.end * shift, base_phone(seg.label)) for seg in phones]
+        word_ctm += [ctm_line(cut, *item) for item in word_items]
+        phone_ctm += [ctm_line(cut, *item) for item in phone_items]
+        _, tiers = recordings.setdefault(cut.recording_id, (cut.recording.duration, {"words": [], "phones": []}))
+        tiers["words"] += [(cut.start + s, cut.start + e, w) for s, e, w in word_items]
+        tiers["phones"] += [(cut.start + s, cut.start + e, p) for s, e, p in phone_items]
+    for recording, (duration, tiers) in recordings.items():  # one TextGrid per audio file, as the MFA writes
+        write_textgrid(out_dir / "textgrid" / f"{recording}.TextGrid", duration,
+                       {name: sorted(items) for name, items in tiers.items()})
     write_alignment_table(out_dir, alignments)
-    write_text_atomic(out_dir / "word.ctm", "".join(word_ctm))
-    write_text_atomic(out_dir / "phone.ctm", "".join(phone_ctm))
+    # sorted by recording and time, as Kaldi's CTMs
+    ctm_order = lambda line: (line.split()[0], float(line.split()[2]))  # noqa: E731
+    write_text_atomic(out_dir / "word.ctm", "".join(sorted(word_ctm, key=ctm_order)))
+    write_text_atomic(out_dir / "phone.ctm", "".join(sorted(phone_ctm, key=ctm_order)))
     if failed:
         write_text_atomic(out_dir / "failed.txt", "".join(f"{u}\n" for u in failed))
         log.warning("%d utterance(s) could not be aligned (listed in %s): %s", len(failed), out_dir / "failed.txt",

@@ -7,15 +7,8 @@ from pathlib import Path
 import numpy as np
 from lhotse import load_manifest
 
+from asrhybrid.align.outputs import cut_entries, read_ctm
 from asrhybrid.recipe.outputs import atomic_output
-
-
-def read_ctm(path: Path) -> dict[str, list[tuple[float, float, str]]]:
-    out: dict[str, list[tuple[float, float, str]]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        utt, _, start, dur, label = line.split()[:5]
-        out.setdefault(utt, []).append((float(start), float(start) + float(dur), label))
-    return out
 
 
 def plot_word_boundaries(cuts_path: Path | str, word_ctm: Path | str, png: Path | str, max_utterances: int = 30) -> Path:
@@ -25,8 +18,9 @@ def plot_word_boundaries(cuts_path: Path | str, word_ctm: Path | str, png: Path 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    words = read_ctm(Path(word_ctm))
-    cuts = [c for c in load_manifest(cuts_path) if c.id in words][:max_utterances]
+    ctm = read_ctm(Path(word_ctm))
+    words = {c.id: cut_entries(ctm, c) for c in load_manifest(cuts_path)}
+    cuts = [c for c in load_manifest(cuts_path) if words[c.id]][:max_utterances]
     fig, axes = plt.subplots(len(cuts), 1, figsize=(12, 1.1 * len(cuts) + 0.5), squeeze=False)
     for ax, cut in zip(axes[:, 0], cuts):
         audio = cut.load_audio()[0]

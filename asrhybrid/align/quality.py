@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from lhotse import load_manifest
 
-from asrhybrid.align.plot import read_ctm
+from asrhybrid.align.outputs import cut_entries, read_ctm
 
 SILENCE = {"SIL", "SPN", "sil", "<eps>"}
 
@@ -36,15 +36,15 @@ def boundary_errors(cuts_path: Path | str, align_dir: Path | str) -> dict:
     compared_words = total_words = skipped_utts = 0
     for cut in load_manifest(cuts_path):
         sup = cut.supervisions[0]
-        if not sup.alignment or cut.id not in words:
+        ours = cut_entries(words, cut)
+        if not sup.alignment or not ours:
             continue
         ref_words = [(a.start - cut.start, a.start - cut.start + a.duration, a.symbol) for a in sup.alignment["word"]]
-        ours = words[cut.id]
         if [w for *_, w in ref_words] != [w for *_, w in ours]:
             skipped_utts += 1
             continue
         ref_phones = [(a.start - cut.start, a.start - cut.start + a.duration) for a in sup.alignment.get("phone", [])]
-        our_phones = [(s, e) for s, e, p in phones[cut.id] if p not in SILENCE]
+        our_phones = [(s, e) for s, e, p in cut_entries(phones, cut) if p not in SILENCE]
         for (rs, re_, _), (os_, oe, _) in zip(ref_words, ours):
             word_errors += [os_ - rs, oe - re_]
             total_words += 1

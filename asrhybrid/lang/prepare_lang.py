@@ -154,14 +154,14 @@ def lexicon_fst_text(
                 ns = 0 if i == len(pron) - 1 else nextstate
                 if ns:
                     nextstate += 1
-                lines.append(f"{s}\t{ns}\t{p}\t{out}\t{cost:g}" if cost else f"{s}\t{ns}\t{p}\t{out}")
+                lines.append(f"{s}\t{ns}\t{p}\t{out}\t{cost!r}" if cost else f"{s}\t{ns}\t{p}\t{out}")
                 s, out, cost = ns, "<eps>", 0.0
         lines.append("0\t0")
         return "\n".join(lines) + "\n"
 
     silcost, nosilcost = -math.log(sil_prob), -math.log(1.0 - sil_prob)
     start, loop, sil = 0, 1, 2
-    fmt = lambda c: f"{c:g}" if c else None  # noqa: E731
+    fmt = lambda c: repr(c) if c else None  # noqa: E731  (full precision, as make_lexicon_fst.py prints)
     def arc(s, d, i, o, c=0.0):
         lines.append("\t".join([str(s), str(d), i, o] + ([fmt(c)] if c else [])))
 

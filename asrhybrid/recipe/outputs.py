@@ -232,15 +232,15 @@ class Completion:
     def start_partial(self, clear: Callable[[], None]) -> None:
         """Before resumable work: partial outputs made with other options or inputs are cleared (``clear()``)."""
         path = self.directory / f".partial.{self.step}.json"
-        if path.exists():
-            try:
-                old = json.loads(path.read_text(encoding="utf-8")).get("key")
-            except ValueError:
-                old = None
-            if old != self.key:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError):
+            old = None  # no record: whatever is there was not made by a run that wrote one
+        if old != self.key:
+            if old is not None:
                 log.info("%s: partial work of '%s' was made with other options or inputs: starting over",
                          self.directory, self.step)
-                clear()
+            clear()
         write_text_atomic(path, json.dumps({"key": self.key}) + "\n")
 
     def mark_done(self) -> None:

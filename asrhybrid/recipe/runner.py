@@ -51,8 +51,27 @@ class RecipeRun:
     def lang_dir(self) -> Path:
         return self.workdir / "data" / "lang"
 
-    def supervisions(self, part: str) -> Path:
-        return self.manifest_dir / f"{self.config.corpus}_supervisions_{part}.jsonl.gz"
+    def supervisions(self, role: str, must_exist: bool = True) -> Path:
+        """The supervisions manifest of a part role (train, dev, test), under the corpus's name for it."""
+        return self._part_file(self.manifest_dir, "supervisions", role, must_exist)
+
+    def cuts(self, role: str) -> Path:
+        """The cuts (with features) of a part role."""
+        return self._part_file(self.fbank_dir, "cuts", role, must_exist=True)
+
+    def _part_file(self, directory: Path, kind: str, role: str, must_exist: bool) -> Path:
+        """``<corpus>_<kind>_<part>.jsonl.gz``; when it must exist and does not, an error naming the parts there are."""
+        part, prefix = self.config.part(role), f"{self.config.corpus}_{kind}_"
+        path = directory / f"{prefix}{part}.jsonl.gz"
+        if must_exist and not path.is_file():
+            found = sorted(p.name[len(prefix):-len(".jsonl.gz")] for p in directory.glob(f"{prefix}*.jsonl.gz"))
+            raise ConfigError(f"{path} not found: the recipe's {role} part is '{part}'; the parts in {directory} are "
+                              f"{', '.join(found) or 'none (run the earlier stages)'}. Name it in the recipe: "
+                              f"parts: {{{role}: NAME}}")
+        return path
+
+    def cmvn(self, role: str) -> Path:
+        return self.fbank_dir / f"{self.config.corpus}_cmvn_global_{self.config.part(role)}.ark"
 
     def log_file(self, stage: str, verb: str) -> Path:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"
@@ -111,7 +130,7 @@ def stage_lang(run: RecipeRun) -> None:
 def stage_lm(run: RecipeRun) -> None:
     lm, lm_dir = run.config.lm, run.workdir / "data" / "lm"
     train = str(run.supervisions("train"))
-    dev = [str(p) for p in (run.supervisions("dev"), run.supervisions("test")) if p.is_file()][:1]
+    dev = [str(p) for p in (run.supervisions("dev", False), run.supervisions("test", False)) if p.is_file()][:1]
     common = ["--words", str(run.lang_dir / "words.txt"), "--oov", str(run.config.lang.get("oov", "<UNK>"))]
     for name, defaults in (("small", {"order": 2}), ("large", {"order": 4})):
         opts = {**defaults, **(lm.get(name) or {})}
@@ -129,17 +148,15 @@ def stage_lm(run: RecipeRun) -> None:
 
 
 def stage_align(run: RecipeRun) -> None:
-    corpus, fbank = run.config.corpus, run.fbank_dir
-    args = [str(fbank / f"{corpus}_cuts_train.jsonl.gz"), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
-            "--cmvn", str(fbank / f"{corpus}_cmvn_global_train.ark"), *format_options(run.config.align)]
+    args = [str(run.cuts("train")), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
+            "--cmvn", str(run.cmvn("train")), *format_options(run.config.align)]
     run.run_verb("mono_flat", "align-flat-start", args)
 
 
 def stage_tree(run: RecipeRun) -> None:
-    corpus, fbank = run.config.corpus, run.fbank_dir
     tree = {"num_leaves": 500, "min_count": 100, "questions": "auto", **run.config.tree}
-    args = [str(fbank / f"{corpus}_cuts_train.jsonl.gz"), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
-            str(run.workdir / "exp" / "tree"), "--cmvn", str(fbank / f"{corpus}_cmvn_global_train.ark"),
+    args = [str(run.cuts("train")), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
+            str(run.workdir / "exp" / "tree"), "--cmvn", str(run.cmvn("train")),
             "--num-leaves", str(tree["num_leaves"]), "--min-count", str(tree["min_count"]),
             "--questions", str(tree["questions"])]
     run.run_verb("tree", "build-tree", args)
