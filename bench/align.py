@@ -41,9 +41,9 @@ import torch
 
 def random_workload(utterances: int):
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.graph.mkgraph import init_mono_model
     from asrhybrid.lang.dicts import prepare_dict
     from asrhybrid.lang.prepare_lang import prepare_lang
+    from asrhybrid.model import init_mono_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,7 +62,7 @@ def recipe_workload(workdir: Path, utterances: int):
 
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.graph.mkgraph import load_model
+    from asrhybrid.model import load_model
 
     model, mean, std, log_prior = load_flat_start_model(workdir / "exp" / "mono_flat")
     tree, tm = load_model(workdir / "exp" / "mono_flat")

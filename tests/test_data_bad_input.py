@@ -196,3 +196,80 @@ def test_segments_give_one_cut_per_utterance(tmp_path):
 def test_segment_outside_recording(tmp_path):
     corpus = segmented_dir(tmp_path, 1.0, [("rec1-a", 0.5, 3.0, "WORDS")])
     expect_error(corpus, tmp_path / "m", "rec1-a", "outside recording")
+
+
+# --- issue 9's bad-input classes: each a clear error naming the file, utterance or line, or a counted skip ---
+
+def test_utterances_without_transcript_are_counted_and_logged(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    utts = good_utts(tmp_path, n=4)
+    root = make_kaldi_dir(tmp_path / "data", utts)
+    lines = (root / "train" / "text").read_text().splitlines()
+    (root / "train" / "text").write_text("\n".join(lines[:2]) + "\n")  # two utterances lose their transcript
+    paths = prepare(root, tmp_path / "m")
+    assert len(load_manifest(paths["train"])) == 2
+    assert "2 utterance(s) of utt2spk have no line in text and are left out: spk1-u2 spk1-u3" in caplog.text
+
+
+def test_wav_scp_entries_into_archives_are_refused_by_line(tmp_path):
+    utts = good_utts(tmp_path, n=2)
+    root = make_kaldi_dir(tmp_path / "data", [(u, s, t, "feats.ark:123" if k == 1 else w)
+                                              for k, (u, s, t, w) in enumerate(utts)])
+    expect_error(root, tmp_path / "m", "wav.scp:2", "feats.ark:123", "Kaldi archive")
+
+
+def test_audio_shorter_than_one_frame_is_refused(tmp_path):
+    utts = good_utts(tmp_path, n=2)
+    short = write_wav(tmp_path / "wavs" / "short.wav", seconds=0.01)
+    root = make_kaldi_dir(tmp_path / "data", utts + [("spk1-short", "spk1", "HI", short)])
+    expect_error(root, tmp_path / "m", "spk1-short", "shorter than one feature frame")
+
+
+def test_cuts_need_exactly_one_supervision_and_a_cut_set_must_not_be_empty(tmp_path):
+    from lhotse import CutSet
+
+    from asrhybrid.data.manifests import load_cuts, transcript
+
+    utts = good_utts(tmp_path, n=2)
+    paths = prepare(make_kaldi_dir(tmp_path / "data", utts), tmp_path / "m")
+    cuts = CutSet.from_manifests(recordings=load_manifest(tmp_path / "m" / "t_recordings_train.jsonl.gz"),
+                                 supervisions=load_manifest(paths["train"]))
+    cut = cuts[0]
+    assert transcript(cut, "cuts.jsonl.gz") == "HELLO WORLD 0"
+    two = cut.append(cuts[1])
+    with pytest.raises(DataError, match="has 2 supervisions"):
+        transcript(two, "cuts.jsonl.gz")
+    none = cut.drop_supervisions()
+    with pytest.raises(DataError, match=f"cut '{none.id}' \\(cuts.jsonl.gz\\) has 0 supervisions"):
+        transcript(none, "cuts.jsonl.gz")
+    CutSet.from_cuts([]).to_file(tmp_path / "empty.jsonl.gz")
+    with pytest.raises(DataError, match="empty.jsonl.gz: no cuts"):
+        load_cuts(tmp_path / "empty.jsonl.gz")
+    with pytest.raises(DataError, match="missing.jsonl.gz not found"):
+        load_cuts(tmp_path / "missing.jsonl.gz")
+
+
+@pytest.mark.parametrize("what", ["topo", "arpa", "ali"])
+def test_a_missing_upstream_file_is_an_error_naming_it(tmp_path, what):
+    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.lm.train import arpa_to_g
+    from asrhybrid.model import init_mono_model
+
+    (tmp_path / "lang").mkdir()
+    (tmp_path / "lang" / "words.txt").write_text("<eps> 0\nA 1\n")
+    call = {"topo": lambda: init_mono_model(tmp_path / "lang", tmp_path / "mono"),
+            "arpa": lambda: arpa_to_g(tmp_path / "small.arpa", tmp_path / "lang" / "words.txt", tmp_path / "G.fst"),
+            "ali": lambda: read_alignments(tmp_path / "exp" / "ali.ark")}[what]
+    name = {"topo": "topo", "arpa": "small.arpa", "ali": "ali.ark"}[what]
+    with pytest.raises(DataError, match=f"{name} not found"):
+        call()
+
+
+def test_words_missing_from_a_given_lexicon_are_reported(tmp_path):
+    from asrhybrid.lang.dicts import prepare_dict
+
+    assert prepare_dict("yesno", tmp_path / "d1", ["YES NO MAYBE"]) == ["MAYBE"]
+    prepare_dict("yesno", tmp_path / "given", [])
+    assert prepare_dict(str(tmp_path / "given"), tmp_path / "d2", ["YES PERHAPS NO"]) == ["PERHAPS"]

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import require_shared
 
 from asrhybrid.fsa import DenseFsaVec, Fsa, FsaVec, from_kaldi, state_posteriors
 from asrhybrid.fsa.intersect import arc_posteriors, backward_totals, get_tot_scores, shortest_path
-from conftest import require_shared
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -149,8 +149,8 @@ def test_epsilon_cycles_are_refused():
 def yesno_training_graphs(tmp_path_factory):
     """100 real training graphs (Kaldi's compile-train-graphs + transition probs) with random scores per pdf."""
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.graph.mkgraph import init_mono_model
     from asrhybrid.lang.prepare_lang import prepare_lang
+    from asrhybrid.model import init_mono_model
 
     tutorial = require_shared("testdata", "kaldi_formats", "yesno_tutorial")
     work = tmp_path_factory.mktemp("graphs")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from asrhybrid.fsa import DenseFsaVec, Fsa, arc_posteriors, from_kaldi, get_tot_scores, shortest_path, state_posteriors
 from conftest import require_k2, require_shared
 from test_fsa_intersect import LABEL_TO_COLUMN, all_paths, ctc_graph, random_fsa, yesno_training_graphs  # noqa: F401
+
+from asrhybrid.fsa import DenseFsaVec, Fsa, arc_posteriors, from_kaldi, get_tot_scores, shortest_path, state_posteriors
 
 
 @pytest.fixture(autouse=True)
@@ -165,13 +165,13 @@ def test_unknown_engine_is_refused():
 
 def decode_planted_with_k2(graph_dir, lang, tree, trans_model, sentences):
     """Planted per-frame scores (one path's transition ids at 0, the rest -20) decoded over HCLG with k2."""
-    from asrhybrid.fsa.k2_engine import best_path_words, decode_pruned, to_k2
-    from asrhybrid.graph.mkgraph import load_hclg
-    from asrhybrid.lm.train import read_symbol_table
     from test_graph_hclg import planted_loglikes
 
     from asrhybrid.fsa.fsa import from_kaldi_arcs
+    from asrhybrid.fsa.k2_engine import best_path_words, decode_pruned, to_k2
+    from asrhybrid.graph.mkgraph import load_hclg
     from asrhybrid.kaldi import kaldifst
+    from asrhybrid.lang.io import read_symbol_table
 
     words = read_symbol_table(lang / "words.txt")
     vector = kaldifst.StdVectorFst.read(str(graph_dir / "HCLG.fst"))
@@ -198,8 +198,9 @@ def decode_planted_with_k2(graph_dir, lang, tree, trans_model, sentences):
 
 
 def test_k2_decodes_planted_utterances_over_the_yesno_hclg(tmp_path):
-    from asrhybrid.lang.prepare_lang import prepare_lang
     from test_graph_hclg import build
+
+    from asrhybrid.lang.prepare_lang import prepare_lang
 
     tutorial = require_shared("testdata", "kaldi_formats", "yesno_tutorial")
     lang = prepare_lang(tutorial / "dict", tmp_path / "lang", "<SIL>", position_dependent_phones=False)
@@ -247,8 +248,9 @@ def small_synth_flat_start(tmp_path_factory):
 def test_engines_and_kaldi_agree_on_synth_network_scores(small_synth_flat_start):
     """Over 100 real synth training graphs (CMUdict, position-dependent phones, optional silence) with the
     flat-start network's scaled likelihoods: k2 = torch engine = Kaldi's aligner."""
-    from asrhybrid.align.graphs import align_kaldi
     from test_recipe_yesno import real_network_scores
+
+    from asrhybrid.align.graphs import align_kaldi
 
     tid_to_pdf, graphs, scores = real_network_scores(small_synth_flat_start, "train")
     assert len(graphs) >= 100

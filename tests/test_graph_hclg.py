@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import require_shared
 
-from asrhybrid.graph.mkgraph import init_mono_model, load_hclg, mkgraph
+from asrhybrid.graph.mkgraph import load_hclg, mkgraph
+from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lang.lexicon import corpus_dict_dir
 from asrhybrid.lang.prepare_lang import prepare_lang
-from asrhybrid.lm.train import arpa_to_g, read_symbol_table, train_lm
-from conftest import require_shared
+from asrhybrid.lm.train import arpa_to_g, train_lm
+from asrhybrid.model import init_mono_model
 
 
 def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=30, seed=0):

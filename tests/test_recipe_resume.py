@@ -198,3 +198,29 @@ def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
         holder.wait()
     with workdir_lock(tmp_path):  # the lock went with the process
         pass
+
+
+def test_exit_codes_logs_and_layers(tmp_path):
+    """Exit 0 / 1 (a message, no traceback) / 130 (Ctrl-C); a verb's log starts with its command line;
+    the runner does not import the command line (no cycle: cli -> runner -> verbs)."""
+    import sys
+
+    bad = subprocess.run(asrhybrid_cmd() + ["prepare-lang", str(tmp_path / "no-dict"), str(tmp_path / "lang"),
+                                            "--oov", "<UNK>", "--log-file", str(tmp_path / "log" / "lang.log")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "no-dict" in bad.stderr
+    first = (tmp_path / "log" / "lang.log").read_text().splitlines()[0]
+    assert first.endswith(f"asrhybrid prepare-lang {tmp_path / 'no-dict'} {tmp_path / 'lang'} --oov '<UNK>' "
+                          f"--log-file {tmp_path / 'log' / 'lang.log'}")
+
+    proc = subprocess.Popen(asrhybrid_cmd() + ["synth-corpus", str(tmp_path / "s"), "--opt", "train_hours=0.05"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "s").rglob("*.wav"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; re-run the same command to resume" in err
+
+    probe = "import sys, asrhybrid.recipe.runner; print(any(m == 'asrhybrid.cli' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

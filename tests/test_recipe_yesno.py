@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from lhotse import load_manifest
 
 from asrhybrid.features.cmvn import read_cmvn
-from conftest import REPO
 
 
 def make(workdir: Path, yesno_dir: Path, *extra: str, stages=(0, 1)) -> subprocess.CompletedProcess:
@@ -100,7 +100,7 @@ def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
     assert flat[0]["changed_phone_frames"] > 0.2  # equal alignment is far from the truth
     assert max(it["changed_phone_frames"] for it in flat[-3:]) < 0.015
     assert flat[-1]["frame_accuracy"] > 0.85
-    from asrhybrid.align.flat_start import read_alignments
+    from asrhybrid.kaldi_io import read_alignments
 
     alignments = read_alignments(work / "exp" / "mono_flat" / "ali.ark")
     train = load_manifest(data / "fbank" / "yesno_cuts_train.jsonl.gz")
@@ -156,10 +156,12 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
 
 def test_yesno_senone_tree_gives_a_working_triphone_graph(yesno_through_stage_4):
     """Stage 5's tree loads as Kaldi's ContextDependency; HCLG built on it decodes planted utterances."""
-    from asrhybrid.align.flat_start import read_alignments
-    from asrhybrid.graph.mkgraph import load_hclg, load_model, mkgraph
-    from asrhybrid.lm.train import read_symbol_table
     from test_graph_hclg import decode_words, planted_loglikes
+
+    from asrhybrid.graph.mkgraph import load_hclg, mkgraph
+    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.lang.io import read_symbol_table
+    from asrhybrid.model import load_model
 
     work, _ = yesno_through_stage_4
     tree_dir = work / "exp" / "tree"
@@ -183,9 +185,9 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(yesno_through_stage_4)
 def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
     """exp/tree/ali.ark (convert-ali): same phones as the flat start, its pdfs are ali_pdf.ark, and it is the path
     Kaldi's aligner finds through the tree model's training graphs when only those pdfs score."""
-    from asrhybrid.align.flat_start import read_alignments
     from asrhybrid.align.graphs import GraphCompiler, align_kaldi
-    from asrhybrid.graph.mkgraph import load_model
+    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.model import load_model
 
     work, _ = yesno_through_stage_4
     tree_dir, mono_dir = work / "exp" / "tree", work / "exp" / "mono_flat"
@@ -218,7 +220,7 @@ def real_network_scores(work: Path, part: str):
 
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.graph.mkgraph import load_model
+    from asrhybrid.model import load_model
 
     model_dir = work / "exp" / "mono_flat"
     tree, trans_model = load_model(model_dir)
@@ -235,10 +237,11 @@ def real_network_scores(work: Path, part: str):
 def test_fsa_engines_equal_kaldi_on_real_network_scores(yesno_through_stage_4):
     """The flat-start network's scaled likelihoods on all 60 utterances: Kaldi's aligner, k2 and the torch engine
     find the same best path; k2 and the torch engine give the same totals, posteriors and gradients."""
-    from asrhybrid.align.graphs import align_fsa, align_kaldi
-    from asrhybrid.fsa import from_kaldi
     from conftest import require_k2
     from test_fsa_k2 import engines_agree
+
+    from asrhybrid.align.graphs import align_fsa, align_kaldi
+    from asrhybrid.fsa import from_kaldi
 
     work, _ = yesno_through_stage_4
     tid_to_pdf, graphs, scores = real_network_scores(work, "test")
@@ -260,7 +263,6 @@ def test_fsa_engines_equal_kaldi_on_real_network_scores(yesno_through_stage_4):
 def test_align_verb_backends_write_identical_alignments(yesno_through_stage_4):
     """`asrhybrid align --backend k2` (and torch) on the test set: the same Kaldi table as --backend kaldi."""
     import kaldi_native_io as kio
-
     from conftest import require_k2
 
     require_k2()
@@ -285,7 +287,6 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     import time
 
     import torch
-
     from conftest import asrhybrid_cmd
 
     work, _ = yesno_through_stage_4
@@ -320,10 +321,10 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
 
 def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_stage_4):
     """Iteration 0 keeps equal-alignment paths with silence at both edges; a single draw often has none."""
-    from asrhybrid.align.flat_start import read_alignments
     from asrhybrid.align.graphs import GraphCompiler, equal_alignment, transition_arrays
-    from asrhybrid.graph.mkgraph import load_model
-    from asrhybrid.lm.train import read_int_list
+    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.lang.io import read_int_list
+    from asrhybrid.model import load_model
 
     work, _ = yesno_through_stage_4
     tree, trans_model = load_model(work / "exp" / "mono_flat")

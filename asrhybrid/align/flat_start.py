@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lhotse import load_manifest
 from tqdm import tqdm
 
 from asrhybrid.align import BACKENDS
 from asrhybrid.align.graphs import GraphCompiler, TrainingGraph, align, equal_alignment, transition_arrays
+from asrhybrid.data.manifests import load_cuts, transcript
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std
-from asrhybrid.graph.mkgraph import init_mono_model
-from asrhybrid.lm.train import read_int_list
+from asrhybrid.kaldi_io import read_alignments, write_alignments
+from asrhybrid.lang.io import read_int_list
+from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
 
@@ -62,22 +63,6 @@ class FlatStartConfig:
     # weak, and with those beams 4-7% of synth utterances failed to align early on.
     beam: float = 20.0
     retry_beam: float = 200.0
-
-
-def write_alignments(path: Path, alignments: dict[str, list[int]]) -> None:
-    """Kaldi int32-vector archive of transition ids (what ali.*.gz holds in Kaldi, uncompressed)."""
-    import kaldi_native_io as kio
-
-    with atomic_output(path) as tmp, kio.Int32VectorWriter(f"ark:{tmp}") as writer:
-        for utt in sorted(alignments):
-            writer.write(utt, alignments[utt])
-
-
-def read_alignments(path: Path) -> dict[str, list[int]]:
-    import kaldi_native_io as kio
-
-    with kio.SequentialInt32VectorReader(f"ark:{path}") as reader:
-        return {key: list(value) for key, value in reader}
 
 
 def _train(model, feats, targets, cfg: FlatStartConfig, generator, lr: float) -> tuple[float, float]:
@@ -122,10 +107,10 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     compiler = GraphCompiler(lang_dir, tree, trans_model)
     mean, std = global_mean_std(Path(cmvn_ark))
 
-    cuts = load_manifest(cuts_path)
+    cuts = load_cuts(cuts_path)
     feats, graphs = {}, {}
     for cut in tqdm(cuts, desc="graphs", unit="utt", leave=False):
-        text = cut.supervisions[0].text or ""
+        text = transcript(cut, cuts_path)
         if not text.strip():
             raise DataError([f"cut '{cut.id}' ({cuts_path}): empty transcript"])
         feats[cut.id] = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))

@@ -74,7 +74,7 @@ class GraphCompiler:
 
     def __post_init__(self):
         from asrhybrid.kaldi import kaldifst, khg
-        from asrhybrid.lm.train import read_int_list, read_symbol_table
+        from asrhybrid.lang.io import read_int_list, read_symbol_table
 
         self.words = read_symbol_table(self.lang_dir / "words.txt")
         self.disambig = read_int_list(self.lang_dir / "phones" / "disambig.int")

@@ -11,17 +11,17 @@ optional silence. Times are frame index x frame shift.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from lhotse import load_manifest
 from tqdm import tqdm
 
 from asrhybrid.align.graphs import phone_instances
+from asrhybrid.data.manifests import load_cuts, transcript
 from asrhybrid.errors import DataError
+from asrhybrid.kaldi_io import write_alignment_table
 from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -119,27 +119,12 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
         grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
 
 
-def write_alignment_table(out_dir: Path, alignments: dict[str, list[int]]) -> None:
-    """``ali.ark`` + ``ali.scp`` (Kaldi int32-vector table), written under temporary names, then renamed."""
-    import kaldi_native_io as kio
-
-    ark, scp = out_dir / "ali.ark", out_dir / "ali.scp"
-    tmp_ark, tmp_scp = out_dir / f".tmp{os.getpid()}.writer.ali.ark", out_dir / f".tmp{os.getpid()}.writer.ali.scp"
-    with kio.Int32VectorWriter(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
-        for utt in sorted(alignments):
-            writer.write(utt, alignments[utt])
-    tmp_scp.write_text(tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve())))
-    # both complete before either lands: two renames in a row (the step's marker, written after, vouches for the pair)
-    os.replace(tmp_ark, ark)
-    os.replace(tmp_scp, scp)
-
-
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
                  backend: str = "auto", force: bool = False) -> dict:
     """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, textgrid/<utt>.TextGrid."""
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
-    from asrhybrid.graph.mkgraph import load_model
+    from asrhybrid.model import load_model
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
     done = Completion(out_dir, "align", {"backend": backend},
@@ -156,11 +141,11 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     optional_silence = (lang_dir / "phones" / "optional_silence.txt").read_text().strip()
     prons = read_align_lexicon(lang_dir)
 
-    cuts = list(load_manifest(cuts_path))
+    cuts = list(load_cuts(cuts_path))
     graphs, loglikes = [], []
     with torch.no_grad():
         for cut in tqdm(cuts, desc="align: scores", unit="utt", leave=False):
-            graphs.append(compiler.compile(cut.supervisions[0].text))
+            graphs.append(compiler.compile(transcript(cut, cuts_path)))
             feats = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
             loglikes.append(model.log_posteriors(feats).numpy() - log_prior)
     results = align(graphs, loglikes, tid_to_pdf, backend=backend, beam=20.0, retry_beam=200.0)
@@ -177,7 +162,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
         alignments[cut.id] = tids
         shift = cut.features.frame_shift
         phones = phone_segments(tids, arrays, phone_names)
-        words = word_segments(phones, [w if w in prons else compiler.oov for w in cut.supervisions[0].text.split()],
+        words = word_segments(phones, [w if w in prons else compiler.oov for w in transcript(cut, cuts_path).split()],
                               prons, optional_silence, cut.id)
         word_items = [(seg.start * shift, seg.end * shift, seg.label) for seg in words]
         phone_items = [(seg.start * shift, seg.end * shift, base_phone(seg.label)) for seg in phones]

@@ -9,10 +9,14 @@ other corpus in ``asrhybrid.data.manifests``.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 from asrhybrid.data.manifests import Utterance
 from asrhybrid.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_table(path: Path, min_fields: int, problems: list[str]) -> dict[str, tuple[list[str], int]]:
@@ -81,6 +85,11 @@ def read_kaldi_data_dir(data_dir: Path | str) -> list[Utterance]:
         if rec_id not in wav_scp:
             problems.append(f"utterance '{utt_id}' ({origin}): recording '{rec_id}' not in wav.scp")
             continue
+        entry, wav_line = wav_scp[rec_id]
+        if len(entry) == 1 and re.fullmatch(r".+\.ark:\d+", entry[0]):
+            problems.append(f"{data_dir / 'wav.scp'}:{wav_line}: '{entry[0]}' points into a Kaldi archive; "
+                            "give a file, or a command ending in '|' (e.g. wav-copy ... - |)")
+            continue
         utterances.append(
             Utterance(
                 id=utt_id,
@@ -95,4 +104,8 @@ def read_kaldi_data_dir(data_dir: Path | str) -> list[Utterance]:
         )
     if problems:
         raise DataError(problems, str(data_dir))
+    untranscribed = sorted(set(utt2spk) - set(text))
+    if untranscribed:  # Kaldi's fix_data_dir.sh drops them too; say how many
+        log.warning("%s: %d utterance(s) of utt2spk have no line in text and are left out: %s", data_dir,
+                    len(untranscribed), " ".join(untranscribed[:10]) + (" ..." if len(untranscribed) > 10 else ""))
     return utterances

@@ -57,6 +57,9 @@ class _AudioInfo:
     channels: int
 
 
+MIN_DURATION = 0.025  # one 25 ms fbank window: anything shorter has no frame to align or recognise
+
+
 def _where(utt: Utterance) -> str:
     return f"utterance '{utt.id}'" + (f" ({utt.origin})" if utt.origin else "")
 
@@ -218,6 +221,10 @@ def build_manifests(
                 f"'{rec_id}' ({rec.duration:.3f} s)"
             )
             continue
+        if min(end, rec.duration) - start < MIN_DURATION:
+            problems.append(f"{_where(utt)}: {min(end, rec.duration) - start:.4f} s of audio, shorter than one "
+                            f"feature frame ({MIN_DURATION} s)")
+            continue
         supervisions.append(
             SupervisionSegment(
                 id=utt.id,
@@ -257,3 +264,24 @@ def write_manifests(
         recordings.to_file(tmp)
     with atomic_output(sup_path) as tmp:
         supervisions.to_file(tmp)
+
+
+def load_cuts(path: Path | str):
+    """A cuts manifest for a stage that reads it: a missing file or an empty set is an error naming it."""
+    from lhotse import load_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError([f"{path} not found (asrhybrid compute-fbank writes the cuts with features)"])
+    cuts = load_manifest(path)
+    if len(cuts) == 0:
+        raise DataError([f"{path}: no cuts"])
+    return cuts
+
+
+def transcript(cut, path: Path | str) -> str:
+    """The one supervision's text of a cut; alignment and training need exactly one per cut."""
+    if len(cut.supervisions) != 1:
+        raise DataError([f"cut '{cut.id}' ({path}) has {len(cut.supervisions)} supervisions; a stage that aligns "
+                         "or trains needs exactly one per cut (Lhotse's CutSet.trim_to_supervisions makes them)"])
+    return cut.supervisions[0].text or ""

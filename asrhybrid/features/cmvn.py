@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kaldi_native_io as kio
 import numpy as np
 
-from asrhybrid.recipe.outputs import atomic_output
+from asrhybrid.kaldi_io import read_matrices, write_matrices
 
 
 class CmvnStats:
@@ -40,10 +39,8 @@ class CmvnStats:
 
 
 def write_cmvn(ark: Path, stats: dict[str, CmvnStats]) -> None:
-    """Write a Kaldi archive, keys sorted (no scp: it would name the temporary file)."""
-    with atomic_output(ark) as tmp, kio.DoubleMatrixWriter(f"ark:{tmp}") as writer:
-        for key in sorted(stats):
-            writer.write(key, stats[key].stats)
+    """Kaldi's CMVN stats archive: a 2 x (D+1) matrix per key."""
+    write_matrices(ark, {key: st.stats for key, st in stats.items()})
 
 
 def global_mean_std(ark: Path, var_floor: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +52,4 @@ def global_mean_std(ark: Path, var_floor: float = 1e-8) -> tuple[np.ndarray, np.
 
 
 def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with kio.SequentialDoubleMatrixReader(f"ark:{ark}") as reader:
-        for key, mat in reader:
-            out[key] = np.array(mat, copy=True)  # the reader reuses its buffer
-    return out
+    return read_matrices(ark)

@@ -1,11 +1,6 @@
-"""Kaldi's utils/mkgraph.sh in Python: HCLG = H o C o L o G, and the acoustic model it is built for.
-
-A model dir holds what a graph depends on: the HMM ``topo``, the phonetic
-decision ``tree`` (Kaldi's binary ContextDependency) and the transition model
-(``trans.pkl``; kaldi-hmm-gmm has no reader for Kaldi's final.mdl, its pickle
-support runs Kaldi's own Read/Write). ``init_mono_model`` makes the monophone
-one (gmm-init-mono without the GMM); the senone tree of stage 5 plugs in the
-same way.
+"""Kaldi's utils/mkgraph.sh in Python: HCLG = H o C o L o G for a model dir (asrhybrid.model: the HMM
+``topo``, the decision tree and the transition model; the monophone one of ``init_mono_model`` or the
+senone tree of stage 5).
 
 The graph recipe (mkgraph.sh, 2019):
     LG   = minimize_encoded(determinize_star_log(L_disambig o G))
@@ -18,53 +13,16 @@ The graph recipe (mkgraph.sh, 2019):
 from __future__ import annotations
 
 import logging
-import pickle
 import shutil
 import time
 from pathlib import Path
 
 from asrhybrid.errors import DataError
-from asrhybrid.lm.train import read_int_list, read_symbol_table
-from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+from asrhybrid.lang.io import read_int_list, read_symbol_table
+from asrhybrid.model import load_model
+from asrhybrid.recipe.outputs import Completion, atomic_output
 
 log = logging.getLogger(__name__)
-
-
-def init_mono_model(lang_dir: Path | str, model_dir: Path | str):
-    """A monophone tree and transition model for ``lang_dir``'s topology; returns (tree, trans_model)."""
-    from asrhybrid.kaldi import khg
-
-    lang_dir, model_dir = Path(lang_dir), Path(model_dir)
-    topo_text = (lang_dir / "topo").read_text()
-    topo = khg.HmmTopology()
-    topo.read(topo_text)
-    tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
-    trans_model = khg.TransitionModel(ctx_dep=tree, hmm_topo=topo)
-    save_model(model_dir, topo_text, tree, trans_model)
-    return tree, trans_model
-
-
-MODEL_FILES = ("topo", "tree", "trans.pkl")  # what save_model writes
-
-
-def save_model(model_dir: Path, topo_text: str, tree, trans_model) -> None:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(model_dir / "topo", topo_text)
-    with atomic_output(model_dir / "tree") as tmp:
-        tmp.write_bytes(pickle.dumps(tree))
-    with atomic_output(model_dir / "trans.pkl") as tmp:
-        tmp.write_bytes(pickle.dumps(trans_model))
-
-
-def load_model(model_dir: Path | str):
-    """(tree, trans_model) of a model dir."""
-    import asrhybrid.kaldi  # noqa: F401  (the Kaldi wrappers must be loaded in their safe order)
-
-    model_dir = Path(model_dir)
-    for name in ("tree", "trans.pkl"):
-        if not (model_dir / name).is_file():
-            raise DataError([f"{model_dir / name} not found (asrhybrid init-mono LANG MODEL makes a monophone model)"])
-    return pickle.loads((model_dir / "tree").read_bytes()), pickle.loads((model_dir / "trans.pkl").read_bytes())
 
 
 def remove_input_symbols(fst, symbols: list[int], num_labels: int):

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from asrhybrid.errors import ConfigError
-from asrhybrid.lang.lexicon import Lexicon, corpus_dict_dir, write_dict_dir
+from asrhybrid.lang.lexicon import Lexicon, corpus_dict_dir, read_lexicon, write_dict_dir
 
 # Kaldi's egs/yesno/s5/input: one phone per word, silence as the word <SIL> (also the OOV word).
 YESNO_LEXICON = Lexicon([("<SIL>", ["SIL"]), ("YES", ["Y"]), ("NO", ["N"])])
@@ -27,5 +27,7 @@ def prepare_dict(kind: str, dict_dir: Path, texts: list[str], stress: bool = Tru
     if source.is_dir():
         if source.resolve() != dict_dir.resolve():
             shutil.copytree(source, dict_dir, dirs_exist_ok=True)
-        return []
+        plain = dict_dir / "lexicon.txt"
+        lexicon = read_lexicon(plain) if plain.is_file() else read_lexicon(dict_dir / "lexiconp.txt", with_probs=True)
+        return sorted(transcript_words(texts) - lexicon.words())
     raise ConfigError(f"lexicon must be 'yesno', 'cmudict' or a Kaldi dict dir, not '{kind}'")

@@ -69,6 +69,8 @@ class ArpaModel:
 def read_arpa(path: Path | str) -> ArpaModel:
     """Read and check an ARPA file; raises DataError naming every bad line."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError([f"{path} not found (asrhybrid train-lm writes ARPA LMs)"])
     problems: list[str] = []
     model = ArpaModel(order=0)
     section = None  # None before \data\, 0 in \data\, n in \n-grams:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from asrhybrid.errors import AsrHybridError, DataError
+from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
 from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
@@ -30,24 +31,6 @@ def kenlm_tool(name: str) -> str:
     if path is None:
         raise AsrHybridError(f"KenLM's {name} not found: run `make setup` (it builds lmplz and build_binary)")
     return path
-
-
-def read_symbol_table(path: Path) -> dict[str, int]:
-    table = {}
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if len(fields) != 2:
-            raise DataError([f"{path}:{lineno}: a symbol table line is 'SYMBOL ID', got '{line}'"])
-        table[fields[0]] = int(fields[1])
-    return table
-
-
-def read_int_list(path: Path) -> list[int]:
-    """A lang dir's integer list file (phones/silence.int, disambig.int, ...)."""
-    try:
-        return [int(x) for x in Path(path).read_text().split()]
-    except ValueError as e:
-        raise DataError([f"{path}: expected whitespace-separated integers ({e})"]) from None
 
 
 def prepare_lm_text(lines: list[str], words: set[str] | None, oov_word: str | None, source: str) -> list[str]:

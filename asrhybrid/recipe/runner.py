@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable
 from asrhybrid.config import RecipeConfig, format_options, load_recipe
 from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
+from asrhybrid.verbs import run_verb
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,15 @@ class RecipeRun:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"
 
     def run_verb(self, stage: str, verb: str, args: list[str]) -> None:
-        """Run ``asrhybrid VERB ARGS`` in this process, logging the command line."""
-        from asrhybrid.cli import main
-
+        """Run ``asrhybrid VERB ARGS`` in this process (asrhybrid.verbs), logging to exp/<stage>/log/<verb>.log."""
         argv = [verb, *args, "--log-file", str(self.log_file(stage, verb))]
         if self.force:
             argv.append("--force")
-        log.info("asrhybrid %s", shlex.join(argv))
-        if main(argv) != 0:
-            raise AsrHybridError(f"'asrhybrid {verb}' failed; see {self.log_file(stage, verb)}")
+        try:
+            run_verb(argv)
+        except AsrHybridError:
+            log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
+            raise
 
 
 def stage_data(run: RecipeRun) -> None:

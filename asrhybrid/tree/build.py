@@ -467,13 +467,12 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     import json
     from pathlib import Path
 
-    from lhotse import load_manifest
-
-    from asrhybrid.align.flat_start import read_alignments, write_alignments
+    from asrhybrid.data.manifests import load_cuts
     from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.graph.mkgraph import load_model, save_model
     from asrhybrid.kaldi import khg
-    from asrhybrid.lm.train import read_int_list, read_symbol_table
+    from asrhybrid.kaldi_io import read_alignments, write_alignments
+    from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
+    from asrhybrid.model import load_model, save_model
     from asrhybrid.recipe.outputs import Completion, write_text_atomic
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
@@ -483,7 +482,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
         log.info("%s: tree already built", out_dir)
         return json.loads((out_dir / "tree.json").read_text())
     ci_tree, ci_tm = load_model(ci_dir)
-    topo_text = (lang_dir / "topo").read_text()
+    topo_text = read_topo(lang_dir)
     topo = khg.HmmTopology()
     topo.read(topo_text)
     num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
@@ -497,7 +496,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
 
     mean, std = global_mean_std(Path(cmvn_ark))
     alignments = read_alignments(ci_dir / "ali.ark")
-    cuts = [c for c in load_manifest(cuts_path) if c.id in alignments]
+    cuts = [c for c in load_cuts(cuts_path) if c.id in alignments]
     feats = {c.id: (c.load_features() - mean) / std for c in cuts}
     alignments = {c.id: alignments[c.id] for c in cuts}
     stats = accumulate_tree_stats(alignments, feats, tid_phone, tid_class, tid_start)
