@@ -33,7 +33,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth_corpus(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
     from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus
+    from asrhybrid.recipe.outputs import run_once
 
     options = parse_options(args.opt)
     if "snr_db" in options:
@@ -41,33 +44,34 @@ def cmd_synth_corpus(args: argparse.Namespace) -> None:
     try:
         cfg = SynthConfig(**options)
     except TypeError as e:
-        from asrhybrid.errors import ConfigError
-
         raise ConfigError(f"synth-corpus: bad option: {e}") from None
-    generate_corpus(args.out_dir, cfg, force=args.force)
+    run_once(args.out_dir, "synth-corpus", asdict(cfg), args.force,
+             lambda done: generate_corpus(args.out_dir, cfg, resume_key=None if args.force else done.key))
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     from asrhybrid.data.prepare import prepare_data
+    from asrhybrid.recipe.outputs import run_once
 
-    prepare_data(
-        corpus=args.corpus,
-        preparer=args.preparer or args.corpus,
-        corpus_dir=args.corpus_dir,
-        manifest_dir=args.manifest_dir,
-        sample_rate=args.sample_rate,
-        options=parse_options(args.opt),
-        resample=not args.no_resample,
-        verify_audio=not args.no_verify_audio,
-        force=args.force,
-    )
+    options, resample, verify = parse_options(args.opt), not args.no_resample, not args.no_verify_audio
+    params = {"preparer": args.preparer or args.corpus, "sample_rate": args.sample_rate, "options": options,
+              "resample": resample, "verify_audio": verify}
+    run_once(args.manifest_dir, f"data-{args.corpus}", params, args.force,
+             lambda done: prepare_data(args.corpus, args.preparer or args.corpus, args.corpus_dir, args.manifest_dir,
+                                       args.sample_rate, options, resample=resample, verify_audio=verify),
+             inputs={"corpus": args.corpus_dir},
+             outputs=[f"{args.corpus}_recordings_*", f"{args.corpus}_supervisions_*"])
 
 
 def cmd_compute_fbank(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
     from asrhybrid.data.prepare import manifest_parts
-    from asrhybrid.errors import ConfigError, DataError
-    from asrhybrid.features.compute import compute_fbank
+    from asrhybrid.errors import DataError
+    from asrhybrid.data.manifests import manifest_paths
+    from asrhybrid.features.compute import compute_fbank, fbank_outputs
     from asrhybrid.features.fbank import KaldiFbankConfig
+    from asrhybrid.recipe.outputs import run_once
 
     try:
         config = KaldiFbankConfig(**parse_options(args.opt))
@@ -76,10 +80,15 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
     parts = args.parts or manifest_parts(args.manifest_dir, args.corpus)
     if not parts:
         raise DataError([f"no {args.corpus}_supervisions_*.jsonl.gz in {args.manifest_dir}: run prepare-data first"])
-    compute_fbank(
-        args.manifest_dir, args.fbank_dir, args.corpus, parts, config,
-        num_jobs=args.num_jobs, chunk_size=args.chunk_size, force=args.force,
-    )
+    for part in parts:  # one step per part: a new part does not redo the others
+        recordings, supervisions = manifest_paths(args.manifest_dir, args.corpus, part)
+        run_once(args.fbank_dir, f"fbank-{args.corpus}-{part}", {"config": asdict(config), "chunk_size": args.chunk_size},
+                 args.force,
+                 lambda done, part=part: compute_fbank(args.manifest_dir, args.fbank_dir, args.corpus, part, config,
+                                                       num_jobs=args.num_jobs, chunk_size=args.chunk_size,
+                                                       resume_key=None if args.force else done.key),
+                 inputs={"recordings": recordings, "supervisions": supervisions},
+                 outputs=fbank_outputs(args.fbank_dir, args.corpus, part))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -121,7 +130,7 @@ def cmd_prepare_dict(args: argparse.Namespace) -> None:
     params = {"lexicon": "dict dir" if source_dir else args.lexicon, "stress": not args.no_stress}
     inputs = {**text_inputs(args.text), **({"lexicon": source_dir} if source_dir else {})}
 
-    def work():
+    def work(done):
         with atomic_output(args.dict_dir) as tmp:  # swapped in whole: no file of an earlier run survives
             oov = prepare_dict(args.lexicon, tmp, read_texts(args.text), stress=not args.no_stress)
         if oov and args.lexicon != "cmudict":  # (CMUdict's misses are listed in missing_words.txt, and logged)
@@ -133,9 +142,13 @@ def cmd_prepare_dict(args: argparse.Namespace) -> None:
 
 def cmd_prepare_lang(args: argparse.Namespace) -> None:
     from asrhybrid.lang.prepare_lang import prepare_lang
+    from asrhybrid.recipe.outputs import run_once
 
-    prepare_lang(args.dict_dir, args.lang_dir, args.oov, position_dependent_phones=not args.no_position_dependent,
-                 sil_prob=args.sil_prob, force=args.force)
+    params = {"oov": args.oov, "position_dependent": not args.no_position_dependent, "sil_prob": args.sil_prob}
+    run_once(args.lang_dir, "prepare-lang", params, args.force,
+             lambda done: prepare_lang(args.dict_dir, args.lang_dir, args.oov, sil_prob=args.sil_prob,
+                                       position_dependent_phones=not args.no_position_dependent),
+             inputs={"dict": args.dict_dir})
 
 
 def cmd_train_lm(args: argparse.Namespace) -> None:
@@ -148,7 +161,7 @@ def cmd_train_lm(args: argparse.Namespace) -> None:
     params = {"order": args.order, "prune": args.prune, "binary": args.binary, "oov": args.oov}
     inputs = {**text_inputs(args.text), **text_inputs(args.dev, "dev"), **({"words": args.words} if args.words else {})}
 
-    def work():
+    def work(done):
         texts, dev = read_texts(args.text), read_texts(args.dev)
         words = set(read_symbol_table(args.words)) if args.words else None
         summary = train_lm(texts, args.out_dir, args.name, args.order, words=words, oov_word=args.oov,
@@ -171,7 +184,7 @@ def cmd_format_lm(args: argparse.Namespace) -> None:
     from asrhybrid.lm.train import arpa_to_g
     from asrhybrid.recipe.outputs import atomic_output, run_once
 
-    def work():
+    def work(done):
         with atomic_output(args.out_dir) as tmp:  # swapped in whole: no file of an earlier run survives
             shutil.copytree(args.lang_dir, tmp, ignore=shutil.ignore_patterns(".done.*", ".partial.*", ".tmp*"))
             arpa_to_g(args.arpa, tmp / "words.txt", tmp / "G.fst")
@@ -185,7 +198,7 @@ def cmd_train_bpe(args: argparse.Namespace) -> None:
 
     params = {"vocab_size": args.vocab_size, "model_type": args.model_type}
     run_once(args.out_dir, f"train-bpe-{args.model_type}", params, args.force,
-             lambda: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
+             lambda done: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
              text_inputs(args.text))
 
 
@@ -193,21 +206,28 @@ def cmd_init_mono(args: argparse.Namespace) -> None:
     from asrhybrid.model import MODEL_FILES, init_mono_model
     from asrhybrid.recipe.outputs import run_once
 
-    run_once(args.model_dir, "init-mono", {}, args.force, lambda: init_mono_model(args.lang_dir, args.model_dir),
+    run_once(args.model_dir, "init-mono", {}, args.force, lambda done: init_mono_model(args.lang_dir, args.model_dir),
              {"lang": args.lang_dir}, outputs=MODEL_FILES)
 
 
 def cmd_mkgraph(args: argparse.Namespace) -> None:
     from asrhybrid.graph.mkgraph import mkgraph
+    from asrhybrid.recipe.outputs import run_once
 
-    stats = mkgraph(args.lang_dir, args.model_dir, args.graph_dir, self_loop_scale=args.self_loop_scale, force=args.force)
-    if stats:
+    def work(done):
+        stats = mkgraph(args.lang_dir, args.model_dir, args.graph_dir, self_loop_scale=args.self_loop_scale)
         print(f"HCLG: {stats['states']} states, {stats['arcs']} arcs, {stats['seconds']} s")
+
+    model = args.model_dir
+    run_once(args.graph_dir, "mkgraph", {"self_loop_scale": args.self_loop_scale}, args.force, work,
+             inputs={"lang": args.lang_dir, "G": args.lang_dir / "G.fst", "tree": model / "tree", "trans": model / "trans.pkl"})
 
 
 def cmd_align_flat_start(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
     from asrhybrid.align.flat_start import FlatStartConfig, flat_start
-    from asrhybrid.errors import ConfigError
+    from asrhybrid.recipe.outputs import run_once
 
     options = parse_options(args.opt)
     if args.backend:
@@ -216,13 +236,20 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
         cfg = FlatStartConfig(**options)
     except TypeError as e:
         raise ConfigError(f"align-flat-start: bad option: {e}") from None
-    flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, force=args.force)
+    # checkpoints resume into more iterations, not across other options or inputs; a forced run starts over
+    run_once(args.exp_dir, "flat-start", asdict(cfg), args.force,
+             lambda done: flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg,
+                                     resume_key=None if args.force else done.key_excluding("iterations")),
+             inputs={"cuts": args.cuts, "lang": args.lang_dir, "cmvn": args.cmvn})
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     from asrhybrid.align.outputs import align_corpus
+    from asrhybrid.recipe.outputs import run_once
 
-    align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend, force=args.force)
+    run_once(args.out_dir, "align", {"backend": args.backend}, args.force,
+             lambda done: align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend),
+             inputs={"cuts": args.cuts, "lang": args.lang_dir, "model": args.model_dir})
 
 
 def cmd_align_quality(args: argparse.Namespace) -> None:
@@ -237,12 +264,17 @@ def cmd_align_quality(args: argparse.Namespace) -> None:
 
 
 def cmd_build_tree(args: argparse.Namespace) -> None:
+    from asrhybrid.recipe.outputs import run_once
     from asrhybrid.tree.build import build_senone_tree
 
-    summary = build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
-                                num_leaves=args.num_leaves, min_count=args.min_count, questions=args.questions,
-                                force=args.force)
-    log.info("tree: %s", summary)
+    def work(done):
+        log.info("tree: %s", build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
+                                               num_leaves=args.num_leaves, min_count=args.min_count,
+                                               questions=args.questions))
+
+    run_once(args.out_dir, "build-tree", {"num_leaves": args.num_leaves, "min_count": args.min_count,
+                                          "questions": args.questions}, args.force, work,
+             inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn})
 
 
 def cmd_plot_alignment(args: argparse.Namespace) -> None:

@@ -131,7 +131,7 @@ def stage_figures(tmp: Path, waves: list[np.ndarray], num_jobs: int) -> dict:
     (data / "utt2spk").write_text("".join(utt2spk))
     prepare_data("bench", "kaldi", tmp / "corpus", tmp / "m", RATE)
     start = time.perf_counter()
-    compute_fbank(tmp / "m", tmp / "f", "bench", ["bench"], KaldiFbankConfig(sampling_rate=RATE, device="cpu"),
+    compute_fbank(tmp / "m", tmp / "f", "bench", "bench", KaldiFbankConfig(sampling_rate=RATE, device="cpu"),
                   num_jobs=num_jobs, chunk_size=max(1, len(waves) // (2 * num_jobs)))
     wall = time.perf_counter() - start
     seconds = sum(len(w) for w in waves) / RATE

@@ -32,7 +32,7 @@ def synth_cuts(tmp_path_factory):
                       test_minutes=0.05, max_utterances_per_part=3)
     generate_corpus(root / "corpus", cfg)
     prepare_data("synth", "synth", root / "corpus", root / "m", 16000)
-    compute_fbank(root / "m", root / "f", "synth", ["train"], KaldiFbankConfig(num_mel_bins=40))
+    compute_fbank(root / "m", root / "f", "synth", "train", KaldiFbankConfig(num_mel_bins=40))
     return cuts_path(root / "f", "synth", "train"), root
 
 

@@ -113,7 +113,7 @@ def test_mixed_sample_rates_are_resampled_to_the_recipe_rate(tmp_path):
     utts[1] = (*utts[1][:3], write_wav(tmp_path / "wavs" / "odd.wav", seconds=0.5, rate=8000))
     corpus = make_kaldi_dir(tmp_path / "c", utts)
     prepare(corpus, tmp_path / "m")
-    compute_fbank(tmp_path / "m", tmp_path / "f", "t", ["train"], KaldiFbankConfig(num_mel_bins=40))
+    compute_fbank(tmp_path / "m", tmp_path / "f", "t", "train", KaldiFbankConfig(num_mel_bins=40))
     cuts = load_manifest(cuts_path(tmp_path / "f", "t", "train"))
     odd = cuts["spk1-u1"]
     assert odd.sampling_rate == 16000
@@ -165,7 +165,7 @@ def test_bad_input_leaves_earlier_outputs_intact(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (corpus / "train" / "text").write_text("spk1-u0 \nspk1-u1 A\nspk1-u2 B\n")
     with pytest.raises(DataError, match="spk1-u0"):
-        prepare(corpus, out, force=True)
+        prepare(corpus, out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".done")}
     assert after == {k: v for k, v in before.items() if not k.startswith(".done")}
 
@@ -185,7 +185,7 @@ def segmented_dir(root, seconds, segments):
 def test_segments_give_one_cut_per_utterance(tmp_path):
     corpus = segmented_dir(tmp_path, 2.0, [("rec1-a", 0.0, 0.8, "FIRST PART"), ("rec1-b", 1.0, -1, "SECOND PART")])
     prepare(corpus, tmp_path / "m")
-    compute_fbank(tmp_path / "m", tmp_path / "f", "t", ["train"], KaldiFbankConfig(num_mel_bins=40))
+    compute_fbank(tmp_path / "m", tmp_path / "f", "t", "train", KaldiFbankConfig(num_mel_bins=40))
     cuts = load_manifest(cuts_path(tmp_path / "f", "t", "train"))
     assert sorted(cuts.ids) == ["rec1-a", "rec1-b"]
     assert cuts["rec1-a"].load_features().shape == (80, 40)

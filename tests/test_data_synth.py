@@ -79,13 +79,20 @@ def test_metadata_timings_noise_and_manifests(tmp_path):
 
 
 def test_rerun_is_noop_and_changed_options_need_force(tmp_path):
-    corpus = generate_corpus(tmp_path / "s", TINY)
+    """Through the verb (markers are the verb layer's): a re-run is a no-op, other options need --force."""
+    from dataclasses import asdict
+
+    from asrhybrid.config import format_options
+    from asrhybrid.verbs import run_verb
+
+    corpus = tmp_path / "s"
+    run_verb(["synth-corpus", str(corpus), *format_options(asdict(TINY))])
     meta = corpus / "metadata.jsonl"
     mtime = meta.stat().st_mtime_ns
-    generate_corpus(corpus, TINY)
+    run_verb(["synth-corpus", str(corpus), *format_options(asdict(TINY))])
     assert meta.stat().st_mtime_ns == mtime
-    changed = SynthConfig(**{**TINY.__dict__, "seed": 9})
+    changed = format_options({**asdict(TINY), "seed": 9})
     with pytest.raises(StaleOutputError, match="seed"):
-        generate_corpus(corpus, changed)
-    generate_corpus(corpus, changed, force=True)
+        run_verb(["synth-corpus", str(corpus), *changed])
+    run_verb(["synth-corpus", str(corpus), *changed, "--force"])
     assert meta.stat().st_mtime_ns != mtime

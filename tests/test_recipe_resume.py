@@ -140,21 +140,28 @@ def test_markers_redo_a_step_whose_inputs_changed(tmp_path, caplog):
 
 
 def test_partial_work_of_other_options_is_cleared(tmp_path, caplog):
+    """resume_or_clear keeps a folder's partial work only under the key it was made with."""
     import logging
 
-    from asrhybrid.recipe.outputs import Completion
+    from asrhybrid.recipe.outputs import Completion, resume_or_clear
 
     caplog.set_level(logging.INFO)
-    cleared = []
-    first = Completion(tmp_path, "resumable", {"opt": 1})
-    first.start_partial(lambda: cleared.append("no record"))  # leftovers nobody vouches for go
-    Completion(tmp_path, "resumable", {"opt": 1}).start_partial(lambda: cleared.append("same"))
-    assert cleared == ["no record"]  # same options and inputs: the partial work is resumed
-    cleared.clear()
-    Completion(tmp_path, "resumable", {"opt": 2}).start_partial(lambda: cleared.append("other"))
-    assert cleared == ["other"] and "starting over" in caplog.text
-    Completion(tmp_path, "resumable", {"opt": 2}).mark_done()
-    assert not (tmp_path / ".partial.resumable.json").exists()
+    work = tmp_path / "chunks"
+    work.mkdir()
+    (work / "leftover").write_text("from nobody knows what run")
+    key = Completion(tmp_path, "resumable", {"opt": 1}).key
+    resume_or_clear(work, key)
+    assert not (work / "leftover").exists()  # no record: not vouched for
+    (work / "chunk-0").write_text("made under key")
+    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 1}).key)
+    assert (work / "chunk-0").exists()  # same options and inputs: resumed
+    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 2}).key)
+    assert not (work / "chunk-0").exists() and "starting over" in caplog.text
+    (work / "chunk-0").write_text("made under opt 2")
+    resume_or_clear(work, None)  # forced: always over
+    assert not (work / "chunk-0").exists()
+    assert Completion(tmp_path, "r", {"opt": 1, "iterations": 3}).key_excluding("iterations") == \
+        Completion(tmp_path, "r", {"opt": 1, "iterations": 8}).key_excluding("iterations")
 
 
 def test_stale_temporaries_of_a_live_run_are_kept(tmp_path):

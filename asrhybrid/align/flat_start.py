@@ -12,7 +12,9 @@ training round and are listed, never dropped silently).
 Every finished iteration leaves ``ali.N.ark`` and a checkpoint ``N.pt`` (the
 network, the shuffling generator's state, the log so far): a killed run
 resumes after its last finished iteration and ends where an uninterrupted run
-would have (``force`` starts from scratch).
+would have, when the checkpoint was made under the same ``resume_key`` (the
+verb's options but the number of iterations, and its inputs; None starts from
+scratch).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from asrhybrid.kaldi_io import read_alignments, write_alignments
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
-from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +89,13 @@ def _train(model, feats, targets, cfg: FlatStartConfig, generator, lr: float) ->
 
 
 def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str, cmvn_ark: Path | str,
-               cfg: FlatStartConfig = FlatStartConfig(), force: bool = False) -> dict:
+               cfg: FlatStartConfig = FlatStartConfig(), resume_key: str | None = None) -> dict:
     """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.ark per iteration, final.pt, ali.ark)."""
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
-    done = Completion(exp_dir, "flat-start", asdict(cfg), inputs={"cuts": cuts_path, "lang": lang_dir, "cmvn": cmvn_ark})
-    if done.is_done(force):
-        log.info("%s: flat start already done", exp_dir)
-        return json.loads((exp_dir / "flat_start.json").read_text())
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    # checkpoints resume when made with the same inputs and options (more iterations may resume)
-    resume_key = {**{k: v for k, v in done.params.items() if k != "iterations"}, "inputs": done.inputs}
 
     tree, trans_model = init_mono_model(lang_dir, exp_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
@@ -119,7 +115,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
 
     model = SplicedMLP(next(iter(feats.values())).shape[1], trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
     history, log_prior = [], None
-    first, checkpoint = (0, None) if force else _last_checkpoint(exp_dir, cfg.iterations, resume_key)
+    first, checkpoint = (0, None) if resume_key is None else _last_checkpoint(exp_dir, cfg.iterations, resume_key)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         generator.set_state(checkpoint["generator"])
@@ -178,11 +174,10 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
                     "log_prior": log_prior, "feat_dim": int(mean.shape[0]), "num_pdfs": int(trans_model.num_pdfs)}, tmp)
     summary = {"iterations": history, "utterances": len(utts)}
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
-    done.mark_done()
     return summary
 
 
-def _last_checkpoint(exp_dir: Path, iterations: int, resume_key: dict) -> tuple[int, dict | None]:
+def _last_checkpoint(exp_dir: Path, iterations: int, resume_key: str) -> tuple[int, dict | None]:
     """(N, checkpoint) of the last finished iteration N <= ``iterations`` run with the same options, or (0, None)."""
     for it in range(iterations, 0, -1):
         path = exp_dir / f"{it}.pt"

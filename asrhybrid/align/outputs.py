@@ -22,7 +22,7 @@ from asrhybrid.align.graphs import phone_instances
 from asrhybrid.data.manifests import load_cuts, transcript
 from asrhybrid.errors import DataError
 from asrhybrid.kaldi_io import write_alignment_table
-from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,13 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
 
 
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
-                 backend: str = "auto", force: bool = False) -> dict:
+                 backend: str = "auto") -> dict:
     """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, textgrid/<utt>.TextGrid."""
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
     from asrhybrid.model import load_model
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
-    done = Completion(out_dir, "align", {"backend": backend},
-                      inputs={"cuts": cuts_path, "lang": lang_dir, "model": model_dir})
-    if done.is_done(force):
-        log.info("%s: alignments already written", out_dir)
-        return {}
     tree, trans_model = load_model(model_dir)
     model, mean, std, log_prior = load_flat_start_model(model_dir)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
@@ -184,5 +179,4 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
         log.warning("%d utterance(s) could not be aligned (listed in %s): %s", len(failed), out_dir / "failed.txt",
                     " ".join(failed[:10]))
     log.info("align %s: %d utterances aligned, %d failed", out_dir, len(alignments), len(failed))
-    done.mark_done()
     return {"aligned": len(alignments), "failed": failed}

@@ -9,7 +9,7 @@ from typing import Any
 from asrhybrid.data.corpora import prepare_corpus
 from asrhybrid.data.manifests import build_manifests, manifest_paths, write_manifests
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import Completion, remove_stale_temporaries
+from asrhybrid.recipe.outputs import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,6 @@ def prepare_data(
     options: dict[str, Any] | None = None,
     resample: bool = True,
     verify_audio: bool = True,
-    force: bool = False,
 ) -> dict[str, Path]:
     """Write ``<corpus>_{recordings,supervisions}_<part>.jsonl.gz``; returns {part: supervisions path}.
 
@@ -32,16 +31,6 @@ def prepare_data(
     """
     corpus_dir, manifest_dir = Path(corpus_dir), Path(manifest_dir)
     options = options or {}
-    params = {
-        "preparer": preparer, "sample_rate": sample_rate, "options": options, "resample": resample,
-        "verify_audio": verify_audio,
-    }
-    done = Completion(manifest_dir, f"data-{corpus}", params, inputs={"corpus": corpus_dir},
-                      outputs=[f"{corpus}_recordings_*", f"{corpus}_supervisions_*"])
-    if done.is_done(force):
-        log.info("data %s: already prepared in %s", corpus, manifest_dir)
-        return {p: manifest_paths(manifest_dir, corpus, p)[1] for p in manifest_parts(manifest_dir, corpus)}
-
     parts = prepare_corpus(preparer, corpus_dir, options)
     problems: list[str] = []
     seen: dict[str, str] = {}
@@ -69,7 +58,6 @@ def prepare_data(
         hours = sum(s.duration for s in supervisions) / 3600
         speakers = len({s.speaker for s in supervisions})
         log.info("data %s/%s: %d utterances, %.2f h, %d speakers", corpus, part, len(supervisions), hours, speakers)
-    done.mark_done()
     return {p: manifest_paths(manifest_dir, corpus, p)[1] for p in built}
 
 

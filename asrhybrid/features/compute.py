@@ -26,7 +26,7 @@ from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import CmvnStats, write_cmvn
 from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
-from asrhybrid.recipe.outputs import Completion, atomic_output, remove_stale_temporaries
+from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
 log = logging.getLogger(__name__)
 
@@ -122,74 +122,64 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def fbank_outputs(fbank_dir: Path, corpus: str, part: str) -> list[str]:
+    """What :func:`compute_fbank` writes for a part, relative to ``fbank_dir``."""
+    return [cuts_path(Path(fbank_dir), corpus, part).name, f"{corpus}_feats_{part}", f"{corpus}_cmvn_{part}.ark",
+            f"{corpus}_cmvn_global_{part}.ark"]
+
+
 def compute_fbank(
     manifest_dir: Path | str,
     fbank_dir: Path | str,
     corpus: str,
-    parts: list[str],
+    part: str,
     config: KaldiFbankConfig,
     num_jobs: int = 1,
     chunk_size: int = 500,
     batch_duration: float | None = None,
-    force: bool = False,
+    resume_key: str | None = None,
 ) -> None:
+    """Features of one part: ``<corpus>_cuts_<part>.jsonl.gz`` (lilcom chunks in ``<corpus>_feats_<part>/``)
+    and its CMVN stats. Chunks of a killed run are kept when it ran under ``resume_key`` (None: start over)."""
     manifest_dir, fbank_dir = Path(manifest_dir), Path(fbank_dir)
     fbank_dir.mkdir(parents=True, exist_ok=True)
     device = config.resolved_device()
     # kaldifeat on CPU is fastest on about a minute of audio at a time (cache-sized
     # intermediates; 600 s batches ran at under half the speed); a GPU wants more.
     batch_duration = batch_duration or (60.0 if device == "cpu" else 600.0)
-    for part in parts:
-        recordings, supervisions = manifest_paths(manifest_dir, corpus, part)
-        feats_dir = fbank_dir / f"{corpus}_feats_{part}"
-        done = Completion(fbank_dir, f"fbank-{corpus}-{part}", {"config": asdict(config), "chunk_size": chunk_size},
-                          inputs={"recordings": recordings, "supervisions": supervisions},
-                          outputs=[cuts_path(fbank_dir, corpus, part).name, feats_dir.name,
-                                   f"{corpus}_cmvn_{part}.ark", f"{corpus}_cmvn_global_{part}.ark"])
-        if done.is_done(force):
-            log.info("fbank %s/%s: already done", corpus, part)
-            continue
-        cuts = list(cuts_from_manifests(manifest_dir, corpus, part))
+    feats_dir = fbank_dir / f"{corpus}_feats_{part}"
+    cuts = list(cuts_from_manifests(manifest_dir, corpus, part))
+    resume_or_clear(feats_dir, resume_key)  # chunks of other options or inputs (or a forced run) go
+    remove_stale_temporaries(feats_dir)
 
-        def clear_chunks():
-            for p in feats_dir.iterdir() if feats_dir.exists() else ():
-                p.unlink()
+    chunks = [cuts[i : i + chunk_size] for i in range(0, len(cuts), chunk_size)]
+    paths = [(feats_dir / f"chunk-{k:04d}.lca", feats_dir / f"chunk-{k:04d}.jsonl.gz") for k in range(len(chunks))]
+    finished = sum(m.is_file() for _, m in paths)
+    if finished:
+        log.info("fbank %s/%s: resuming, %d of %d chunks already done", corpus, part, finished, len(chunks))
+    cfg = asdict(config)
+    cfg["device"] = device
+    speakers: dict[str, CmvnStats] = {}
+    bar = tqdm(total=len(cuts), desc=f"fbank {part}", unit="utt")
+    jobs = [(chunks[k], cfg, *paths[k], batch_duration) for k in range(len(chunks))]
+    if device == "cpu" and num_jobs > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(min(num_jobs, len(chunks)), initializer=_worker_init) as pool:
+            futures = {pool.submit(process_chunk, *job): len(job[0]) for job in jobs}
+            results = ((futures[f], f.result()) for f in as_completed(futures))
+            _accumulate(results, speakers, bar)
+    else:
+        _accumulate(((len(job[0]), process_chunk(*job)) for job in jobs), speakers, bar)
+    bar.close()
 
-        if force:
-            clear_chunks()
-        done.start_partial(clear_chunks)  # chunks of other options or inputs go
-        feats_dir.mkdir(exist_ok=True)
-        remove_stale_temporaries(feats_dir)
-
-        chunks = [cuts[i : i + chunk_size] for i in range(0, len(cuts), chunk_size)]
-        paths = [(feats_dir / f"chunk-{k:04d}.lca", feats_dir / f"chunk-{k:04d}.jsonl.gz") for k in range(len(chunks))]
-        finished = sum(m.is_file() for _, m in paths)
-        if finished:
-            log.info("fbank %s/%s: resuming, %d of %d chunks already done", corpus, part, finished, len(chunks))
-        cfg = asdict(config)
-        cfg["device"] = device
-        speakers: dict[str, CmvnStats] = {}
-        bar = tqdm(total=len(cuts), desc=f"fbank {part}", unit="utt")
-        jobs = [(chunks[k], cfg, *paths[k], batch_duration) for k in range(len(chunks))]
-        if device == "cpu" and num_jobs > 1 and len(chunks) > 1:
-            with ProcessPoolExecutor(min(num_jobs, len(chunks)), initializer=_worker_init) as pool:
-                futures = {pool.submit(process_chunk, *job): len(job[0]) for job in jobs}
-                results = ((futures[f], f.result()) for f in as_completed(futures))
-                _accumulate(results, speakers, bar)
-        else:
-            _accumulate(((len(job[0]), process_chunk(*job)) for job in jobs), speakers, bar)
-        bar.close()
-
-        # gzip members concatenate into one valid gzip file: join the chunk manifests as bytes.
-        with atomic_output(cuts_path(fbank_dir, corpus, part)) as tmp, open(tmp, "wb") as out:
-            for _, m in paths:
-                out.write(m.read_bytes())
-        total = CmvnStats(next(iter(speakers.values())).stats.shape[1] - 1)
-        for st in speakers.values():
-            total.stats += st.stats
-        write_cmvn(fbank_dir / f"{corpus}_cmvn_{part}.ark", speakers)
-        write_cmvn(fbank_dir / f"{corpus}_cmvn_global_{part}.ark", {"global": total})
-        log.info("fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
-                 corpus, part, len(cuts), int(total.count), total.stats.shape[1] - 1, config.resolved_backend(), device)
-        done.mark_done()
+    # gzip members concatenate into one valid gzip file: join the chunk manifests as bytes.
+    with atomic_output(cuts_path(fbank_dir, corpus, part)) as tmp, open(tmp, "wb") as out:
+        for _, m in paths:
+            out.write(m.read_bytes())
+    total = CmvnStats(next(iter(speakers.values())).stats.shape[1] - 1)
+    for st in speakers.values():
+        total.stats += st.stats
+    write_cmvn(fbank_dir / f"{corpus}_cmvn_{part}.ark", speakers)
+    write_cmvn(fbank_dir / f"{corpus}_cmvn_global_{part}.ark", {"global": total})
+    log.info("fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
+             corpus, part, len(cuts), int(total.count), total.stats.shape[1] - 1, config.resolved_backend(), device)
 

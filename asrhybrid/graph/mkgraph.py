@@ -20,7 +20,7 @@ from pathlib import Path
 from asrhybrid.errors import DataError
 from asrhybrid.lang.io import read_int_list, read_symbol_table
 from asrhybrid.model import load_model
-from asrhybrid.recipe.outputs import Completion, atomic_output
+from asrhybrid.recipe.outputs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def unreachable_words(G, words: dict[str, int]) -> list[str]:
 
 
 def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, g_fst: Path | str | None = None,
-            self_loop_scale: float = 0.1, force: bool = False) -> dict:
+            self_loop_scale: float = 0.1) -> dict:
     """Write ``graph_dir/HCLG.fst`` (ConstFst), ``words.txt``, ``phones.txt``; return states, arcs, seconds."""
     from asrhybrid.kaldi import kaldifst
 
@@ -102,11 +102,6 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
     g_fst = Path(g_fst) if g_fst else lang_dir / "G.fst"
     if not g_fst.is_file():
         raise DataError([f"{g_fst} not found (asrhybrid arpa2fst ARPA WORDS G makes it)"])
-    done = Completion(graph_dir, "mkgraph", {"self_loop_scale": self_loop_scale},
-                      inputs={"lang": lang_dir, "G": g_fst, "tree": model_dir / "tree", "trans": model_dir / "trans.pkl"})
-    if done.is_done(force):
-        log.info("%s: graph already built", graph_dir)
-        return {}
     tree, trans_model = load_model(model_dir)
     start = time.perf_counter()
     G = kaldifst.StdVectorFst.read(str(g_fst))
@@ -128,5 +123,4 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
         shutil.copyfile(p, graph_dir / "phones" / p.name)
     stats = {"states": HCLG.num_states, "arcs": count_arcs(HCLG), "seconds": round(seconds, 3), "unreachable_words": missing}
     log.info("HCLG %s: %d states, %d arcs, built in %.2f s", graph_dir / "HCLG.fst", stats["states"], stats["arcs"], seconds)
-    done.mark_done()
     return stats

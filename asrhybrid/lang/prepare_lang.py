@@ -19,7 +19,7 @@ from pathlib import Path
 
 from asrhybrid.errors import DataError
 from asrhybrid.lang.lexicon import Lexicon, read_lexicon
-from asrhybrid.recipe.outputs import Completion, atomic_output, write_text_atomic
+from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -223,21 +223,14 @@ def prepare_lang(
     oov_word: str,
     position_dependent_phones: bool = True,
     sil_prob: float = 0.5,
-    force: bool = False,
 ) -> Path:
-    """Build ``lang_dir`` from a Kaldi dict dir (skipped when already built with the same inputs)."""
+    """Build ``lang_dir`` from a Kaldi dict dir."""
     from asrhybrid.kaldi import kaldifst
 
     dict_dir, lang_dir = Path(dict_dir), Path(lang_dir)
     d = read_dict_dir(dict_dir)
     if oov_word not in d.lexicon.words():
         raise DataError([f"{dict_dir}: the OOV word '{oov_word}' is not in the lexicon"])
-    params = {"oov": oov_word, "position_dependent": position_dependent_phones, "sil_prob": sil_prob}
-    done = Completion(lang_dir, "prepare-lang", params, inputs={"dict": dict_dir})
-    if done.is_done(force):
-        log.info("%s: lang already prepared", lang_dir)
-        return lang_dir
-
     suffixes = ("",) + POSITIONS if position_dependent_phones else ("",)
     sil_map = {p: [p + s for s in suffixes] for s_ in d.silence_sets for p in s_}
     nonsil_map = {p: [p + s for s in (POSITIONS if position_dependent_phones else ("",))] for s_ in d.nonsilence_sets for p in s_}
@@ -323,5 +316,4 @@ def prepare_lang(
 
     log.info("lang %s: %d phones (%d disambiguation symbols), %d words, L %d states",
              final_dir, len(silence) + len(nonsilence), len(disambig), len(words), L.num_states)
-    done.mark_done()
     return final_dir

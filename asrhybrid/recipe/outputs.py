@@ -23,7 +23,11 @@ in its output directory), the project's one scheme, like make's targets:
 
 Resumable steps (the synthetic corpus, feature chunks, flat-start
 iterations) keep their partial work only when it was made with the same
-options and inputs (:meth:`Completion.start_partial`).
+options and inputs: the verb hands the library function ``done.key``
+(:func:`resume_or_clear`).
+
+Markers are the verb layer's business (:func:`run_once`, asrhybrid.verbs);
+the library functions only compute.
 """
 
 from __future__ import annotations
@@ -194,7 +198,12 @@ class Completion:
     @property
     def key(self) -> str:
         """What partial work must share to be resumed: the options and the inputs."""
-        return _digest(json.dumps(self.params, sort_keys=True), json.dumps(self.inputs, sort_keys=True))
+        return self.key_excluding()
+
+    def key_excluding(self, *options: str) -> str:
+        """:attr:`key` but for ``options`` that partial work may differ in (a flat start resumes into more iterations)."""
+        params = {k: v for k, v in self.params.items() if k not in options}
+        return _digest(json.dumps(params, sort_keys=True), json.dumps(self.inputs, sort_keys=True))
 
     def is_done(self, force: bool = False) -> bool:
         """True when this step already finished with the same options and inputs.
@@ -229,37 +238,45 @@ class Completion:
             return False
         return True
 
-    def start_partial(self, clear: Callable[[], None]) -> None:
-        """Before resumable work: partial outputs made with other options or inputs are cleared (``clear()``)."""
-        path = self.directory / f".partial.{self.step}.json"
-        try:
-            old = json.loads(path.read_text(encoding="utf-8")).get("key")
-        except (OSError, ValueError):
-            old = None  # no record: whatever is there was not made by a run that wrote one
-        if old != self.key:
-            if old is not None:
-                log.info("%s: partial work of '%s' was made with other options or inputs: starting over",
-                         self.directory, self.step)
-            clear()
-        write_text_atomic(path, json.dumps({"key": self.key}) + "\n")
-
     def mark_done(self) -> None:
         marker = {"step": self.step, "params": self.params, "inputs": self.inputs, "outputs": self.outputs,
                   "stamp": uuid.uuid4().hex}
         write_text_atomic(self.path, json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        (self.directory / f".partial.{self.step}.json").unlink(missing_ok=True)
 
 
-def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work,
+def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work: Callable[[Completion], Any],
              inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)) -> bool:
-    """Run ``work()`` unless ``step`` already finished in ``directory`` with ``params`` and ``inputs``; True if it ran."""
+    """The verb layer's one way to run a step: ``work(done)`` unless ``step`` already finished in ``directory``
+    with ``params`` and ``inputs`` (``done.key`` is what resumable work must share); True if it ran."""
     done = Completion(directory, step, params, inputs, outputs)
     if done.is_done(force):
         log.info("%s: '%s' already done", directory, step)
         return False
-    work()
+    work(done)
     done.mark_done()
     return True
+
+
+RESUME_RECORD = ".resume.json"
+
+
+def resume_or_clear(folder: Path, key: str | None) -> None:
+    """Keep the partial work in ``folder`` only if it was made under ``key`` (never when ``key`` is None:
+    a forced or unkeyed run starts over); else empty the folder (said in the log). Then record ``key``."""
+    folder = Path(folder)
+    record = folder / RESUME_RECORD
+    try:
+        old = json.loads(record.read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError):
+        old = None  # no record: whatever is there was not made by a run that wrote one
+    if key is None or old != key:
+        if old is not None and key is not None:
+            log.info("%s: partial work made with other options or inputs: starting over", folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if key is not None:
+        write_text_atomic(record, json.dumps({"key": key}) + "\n")
 
 
 def content_digest(*texts: str) -> str:

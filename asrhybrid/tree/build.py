@@ -458,7 +458,7 @@ def tid_converter(old_tm, new_tm):
 # --- stage 5 -----------------------------------------------------------------------
 
 def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves: int = 500, min_count: float = 100.0,
-                      questions: str = "auto", force: bool = False) -> dict:
+                      questions: str = "auto") -> dict:
     """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo, ali.ark and ali_pdf.ark into ``out_dir``.
 
     ``ali.ark`` holds the flat-start alignments converted to the new model's
@@ -473,14 +473,9 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     from asrhybrid.kaldi_io import read_alignments, write_alignments
     from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
     from asrhybrid.model import load_model, save_model
-    from asrhybrid.recipe.outputs import Completion, write_text_atomic
+    from asrhybrid.recipe.outputs import write_text_atomic
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
-    done = Completion(out_dir, "build-tree", {"num_leaves": num_leaves, "min_count": min_count, "questions": questions},
-                      inputs={"cuts": cuts_path, "lang": lang_dir, "ci": ci_dir, "cmvn": cmvn_ark})
-    if done.is_done(force):
-        log.info("%s: tree already built", out_dir)
-        return json.loads((out_dir / "tree.json").read_text())
     ci_tree, ci_tm = load_model(ci_dir)
     topo_text = read_topo(lang_dir)
     topo = khg.HmmTopology()
@@ -531,5 +526,4 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
                "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
                "frames": int(sum(s[0] for s in stats.values())), "utterances": len(alignments)}
     write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
-    done.mark_done()
     return summary

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from asrhybrid.data.synth.espeak import FreshSynthesizer, Synthesis
 from asrhybrid.data.synth.grammar import generate_sentence
-from asrhybrid.recipe.outputs import Completion, atomic_output, remove_stale_temporaries, write_text_atomic
+from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +197,11 @@ def _generate_part(cfg: SynthConfig, part: str, speakers: list[Speaker], target_
     return entries
 
 
-def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), force: bool = False) -> Path:
-    """Write the corpus into ``out_dir`` (skipped when already complete with the same options)."""
+def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), resume_key: str | None = None) -> Path:
+    """Write the corpus into ``out_dir``. WAVs of a killed run are kept when it ran under ``resume_key``
+    (the verb's options; None: start over)."""
     out_dir = Path(out_dir)
-    done = Completion(out_dir, "synth-corpus", asdict(cfg))
-    if done.is_done(force):
-        log.info("%s: synthetic corpus already generated", out_dir)
-        return out_dir
-    if force and (out_dir / "wav").exists():
-        shutil.rmtree(out_dir / "wav")
-    done.start_partial(lambda: shutil.rmtree(out_dir / "wav", ignore_errors=True))  # WAVs of other options go
+    resume_or_clear(out_dir / "wav", resume_key)
     for folder in (out_dir / "wav").glob("*"):
         remove_stale_temporaries(folder)
     speakers = make_speakers(cfg)
@@ -218,5 +212,4 @@ def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), force
             entries += _generate_part(cfg, part, speakers[part], targets[part], out_dir, synthesizer)
     write_text_atomic(out_dir / "metadata.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
     write_text_atomic(out_dir / "speakers.json", json.dumps({p: [asdict(s) for s in v] for p, v in speakers.items()}, indent=1))
-    done.mark_done()
     return out_dir
