@@ -6,8 +6,10 @@ double-matrix archives. Archives are written under a temporary name and renamed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -21,35 +23,11 @@ def _require(path: Path) -> Path:
     return Path(path)
 
 
-def write_alignments(path: Path, alignments: dict[str, list[int]]) -> None:
-    """Kaldi int32-vector archive of transition ids (what ali.*.gz holds in Kaldi, uncompressed)."""
-    import kaldi_native_io as kio
-
-    with atomic_output(path) as tmp, kio.Int32VectorWriter(f"ark:{tmp}") as writer:
-        for utt in sorted(alignments):
-            writer.write(utt, alignments[utt])
-
-
 def read_alignments(path: Path) -> dict[str, list[int]]:
     import kaldi_native_io as kio
 
     with kio.SequentialInt32VectorReader(f"ark:{_require(path)}") as reader:
         return {key: list(value) for key, value in reader}
-
-
-def write_alignment_table(out_dir: Path, alignments: dict[str, list[int]]) -> None:
-    """``ali.ark`` + ``ali.scp`` (Kaldi int32-vector table), written under temporary names, then renamed."""
-    import kaldi_native_io as kio
-
-    ark, scp = out_dir / "ali.ark", out_dir / "ali.scp"
-    tmp_ark, tmp_scp = temporary_sibling(ark), temporary_sibling(scp)
-    with kio.Int32VectorWriter(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
-        for utt in sorted(alignments):
-            writer.write(utt, alignments[utt])
-    tmp_scp.write_text(tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve())))
-    # both complete before either lands: two renames in a row (the step's marker, written after, vouches for the pair)
-    os.replace(tmp_ark, ark)
-    os.replace(tmp_scp, scp)
 
 
 def write_matrices(path: Path, matrices: dict[str, np.ndarray]) -> None:
@@ -69,3 +47,51 @@ def read_matrices(path: Path) -> dict[str, np.ndarray]:
         for key, mat in reader:
             out[key] = np.array(mat, copy=True)  # the reader reuses its buffer
     return out
+
+
+@contextlib.contextmanager
+def alignment_table_writer(ark: Path) -> Iterator:
+    """Stream an int32-vector table: yields ``write(utt, values)``; on success ``ark`` and its ``.scp``
+    land together (written under temporary names first), so later steps can read utterances by key."""
+    import kaldi_native_io as kio
+
+    ark = Path(ark)
+    scp = ark.with_suffix(".scp")
+    tmp_ark, tmp_scp = temporary_sibling(ark), temporary_sibling(scp)
+    ark.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with kio.Int32VectorWriter(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
+            yield lambda utt, values: writer.write(utt, list(map(int, values)))
+        tmp_scp.write_text(tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve())))
+        os.replace(tmp_ark, ark)  # both complete before either lands
+        os.replace(tmp_scp, scp)
+    finally:
+        tmp_ark.unlink(missing_ok=True)
+        tmp_scp.unlink(missing_ok=True)
+
+
+class AlignmentTable:
+    """Random access by utterance to an int32-vector table written with its .scp (nothing held in memory)."""
+
+    def __init__(self, ark: Path):
+        import kaldi_native_io as kio
+
+        self._reader = kio.RandomAccessInt32VectorReader(f"scp:{_require(Path(ark).with_suffix('.scp'))}")
+
+    def __contains__(self, utt: str) -> bool:
+        return utt in self._reader
+
+    def __getitem__(self, utt: str) -> list[int]:
+        return list(self._reader[utt])
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def iter_alignments(path: Path) -> Iterator[tuple[str, list[int]]]:
+    """(utterance, values) of an int32-vector archive, in file order, one at a time."""
+    import kaldi_native_io as kio
+
+    with kio.SequentialInt32VectorReader(f"ark:{_require(path)}") as reader:
+        for key, value in reader:
+            yield key, list(value)

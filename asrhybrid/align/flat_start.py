@@ -29,11 +29,11 @@ import torch
 from tqdm import tqdm
 
 from asrhybrid.align import BACKENDS
-from asrhybrid.align.graphs import GraphCompiler, TrainingGraph, align, equal_alignment, transition_arrays
+from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
 from asrhybrid.data.manifests import load_cuts, transcript
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std
-from asrhybrid.kaldi_io import read_alignments, write_alignments
+from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer, iter_alignments
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
@@ -55,6 +55,9 @@ class FlatStartConfig:
     lr: float = 1e-3
     lr_decay: float = 0.85  # per iteration: later iterations refine, so the alignment settles
     batch_frames: int = 512
+    # The corpus is read from disk block by block (features, graphs); frames are shuffled within a
+    # block of this many frames (about 33 min of speech), so memory does not grow with the corpus.
+    block_frames: int = 200_000
     seed: int = 0
     # Iteration 0 prefers equal-alignment paths that begin and end in silence: with the
     # optional silence left out, the first phone took the leading silence, and on synth the
@@ -67,30 +70,67 @@ class FlatStartConfig:
     retry_beam: float = 200.0
 
 
-def _train(model, feats, targets, cfg: FlatStartConfig, generator, lr: float) -> tuple[float, float]:
-    """Cross-entropy over all frames of the utterances with targets; returns (mean CE, frame accuracy) of the last epoch."""
-    x = torch.cat([splice(feats[u], cfg.context) for u in targets])
-    y = torch.cat([torch.as_tensor(targets[u]) for u in targets])
+class _Corpus:
+    """The training cuts, streamed from disk in blocks of about ``max_frames`` frames: (utterance, normalised
+    features, transcript). Nothing proportional to the corpus stays in memory."""
+
+    def __init__(self, cuts_path: Path, mean: np.ndarray, std: np.ndarray):
+        self.path, self.mean, self.std = cuts_path, mean, std
+        self.cuts = load_cuts(cuts_path)  # lazy; a missing file or an empty set is a clear error here
+
+    def blocks(self, max_frames: int):
+        block, frames = [], 0
+        for cut in self.cuts:
+            text = transcript(cut, self.path)
+            if not text.strip():
+                raise DataError([f"cut '{cut.id}' ({self.path}): empty transcript"])
+            feats = torch.from_numpy(((cut.load_features() - self.mean) / self.std).astype(np.float32))
+            block.append((cut.id, feats, text))
+            frames += feats.shape[0]
+            if frames >= max_frames:
+                yield block
+                block, frames = [], 0
+        if block:
+            yield block
+
+
+def _train(model, corpus: _Corpus, alignments: AlignmentTable, tid_to_pdf: np.ndarray, cfg: FlatStartConfig,
+           generator, lr: float, num_pdfs: int) -> tuple[float, float, np.ndarray]:
+    """Cross-entropy on the aligned utterances' frames, shuffled within blocks; returns (mean CE, frame accuracy)
+    of the last epoch and the pdf counts of the targets (for the priors)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_sum = correct = 0.0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=generator)
-        loss_sum = correct = 0.0
-        for i in range(0, len(y), cfg.batch_frames):
-            idx = order[i : i + cfg.batch_frames]
-            logits = model(x[idx])
-            loss = torch.nn.functional.cross_entropy(logits, y[idx], reduction="sum")
-            optimizer.zero_grad()
-            (loss / len(idx)).backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            correct += (logits.argmax(-1) == y[idx]).sum().item()
-    return loss_sum / len(y), correct / len(y)
+    counts = np.zeros(num_pdfs)
+    for epoch in range(cfg.epochs):
+        loss_sum = correct = total = 0.0
+        for block in corpus.blocks(cfg.block_frames):
+            aligned = [(feats, alignments[utt]) for utt, feats, _ in block if utt in alignments]
+            if not aligned:
+                continue
+            x = torch.cat([splice(feats, cfg.context) for feats, _ in aligned])
+            y = torch.cat([torch.as_tensor(tid_to_pdf[np.asarray(ali)]) for _, ali in aligned])
+            if epoch == 0:
+                counts += np.bincount(y.numpy(), minlength=num_pdfs)
+            order = torch.randperm(len(y), generator=generator)
+            for i in range(0, len(y), cfg.batch_frames):
+                idx = order[i : i + cfg.batch_frames]
+                logits = model(x[idx])
+                loss = torch.nn.functional.cross_entropy(logits, y[idx], reduction="sum")
+                optimizer.zero_grad()
+                (loss / len(idx)).backward()
+                optimizer.step()
+                loss_sum += loss.item()
+                correct += (logits.argmax(-1) == y[idx]).sum().item()
+            total += len(y)
+    return loss_sum / max(total, 1), correct / max(total, 1), counts
 
 
 def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str, cmvn_ark: Path | str,
                cfg: FlatStartConfig = FlatStartConfig(), resume_key: str | None = None) -> dict:
-    """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.ark per iteration, final.pt, ali.ark)."""
+    """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.{ark,scp} per iteration, final.pt, ali.{ark,scp}).
+
+    The cuts are streamed from disk block by block in every pass (features read, graphs compiled per
+    block), and alignments go to tables on disk: memory stays flat as the corpus grows.
+    """
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
@@ -102,77 +142,80 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     tid_to_phone, _ = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)
     mean, std = global_mean_std(Path(cmvn_ark))
+    corpus = _Corpus(cuts_path, mean, std)
 
-    cuts = load_cuts(cuts_path)
-    feats, graphs = {}, {}
-    for cut in tqdm(cuts, desc="graphs", unit="utt", leave=False):
-        text = transcript(cut, cuts_path)
-        if not text.strip():
-            raise DataError([f"cut '{cut.id}' ({cuts_path}): empty transcript"])
-        feats[cut.id] = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
-        graphs[cut.id] = TrainingGraph(compiler.compile(text))  # converted for the FSA engines once
-    utts = sorted(graphs)
-
-    model = SplicedMLP(next(iter(feats.values())).shape[1], trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
+    model = SplicedMLP(int(mean.shape[0]), trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
     history, log_prior = [], None
     first, checkpoint = (0, None) if resume_key is None else _last_checkpoint(exp_dir, cfg.iterations, resume_key)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         generator.set_state(checkpoint["generator"])
         history, log_prior = checkpoint["history"], checkpoint["log_prior"]
-        alignments = read_alignments(exp_dir / f"ali.{first}.ark")
+        num_utts = checkpoint["utterances"]
         log.info("resuming after iteration %d (its checkpoint %s)", first, exp_dir / f"{first}.pt")
     else:
         silence = np.zeros(len(tid_to_phone), dtype=bool)
         silence[1:] = np.isin(tid_to_phone[1:], read_int_list(lang_dir / "phones" / "silence.int"))
         prefer = (lambda tids: silence[tids[0]] and silence[tids[-1]]) if cfg.edge_silence else None
-        alignments, failed = {}, []
-        for k, u in enumerate(utts):
-            ali = equal_alignment(graphs[u].fst, feats[u].shape[0], seed=cfg.seed + k, prefer=prefer)
-            (alignments.__setitem__(u, ali) if ali else failed.append(u))
+        failed, num_utts = [], 0
+        with alignment_table_writer(exp_dir / "ali.0.ark") as write:
+            for block in tqdm(corpus.blocks(cfg.block_frames), desc="equal alignment", unit="block", leave=False):
+                for utt, feats, text in block:
+                    ali = equal_alignment(compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts,
+                                          prefer=prefer)
+                    write(utt, ali) if ali else failed.append(utt)
+                    num_utts += 1
         log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
-                 len(alignments), len(failed), f": {' '.join(failed[:10])}" if failed else "")
-        write_alignments(exp_dir / "ali.0.ark", alignments)
+                 num_utts - len(failed), len(failed), f": {' '.join(failed[:10])}" if failed else "")
 
     for it in range(first + 1, cfg.iterations + 1):
-        targets = {u: tid_to_pdf[np.asarray(a)] for u, a in alignments.items()}
+        previous = AlignmentTable(exp_dir / f"ali.{it - 1}.ark")
         model.train()
-        ce, acc = _train(model, feats, targets, cfg, generator, cfg.lr * cfg.lr_decay ** (it - 1))
-        counts = np.bincount(np.concatenate(list(targets.values())), minlength=trans_model.num_pdfs) + 1.0
-        log_prior = np.log(counts / counts.sum())
+        ce, acc, counts = _train(model, corpus, previous, tid_to_pdf, cfg, generator,
+                                 cfg.lr * cfg.lr_decay ** (it - 1), trans_model.num_pdfs)
+        log_prior = np.log((counts + 1.0) / (counts + 1.0).sum())
         model.eval()
-        with torch.no_grad():
-            loglikes = [model.log_posteriors(feats[u]).numpy() - log_prior for u in utts]
-        results = align([graphs[u] for u in utts], loglikes, tid_to_pdf, backend=cfg.backend, beam=cfg.beam,
-                        retry_beam=cfg.retry_beam)
-        new_alignments, failed = {}, []
-        for u, r in zip(utts, results):
-            (new_alignments.__setitem__(u, r[0]) if r else failed.append(u))
-        common = [u for u in new_alignments if u in alignments]
-        frames = max(sum(len(targets[u]) for u in common), 1)
-        changed_pdf = sum(int((tid_to_pdf[np.asarray(new_alignments[u])] != targets[u]).sum()) for u in common)
-        # Phone-level changes measure convergence: the ergodic silence HMM lets frames move
-        # between its states freely, so pdf-level changes never quite reach zero.
-        changed_phone = sum(int((tid_to_phone[np.asarray(new_alignments[u])] != tid_to_phone[np.asarray(alignments[u])]).sum())
-                            for u in common)
+        failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
+        with alignment_table_writer(exp_dir / f"ali.{it}.ark") as write:
+            for block in tqdm(corpus.blocks(cfg.block_frames), desc=f"realign {it}", unit="block", leave=False):
+                with torch.no_grad():
+                    loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
+                results = align([compiler.compile(text) for _, _, text in block], loglikes, tid_to_pdf,
+                                backend=cfg.backend, beam=cfg.beam, retry_beam=cfg.retry_beam)
+                for (utt, _, _), result in zip(block, results):
+                    if result is None:
+                        failed.append(utt)
+                        continue
+                    new = np.asarray(result[0])
+                    write(utt, new)
+                    aligned += 1
+                    if utt in previous:
+                        old = np.asarray(previous[utt])
+                        frames += len(old)
+                        changed_pdf += int((tid_to_pdf[new] != tid_to_pdf[old]).sum())
+                        # Phone-level changes measure convergence: the ergodic silence HMM lets frames
+                        # move between its states freely, so pdf-level changes never quite reach zero.
+                        changed_phone += int((tid_to_phone[new] != tid_to_phone[old]).sum())
+        previous.close()
+        frames = max(frames, 1)
         entry = {"iteration": it, "frame_ce": round(ce, 4), "frame_accuracy": round(acc, 4),
                  "changed_pdf_frames": round(changed_pdf / frames, 5), "changed_phone_frames": round(changed_phone / frames, 5),
-                 "aligned": len(new_alignments), "failed": failed}
+                 "aligned": aligned, "failed": failed}
         history.append(entry)
         log.info("iteration %d: frame CE %.3f, accuracy %.1f%%, frames changing pdf %.2f%%, phone %.2f%%, "
                  "%d aligned, %d failed%s", it, ce, 100 * acc, 100 * entry["changed_pdf_frames"],
-                 100 * entry["changed_phone_frames"], len(new_alignments), len(failed),
+                 100 * entry["changed_phone_frames"], aligned, len(failed),
                  f": {' '.join(failed[:10])}" if failed else "")
-        alignments = new_alignments
-        write_alignments(exp_dir / f"ali.{it}.ark", alignments)
         with atomic_output(exp_dir / f"{it}.pt") as tmp:  # written last: it marks the iteration finished
             torch.save({"state_dict": model.state_dict(), "generator": generator.get_state(), "history": history,
-                        "log_prior": log_prior, "resume_key": resume_key}, tmp)
-    write_alignments(exp_dir / "ali.ark", alignments)
+                        "log_prior": log_prior, "resume_key": resume_key, "utterances": num_utts}, tmp)
+    with alignment_table_writer(exp_dir / "ali.ark") as write:
+        for utt, ali in iter_alignments(exp_dir / f"ali.{cfg.iterations}.ark"):
+            write(utt, ali)
     with atomic_output(exp_dir / "final.pt") as tmp:
         torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std,
                     "log_prior": log_prior, "feat_dim": int(mean.shape[0]), "num_pdfs": int(trans_model.num_pdfs)}, tmp)
-    summary = {"iterations": history, "utterances": len(utts)}
+    summary = {"iterations": history, "utterances": num_utts}
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -181,7 +224,7 @@ def _last_checkpoint(exp_dir: Path, iterations: int, resume_key: str) -> tuple[i
     """(N, checkpoint) of the last finished iteration N <= ``iterations`` run with the same options, or (0, None)."""
     for it in range(iterations, 0, -1):
         path = exp_dir / f"{it}.pt"
-        if not (path.is_file() and (exp_dir / f"ali.{it}.ark").is_file()):
+        if not (path.is_file() and (exp_dir / f"ali.{it}.scp").is_file()):
             continue
         checkpoint = torch.load(path, weights_only=False)
         if not isinstance(checkpoint, dict) or checkpoint.get("resume_key") != resume_key:

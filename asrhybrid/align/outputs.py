@@ -21,7 +21,7 @@ from tqdm import tqdm
 from asrhybrid.align.graphs import phone_instances
 from asrhybrid.data.manifests import load_cuts, transcript
 from asrhybrid.errors import DataError
-from asrhybrid.kaldi_io import write_alignment_table
+from asrhybrid.kaldi_io import alignment_table_writer
 from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,13 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
 
 
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
-                 backend: str = "auto") -> dict:
-    """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, textgrid/<utt>.TextGrid."""
+                 backend: str = "auto", block_frames: int = 200_000) -> dict:
+    """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, and a TextGrid per recording.
+
+    Cuts are streamed from disk in blocks of about ``block_frames`` frames and every output is written as
+    it goes (CTM lines in the cuts' order: by recording and time when, as in every manifest asrhybrid
+    writes, a recording's cuts are together and in order), so memory does not grow with the corpus.
+    """
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
     from asrhybrid.model import load_model
@@ -135,48 +140,63 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     phone_names = {int(i): s for s, i in (line.split() for line in (lang_dir / "phones.txt").read_text().splitlines())}
     optional_silence = (lang_dir / "phones" / "optional_silence.txt").read_text().strip()
     prons = read_align_lexicon(lang_dir)
+    cuts = load_cuts(cuts_path)
 
-    cuts = list(load_cuts(cuts_path))
-    graphs, loglikes = [], []
-    with torch.no_grad():
-        for cut in tqdm(cuts, desc="align: scores", unit="utt", leave=False):
-            graphs.append(compiler.compile(transcript(cut, cuts_path)))
-            feats = torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
-            loglikes.append(model.log_posteriors(feats).numpy() - log_prior)
-    results = align(graphs, loglikes, tid_to_pdf, backend=backend, beam=20.0, retry_beam=200.0)
+    def blocks():
+        block, frames = [], 0
+        for cut in cuts:
+            block.append(cut)
+            frames += cut.num_frames
+            if frames >= block_frames:
+                yield block
+                block, frames = [], 0
+        if block:
+            yield block
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "textgrid").mkdir(exist_ok=True)
-    alignments, failed, word_ctm, phone_ctm = {}, [], [], []
-    recordings: dict[str, tuple[float, dict[str, list[CtmEntry]]]] = {}  # recording: (duration, tiers)
-    for cut, result in zip(cuts, results):
-        if result is None:
-            failed.append(cut.id)
-            continue
-        tids = result[0]
-        alignments[cut.id] = tids
-        shift = cut.features.frame_shift
-        phones = phone_segments(tids, arrays, phone_names)
-        words = word_segments(phones, [w if w in prons else compiler.oov for w in transcript(cut, cuts_path).split()],
-                              prons, optional_silence, cut.id)
-        word_items = [(seg.start * shift, seg.end * shift, seg.label) for seg in words]
-        phone_items = [(seg.start * shift, seg.end * shift, base_phone(seg.label)) for seg in phones]
-        word_ctm += [ctm_line(cut, *item) for item in word_items]
-        phone_ctm += [ctm_line(cut, *item) for item in phone_items]
-        _, tiers = recordings.setdefault(cut.recording_id, (cut.recording.duration, {"words": [], "phones": []}))
-        tiers["words"] += [(cut.start + s, cut.start + e, w) for s, e, w in word_items]
-        tiers["phones"] += [(cut.start + s, cut.start + e, p) for s, e, p in phone_items]
-    for recording, (duration, tiers) in recordings.items():  # one TextGrid per audio file, as the MFA writes
-        write_textgrid(out_dir / "textgrid" / f"{recording}.TextGrid", duration,
-                       {name: sorted(items) for name, items in tiers.items()})
-    write_alignment_table(out_dir, alignments)
-    # sorted by recording and time, as Kaldi's CTMs
-    ctm_order = lambda line: (line.split()[0], float(line.split()[2]))  # noqa: E731
-    write_text_atomic(out_dir / "word.ctm", "".join(sorted(word_ctm, key=ctm_order)))
-    write_text_atomic(out_dir / "phone.ctm", "".join(sorted(phone_ctm, key=ctm_order)))
+    (out_dir / "textgrid").mkdir(parents=True, exist_ok=True)
+    failed, aligned = [], 0
+    grid: list = [None, 0.0, {}]  # the recording whose TextGrid is being filled: id, duration, tiers
+
+    def flush_grid():
+        if grid[0] is not None:
+            write_textgrid(out_dir / "textgrid" / f"{grid[0]}.TextGrid", grid[1],
+                           {name: sorted(items) for name, items in grid[2].items()})
+
+    with alignment_table_writer(out_dir / "ali.ark") as write_ali, atomic_output(out_dir / "word.ctm") as word_tmp, \
+            atomic_output(out_dir / "phone.ctm") as phone_tmp, open(word_tmp, "w", encoding="utf-8") as word_ctm, \
+            open(phone_tmp, "w", encoding="utf-8") as phone_ctm:
+        for block in tqdm(blocks(), desc="align", unit="block", leave=False):
+            texts = [transcript(cut, cuts_path) for cut in block]
+            with torch.no_grad():
+                loglikes = [model.log_posteriors(torch.from_numpy(((cut.load_features() - mean) / std)
+                                                                  .astype(np.float32))).numpy() - log_prior
+                            for cut in block]
+            results = align([compiler.compile(text) for text in texts], loglikes, tid_to_pdf, backend=backend,
+                            beam=20.0, retry_beam=200.0)
+            for cut, text, result in zip(block, texts, results):
+                if result is None:
+                    failed.append(cut.id)
+                    continue
+                tids = result[0]
+                write_ali(cut.id, tids)
+                aligned += 1
+                shift = cut.features.frame_shift
+                phones = phone_segments(tids, arrays, phone_names)
+                words = word_segments(phones, [w if w in prons else compiler.oov for w in text.split()],
+                                      prons, optional_silence, cut.id)
+                word_items = [(seg.start * shift, seg.end * shift, seg.label) for seg in words]
+                phone_items = [(seg.start * shift, seg.end * shift, base_phone(seg.label)) for seg in phones]
+                word_ctm.writelines(ctm_line(cut, *item) for item in word_items)
+                phone_ctm.writelines(ctm_line(cut, *item) for item in phone_items)
+                if cut.recording_id != grid[0]:  # one TextGrid per audio file, as the MFA writes
+                    flush_grid()
+                    grid[:] = [cut.recording_id, cut.recording.duration, {"words": [], "phones": []}]
+                grid[2]["words"] += [(cut.start + s, cut.start + e, w) for s, e, w in word_items]
+                grid[2]["phones"] += [(cut.start + s, cut.start + e, p) for s, e, p in phone_items]
+        flush_grid()
     if failed:
         write_text_atomic(out_dir / "failed.txt", "".join(f"{u}\n" for u in failed))
         log.warning("%d utterance(s) could not be aligned (listed in %s): %s", len(failed), out_dir / "failed.txt",
                     " ".join(failed[:10]))
-    log.info("align %s: %d utterances aligned, %d failed", out_dir, len(alignments), len(failed))
-    return {"aligned": len(alignments), "failed": failed}
+    log.info("align %s: %d utterances aligned, %d failed", out_dir, aligned, len(failed))
+    return {"aligned": aligned, "failed": failed}

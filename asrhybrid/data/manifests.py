@@ -267,14 +267,15 @@ def write_manifests(
 
 
 def load_cuts(path: Path | str):
-    """A cuts manifest for a stage that reads it: a missing file or an empty set is an error naming it."""
-    from lhotse import load_manifest
+    """A cuts manifest for a stage that reads it, lazily (read from disk as it is iterated, so a corpus of any
+    size fits); a missing file or an empty set is an error naming it."""
+    from lhotse import load_manifest_lazy
 
     path = Path(path)
     if not path.is_file():
         raise DataError([f"{path} not found (asrhybrid compute-fbank writes the cuts with features)"])
-    cuts = load_manifest(path)
-    if len(cuts) == 0:
+    cuts = load_manifest_lazy(path)
+    if cuts is None or next(iter(cuts), None) is None:  # (lhotse gives None for an empty manifest)
         raise DataError([f"{path}: no cuts"])
     return cuts
 

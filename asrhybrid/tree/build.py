@@ -197,17 +197,18 @@ def gaussian_loglike(stats: np.ndarray, var_floor: float) -> float:
     return float(-0.5 * count * (d * math.log(2 * math.pi) + np.log(var).sum() + d))
 
 
-def accumulate_tree_stats(alignments: dict[str, list[int]], feats: dict[str, np.ndarray], tid_phone: np.ndarray,
-                          tid_pdf_class: np.ndarray, tid_starts_phone: np.ndarray) -> dict:
-    """{(left, phone, right, pdf_class): [count, sum, sumsq]} from transition-id alignments.
+def accumulate_tree_stats(utterances, tid_phone: np.ndarray, tid_pdf_class: np.ndarray,
+                          tid_starts_phone: np.ndarray) -> dict:
+    """{(left, phone, right, pdf_class): [count, sum, sumsq]} from (transition-id alignment, features) pairs,
+    one utterance at a time (the statistics grow with the contexts seen, not with the corpus).
 
     The ``tid_*`` arrays map a transition id to its phone, its HMM state's pdf
     class and whether a new phone instance starts with it. The left/right
     context of an instance is its neighbour's phone (0 at the utterance edges, as in Kaldi).
     """
     stats: dict[tuple[int, int, int, int], np.ndarray] = {}
-    for utt, tids in alignments.items():
-        x = np.asarray(feats[utt], dtype=np.float64)
+    for tids, feats in utterances:
+        x = np.asarray(feats, dtype=np.float64)
         tids = np.asarray(tids)
         for left, phone, right, begin, end in phone_instances(tids, tid_phone, tid_starts_phone):
             classes = tid_pdf_class[tids[begin:end]]
@@ -470,7 +471,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     from asrhybrid.data.manifests import load_cuts
     from asrhybrid.features.cmvn import global_mean_std
     from asrhybrid.kaldi import khg
-    from asrhybrid.kaldi_io import read_alignments, write_alignments
+    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
     from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
     from asrhybrid.model import load_model, save_model
     from asrhybrid.recipe.outputs import write_text_atomic
@@ -490,11 +491,16 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
         tid_class[t] = pdf_pairs[ci_tm.transition_id_to_pdf(t)][0][1]
 
     mean, std = global_mean_std(Path(cmvn_ark))
-    alignments = read_alignments(ci_dir / "ali.ark")
-    cuts = [c for c in load_cuts(cuts_path) if c.id in alignments]
-    feats = {c.id: (c.load_features() - mean) / std for c in cuts}
-    alignments = {c.id: alignments[c.id] for c in cuts}
-    stats = accumulate_tree_stats(alignments, feats, tid_phone, tid_class, tid_start)
+    alignments = AlignmentTable(ci_dir / "ali.ark")
+    cuts = load_cuts(cuts_path)  # lazy: read from disk as it is iterated
+
+    def aligned():  # (cut, its alignment), streamed from disk in the cuts' order: one utterance at a time
+        for cut in cuts:
+            if cut.id in alignments:
+                yield cut, np.asarray(alignments[cut.id])
+
+    stats = accumulate_tree_stats((((tids, (cut.load_features() - mean) / std) for cut, tids in aligned())),
+                                  tid_phone, tid_class, tid_start)
 
     phone_ids = read_symbol_table(lang_dir / "phones.txt")
     silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
@@ -509,21 +515,23 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     save_model(out_dir, topo_text, ctx_dep, trans_model)
 
     convert = tid_converter(ci_tm, trans_model)
-    pdf_alignments, tid_alignments = {}, {}
-    for utt, tids in alignments.items():
-        tids = np.asarray(tids)
-        pdfs, new_tids = [], []
-        for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
-            for tid in tids[b:e]:
-                pdf = tree.pdf(left, phone, right, int(tid_class[tid]))
-                pdfs.append(pdf)
-                new_tids.append(convert(int(tid), phone, pdf))
-        pdf_alignments[utt], tid_alignments[utt] = pdfs, new_tids
-    write_alignments(out_dir / "ali_pdf.ark", pdf_alignments)
-    write_alignments(out_dir / "ali.ark", tid_alignments)
+    num_utts = 0
+    with alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdfs, \
+            alignment_table_writer(out_dir / "ali.ark") as write_tids:
+        for cut, tids in aligned():
+            pdfs, new_tids = [], []
+            for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
+                for tid in tids[b:e]:
+                    pdf = tree.pdf(left, phone, right, int(tid_class[tid]))
+                    pdfs.append(pdf)
+                    new_tids.append(convert(int(tid), phone, pdf))
+            write_pdfs(cut.id, pdfs)
+            write_tids(cut.id, new_tids)
+            num_utts += 1
+    alignments.close()
     summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
                "questions": questions, "num_questions": len(question_sets),
                "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
-               "frames": int(sum(s[0] for s in stats.values())), "utterances": len(alignments)}
+               "frames": int(sum(s[0] for s in stats.values())), "utterances": num_utts}
     write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
     return summary
