@@ -212,10 +212,11 @@ def cmd_init_mono(args: argparse.Namespace) -> None:
 
 def cmd_mkgraph(args: argparse.Namespace) -> None:
     from asrhybrid.graph.mkgraph import mkgraph
-    from asrhybrid.recipe.outputs import run_once
+    from asrhybrid.recipe.outputs import atomic_output, run_once
 
     def work(done):
-        stats = mkgraph(args.lang_dir, args.model_dir, args.graph_dir, self_loop_scale=args.self_loop_scale)
+        with atomic_output(args.graph_dir) as tmp:  # swapped in whole: no file of an earlier graph survives
+            stats = mkgraph(args.lang_dir, args.model_dir, tmp, self_loop_scale=args.self_loop_scale)
         print(f"HCLG: {stats['states']} states, {stats['arcs']} arcs, {stats['seconds']} s")
 
     model = args.model_dir

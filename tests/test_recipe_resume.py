@@ -70,23 +70,39 @@ def test_fbank_killed_midway_resumes_to_the_same_features(tmp_path):
     assert again.returncode == 0 and "already done" in again.stderr
 
 
-def test_synth_killed_midway_resumes_to_the_same_corpus(tmp_path):
-    opts = ["--opt", "train_hours=0.05", "--opt", "dev_minutes=0.2", "--opt", "test_minutes=0.2"]
-    assert run(["synth-corpus", str(tmp_path / "ref"), *opts]).returncode == 0
-    proc = subprocess.Popen(asrhybrid_cmd() + ["synth-corpus", str(tmp_path / "s"), *opts],
+def data_files(root):
+    """Every file but completion markers (a stamp of their own run) and resume records."""
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and ".done." not in p.name and p.name != ".resume.json"}
+
+
+def kill_synth_midway(out, opts):
+    proc = subprocess.Popen(asrhybrid_cmd() + ["synth-corpus", str(out), *opts],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((tmp_path / "s").rglob("*.wav"))) < 5:
+    while time.time() < deadline and len(list(out.rglob("*.wav"))) < 5:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "s" / "metadata.jsonl").exists(), "the kill must land mid-way"
-    assert run(["synth-corpus", str(tmp_path / "s"), *opts]).returncode == 0
-    def data_files(root):  # completion markers carry a stamp of their own run
-        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".done." not in p.name}
+    assert not (out / "metadata.jsonl").exists(), "the kill must land mid-way"
 
-    ref, got = data_files(tmp_path / "ref"), data_files(tmp_path / "s")
-    assert got == ref
+
+def test_synth_killed_midway_resumes_to_the_same_corpus(tmp_path):
+    opts = ["--opt", "train_hours=0.05", "--opt", "dev_minutes=0.2", "--opt", "test_minutes=0.2"]
+    assert run(["synth-corpus", str(tmp_path / "ref"), *opts]).returncode == 0
+    kill_synth_midway(tmp_path / "s", opts)
+    assert run(["synth-corpus", str(tmp_path / "s"), *opts]).returncode == 0
+    assert data_files(tmp_path / "s") == data_files(tmp_path / "ref")
+
+
+def test_killed_then_rerun_with_other_options_mixes_nothing(tmp_path):
+    """The WAVs of a killed run with seed 0 are not reused by a run with seed 5: it equals a fresh seed-5 corpus."""
+    opts = ["--opt", "train_hours=0.05", "--opt", "dev_minutes=0.2", "--opt", "test_minutes=0.2"]
+    kill_synth_midway(tmp_path / "s", opts + ["--opt", "seed=0"])
+    result = run(["synth-corpus", str(tmp_path / "s"), *opts, "--opt", "seed=5"])
+    assert result.returncode == 0
+    assert run(["synth-corpus", str(tmp_path / "ref"), *opts, "--opt", "seed=5"]).returncode == 0
+    assert data_files(tmp_path / "s") == data_files(tmp_path / "ref")
 
 
 def test_completion_markers_compare_paths_not_their_spelling(tmp_path, monkeypatch):

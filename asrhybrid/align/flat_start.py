@@ -55,9 +55,12 @@ class FlatStartConfig:
     lr: float = 1e-3
     lr_decay: float = 0.85  # per iteration: later iterations refine, so the alignment settles
     batch_frames: int = 512
-    # The corpus is read from disk block by block (features, graphs); frames are shuffled within a
-    # block of this many frames (about 33 min of speech), so memory does not grow with the corpus.
-    block_frames: int = 200_000
+    # The corpus is read from disk block by block, so memory does not grow with the corpus: training
+    # shuffles frames within blocks of this many frames (about 17 min of speech; features only, ~70 MB),
+    block_frames: int = 100_000
+    # and realignment scores and aligns blocks of this many (its memory is about 11 kB a frame on synth:
+    # scores, padded batches, back-pointers; 20k frames kept a 0.25 h flat start at 640 MB, 200k at 1.1 GB).
+    align_block_frames: int = 20_000
     seed: int = 0
     # Iteration 0 prefers equal-alignment paths that begin and end in silence: with the
     # optional silence left out, the first phone took the leading silence, and on synth the
@@ -159,7 +162,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         prefer = (lambda tids: silence[tids[0]] and silence[tids[-1]]) if cfg.edge_silence else None
         failed, num_utts = [], 0
         with alignment_table_writer(exp_dir / "ali.0.ark") as write:
-            for block in tqdm(corpus.blocks(cfg.block_frames), desc="equal alignment", unit="block", leave=False):
+            for block in tqdm(corpus.blocks(cfg.align_block_frames), desc="equal alignment", unit="block", leave=False):
                 for utt, feats, text in block:
                     ali = equal_alignment(compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts,
                                           prefer=prefer)
@@ -177,7 +180,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         model.eval()
         failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
         with alignment_table_writer(exp_dir / f"ali.{it}.ark") as write:
-            for block in tqdm(corpus.blocks(cfg.block_frames), desc=f"realign {it}", unit="block", leave=False):
+            for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}", unit="block", leave=False):
                 with torch.no_grad():
                     loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
                 results = align([compiler.compile(text) for _, _, text in block], loglikes, tid_to_pdf,

@@ -120,7 +120,7 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
 
 
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
-                 backend: str = "auto", block_frames: int = 200_000) -> dict:
+                 backend: str = "auto", block_frames: int = 20_000) -> dict:
     """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, and a TextGrid per recording.
 
     Cuts are streamed from disk in blocks of about ``block_frames`` frames and every output is written as
