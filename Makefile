@@ -32,6 +32,7 @@ bench:
 	$(VENV)/bin/python bench/fbank.py
 	$(VENV)/bin/python bench/graph.py
 	$(VENV)/bin/python bench/align.py
+	$(VENV)/bin/python bench/scale.py
 
 help:
 	@sed -n '1,6p' Makefile

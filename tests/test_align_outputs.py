@@ -50,3 +50,11 @@ def test_textgrids_are_praat_files_praatio_reads(tmp_path):
     words = grid.getTier("words").entries
     assert [(e.start, e.end, e.label) for e in words] == [(0.0, 1.6, ""), (1.6, 2.0, "HELLO"), (2.0, 4.0, ""),
                                                          (4.0, 4.8, "AGAIN"), (4.8, 10.0, "")]
+
+
+def test_textgrid_of_a_duration_in_finer_units_than_milliseconds(tmp_path):
+    from praatio import textgrid
+
+    write_textgrid(tmp_path / "r.TextGrid", 2.38675, {"words": [(0.5, 2.38675, "END")]})
+    grid = textgrid.openTextgrid(str(tmp_path / "r.TextGrid"), includeEmptyIntervals=True)
+    assert grid.maxTimestamp == 2.387 and grid.getTier("words").entries[-1].end == 2.387

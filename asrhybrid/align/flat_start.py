@@ -56,7 +56,8 @@ class FlatStartConfig:
     lr_decay: float = 0.85  # per iteration: later iterations refine, so the alignment settles
     batch_frames: int = 512
     # The corpus is read from disk block by block, so memory does not grow with the corpus: training
-    # shuffles frames within blocks of this many frames (about 17 min of speech; features only, ~70 MB),
+    # draws utterances through a shuffle buffer of 10k cuts (a global shuffle up to 10k utterances) and
+    # shuffles the frames of blocks of this many frames (about 17 min of speech; features only, ~70 MB),
     block_frames: int = 100_000
     # and realignment scores and aligns blocks of this many (its memory is about 11 kB a frame on synth:
     # scores, padded batches, back-pointers; 20k frames kept a 0.25 h flat start at 640 MB, 200k at 1.1 GB).
@@ -81,9 +82,25 @@ class _Corpus:
         self.path, self.mean, self.std = cuts_path, mean, std
         self.cuts = load_cuts(cuts_path)  # lazy; a missing file or an empty set is a clear error here
 
-    def blocks(self, max_frames: int):
-        block, frames = [], 0
+    def _shuffled(self, generator, window: int):
+        """The cuts through a shuffle buffer of ``window`` cuts (their descriptions, not their features): a
+        global shuffle for corpora of up to ``window`` utterances, a local one beyond (Lhotse's samplers do so)."""
+        buffer = []
         for cut in self.cuts:
+            buffer.append(cut)
+            if len(buffer) >= window:
+                k = int(torch.randint(len(buffer), (1,), generator=generator))
+                buffer[k], buffer[-1] = buffer[-1], buffer[k]
+                yield buffer.pop()
+        while buffer:
+            k = int(torch.randint(len(buffer), (1,), generator=generator))
+            buffer[k], buffer[-1] = buffer[-1], buffer[k]
+            yield buffer.pop()
+
+    def blocks(self, max_frames: int, generator=None, window: int = 10_000):
+        """Blocks in the manifest's order, or shuffled through a buffer when a ``generator`` is given."""
+        block, frames = [], 0
+        for cut in self.cuts if generator is None else self._shuffled(generator, window):
             text = transcript(cut, self.path)
             if not text.strip():
                 raise DataError([f"cut '{cut.id}' ({self.path}): empty transcript"])
@@ -105,7 +122,7 @@ def _train(model, corpus: _Corpus, alignments: AlignmentTable, tid_to_pdf: np.nd
     counts = np.zeros(num_pdfs)
     for epoch in range(cfg.epochs):
         loss_sum = correct = total = 0.0
-        for block in corpus.blocks(cfg.block_frames):
+        for block in corpus.blocks(cfg.block_frames, generator):  # utterances shuffled, then frames in a block
             aligned = [(feats, alignments[utt]) for utt, feats, _ in block if utt in alignments]
             if not aligned:
                 continue

@@ -111,10 +111,11 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
     from praatio import textgrid
     from praatio.data_classes.interval_tier import IntervalTier
 
+    duration = round(duration, 3)  # milliseconds throughout: praatio compares the tiers' ends with the grid's
     grid = textgrid.Textgrid(minTimestamp=0.0, maxTimestamp=duration)
     for name, items in tiers.items():
-        grid.addTier(IntervalTier(name, [(round(s, 3), round(min(e, duration), 3), label) for s, e, label in items],
-                                  0.0, duration))
+        entries = [(round(s, 3), min(round(e, 3), duration), label) for s, e, label in items]
+        grid.addTier(IntervalTier(name, [(s, e, label) for s, e, label in entries if e > s], 0.0, duration))
     with atomic_output(path) as tmp:
         grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
 
