@@ -46,7 +46,7 @@ def cmd_synth_corpus(args: argparse.Namespace) -> None:
     except TypeError as e:
         raise ConfigError(f"synth-corpus: bad option: {e}") from None
     run_once(args.out_dir, "synth-corpus", asdict(cfg), args.force,
-             lambda done: generate_corpus(args.out_dir, cfg, resume_key=None if args.force else done.key))
+             lambda done: generate_corpus(args.out_dir, cfg, resume_key=done.resume_key()))
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
@@ -66,9 +66,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 def cmd_compute_fbank(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
+    from asrhybrid.data.manifests import manifest_paths
     from asrhybrid.data.prepare import manifest_parts
     from asrhybrid.errors import DataError
-    from asrhybrid.data.manifests import manifest_paths
     from asrhybrid.features.compute import compute_fbank, fbank_outputs
     from asrhybrid.features.fbank import KaldiFbankConfig
     from asrhybrid.recipe.outputs import run_once
@@ -86,7 +86,7 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
                  args.force,
                  lambda done, part=part: compute_fbank(args.manifest_dir, args.fbank_dir, args.corpus, part, config,
                                                        num_jobs=args.num_jobs, chunk_size=args.chunk_size,
-                                                       resume_key=None if args.force else done.key),
+                                                       resume_key=done.resume_key()),
                  inputs={"recordings": recordings, "supervisions": supervisions},
                  outputs=fbank_outputs(args.fbank_dir, args.corpus, part))
 
@@ -240,7 +240,7 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
     # checkpoints resume into more iterations, not across other options or inputs; a forced run starts over
     run_once(args.exp_dir, "flat-start", asdict(cfg), args.force,
              lambda done: flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg,
-                                     resume_key=None if args.force else done.key_excluding("iterations")),
+                                     resume_key=done.resume_key("iterations")),
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "cmvn": args.cmvn})
 
 

@@ -165,19 +165,22 @@ def test_partial_work_of_other_options_is_cleared(tmp_path, caplog):
     work = tmp_path / "chunks"
     work.mkdir()
     (work / "leftover").write_text("from nobody knows what run")
-    key = Completion(tmp_path, "resumable", {"opt": 1}).key
+    key = Completion(tmp_path, "resumable", {"opt": 1}).resume_key()
     resume_or_clear(work, key)
     assert not (work / "leftover").exists()  # no record: not vouched for
     (work / "chunk-0").write_text("made under key")
-    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 1}).key)
+    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 1}).resume_key())
     assert (work / "chunk-0").exists()  # same options and inputs: resumed
-    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 2}).key)
+    resume_or_clear(work, Completion(tmp_path, "resumable", {"opt": 2}).resume_key())
     assert not (work / "chunk-0").exists() and "starting over" in caplog.text
     (work / "chunk-0").write_text("made under opt 2")
     resume_or_clear(work, None)  # forced: always over
     assert not (work / "chunk-0").exists()
-    assert Completion(tmp_path, "r", {"opt": 1, "iterations": 3}).key_excluding("iterations") == \
-        Completion(tmp_path, "r", {"opt": 1, "iterations": 8}).key_excluding("iterations")
+    assert Completion(tmp_path, "r", {"opt": 1, "iterations": 3}).resume_key("iterations") == \
+        Completion(tmp_path, "r", {"opt": 1, "iterations": 8}).resume_key("iterations")
+    forced = Completion(tmp_path, "r", {"opt": 1})
+    forced.is_done(force=True)
+    assert forced.resume_key() is None
 
 
 def test_stale_temporaries_of_a_live_run_are_kept(tmp_path):

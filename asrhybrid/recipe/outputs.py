@@ -23,8 +23,8 @@ in its output directory), the project's one scheme, like make's targets:
 
 Resumable steps (the synthetic corpus, feature chunks, flat-start
 iterations) keep their partial work only when it was made with the same
-options and inputs: the verb hands the library function ``done.key``
-(:func:`resume_or_clear`).
+options and inputs: the verb hands the library function
+``done.resume_key()`` (:func:`resume_or_clear`).
 
 Markers are the verb layer's business (:func:`run_once`, asrhybrid.verbs);
 the library functions only compute.
@@ -194,15 +194,14 @@ class Completion:
         self.inputs = {role: input_stamp(p) for role, p in sorted((inputs or {}).items())}
         self.outputs = list(outputs)
         self.path = self.directory / f".done.{step}.json"
+        self.forced = False
 
-    @property
-    def key(self) -> str:
-        """What partial work must share to be resumed: the options and the inputs."""
-        return self.key_excluding()
-
-    def key_excluding(self, *options: str) -> str:
-        """:attr:`key` but for ``options`` that partial work may differ in (a flat start resumes into more iterations)."""
-        params = {k: v for k, v in self.params.items() if k not in options}
+    def resume_key(self, *except_options: str) -> str | None:
+        """What partial work must share to be resumed: the options (but ``except_options``, which it may
+        differ in: a flat start resumes into more iterations) and the inputs; None when forced (start over)."""
+        if self.forced:
+            return None
+        params = {k: v for k, v in self.params.items() if k not in except_options}
         return _digest(json.dumps(params, sort_keys=True), json.dumps(self.inputs, sort_keys=True))
 
     def is_done(self, force: bool = False) -> bool:
@@ -212,6 +211,7 @@ class Completion:
         ``force`` is not set; with ``force``, or when an input changed, the
         marker is removed (said in the log) and the step is to run again.
         """
+        self.forced = force
         if not self.path.exists():
             return False
         if force:
@@ -247,7 +247,7 @@ class Completion:
 def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work: Callable[[Completion], Any],
              inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)) -> bool:
     """The verb layer's one way to run a step: ``work(done)`` unless ``step`` already finished in ``directory``
-    with ``params`` and ``inputs`` (``done.key`` is what resumable work must share); True if it ran."""
+    with ``params`` and ``inputs`` (``done.resume_key()`` is what resumable work must share); True if it ran."""
     done = Completion(directory, step, params, inputs, outputs)
     if done.is_done(force):
         log.info("%s: '%s' already done", directory, step)
