@@ -1,0 +1,52 @@
+"""The Fast/Slow acoustic model (Interspeech 2020): a deep slow encoder that never looks ahead, and a small fast
+acoustic model whose outputs for the next ``lookahead`` frames are brought back to the slow encoder's time base.
+
+    slow   s_t = LSTMP(x_0..x_t)                              (deep; no look-ahead)
+    fast   a_t = act(W x_t + b)                               (3-4x smaller; act: softmax, sigmoid or none)
+    fast encoder  f_t = F([a_{t+1}, ..., a_{t+k}])            (the fast outputs of the k future frames)
+    joint  y_t = softmax(J [s_t ; f_t])                       (input 2 x hidden)
+
+So output t depends on frames 0..t+k and on none later: exactly ``lookahead``
+frames of latency, against the LSTMP's ``delay``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FastSlowAM(nn.Module):
+    """Fbank frames [B, T, D] -> pdf logits [B, T, num_pdfs], output t hearing frames up to t + ``lookahead``."""
+
+    def __init__(self, feat_dim: int, num_pdfs: int, hidden: int = 256, slow_layers: int = 3, fast_hidden: int = 64,
+                 lookahead: int = 5, fast_output: str = "softmax"):
+        super().__init__()
+        if fast_output not in ("softmax", "sigmoid", "logits"):
+            raise ValueError(f"fast_output '{fast_output}': softmax, sigmoid or logits")
+        if lookahead < 1:
+            raise ValueError("the fast model looks at least one frame ahead")
+        self.lookahead, self.fast_output = lookahead, fast_output
+        self.slow = nn.LSTM(feat_dim, hidden, num_layers=slow_layers, proj_size=hidden // 2, batch_first=True)
+        self.slow_out = nn.Linear(hidden // 2, hidden)
+        self.fast = nn.Sequential(nn.Linear(feat_dim, fast_hidden), nn.ReLU(), nn.Linear(fast_hidden, num_pdfs))
+        self.fast_encoder = nn.Linear(lookahead * num_pdfs, hidden)
+        self.joint = nn.Sequential(nn.ReLU(), nn.Linear(2 * hidden, num_pdfs))
+
+    def fast_scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """The fast acoustic model's outputs a_t, [B, T, num_pdfs] (its logits are trained on the targets too)."""
+        logits = self.fast(feats)
+        if self.fast_output == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits) if self.fast_output == "sigmoid" else logits
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        B, T, _ = feats.shape
+        slow = self.slow_out(self.slow(feats)[0])
+        a = self.fast_scores(feats)
+        k = self.lookahead
+        # a_{t+1..t+k}: the end padded with the last frame's output (utterances end; nothing is invented)
+        padded = torch.cat([a[:, 1:], a[:, -1:].expand(-1, k, -1)], dim=1)  # [B, T + k - 1, C]
+        ahead = padded.unfold(1, k, 1)[:, :T]  # [B, T, C, k]: frames t+1..t+k
+        fast = self.fast_encoder(ahead.transpose(2, 3).reshape(B, T, -1))
+        return self.joint(torch.cat([slow, fast], dim=-1))

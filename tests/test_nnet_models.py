@@ -1,0 +1,110 @@
+"""Stage 6's model pieces: LSTMP (Sak 2014) against torch's cuDNN LSTMP and the paper's parameter count,
+the output delay, and priors with silence down-weighting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asrhybrid.nnet.lstmp import LstmpAM, PeepholeLSTMP
+from asrhybrid.nnet.priors import log_priors, scaled_loglikes
+
+
+def weights(module: torch.nn.Module) -> int:
+    """Parameters that are not biases."""
+    return sum(p.numel() for name, p in module.named_parameters() if "bias" not in name)
+
+
+@pytest.mark.parametrize("n_i, n_c, n_r, n_o", [(40, 16, 8, 30), (23, 800, 512, 120)])
+def test_lstmp_parameter_count_is_the_papers(n_i, n_c, n_r, n_o):
+    """Sak 2014: n_c*n_r*4 + n_i*n_c*4 + n_r*n_o + n_c*n_r + n_c*3 weights with peepholes, n_c*3 fewer without."""
+    formula = n_c * n_r * 4 + n_i * n_c * 4 + n_r * n_o + n_c * n_r + n_c * 3
+    with_peepholes = LstmpAM(n_i, n_o, cells=n_c, proj=n_r, layers=1, kind="peephole")
+    assert weights(with_peepholes) == formula
+    assert weights(LstmpAM(n_i, n_o, cells=n_c, proj=n_r, layers=1, kind="cudnn")) == formula - n_c * 3
+
+
+def test_peephole_cell_equals_torchs_lstmp_without_peepholes_or_clipping():
+    """Our equations with zero peepholes and no clipping compute what torch.nn.LSTM(proj_size) computes."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(7, 12, num_layers=2, proj_size=5, batch_first=True)
+    ours = PeepholeLSTMP(7, 12, 5, layers=2, cell_clip=None)
+    with torch.no_grad():
+        for k in range(2):
+            ours.w_x[k].weight.copy_(getattr(reference, f"weight_ih_l{k}"))
+            ours.w_x[k].bias.copy_(getattr(reference, f"bias_ih_l{k}") + getattr(reference, f"bias_hh_l{k}"))
+            ours.w_r[k].weight.copy_(getattr(reference, f"weight_hh_l{k}"))
+            ours.w_rm[k].weight.copy_(getattr(reference, f"weight_hr_l{k}"))
+    x = torch.randn(3, 11, 7)
+    torch.testing.assert_close(ours(x), reference(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cell_clipping_bounds_the_cell():
+    torch.manual_seed(1)
+    lstm = PeepholeLSTMP(4, 6, 3, cell_clip=0.5)
+    with torch.no_grad():
+        lstm.w_x[0].bias.fill_(20.0)  # input and forget gates open, g saturated: c grows by ~1 a frame
+    cells = []
+    lstm.w_rm[0].register_forward_hook(lambda module, inputs, out: cells.append(inputs[0]))
+    lstm(torch.randn(1, 10, 4))
+    # o * tanh(c) with o ~ 1: tanh(0.5) when clipped at 0.5, tanh(~10) = 1 when not
+    assert max(float(c.detach().max()) for c in cells) == pytest.approx(np.tanh(0.5), abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["cudnn", "peephole"])
+def test_output_t_hears_exactly_delay_frames_ahead(kind):
+    torch.manual_seed(2)
+    model = LstmpAM(5, 9, cells=8, proj=4, layers=2, delay=5, kind=kind).eval()
+    x = torch.randn(2, 20, 5)
+    out = model(x)
+    assert out.shape == (2, 20, 9)
+    t = 6
+    for ahead, changes in ((5, True), (6, False)):
+        y = x.clone()
+        y[:, t + ahead] += 1.0
+        moved = (model(y)[:, t] - out[:, t]).abs().max().item()
+        assert (moved > 1e-6) == changes, (ahead, moved)
+
+
+def test_priors_divide_silence_counts_by_2_7():
+    counts = np.array([540.0, 100.0, 100.0, 60.0, 0.0])  # pdf 0 silence; pdf 4 never seen
+    log_p = log_priors(counts, silence_pdfs=[0], silence_scale=2.7, floor=1e-6)
+    expected = np.array([200.0, 100.0, 100.0, 60.0, 0.0]) / 460.0
+    expected = np.maximum(expected, 1e-6)
+    np.testing.assert_allclose(np.exp(log_p), expected / expected.sum(), rtol=1e-12)
+    assert np.exp(log_p).sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        log_priors(np.zeros(3))
+
+
+def test_scaled_loglikes_is_acwt_times_posterior_over_prior():
+    log_post = torch.log_softmax(torch.randn(4, 3), dim=-1)
+    log_prior = np.log(np.array([0.5, 0.3, 0.2]))
+    got = scaled_loglikes(log_post, log_prior, acwt=0.1, prior_scale=0.8)
+    torch.testing.assert_close(got, 0.1 * (log_post - 0.8 * torch.tensor(log_prior, dtype=torch.float32)))
+    assert scaled_loglikes(log_post.numpy(), log_prior).dtype == np.float32
+
+
+@pytest.mark.parametrize("fast_output", ["softmax", "sigmoid", "logits"])
+def test_fast_slow_looks_exactly_lookahead_frames_ahead(fast_output):
+    """A change at frame t+k changes output t; one at t+k+1 does not (the slow encoder never looks ahead)."""
+    from asrhybrid.nnet.fast_slow import FastSlowAM
+
+    torch.manual_seed(3)
+    k = 4
+    model = FastSlowAM(6, 11, hidden=16, slow_layers=2, fast_hidden=8, lookahead=k, fast_output=fast_output).eval()
+    x = torch.randn(2, 25, 6)
+    out = model(x)
+    assert out.shape == (2, 25, 11)
+    for t in (0, 10, 20):
+        for ahead, changes in ((k, True), (k + 1, False)):
+            if t + ahead >= 25:
+                continue
+            y = x.clone()
+            y[:, t + ahead] += 1.0
+            moved = (model(y)[:, t] - out[:, t]).abs().max().item()
+            assert (moved > 1e-6) == changes, (t, ahead, moved)
+    slow = sum(p.numel() for p in model.slow.parameters())
+    fast = sum(p.numel() for p in model.fast.parameters())
+    assert fast < slow / 3  # the fast model is the small one
