@@ -339,6 +339,37 @@ def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_sta
     assert sum(tid_phone[a[0]] not in silence or tid_phone[a[-1]] not in silence for a in single) > len(cuts) / 4
 
 
+def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stage_4):
+    """Stage 6's trainer on the tree's senone alignments: the loss falls, and a run stopped after epoch 2 and
+    resumed ends exactly as an uninterrupted one (the next-step losses equal)."""
+    from asrhybrid.features.cmvn import global_mean_std
+    from asrhybrid.lang.io import read_int_list
+    from asrhybrid.model import load_model
+    from asrhybrid.nnet.priors import silence_pdfs
+    from asrhybrid.nnet.train import TrainConfig, load_am, train_am
+
+    work, _ = yesno_through_stage_4
+    _, trans_model = load_model(work / "exp" / "tree")
+    mean, std = global_mean_std(work / "data" / "fbank" / "yesno_cmvn_global_train.ark")
+    silence = silence_pdfs(trans_model, read_int_list(work / "data" / "lang" / "phones" / "silence.int"))
+    args = (work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz", work / "exp" / "tree" / "ali_pdf.ark",
+            trans_model.num_pdfs, silence, mean, std)
+
+    def config(epochs):
+        return TrainConfig(system="dnn", epochs=epochs, max_duration=10, lr=3e-3, valid_fraction=0.2,
+                           model={"hidden": 64, "layers": 2})
+
+    whole = train_am(*args, tmp_path / "whole", config(3), resume_key="same")
+    train_am(*args, tmp_path / "resumed", config(2), resume_key="same")
+    resumed = train_am(*args, tmp_path / "resumed", config(3), resume_key="same")
+    assert resumed["epochs"] == whole["epochs"]
+    losses = [e["train_ce"] for e in whole["epochs"]]
+    assert losses[-1] < losses[0] and whole["epochs"][-1]["valid_frames"] > 0
+    model, final = load_am(tmp_path / "whole")
+    prior = np.exp(final["log_prior"])
+    assert prior.sum() == pytest.approx(1.0) and len(prior) == trans_model.num_pdfs
+
+
 def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):
     """make stage=2 stop_stage=2 force=1, then make: stages 3-5 redo (they read the lang dir), 0-1 do not.
 
