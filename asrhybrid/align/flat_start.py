@@ -30,14 +30,15 @@ from tqdm import tqdm
 
 from asrhybrid.align import BACKENDS
 from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
-from asrhybrid.data.manifests import load_cuts, transcript
+from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer, iter_alignments
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.nnet.priors import log_priors
+from asrhybrid.recipe.outputs import atomic_output, last_checkpoint, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +100,15 @@ class _Corpus:
 
     def blocks(self, max_frames: int, generator=None, window: int = 10_000):
         """Blocks in the manifest's order, or shuffled through a buffer when a ``generator`` is given."""
-        block, frames = [], 0
-        for cut in self.cuts if generator is None else self._shuffled(generator, window):
-            text = transcript(cut, self.path)
-            if not text.strip():
-                raise DataError([f"cut '{cut.id}' ({self.path}): empty transcript"])
-            feats = torch.from_numpy(((cut.load_features() - self.mean) / self.std).astype(np.float32))
-            block.append((cut.id, feats, text))
-            frames += feats.shape[0]
-            if frames >= max_frames:
-                yield block
-                block, frames = [], 0
-        if block:
-            yield block
+        for block in frame_blocks(self.cuts if generator is None else self._shuffled(generator, window), max_frames):
+            utterances = []
+            for cut in block:
+                text = transcript(cut, self.path)
+                if not text.strip():
+                    raise DataError([f"cut '{cut.id}' ({self.path}): empty transcript"])
+                utterances.append((cut.id, torch.from_numpy(((cut.load_features() - self.mean) / self.std)
+                                                            .astype(np.float32)), text))
+            yield utterances
 
 
 def _train(model, corpus: _Corpus, alignments: AlignmentTable, tid_to_pdf: np.ndarray, cfg: FlatStartConfig,
@@ -166,7 +163,8 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
 
     model = SplicedMLP(int(mean.shape[0]), trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
     history, log_prior = [], None
-    first, checkpoint = (0, None) if resume_key is None else _last_checkpoint(exp_dir, cfg.iterations, resume_key)
+    # an iteration is finished when its checkpoint is there (written after its alignments)
+    first, checkpoint = last_checkpoint([(it, exp_dir / f"{it}.pt") for it in range(1, cfg.iterations + 1)], resume_key)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         generator.set_state(checkpoint["generator"])
@@ -193,7 +191,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         model.train()
         ce, acc, counts = _train(model, corpus, previous, tid_to_pdf, cfg, generator,
                                  cfg.lr * cfg.lr_decay ** (it - 1), trans_model.num_pdfs)
-        log_prior = np.log((counts + 1.0) / (counts + 1.0).sum())
+        log_prior = log_priors(counts + 1.0, silence_scale=1.0)  # add-one: a flat start's priors, no silence scaling
         model.eval()
         failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
         with alignment_table_writer(exp_dir / f"ali.{it}.ark") as write:
@@ -238,20 +236,6 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     summary = {"iterations": history, "utterances": num_utts}
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _last_checkpoint(exp_dir: Path, iterations: int, resume_key: str) -> tuple[int, dict | None]:
-    """(N, checkpoint) of the last finished iteration N <= ``iterations`` run with the same options, or (0, None)."""
-    for it in range(iterations, 0, -1):
-        path = exp_dir / f"{it}.pt"
-        if not (path.is_file() and (exp_dir / f"ali.{it}.scp").is_file()):
-            continue
-        checkpoint = torch.load(path, weights_only=False)
-        if not isinstance(checkpoint, dict) or checkpoint.get("resume_key") != resume_key:
-            log.info("%s was written with other options: starting from scratch", path)
-            return 0, None
-        return it, checkpoint
-    return 0, None
 
 
 def load_flat_start_model(exp_dir: Path | str):

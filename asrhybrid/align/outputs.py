@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from asrhybrid.align.graphs import phone_instances
-from asrhybrid.data.manifests import load_cuts, transcript
+from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import DataError
 from asrhybrid.kaldi_io import alignment_table_writer
 from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
@@ -143,17 +143,6 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     prons = read_align_lexicon(lang_dir)
     cuts = load_cuts(cuts_path)
 
-    def blocks():
-        block, frames = [], 0
-        for cut in cuts:
-            block.append(cut)
-            frames += cut.num_frames
-            if frames >= block_frames:
-                yield block
-                block, frames = [], 0
-        if block:
-            yield block
-
     (out_dir / "textgrid").mkdir(parents=True, exist_ok=True)
     failed, aligned = [], 0
     grid: list = [None, 0.0, {}]  # the recording whose TextGrid is being filled: id, duration, tiers
@@ -166,7 +155,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     with alignment_table_writer(out_dir / "ali.ark") as write_ali, atomic_output(out_dir / "word.ctm") as word_tmp, \
             atomic_output(out_dir / "phone.ctm") as phone_tmp, open(word_tmp, "w", encoding="utf-8") as word_ctm, \
             open(phone_tmp, "w", encoding="utf-8") as phone_ctm:
-        for block in tqdm(blocks(), desc="align", unit="block", leave=False):
+        for block in tqdm(frame_blocks(cuts, block_frames), desc="align", unit="block", leave=False):
             texts = [transcript(cut, cuts_path) for cut in block]
             with torch.no_grad():
                 loglikes = [model.log_posteriors(torch.from_numpy(((cut.load_features() - mean) / std)

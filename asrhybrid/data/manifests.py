@@ -286,3 +286,17 @@ def transcript(cut, path: Path | str) -> str:
         raise DataError([f"cut '{cut.id}' ({path}) has {len(cut.supervisions)} supervisions; a stage that aligns "
                          "or trains needs exactly one per cut (Lhotse's CutSet.trim_to_supervisions makes them)"])
     return cut.supervisions[0].text or ""
+
+
+def frame_blocks(cuts, max_frames: int):
+    """Consecutive groups of ``cuts`` holding about ``max_frames`` feature frames each (the last may hold fewer):
+    the unit in which the streaming stages read features, so memory follows the block, not the corpus."""
+    block, frames = [], 0
+    for cut in cuts:
+        block.append(cut)
+        frames += cut.num_frames
+        if frames >= max_frames:
+            yield block
+            block, frames = [], 0
+    if block:
+        yield block

@@ -38,7 +38,7 @@ from asrhybrid.nnet.fast_slow import FastSlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.nnet.priors import log_priors
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.recipe.outputs import atomic_output, last_checkpoint, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,13 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     model = build_model(cfg.system, int(cmvn_mean.shape[0]), num_pdfs, cfg.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
-    first = 0
-    checkpoint = _last_checkpoint(exp_dir, cfg.epochs, resume_key) if resume_key is not None else None
+    first, checkpoint = last_checkpoint([(e, exp_dir / f"epoch-{e}.pt") for e in range(1, cfg.epochs + 1)], resume_key)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        history, first = checkpoint["history"], checkpoint["epoch"]
+        history = checkpoint["history"]
         log.info("resuming after epoch %d (%s)", first, exp_dir / f"epoch-{first}.pt")
     loss_fn = nn.CrossEntropyLoss(ignore_index=-100, reduction="sum")
     for epoch in range(first + 1, cfg.epochs + 1):
@@ -173,18 +172,6 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
                "parameters": sum(p.numel() for p in model.parameters())}
     write_text_atomic(exp_dir / "train.json", json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _last_checkpoint(exp_dir: Path, epochs: int, resume_key: str) -> dict | None:
-    for epoch in range(epochs, 0, -1):
-        path = exp_dir / f"epoch-{epoch}.pt"
-        if path.is_file():
-            checkpoint = torch.load(path, weights_only=False)
-            if checkpoint.get("resume_key") != resume_key:
-                log.info("%s was made with other options or inputs: starting over", path)
-                return None
-            return checkpoint
-    return None
 
 
 def load_am(exp_dir: Path) -> tuple[nn.Module, dict]:

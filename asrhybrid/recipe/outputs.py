@@ -282,3 +282,21 @@ def resume_or_clear(folder: Path, key: str | None) -> None:
 def content_digest(*texts: str) -> str:
     """A short digest of inputs, for completion markers of steps whose inputs are text."""
     return _digest(*texts)
+
+
+def last_checkpoint(paths: list[tuple[int, Path]], resume_key: str | None) -> tuple[int, dict | None]:
+    """(N, checkpoint) of the highest-numbered existing checkpoint among ``paths`` [(N, path)] when it was
+    written under ``resume_key`` (its "resume_key" entry), else (0, None): other options or inputs start over."""
+    import torch
+
+    if resume_key is None:
+        return 0, None
+    for number, path in sorted(paths, reverse=True):
+        if not Path(path).is_file():
+            continue
+        checkpoint = torch.load(path, weights_only=False)
+        if not isinstance(checkpoint, dict) or checkpoint.get("resume_key") != resume_key:
+            log.info("%s was made with other options or inputs: starting over", path)
+            return 0, None
+        return number, checkpoint
+    return 0, None
