@@ -50,9 +50,9 @@ def read_matrices(path: Path) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def alignment_table_writer(ark: Path) -> Iterator:
-    """Stream an int32-vector table: yields ``write(utt, values)``; on success ``ark`` and its ``.scp``
-    land together (written under temporary names first), so later steps can read utterances by key."""
+def _table_writer(ark: Path, writer_class: str, convert) -> Iterator:
+    """Stream a Kaldi table: yields ``write(key, value)``; on success ``ark`` and its ``.scp`` land together
+    (written under temporary names first), so later steps can read entries by key."""
     import kaldi_native_io as kio
 
     ark = Path(ark)
@@ -60,14 +60,33 @@ def alignment_table_writer(ark: Path) -> Iterator:
     tmp_ark, tmp_scp = temporary_sibling(ark), temporary_sibling(scp)
     ark.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with kio.Int32VectorWriter(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
-            yield lambda utt, values: writer.write(utt, list(map(int, values)))
+        with getattr(kio, writer_class)(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
+            yield lambda key, value: writer.write(key, convert(value))
         tmp_scp.write_text(tmp_scp.read_text().replace(str(tmp_ark), str(ark.resolve())))
         os.replace(tmp_ark, ark)  # both complete before either lands
         os.replace(tmp_scp, scp)
     finally:
         tmp_ark.unlink(missing_ok=True)
         tmp_scp.unlink(missing_ok=True)
+
+
+def alignment_table_writer(ark: Path):
+    """An int32-vector table (alignments), streamed: ``with alignment_table_writer(ark) as write: write(utt, ids)``."""
+    return _table_writer(ark, "Int32VectorWriter", lambda values: list(map(int, values)))
+
+
+def matrix_table_writer(ark: Path):
+    """A float-matrix table (per-utterance scores, what Kaldi's decoders read), streamed like the alignments."""
+    return _table_writer(ark, "FloatMatrixWriter", lambda m: np.ascontiguousarray(m, dtype=np.float32))
+
+
+def iter_matrices(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, matrix) of a float-matrix archive, in file order, one at a time."""
+    import kaldi_native_io as kio
+
+    with kio.SequentialFloatMatrixReader(f"ark:{_require(path)}") as reader:
+        for key, value in reader:
+            yield key, np.array(value, copy=True)  # the reader reuses its buffer
 
 
 class AlignmentTable:

@@ -278,6 +278,44 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn})
 
 
+def cmd_train_am(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from asrhybrid.features.cmvn import global_mean_std
+    from asrhybrid.lang.io import read_int_list
+    from asrhybrid.model import load_model
+    from asrhybrid.nnet.priors import silence_pdfs
+    from asrhybrid.nnet.train import TrainConfig, train_am
+    from asrhybrid.recipe.outputs import run_once
+
+    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
+    try:
+        cfg = TrainConfig(**options)
+    except TypeError as e:
+        raise ConfigError(f"train-am: bad option: {e}") from None
+
+    def work(done):
+        _, trans_model = load_model(args.tree_dir)
+        mean, std = global_mean_std(args.cmvn)
+        silence = silence_pdfs(trans_model, read_int_list(args.lang_dir / "phones" / "silence.int"))
+        train_am(args.cuts, args.tree_dir / "ali_pdf.ark", trans_model.num_pdfs, silence, mean, std, args.exp_dir,
+                 cfg, resume_key=done.resume_key("epochs"))  # checkpoints resume into more epochs
+
+    run_once(args.exp_dir, "train-am", asdict(cfg), args.force, work,
+             inputs={"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn})
+
+
+def cmd_compute_loglikes(args: argparse.Namespace) -> None:
+    from asrhybrid.nnet.train import compute_loglikes
+    from asrhybrid.recipe.outputs import run_once
+
+    run_once(args.out_ark.parent, f"loglikes-{args.out_ark.stem}", {"acwt": args.acwt, "prior_scale": args.prior_scale},
+             args.force, lambda done: log.info("%d utterances", compute_loglikes(
+                 args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale)),
+             inputs={"cuts": args.cuts, "model": args.exp_dir / "final.pt"},
+             outputs=[args.out_ark.name, args.out_ark.with_suffix(".scp").name])
+
+
 def cmd_plot_alignment(args: argparse.Namespace) -> None:
     from asrhybrid.align.plot import plot_word_boundaries
 
@@ -431,6 +469,29 @@ def add_verbs(sub) -> None:
                    help="automatic phone clustering (any phone set), ARPAbet classes, or both")
     _add_common(p)
     p.set_defaults(func=cmd_build_tree)
+
+    p = add_verb(sub, "train-am", "stage 6: a hybrid acoustic model on the tree's senone alignments: EXP_DIR/final.pt "
+                                  "(model, priors), epoch-N.pt, train.json")
+    p.add_argument("cuts", type=Path, help="training cuts with features")
+    p.add_argument("tree_dir", type=Path, help="stage 5's dir (trans.pkl, ali_pdf.{ark,scp})")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("exp_dir", type=Path)
+    p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
+    p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow"])
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="TrainConfig field, e.g. epochs=10")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_am)
+
+    p = add_verb(sub, "compute-loglikes", "scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) "
+                                          "per utterance: OUT_ARK (+ .scp), a Kaldi float-matrix table")
+    p.add_argument("cuts", type=Path)
+    p.add_argument("exp_dir", type=Path, help="a trained system (train-am's EXP_DIR)")
+    p.add_argument("out_ark", type=Path)
+    p.add_argument("--acwt", type=float, default=1.0)
+    p.add_argument("--prior-scale", type=float, default=1.0)
+    _add_common(p)
+    p.set_defaults(func=cmd_compute_loglikes)
 
     p = add_verb(sub, "plot-alignment", "PNG of the aligned words over each utterance's energy envelope")
     p.add_argument("cuts", type=Path)

@@ -370,6 +370,40 @@ def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stag
     assert prior.sum() == pytest.approx(1.0) and len(prior) == trans_model.num_pdfs
 
 
+def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
+    """`asrhybrid train-am` then `compute-loglikes`: one [frames, pdfs] matrix per test utterance, whose rows are
+    posteriors over priors (exp(loglike + log prior) sums to 1 at acwt 1); a re-run is a no-op."""
+    import torch
+
+    from asrhybrid.kaldi_io import iter_matrices
+    from asrhybrid.model import load_model
+    from conftest import asrhybrid_cmd
+
+    work, _ = yesno_through_stage_4
+    fbank, exp = work / "data" / "fbank", tmp_path / "dnn"
+    train = asrhybrid_cmd() + ["train-am", str(fbank / "yesno_cuts_train.jsonl.gz"), str(work / "exp" / "tree"),
+                               str(work / "data" / "lang"), str(exp), "--cmvn", str(fbank / "yesno_cmvn_global_train.ark"),
+                               "--system", "dnn", "--opt", "epochs=2", "--opt", "max_duration=10",
+                               "--model-opt", "hidden=64", "--model-opt", "layers=2"]
+    for attempt in range(2):
+        result = subprocess.run(train, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    assert "'train-am' already done" in result.stderr
+    out = tmp_path / "loglikes" / "test.ark"
+    result = subprocess.run(asrhybrid_cmd() + ["compute-loglikes", str(fbank / "yesno_cuts_test.jsonl.gz"), str(exp),
+                                               str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    _, trans_model = load_model(work / "exp" / "tree")
+    log_prior = torch.load(exp / "final.pt", weights_only=False)["log_prior"]
+    test = {c.id: c for c in load_manifest(fbank / "yesno_cuts_test.jsonl.gz")}
+    seen = 0
+    for utt, loglikes in iter_matrices(out):
+        assert loglikes.shape == (test[utt].num_frames, trans_model.num_pdfs)
+        np.testing.assert_allclose(np.exp(loglikes + log_prior).sum(1), 1.0, rtol=1e-4)
+        seen += 1
+    assert seen == len(test) and out.with_suffix(".scp").is_file()
+
+
 def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):
     """make stage=2 stop_stage=2 force=1, then make: stages 3-5 redo (they read the lang dir), 0-1 do not.
 

@@ -181,3 +181,27 @@ def load_am(exp_dir: Path) -> tuple[nn.Module, dict]:
     model = build_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_pdfs"], cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def compute_loglikes(cuts_path: Path, exp_dir: Path, out_ark: Path, acwt: float = 1.0, prior_scale: float = 1.0,
+                     max_duration: float = 120.0) -> int:
+    """Scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) of every cut, [T, num_pdfs] per
+    utterance, into a Kaldi float-matrix table ``out_ark`` (+ .scp): what the decoder reads. Returns the count."""
+    from lhotse.dataset import SimpleCutSampler
+
+    from asrhybrid.kaldi_io import matrix_table_writer
+    from asrhybrid.nnet.priors import scaled_loglikes
+
+    model, final = load_am(exp_dir)
+    mean, std = final["feat_mean"], final["feat_std"]
+    done = 0
+    with matrix_table_writer(out_ark) as write, torch.no_grad():
+        for batch in SimpleCutSampler(load_cuts(cuts_path), max_duration=max_duration):
+            feats = [torch.from_numpy(((c.load_features() - mean) / std).astype(np.float32)) for c in batch]
+            T = max(f.shape[0] for f in feats)
+            x = torch.stack([torch.cat([f, f[-1:].expand(T - f.shape[0], -1)]) for f in feats])
+            log_post = torch.log_softmax(model(x), dim=-1)
+            for cut, f, lp in zip(batch, feats, log_post):
+                write(cut.id, scaled_loglikes(lp[: f.shape[0]].numpy(), final["log_prior"], acwt, prior_scale))
+                done += 1
+    return done
