@@ -23,13 +23,6 @@ def _require(path: Path) -> Path:
     return Path(path)
 
 
-def read_alignments(path: Path) -> dict[str, list[int]]:
-    import kaldi_native_io as kio
-
-    with kio.SequentialInt32VectorReader(f"ark:{_require(path)}") as reader:
-        return {key: list(value) for key, value in reader}
-
-
 def write_matrices(path: Path, matrices: dict[str, np.ndarray]) -> None:
     """A double-matrix archive, keys sorted (no scp: it would name the temporary file)."""
     import kaldi_native_io as kio
@@ -114,3 +107,9 @@ def iter_alignments(path: Path) -> Iterator[tuple[str, list[int]]]:
     with kio.SequentialInt32VectorReader(f"ark:{_require(path)}") as reader:
         for key, value in reader:
             yield key, list(value)
+
+
+def read_alignments(path: Path) -> dict[str, list[int]]:
+    """A whole (small) alignment archive as a dict; streaming stages use :func:`iter_alignments` or
+    :class:`AlignmentTable` instead."""
+    return dict(iter_alignments(path))

@@ -24,7 +24,7 @@ call). Reported: frames per second, ratios to Kaldi on one core, and the
 share of alignments identical to Kaldi's.
 
 Targets: CUDA batched >= 50x Kaldi on one core; on CPU the fastest exact
-engine is the default aligner (asrhybrid.align.graphs.DEFAULT_BACKEND).
+engine is the default aligner (asrhybrid.align.graphs.default_backend).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class FlatStartConfig:
     # optional silence left out, the first phone took the leading silence, and on synth the
     # networks learnt word-initial stops as silence for good (words started ~55 ms early).
     edge_silence: bool = True
-    backend: str = "auto"  # kaldi, k2 or torch; auto: the device's default (asrhybrid.align.graphs.DEFAULT_BACKEND)
+    backend: str = "auto"  # kaldi, k2 or torch; auto: the device's default (asrhybrid.align.graphs.default_backend)
     # Kaldi's nnet alignment beams are 10/40; the first networks of a flat start are
     # weak, and with those beams 4-7% of synth utterances failed to align early on.
     beam: float = 20.0

@@ -8,7 +8,7 @@ posteriors minus log priors). Three back-ends give the same best path
 (tests/test_fsa_intersect.py, tests/test_fsa_k2.py) except where Kaldi's beam
 loses it: ``kaldi`` (the C++ aligner, pruned by its beams), ``k2`` and
 ``torch`` (asrhybrid.fsa's two engines, exact). The default per device comes
-from bench/align.py (README, "Alignment back-ends"): see :data:`DEFAULT_BACKEND`.
+from bench/align.py (README, "FSA engines and alignment back-ends"): see :func:`default_backend`.
 What Kaldi's beams lose, an exact FSA engine aligns.
 """
 
@@ -30,24 +30,17 @@ log = logging.getLogger(__name__)
 #   random scores over yesno graphs:   torch 468k, k2 212k, (Kaldi 94k)
 #   synth flat-start network's scores: torch 305k, k2 95k,  (Kaldi 197k: beam 20 pruned hard, and lost the
 #                                      best path on 1.75% of utterances)
-# On CUDA the torch engine, unless k2 was built with CUDA (not measured here: no GPU).
-DEFAULT_BACKEND = {"cpu": "torch", "cuda": "torch"}
-
-
+# So the torch engine on CPU; on CUDA too, unless k2 was built with CUDA (not measured here: no GPU).
 def default_backend(device: str) -> str:
     """The exact FSA engine that aligns fastest on ``device`` (k2 or torch), given what is installed."""
-    from asrhybrid.fsa.k2_engine import available, with_cuda
+    from asrhybrid.fsa.k2_engine import with_cuda
 
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if kind == "cuda" and with_cuda():
-        return "k2"
-    backend = DEFAULT_BACKEND[kind]
-    return "torch" if backend == "k2" and not available() else backend
+    return "k2" if str(device).startswith("cuda") and with_cuda() else "torch"
 
 
 class TrainingGraph:
-    """One utterance's training graph as Kaldi's FST, and as an Fsa for the FSA engines (converted once,
-    on first use; the Fsa caches its k2 form in turn), so realigning every iteration converts nothing."""
+    """One utterance's training graph as Kaldi's FST, and as an Fsa for the FSA engines (converted on first
+    use, then kept with it; the Fsa caches its k2 form in turn)."""
 
     def __init__(self, fst):
         self.fst = fst

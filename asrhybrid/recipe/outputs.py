@@ -279,11 +279,6 @@ def resume_or_clear(folder: Path, key: str | None) -> None:
         write_text_atomic(record, json.dumps({"key": key}) + "\n")
 
 
-def content_digest(*texts: str) -> str:
-    """A short digest of inputs, for completion markers of steps whose inputs are text."""
-    return _digest(*texts)
-
-
 def last_checkpoint(paths: list[tuple[int, Path]], resume_key: str | None) -> tuple[int, dict | None]:
     """(N, checkpoint) of the highest-numbered existing checkpoint among ``paths`` [(N, path)] when it was
     written under ``resume_key`` (its "resume_key" entry), else (0, None): other options or inputs start over."""
