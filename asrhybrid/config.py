@@ -26,10 +26,18 @@ A recipe config names the corpus and gives each stage's options::
     tokens: {model_type: bpe, vocab_size: 200}
     align: {iterations: 8}   # FlatStartConfig fields (GMM-free flat start)
     tree: {num_leaves: 500, min_count: 100, questions: auto}   # senone tree (stage 5); questions: auto, arpabet or both
+    am:                      # hybrid acoustic models (stage 6), one exp/<system> each
+      systems: [dnn, lstmp, fast_slow]
+      common: {epochs: 8}    # TrainConfig fields for every system
+      lstmp: {chunk_frames: 150, model: {cells: 320, proj: 128}, realign: 0, ali: tree}
+                             # per system; realign: rounds of realigning with itself; ali: the alignments
+                             # (tree, or an earlier system's realignment, e.g. dnn_ali1)
+      nproc: 1               # > 1: data-parallel workers through torchrun
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,20 @@ from typing import Any
 import yaml
 
 from asrhybrid.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 as a string (its floats need a dot); configs mean a number (as YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -52,6 +74,7 @@ class RecipeConfig:
     tokens: dict[str, Any] = field(default_factory=dict)
     align: dict[str, Any] = field(default_factory=dict)
     tree: dict[str, Any] = field(default_factory=dict)
+    am: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
 
     def part(self, role: str) -> str:
@@ -70,7 +93,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         known = sorted(p.parent.name for p in path.parent.parent.glob("*/config.yaml"))
         raise ConfigError(f"no recipe config at {path} (recipes: {', '.join(known) or 'none'})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     _check_keys(path, "", raw, TOP_KEYS)
@@ -81,6 +104,14 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         _check_keys(path, section, value, allowed)
     for name, opts in (raw.get("lm") or {}).items():
         _check_keys(path, f"lm.{name}", opts or {}, {"order", "prune"})
+    am = raw.get("am") or {}
+    for name in ("common", *SYSTEMS):
+        if not isinstance(am.get(name) or {}, dict):
+            raise ConfigError(f"{path}: 'am.{name}' must be a mapping, not {am[name]!r}")
+        _check_keys(path, f"am.{name}", am.get(name) or {}, _field_names("train") - {"system"} | {"realign", "ali"})
+    for system in am.get("systems") or []:
+        if system not in SYSTEMS:
+            _check_keys(path, "am.systems", {system: None}, set(SYSTEMS))
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
     for key in ("corpus", "sample_rate", "data"):
         if key not in raw:
@@ -97,12 +128,14 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         tokens=dict(raw.get("tokens") or {}),
         align=dict(raw.get("align") or {}),
         tree=dict(raw.get("tree") or {}),
+        am=dict(raw.get("am") or {}),
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
     )
 
 
-TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "parts",
-            "description"}
+TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
+            "parts", "description"}
+SYSTEMS = ("dnn", "lstmp", "fast_slow")  # stage 6's acoustic models (asrhybrid.nnet.train.SYSTEMS)
 
 
 def _field_names(kind: str) -> set[str]:
@@ -113,6 +146,8 @@ def _field_names(kind: str) -> set[str]:
         from asrhybrid.features.fbank import KaldiFbankConfig as cls
     elif kind == "synth":
         from asrhybrid.data.synth.corpus import SynthConfig as cls
+    elif kind == "train":
+        from asrhybrid.nnet.train import TrainConfig as cls
     else:
         from asrhybrid.align.flat_start import FlatStartConfig as cls
     return {f.name for f in fields(cls)}
@@ -128,6 +163,7 @@ def _section_keys() -> dict[str, set[str]]:
         "tokens": {"model_type", "vocab_size"},
         "align": _field_names("align"),
         "tree": {"num_leaves", "min_count", "questions"},
+        "am": {"systems", "common", "nproc", *SYSTEMS},
         "parts": {"train", "dev", "test"},
     }
 
@@ -155,7 +191,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"option '{pair}' is not KEY=VALUE")
-        out[key.strip()] = value.strip() if value.strip().lower() in _WORDS else yaml.safe_load(value)
+        out[key.strip()] = value.strip() if value.strip().lower() in _WORDS else load_yaml(value)
     return out
 
 

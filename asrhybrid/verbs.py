@@ -10,7 +10,9 @@ functions it calls compute.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shlex
 from pathlib import Path
 
@@ -286,32 +288,95 @@ def cmd_train_am(args: argparse.Namespace) -> None:
     from asrhybrid.model import load_model
     from asrhybrid.nnet.priors import silence_pdfs
     from asrhybrid.nnet.train import TrainConfig, train_am
-    from asrhybrid.recipe.outputs import run_once
+    from asrhybrid.recipe.outputs import Completion
 
     options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
     try:
         cfg = TrainConfig(**options)
     except TypeError as e:
         raise ConfigError(f"train-am: bad option: {e}") from None
-
-    def work(done):
+    done = Completion(args.exp_dir, "train-am", asdict(cfg),
+                      inputs={"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn})
+    with _data_parallel(args.device) as (rank, device):
+        # the first worker decides (and alone writes the marker); checkpoints resume into more epochs
+        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
+        if skip:
+            log.info("%s: 'train-am' already done", args.exp_dir)
+            return
         _, trans_model = load_model(args.tree_dir)
         mean, std = global_mean_std(args.cmvn)
         silence = silence_pdfs(trans_model, read_int_list(args.lang_dir / "phones" / "silence.int"))
         train_am(args.cuts, args.tree_dir / "ali_pdf.ark", trans_model.num_pdfs, silence, mean, std, args.exp_dir,
-                 cfg, resume_key=done.resume_key("epochs"))  # checkpoints resume into more epochs
+                 cfg, resume_key=resume_key, device=device)
+        if rank == 0:
+            done.mark_done()
 
-    run_once(args.exp_dir, "train-am", asdict(cfg), args.force, work,
-             inputs={"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn})
+
+@contextlib.contextmanager
+def _data_parallel(device_arg: str):
+    """(rank, device) of this process; under torchrun (WORLD_SIZE > 1) inside a process group: gloo on CPU,
+    NCCL on CUDA, one GPU per worker. Workers after the first log warnings only."""
+    import torch
+
+    from asrhybrid.nnet.train import default_device
+
+    device = default_device() if device_arg == "auto" else torch.device(device_arg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, device
+        return
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank:
+        logging.getLogger().setLevel(logging.WARNING)
+    log.info("data-parallel training: %d workers (%s)", world, dist.get_backend())
+    try:
+        yield rank, device
+    finally:
+        dist.destroy_process_group()
+
+
+def _first_worker_decides(decide):
+    """``decide()`` on the first worker, its answer broadcast to all (or just ``decide()`` alone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return decide()
+    box = [decide() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cmd_align_am(args: argparse.Namespace) -> None:
+    import shutil
+
+    from asrhybrid.align.hybrid import align_with_am
+    from asrhybrid.model import MODEL_FILES
+    from asrhybrid.recipe.outputs import run_once
+
+    def work(done):
+        for name in MODEL_FILES:  # the tree's model beside its alignments: train-am reads OUT_DIR as a tree dir
+            shutil.copyfile(args.tree_dir / name, args.out_dir / name)
+        align_with_am(args.cuts, args.lang_dir, args.tree_dir, args.am_dir, args.out_dir, backend=args.backend)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    run_once(args.out_dir, "align-am", {"backend": args.backend}, args.force, work,
+             inputs={"cuts": args.cuts, "lang": args.lang_dir, "tree": args.tree_dir, "am": args.am_dir / "final.pt"},
+             outputs=["ali.ark", "ali.scp", "ali_pdf.ark", "ali_pdf.scp", *MODEL_FILES])
 
 
 def cmd_compute_loglikes(args: argparse.Namespace) -> None:
     from asrhybrid.nnet.train import compute_loglikes
     from asrhybrid.recipe.outputs import run_once
 
+    device = None if args.device == "auto" else args.device
     run_once(args.out_ark.parent, f"loglikes-{args.out_ark.stem}", {"acwt": args.acwt, "prior_scale": args.prior_scale},
              args.force, lambda done: log.info("%d utterances", compute_loglikes(
-                 args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale)),
+                 args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale, device=device)),
              inputs={"cuts": args.cuts, "model": args.exp_dir / "final.pt"},
              outputs=[args.out_ark.name, args.out_ark.with_suffix(".scp").name])
 
@@ -480,8 +545,21 @@ def add_verbs(sub) -> None:
     p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow"])
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="TrainConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
+                                                   "torchrun --nproc-per-node N -m asrhybrid train-am ...")
     _add_common(p)
     p.set_defaults(func=cmd_train_am)
+
+    p = add_verb(sub, "align-am", "realign with a trained hybrid AM through the tree's training graphs: OUT_DIR/"
+                                  "ali.{ark,scp}, ali_pdf.{ark,scp} and the tree's model (a tree dir for train-am)")
+    p.add_argument("cuts", type=Path)
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("tree_dir", type=Path, help="the tree dir the AM was trained on (tree, trans.pkl)")
+    p.add_argument("am_dir", type=Path, help="train-am's EXP_DIR (final.pt)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    _add_common(p)
+    p.set_defaults(func=cmd_align_am)
 
     p = add_verb(sub, "compute-loglikes", "scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) "
                                           "per utterance: OUT_ARK (+ .scp), a Kaldi float-matrix table")
@@ -490,6 +568,7 @@ def add_verbs(sub) -> None:
     p.add_argument("out_ark", type=Path)
     p.add_argument("--acwt", type=float, default=1.0)
     p.add_argument("--prior-scale", type=float, default=1.0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     _add_common(p)
     p.set_defaults(func=cmd_compute_loglikes)
 

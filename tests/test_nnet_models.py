@@ -108,3 +108,51 @@ def test_fast_slow_looks_exactly_lookahead_frames_ahead(fast_output):
     slow = sum(p.numel() for p in model.slow.parameters())
     fast = sum(p.numel() for p in model.fast.parameters())
     assert fast < slow / 3  # the fast model is the small one
+
+
+def test_chunks_cover_every_target_once_with_their_context():
+    """Kaldi-style chunks: targets tile the utterance exactly; inputs add left context and the model's right."""
+    from asrhybrid.nnet.train import chunk_spans
+
+    assert chunk_spans(37, 0, 40, 5) == [(0, 0, 37, 37)]
+    spans = chunk_spans(370, 150, 40, 5)
+    assert [(s, e) for _, s, e, _ in spans] == [(0, 150), (150, 300), (300, 370)]
+    assert [(a, b) for a, _, _, b in spans] == [(0, 155), (110, 305), (260, 370)]
+
+
+@pytest.mark.parametrize("system, options", [("dnn", {"context": 2, "hidden": 16, "layers": 1}),
+                                             ("lstmp", {"cells": 8, "proj": 4, "layers": 1, "delay": 3}),
+                                             ("fast_slow", {"hidden": 8, "slow_layers": 1, "fast_hidden": 4,
+                                                            "lookahead": 2})])
+def test_a_chunk_with_its_right_context_scores_its_targets_as_the_whole_utterance_does(system, options):
+    """The models with a bounded window (DNN splice; Fast/Slow fast path and the LSTMP output layer only see
+    the right context given): a mid-utterance chunk's targets get the same scores as in the whole utterance
+    once the chunk starts at frame 0 (the recurrent state then matches too)."""
+    from asrhybrid.nnet.train import build_model, chunk_spans
+
+    torch.manual_seed(3)
+    model = build_model(system, 6, 11, options).eval()
+    x = torch.randn(1, 60, 6)
+    whole = model(x)
+    a, s, e, b = chunk_spans(60, 25, 25, model.right_context)[0]  # (0, 0, 25, 25 + right)
+    torch.testing.assert_close(model(x[:, a:b])[:, s - a : e - a], whole[:, s:e], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_average_is_the_mean_of_the_weights(tmp_path):
+    from asrhybrid.nnet.train import average_models
+
+    layers = [torch.nn.Linear(3, 2) for _ in range(3)]
+    for k, layer in enumerate(layers):
+        torch.save({"model": layer.state_dict()}, tmp_path / f"epoch-{k}.pt")
+    averaged = average_models([tmp_path / f"epoch-{k}.pt" for k in range(3)])
+    torch.testing.assert_close(averaged["weight"], sum(layer.weight for layer in layers).detach() / 3)
+
+
+def test_train_config_rejects_unknown_systems_and_reads_yes_no():
+    from asrhybrid.errors import ConfigError
+    from asrhybrid.nnet.train import TrainConfig
+
+    assert TrainConfig(amp="no").amp is False
+    with pytest.raises(ConfigError, match="unknown acoustic model"):
+        TrainConfig(system="tdnn")
+    assert TrainConfig(lr=1e-3, final_lr=1e-4, epochs=3).lr_at(3) == pytest.approx(1e-4)

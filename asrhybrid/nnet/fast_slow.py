@@ -2,12 +2,15 @@
 acoustic model whose outputs for the next ``lookahead`` frames are brought back to the slow encoder's time base.
 
     slow   s_t = LSTMP(x_0..x_t)                              (deep; no look-ahead)
-    fast   a_t = act(W x_t + b)                               (3-4x smaller; act: softmax, sigmoid or none)
+    fast   a_t = act(W_2 relu(W_1 x_t) + b_2)                 (act: softmax, sigmoid or none of the linear layer)
     fast encoder  f_t = F([a_{t+1}, ..., a_{t+k}])            (the fast outputs of the k future frames)
     joint  y_t = softmax(J [s_t ; f_t])                       (input 2 x hidden)
 
 So output t depends on frames 0..t+k and on none later: exactly ``lookahead``
-frames of latency, against the LSTMP's ``delay``.
+frames of latency, against the LSTMP's ``delay``. Sizes: the fast AM is 3-4x
+smaller than the slow encoder (the defaults at 80-dim fbank and 800
+senones: 225k multiply-adds per frame against 836k); the fast encoder reads
+k x num_pdfs inputs, so it costs more than either as the senones grow.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 class FastSlowAM(nn.Module):
     """Fbank frames [B, T, D] -> pdf logits [B, T, num_pdfs], output t hearing frames up to t + ``lookahead``."""
 
-    def __init__(self, feat_dim: int, num_pdfs: int, hidden: int = 256, slow_layers: int = 3, fast_hidden: int = 64,
+    def __init__(self, feat_dim: int, num_pdfs: int, hidden: int = 256, slow_layers: int = 3, fast_hidden: int = 256,
                  lookahead: int = 5, fast_output: str = "softmax"):
         super().__init__()
         if fast_output not in ("softmax", "sigmoid", "logits"):
@@ -35,18 +38,30 @@ class FastSlowAM(nn.Module):
 
     def fast_scores(self, feats: torch.Tensor) -> torch.Tensor:
         """The fast acoustic model's outputs a_t, [B, T, num_pdfs] (its logits are trained on the targets too)."""
-        logits = self.fast(feats)
+        return self._activate(self.fast(feats))
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.fast_output == "softmax":
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits) if self.fast_output == "sigmoid" else logits
 
+    @property
+    def right_context(self) -> int:
+        return self.lookahead
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_fast(feats)[0]
+
+    def forward_with_fast(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint logits, the fast AM's own logits): the trainer gives the fast AM its own cross-entropy too
+        (TrainConfig.fast_weight), so its outputs stay senone scores for the fast encoder to read."""
         B, T, _ = feats.shape
         slow = self.slow_out(self.slow(feats)[0])
-        a = self.fast_scores(feats)
+        fast_logits = self.fast(feats)
+        a = self._activate(fast_logits)
         k = self.lookahead
         # a_{t+1..t+k}: the end padded with the last frame's output (utterances end; nothing is invented)
         padded = torch.cat([a[:, 1:], a[:, -1:].expand(-1, k, -1)], dim=1)  # [B, T + k - 1, C]
         ahead = padded.unfold(1, k, 1)[:, :T]  # [B, T, C, k]: frames t+1..t+k
         fast = self.fast_encoder(ahead.transpose(2, 3).reshape(B, T, -1))
-        return self.joint(torch.cat([slow, fast], dim=-1))
+        return self.joint(torch.cat([slow, fast], dim=-1)), fast_logits

@@ -81,6 +81,11 @@ class LstmpAM(nn.Module):
             self.lstm = PeepholeLSTMP(feat_dim, cells, proj, layers, cell_clip)
         self.output = nn.Linear(proj * (2 if bidirectional else 1), num_pdfs)
 
+    @property
+    def right_context(self) -> int:
+        """Frames after t that output t depends on (chunked training gives each chunk this many more)."""
+        return self.delay
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if self.delay:
             feats = torch.cat([feats, feats[:, -1:].expand(-1, self.delay, -1)], dim=1)

@@ -11,6 +11,8 @@ through the verbs' completion markers; ``force`` redoes it.
     3  lm        small and large n-gram LMs (KenLM), G.fst (lang_test), BPE tokens
     4  align     GMM-free flat start: equal alignment, CI network, realignment (exp/mono_flat)
     5  tree      senone decision tree from the CI alignments, pdf alignments (exp/tree)
+    6  am        hybrid acoustic models on the senone alignments (exp/dnn, exp/lstmp, exp/fast_slow),
+                 optionally realigned with their own first pass and trained again (Kaldi's practice)
 """
 
 from __future__ import annotations
@@ -88,6 +90,24 @@ class RecipeRun:
             raise
 
 
+    def run_verb_workers(self, stage: str, verb: str, args: list[str], nproc: int) -> None:
+        """``run_verb`` over ``nproc`` data-parallel workers: ``torchrun -m asrhybrid VERB ARGS`` (its own processes)."""
+        if nproc <= 1:
+            return self.run_verb(stage, verb, args)
+        import shlex
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                "-m", "asrhybrid", verb, *args, "--log-file", str(self.log_file(stage, verb))]
+        if self.force:
+            argv.append("--force")
+        log.info("%s", shlex.join(argv))
+        if subprocess.run(argv).returncode != 0:
+            log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
+            raise AsrHybridError(f"'asrhybrid {verb}' over {nproc} workers failed (see {self.log_file(stage, verb)})")
+
+
 def stage_data(run: RecipeRun) -> None:
     cfg = run.config
     corpus_dir = run.corpus_dir
@@ -162,6 +182,29 @@ def stage_tree(run: RecipeRun) -> None:
     run.run_verb("tree", "build-tree", args)
 
 
+def stage_am(run: RecipeRun) -> None:
+    am = run.config.am
+    exp, cuts, cmvn = run.workdir / "exp", str(run.cuts("train")), str(run.cmvn("train"))
+    for system in am.get("systems") or ["dnn"]:
+        opts = {**(am.get("common") or {}), **(am.get(system) or {})}
+        rounds = int(opts.pop("realign", 0))
+        model_opts = opts.pop("model", None) or {}
+        ali_dir = exp / str(opts.pop("ali", "tree"))  # another system's realignment (e.g. dnn_ali1), or the tree's
+        common = ["--cmvn", cmvn, "--system", system, *format_options(opts),
+                  *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
+        if not (ali_dir / "ali_pdf.scp").is_file():
+            raise ConfigError(f"am.{system}: no alignments in {ali_dir} (ali_pdf.scp): the tree stage writes exp/tree, a "
+                              "system with realign: N writes exp/<system>_ali1..N; list that system first")
+        for r in range(rounds + 1):  # round r < rounds: a first pass whose alignments the next one trains on
+            out = exp / system if r == rounds else exp / f"{system}_pass{r + 1}"
+            run.run_verb_workers(system, "train-am", [cuts, str(ali_dir), str(run.lang_dir), str(out), *common],
+                                 int(am.get("nproc", 1)))
+            if r < rounds:
+                realigned = exp / f"{system}_ali{r + 1}"
+                run.run_verb(system, "align-am", [cuts, str(run.lang_dir), str(ali_dir), str(out), str(realigned)])
+                ali_dir = realigned
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
@@ -169,6 +212,7 @@ STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (3, "lm", stage_lm),
     (4, "align", stage_align),
     (5, "tree", stage_tree),
+    (6, "am", stage_am),
 ]
 
 

@@ -1,0 +1,152 @@
+"""Stage 6 training speed: frames/s of the DNN, LSTMP and Fast/Slow training steps, and the LSTMP's full loop
+against a bare ``torch.nn.LSTM(proj_size)`` forward and backward of the same size and batch, in one run.
+
+Prints JSON. Per system and device (CPU; CUDA when present, with the
+trainer's bf16 autocast):
+
+- ``step``: asrhybrid's training step (asrhybrid.nnet.train: forward, senone
+  cross-entropy, backward, gradient clipping, Adam) on a fixed batch of
+  ``--batch`` chunks of ``--frames`` frames (Kaldi's 150-frame chunks plus 40
+  frames of left context by default), frames/s counting every input frame;
+- ``epoch`` (with ``--workdir``, a recipe workdir that ran stage 5): one epoch
+  of ``train_am`` on the recipe's training cuts, features read from disk,
+  chunked and batched by the Lhotse sampler: the whole loop a user runs;
+- for the LSTMP, ``bare_lstm``: the same-sized ``nn.LSTM(proj_size)`` alone,
+  forward and backward of a sum, on the same batch: the ceiling, and
+  ``step / bare_lstm`` and ``epoch / bare_lstm`` ratios (the issue's target:
+  >= 0.8 on GPU).
+
+Run: ``.venv/bin/python bench/train.py [--workdir work/synth] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` (after two warm-up calls)."""
+    for _ in range(2):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def step_rate(system: str, model_opts: dict, feat_dim: int, num_pdfs: int, batch: int, frames: int,
+              device: torch.device, repeats: int) -> dict:
+    from asrhybrid.nnet.train import TrainConfig, _autocast, _losses, build_model
+
+    torch.manual_seed(0)
+    model = build_model(system, feat_dim, num_pdfs, model_opts).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, frames, feat_dim, device=device)
+    y = torch.randint(num_pdfs, (batch, frames), device=device)
+    cfg = TrainConfig(system=system)
+
+    def step():
+        optimizer.zero_grad()
+        with _autocast(device, cfg.amp):
+            loss, _, _ = _losses(model, x, y, cfg.fast_weight)
+        (loss / y.numel()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+
+    seconds = timed(step, repeats, device)
+    with torch.no_grad():
+        flops = forward_flops(model, x[:1])
+    return {"frames_per_s": round(batch * frames / seconds), "parameters": sum(p.numel() for p in model.parameters()),
+            "forward_mflops_per_frame": round(flops / frames / 1e6, 3)}
+
+
+def forward_flops(model, x) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def bare_lstm_rate(opts: dict, feat_dim: int, batch: int, frames: int, device: torch.device, repeats: int) -> float:
+    lstm = torch.nn.LSTM(feat_dim, opts["cells"], num_layers=opts["layers"], proj_size=opts["proj"],
+                         batch_first=True).to(device)
+    x = torch.randn(batch, frames, feat_dim, device=device)
+
+    def step():
+        lstm.zero_grad()
+        lstm(x)[0].sum().backward()
+
+    return batch * frames / timed(step, repeats, device)
+
+
+def epoch_rate(workdir: Path, system: str, model_opts: dict, chunk: int, device: torch.device) -> dict:
+    """One epoch of train_am on a recipe's training cuts: frames/s of the whole loop (reading included)."""
+    from asrhybrid.data.manifests import load_cuts
+    from asrhybrid.features.cmvn import global_mean_std
+    from asrhybrid.model import load_model
+    from asrhybrid.nnet.train import TrainConfig, train_am
+
+    fbank = workdir / "data" / "fbank"
+    cuts = next(fbank.glob("*_cuts_train.jsonl.gz"))
+    cmvn = next(fbank.glob("*_cmvn_global_train.ark"))
+    _, trans_model = load_model(workdir / "exp" / "tree")
+    mean, std = global_mean_std(cmvn)
+    cfg = TrainConfig(system=system, epochs=1, max_duration=60.0, chunk_frames=chunk if system != "dnn" else 0,
+                      valid_fraction=0.0, model=model_opts)
+    frames = sum(c.num_frames for c in load_cuts(cuts))
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        train_am(cuts, workdir / "exp" / "tree" / "ali_pdf.ark", trans_model.num_pdfs, set(), mean, std, Path(tmp),
+                 cfg, device=device)
+        seconds = time.perf_counter() - start
+    return {"frames_per_s": round(frames / seconds), "frames": frames, "num_pdfs": trans_model.num_pdfs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, help="a recipe workdir after stage 5: also time whole epochs")
+    parser.add_argument("--feat-dim", type=int, default=80)
+    parser.add_argument("--num-pdfs", type=int, default=800)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=190, help="frames per chunk (150 + 40 left context)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--large", action="store_true", help="the paper's LSTMP: 2 layers of 800 cells, 512 projection")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lstmp = {"cells": 800, "proj": 512, "layers": 2} if args.large else {"cells": 320, "proj": 128, "layers": 2}
+    systems = {"dnn": {}, "lstmp": lstmp, "fast_slow": {}}
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    report = {"batch": args.batch, "frames": args.frames, "feat_dim": args.feat_dim, "num_pdfs": args.num_pdfs,
+              "threads": torch.get_num_threads(), "lstmp": lstmp, "devices": {}}
+    for device in devices:
+        rows = {}
+        for system, opts in systems.items():
+            rows[system] = step_rate(system, opts, args.feat_dim, args.num_pdfs, args.batch, args.frames, device,
+                                     args.repeats)
+        bare = bare_lstm_rate(lstmp, args.feat_dim, args.batch, args.frames, device, args.repeats)
+        rows["bare_lstm"] = {"frames_per_s": round(bare)}
+        rows["lstmp"]["step_over_bare_lstm"] = round(rows["lstmp"]["frames_per_s"] / bare, 3)
+        if args.workdir:
+            for system, opts in systems.items():
+                rows[system]["epoch"] = epoch_rate(args.workdir, system, opts, args.frames - 40, device)
+            rows["lstmp"]["epoch_over_bare_lstm"] = round(rows["lstmp"]["epoch"]["frames_per_s"] / bare, 3)
+        report["devices"][device.type] = rows
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
