@@ -354,19 +354,19 @@ def _first_worker_decides(decide):
 def cmd_align_am(args: argparse.Namespace) -> None:
     import shutil
 
-    from asrhybrid.align.hybrid import align_with_am
+    from asrhybrid.align.outputs import align_corpus
     from asrhybrid.model import MODEL_FILES
     from asrhybrid.recipe.outputs import run_once
 
     def work(done):
         for name in MODEL_FILES:  # the tree's model beside its alignments: train-am reads OUT_DIR as a tree dir
             shutil.copyfile(args.tree_dir / name, args.out_dir / name)
-        align_with_am(args.cuts, args.lang_dir, args.tree_dir, args.am_dir, args.out_dir, backend=args.backend)
+        align_corpus(args.cuts, args.lang_dir, args.tree_dir, args.out_dir, backend=args.backend, am_dir=args.am_dir)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     run_once(args.out_dir, "align-am", {"backend": args.backend}, args.force, work,
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "tree": args.tree_dir, "am": args.am_dir / "final.pt"},
-             outputs=["ali.ark", "ali.scp", "ali_pdf.ark", "ali_pdf.scp", *MODEL_FILES])
+             outputs=["ali.ark", "ali.scp", "ali_pdf.ark", "ali_pdf.scp", "word.ctm", "phone.ctm", *MODEL_FILES])
 
 
 def cmd_compute_loglikes(args: argparse.Namespace) -> None:
@@ -550,8 +550,9 @@ def add_verbs(sub) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_train_am)
 
-    p = add_verb(sub, "align-am", "realign with a trained hybrid AM through the tree's training graphs: OUT_DIR/"
-                                  "ali.{ark,scp}, ali_pdf.{ark,scp} and the tree's model (a tree dir for train-am)")
+    p = add_verb(sub, "align-am", "realign with a trained hybrid AM through the tree's training graphs (Kaldi's "
+                                  "steps/nnet3/align.sh): OUT_DIR/ali.{ark,scp}, ali_pdf.{ark,scp}, {word,phone}.ctm, "
+                                  "textgrid/ and the tree's model (so OUT_DIR is a tree dir for train-am)")
     p.add_argument("cuts", type=Path)
     p.add_argument("lang_dir", type=Path)
     p.add_argument("tree_dir", type=Path, help="the tree dir the AM was trained on (tree, trans.pkl)")

@@ -99,6 +99,36 @@ def cut_entries(ctm: dict[str, list[CtmEntry]], cut) -> list[CtmEntry]:
             if cut.start - 1e-6 <= s < cut.end - 1e-6]
 
 
+def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int):
+    """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM."""
+    if am_dir is not None:
+        from asrhybrid.nnet.train import iter_loglikes, load_am
+
+        model, final = load_am(am_dir)
+        if final["num_pdfs"] != num_pdfs:
+            raise ValueError(f"{am_dir} has {final['num_pdfs']} outputs but the model in {model_dir} has {num_pdfs} "
+                             "pdfs: not an acoustic model of this tree")
+        order = {}
+
+        def score(block):  # iter_loglikes batches by duration: put the results back in the block's order
+            order.clear()
+            for cut, loglikes in iter_loglikes(model, final, block):
+                order[cut.id] = loglikes
+            return [order[cut.id] for cut in block]
+
+        return score
+    from asrhybrid.align.flat_start import load_flat_start_model
+
+    model, mean, std, log_prior = load_flat_start_model(model_dir)
+
+    def score(block):
+        with torch.no_grad():
+            return [model.log_posteriors(torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32)))
+                    .numpy() - log_prior for cut in block]
+
+    return score
+
+
 def ctm_line(cut, start: float, end: float, label: str) -> str:
     """Kaldi's CTM convention: the recording, its channel (1-based), the start in the recording (the
     segment's offset added, as utils/convert_ctm.pl does), the duration, the label."""
@@ -121,20 +151,23 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
 
 
 def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
-                 backend: str = "auto", block_frames: int = 20_000) -> dict:
-    """Align every cut with the flat-start model; write ali.{ark,scp}, {word,phone}.ctm, and a TextGrid per recording.
+                 backend: str = "auto", block_frames: int = 20_000, am_dir: Path | str | None = None) -> dict:
+    """Align every cut; write ali.{ark,scp} (transition ids), ali_pdf.{ark,scp}, {word,phone}.ctm, and a TextGrid
+    per recording.
 
-    Cuts are streamed from disk in blocks of about ``block_frames`` frames and every output is written as
-    it goes (CTM lines in the cuts' order: by recording and time when, as in every manifest asrhybrid
-    writes, a recording's cuts are together and in order), so memory does not grow with the corpus.
+    The scores come from the flat-start network of ``model_dir``, or, with ``am_dir``, from that hybrid
+    acoustic model (train-am's final.pt, realignment: Kaldi's steps/nnet3/align.sh), through the tree and
+    transition model of ``model_dir`` (the tree dir it was trained on). Cuts are streamed from disk in blocks
+    of about ``block_frames`` frames and every output is written as it goes (CTM lines in the cuts' order: by
+    recording and time when, as in every manifest asrhybrid writes, a recording's cuts are together and in
+    order), so memory does not grow with the corpus.
     """
-    from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
     from asrhybrid.model import load_model
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
     tree, trans_model = load_model(model_dir)
-    model, mean, std, log_prior = load_flat_start_model(model_dir)
+    score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     arrays = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)
@@ -152,23 +185,21 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
             write_textgrid(out_dir / "textgrid" / f"{grid[0]}.TextGrid", grid[1],
                            {name: sorted(items) for name, items in grid[2].items()})
 
-    with alignment_table_writer(out_dir / "ali.ark") as write_ali, atomic_output(out_dir / "word.ctm") as word_tmp, \
+    with alignment_table_writer(out_dir / "ali.ark") as write_ali, \
+            alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdf, atomic_output(out_dir / "word.ctm") as word_tmp, \
             atomic_output(out_dir / "phone.ctm") as phone_tmp, open(word_tmp, "w", encoding="utf-8") as word_ctm, \
             open(phone_tmp, "w", encoding="utf-8") as phone_ctm:
         for block in tqdm(frame_blocks(cuts, block_frames), desc="align", unit="block", leave=False):
             texts = [transcript(cut, cuts_path) for cut in block]
-            with torch.no_grad():
-                loglikes = [model.log_posteriors(torch.from_numpy(((cut.load_features() - mean) / std)
-                                                                  .astype(np.float32))).numpy() - log_prior
-                            for cut in block]
-            results = align([compiler.compile(text) for text in texts], loglikes, tid_to_pdf, backend=backend,
-                            beam=20.0, retry_beam=200.0)
+            results = align([compiler.compile(text) for text in texts], score_block(block), tid_to_pdf,
+                            backend=backend, beam=20.0, retry_beam=200.0)
             for cut, text, result in zip(block, texts, results):
                 if result is None:
                     failed.append(cut.id)
                     continue
                 tids = result[0]
                 write_ali(cut.id, tids)
+                write_pdf(cut.id, tid_to_pdf[np.asarray(tids, dtype=np.int64)].tolist())
                 aligned += 1
                 shift = cut.features.frame_shift
                 phones = phone_segments(tids, arrays, phone_names)
