@@ -32,7 +32,7 @@ from asrhybrid.align import BACKENDS
 from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
 from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.features.cmvn import global_mean_std
+from asrhybrid.features.cmvn import global_mean_std, normalized_features
 from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer, iter_alignments
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.model import init_mono_model
@@ -106,8 +106,7 @@ class _Corpus:
                 text = transcript(cut, self.path)
                 if not text.strip():
                     raise DataError([f"cut '{cut.id}' ({self.path}): empty transcript"])
-                utterances.append((cut.id, torch.from_numpy(((cut.load_features() - self.mean) / self.std)
-                                                            .astype(np.float32)), text))
+                utterances.append((cut.id, normalized_features(cut, self.mean, self.std), text))
             yield utterances
 
 

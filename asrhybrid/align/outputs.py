@@ -118,13 +118,13 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int):
 
         return score
     from asrhybrid.align.flat_start import load_flat_start_model
+    from asrhybrid.features.cmvn import normalized_features
 
     model, mean, std, log_prior = load_flat_start_model(model_dir)
 
     def score(block):
         with torch.no_grad():
-            return [model.log_posteriors(torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32)))
-                    .numpy() - log_prior for cut in block]
+            return [model.log_posteriors(normalized_features(cut, mean, std)).numpy() - log_prior for cut in block]
 
     return score
 

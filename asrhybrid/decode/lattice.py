@@ -173,7 +173,7 @@ def read_kaldi_lattices(path: Path | str) -> Iterator[tuple[str, WordLattice]]:
     """(key, lattice) of a Kaldi text CompactLattice archive (``.gz`` too), one at a time; errors name the line."""
     path = Path(path)
     with _open(path, "r") as f:
-        key, arcs, final, start = None, [], {}, 0
+        key, arcs, final = None, [], {}
         for n, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
@@ -182,7 +182,7 @@ def read_kaldi_lattices(path: Path | str) -> Iterator[tuple[str, WordLattice]]:
                 key, arcs, final = None, [], {}
                 continue
             if key is None:
-                key, start = line.strip(), n
+                key = line.strip()
                 continue
             where = f"{path}:{n} (lattice '{key}')"
             try:

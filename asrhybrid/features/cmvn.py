@@ -53,3 +53,10 @@ def global_mean_std(ark: Path, var_floor: float = 1e-8) -> tuple[np.ndarray, np.
 
 def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
     return read_matrices(ark)
+
+
+def normalized_features(cut, mean: np.ndarray, std: np.ndarray):
+    """A cut's features with global CMVN applied, as the float32 torch tensor [T, D] the networks read."""
+    import torch
+
+    return torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))

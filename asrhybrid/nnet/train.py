@@ -62,6 +62,7 @@ from tqdm import tqdm
 from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
+from asrhybrid.features.cmvn import normalized_features
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
 from asrhybrid.nnet.fast_slow import FastSlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
@@ -157,10 +158,6 @@ def chunk_spans(num_frames: int, chunk: int, left: int, right: int) -> list[tupl
         return [(0, 0, num_frames, num_frames)]
     return [(max(0, s - left), s, min(s + chunk, num_frames), min(num_frames, s + chunk + right))
             for s in range(0, num_frames, chunk)]
-
-
-def normalized_features(cut, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
 
 
 def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
