@@ -89,7 +89,6 @@ class RecipeRun:
             log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
             raise
 
-
     def run_verb_workers(self, stage: str, verb: str, args: list[str], nproc: int) -> None:
         """``run_verb`` over ``nproc`` data-parallel workers: ``torchrun -m asrhybrid VERB ARGS`` (its own processes)."""
         if nproc <= 1:
