@@ -315,7 +315,7 @@ def cmd_train_am(args: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def _data_parallel(device_arg: str):
     """(rank, device) of this process; under torchrun (WORLD_SIZE > 1) inside a process group: gloo on CPU,
-    NCCL on CUDA, one GPU per worker. Workers after the first log warnings only."""
+    NCCL on CUDA, one GPU per worker (workers after the first log warnings only: run_verb)."""
     import torch
 
     from asrhybrid.nnet.train import default_device
@@ -331,8 +331,6 @@ def _data_parallel(device_arg: str):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank()
-    if rank:
-        logging.getLogger().setLevel(logging.WARNING)
     log.info("data-parallel training: %d workers (%s)", world, dist.get_backend())
     try:
         yield rank, device
@@ -599,6 +597,8 @@ def run_verb(argv: list[str]) -> None:
         args = build_parser().parse_args(argv)
     except SystemExit:
         raise ConfigError(f"asrhybrid {shlex.join(argv)}: bad arguments (see the message above)") from None
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun's other workers: warnings only, the first one logs
+        logging.getLogger().setLevel(logging.WARNING)
     with log_to_file(args.log_file):
         log.info("asrhybrid %s", shlex.join(argv))
         args.func(args)
