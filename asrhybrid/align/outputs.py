@@ -108,13 +108,9 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int):
         if final["num_pdfs"] != num_pdfs:
             raise ValueError(f"{am_dir} has {final['num_pdfs']} outputs but the model in {model_dir} has {num_pdfs} "
                              "pdfs: not an acoustic model of this tree")
-        order = {}
 
-        def score(block):  # iter_loglikes batches by duration: put the results back in the block's order
-            order.clear()
-            for cut, loglikes in iter_loglikes(model, final, block):
-                order[cut.id] = loglikes
-            return [order[cut.id] for cut in block]
+        def score(block):
+            return [loglikes for _, loglikes in iter_loglikes(model, final, block)]  # in the block's order
 
         return score
     from asrhybrid.align.flat_start import load_flat_start_model

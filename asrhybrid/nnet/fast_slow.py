@@ -36,10 +36,6 @@ class FastSlowAM(nn.Module):
         self.fast_encoder = nn.Linear(lookahead * num_pdfs, hidden)
         self.joint = nn.Sequential(nn.ReLU(), nn.Linear(2 * hidden, num_pdfs))
 
-    def fast_scores(self, feats: torch.Tensor) -> torch.Tensor:
-        """The fast acoustic model's outputs a_t, [B, T, num_pdfs] (its logits are trained on the targets too)."""
-        return self._activate(self.fast(feats))
-
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.fast_output == "softmax":
             return torch.softmax(logits, dim=-1)

@@ -474,8 +474,8 @@ def load_am(exp_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
 
 def iter_loglikes(model: nn.Module, final: dict, cuts, acwt: float = 1.0, prior_scale: float = 1.0,
                   max_duration: float = 120.0, device: torch.device | str = "cpu") -> Iterator[tuple[object, np.ndarray]]:
-    """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut:
-    what the decoder reads, in memory (decoding, transcribe) or from compute-loglikes' archive."""
+    """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut, in the
+    cuts' order: what the decoder reads, in memory (decoding, transcribe) or from compute-loglikes' archive."""
     from lhotse import CutSet
     from lhotse.dataset import SimpleCutSampler
 

@@ -78,11 +78,13 @@ class RecipeRun:
     def log_file(self, stage: str, verb: str) -> Path:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"
 
+    def _verb_argv(self, stage: str, verb: str, args: list[str]) -> list[str]:
+        """``VERB ARGS --log-file exp/<stage>/log/<verb>.log [--force]``."""
+        return [verb, *args, "--log-file", str(self.log_file(stage, verb)), *(["--force"] if self.force else [])]
+
     def run_verb(self, stage: str, verb: str, args: list[str]) -> None:
         """Run ``asrhybrid VERB ARGS`` in this process (asrhybrid.verbs), logging to exp/<stage>/log/<verb>.log."""
-        argv = [verb, *args, "--log-file", str(self.log_file(stage, verb))]
-        if self.force:
-            argv.append("--force")
+        argv = self._verb_argv(stage, verb, args)
         try:
             run_verb(argv)
         except AsrHybridError:
@@ -98,9 +100,7 @@ class RecipeRun:
         import sys
 
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "asrhybrid", verb, *args, "--log-file", str(self.log_file(stage, verb))]
-        if self.force:
-            argv.append("--force")
+                "-m", "asrhybrid", *self._verb_argv(stage, verb, args)]
         log.info("%s", shlex.join(argv))
         if subprocess.run(argv).returncode != 0:
             log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
