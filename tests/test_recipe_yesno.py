@@ -176,7 +176,7 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(tmp_path, yesno_throug
     train = load_manifest(fbank / "yesno_cuts_train.jsonl.gz")
     pdf_ali = read_alignments(tree_dir / "ali_pdf.ark")
     assert all(len(pdf_ali[c.id]) == c.num_frames and max(pdf_ali[c.id]) < tree.num_pdfs for c in train)
-    assert json.loads((work / "exp" / "tree" / "tree.json").read_text())["num_pdfs"] == 11  # the recipe's
+    assert json.loads((work / "exp" / "tree" / "tree.json").read_text())["num_pdfs"] == 8  # the recipe's: 11 states, 3 ties
 
     lang = work / "data" / "lang_test_small"
     stats = mkgraph(lang, tree_dir, tree_dir / "graph")
@@ -188,8 +188,9 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(tmp_path, yesno_throug
 
 
 def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
-    """exp/tree/ali.ark (convert-ali): same phones as the flat start, its pdfs are ali_pdf.ark, and it is the path
-    Kaldi's aligner finds through the tree model's training graphs when only those pdfs score."""
+    """exp/tree/ali.ark (convert-ali): same phones as the flat start, its pdfs are ali_pdf.ark, and Kaldi's aligner
+    finds a path of the same pdfs and phones through the tree model's training graphs when only those pdfs score
+    (the same path where no HMM states are tied; the recipe's tree ties some, whose order then has no score)."""
     from asrhybrid.align.graphs import GraphCompiler, align_kaldi
     from asrhybrid.kaldi_io import read_alignments
     from asrhybrid.model import load_model
@@ -216,7 +217,9 @@ def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
         onehot[np.arange(cut.num_frames), pdfs[cut.id]] = 0.0
         scores.append(onehot)
     for cut, result in zip(cuts, align_kaldi(graphs, scores, tid_to_pdf, beam=1000.0, retry_beam=0.0)):
-        assert result is not None and result[0] == converted[cut.id], cut.id
+        assert result is not None and tid_to_pdf[result[0]].tolist() == pdfs[cut.id], cut.id
+        assert ([trans_model.transition_id_to_phone(t) for t in result[0]]
+                == [trans_model.transition_id_to_phone(t) for t in converted[cut.id]]), cut.id
 
 
 def real_network_scores(work: Path, part: str):
@@ -413,9 +416,9 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
     """make stage=6: exp/dnn (a first pass, realigned once, trained again: Kaldi's practice) and exp/lstmp, each
     with final.pt, train.json, curves.png and TensorBoard events of the same numbers; a re-run is a no-op.
 
-    Held-out senone frame accuracy (Sak 2014's metric, 6 held-out utterances, 11 senones): the DNN on the
-    realigned targets above 90%, the LSTMP (on the DNN's realignment) above 83%. Measured 92.6-93.9% and
-    84.8-87.6% (the run's thread count changes the numbers); why they stop short of 95%: README, stage 6."""
+    Held-out senone frame accuracy (Sak 2014's metric, 6 held-out utterances, 8 senones: the recipe's tree ties
+    3 of the 11 HMM states): the DNN on the realigned targets at least 95% (the issue's target), the LSTMP (on the
+    DNN's realignment) above 85%. Measured 95.3-95.9% (seeds 0-2) and 89.6%; why ties: README, stage 6."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     work, yesno_dir = yesno_through_stage_4
@@ -436,7 +439,7 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
         logged = [e.value for e in events.Scalars("valid/frame_accuracy")]
         assert logged == pytest.approx([e["valid_frame_accuracy"] for e in history], abs=1e-4)
         assert (exp / system / "log" / "train-am.log").is_file()
-    assert accuracy["dnn"] >= 0.90 and accuracy["lstmp"] >= 0.83, accuracy
+    assert accuracy["dnn"] >= 0.95 and accuracy["lstmp"] >= 0.85, accuracy
     again = make(work, yesno_dir, stages=(6, 6))
     assert again.returncode == 0 and again.stderr.count("'train-am' already done") == 3
 

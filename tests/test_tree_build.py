@@ -172,3 +172,27 @@ def test_auto_questions_let_a_tree_split_on_a_class_of_any_phone_set():
     assert frozenset({2, 3}) not in arpabet  # ARPAbet classes know nothing of these phones
     with pytest.raises(ValueError, match="auto, arpabet or both"):
         make_questions("kmeans", phone_ids, {"SIL"}, stats, root_sets)
+
+
+def test_target_below_the_roots_ties_the_closest_states_of_one_phone():
+    """Phone 2's states 1 and 2 sound alike, state 0 does not: 4 leaves from 5 (root, state) pairs tie 1 and 2 (never
+    a state of phone 1 with one of phone 2); Kaldi's tree and transition model take the tied pdfs."""
+    from asrhybrid.kaldi import khg
+
+    rng = np.random.default_rng(3)
+
+    def gauss(mean):
+        x = rng.normal(mean, 1.0, size=(300, 4))
+        return np.concatenate([[300], x.sum(0), (x**2).sum(0)])
+
+    stats = {(0, 1, 0, 0): gauss(0.0), (0, 1, 0, 1): gauss(2.5),
+             (0, 2, 0, 0): gauss(-3.0), (0, 2, 0, 1): gauss(1.0), (0, 2, 0, 2): gauss(1.05)}
+    tree = build_tree(stats, {1: 2, 2: 3}, [], context_independent={1, 2}, num_leaves=4)
+    pdfs = [tree.pdf(0, 2, 0, c) for c in range(3)]
+    assert pdfs[1] == pdfs[2] != pdfs[0]
+    assert len({tree.pdf(0, 1, 0, c) for c in range(2)} | set(pdfs)) == 4
+    assert tree.classes_of_pdf()[(2, pdfs[1])] == [1, 2]
+    ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
+    assert ctx_dep.num_pdfs == 4 and ctx_dep.compute([0, 2, 0], 2) == (True, pdfs[1])
+    with pytest.raises(ValueError, match="different root sets"):
+        build_tree(stats, {1: 2, 2: 3}, [], context_independent={1, 2}, num_leaves=1)

@@ -7,7 +7,11 @@ Each (root phone set of phones/roots.txt, HMM state) starts as one leaf, so
 the stress and word-position variants of a phone pool their data; leaves are
 split greedily on the question (about the left, right or central phone) that
 gains the most likelihood, until the target number of leaves or until no split
-keeps ``min_count`` frames on both sides. Questions (``questions``) come from
+keeps ``min_count`` frames on both sides. A target below the number of
+(root, HMM state) pairs ties states instead: the pair of clusters of one root
+set whose merge loses the least likelihood shares a pdf, until the target is
+met (Kaldi's "shared" roots, whose states may share a leaf; e.g. the inner
+states of a 5-state silence, which the ergodic topology visits in no fixed order). Questions (``questions``) come from
 automatic phone clustering (``auto``, the default, as Kaldi's cluster-phones:
 top-down binary clustering of the root sets by the Gaussian statistics of their
 states, every cluster a question; it needs no phone inventory, so any lexicon
@@ -230,6 +234,7 @@ def accumulate_tree_stats(utterances, tid_phone: np.ndarray, tid_pdf_class: np.n
 class Leaf:
     events: list[tuple[int, int, int, np.ndarray]]  # (left, phone, right, stats)
     pdf: int = -1
+    tied_to: "Leaf | None" = None  # the leaf whose pdf this one shares
 
     def total(self) -> np.ndarray:
         return np.sum([e[3] for e in self.events], axis=0)
@@ -276,10 +281,31 @@ class SenoneTree:
         return out
 
     def number_pdfs(self) -> int:
-        leaves = self.leaves()
-        for i, leaf in enumerate(leaves):
+        own = [leaf for leaf in self.leaves() if leaf.tied_to is None]
+        for i, leaf in enumerate(own):
             leaf.pdf = i
-        return len(leaves)
+        for leaf in self.leaves():
+            if leaf.tied_to is not None:
+                leaf.pdf = leaf.tied_to.pdf
+        return len(own)
+
+    def classes_of_pdf(self) -> dict[tuple[int, int], list[int]]:
+        """(phone, pdf) -> the phone's pdf classes that have that pdf in some context, ascending."""
+        out: dict[tuple[int, int], set[int]] = {}
+
+        def walk(n: Node, phone: int, c: int):
+            if isinstance(n, Leaf):
+                out.setdefault((phone, n.pdf), set()).add(c)
+            elif n.key == CENTER:
+                walk(n.yes if phone in n.yes_set else n.no, phone, c)
+            else:
+                walk(n.yes, phone, c)
+                walk(n.no, phone, c)
+
+        for phone, n in self.num_pdf_classes.items():
+            for c in range(n):
+                walk(self.node_for(phone, c), phone, c)
+        return {k: sorted(v) for k, v in out.items()}
 
     def node_for(self, phone: int, pdf_class: int) -> Node:
         return self.roots[(self.phone_root.get(phone, phone), pdf_class)]
@@ -361,6 +387,9 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
         consider(leaf, k[0], lambda node, k=k: tree.roots.__setitem__(k, node))
     leaves = len(tree.roots)
     total_gain = 0.0
+    if num_leaves < leaves:
+        total_gain = -_tie_states(tree, len(root_sets), leaves - num_leaves, var_floor)
+        leaves = num_leaves
     while heap and leaves < num_leaves:
         neg_gain, _, root, leaf, key, q, attach = heapq.heappop(heap)
         pos = _POSITION[key]
@@ -376,6 +405,37 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
     log.info("tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
              leaves, len(tree.roots), total_gain, int(frames), tree.gain_per_frame)
     return tree
+
+
+def _tie_states(tree: SenoneTree, num_roots: int, merges: int, var_floor: float) -> float:
+    """Ties ``merges`` times the two clusters of leaves of one root set whose merge loses the least
+    likelihood (they share the first one's pdf); returns the total loss."""
+    clusters = {r: [[leaf] for (root, _), leaf in sorted(tree.roots.items()) if root == r and isinstance(leaf, Leaf)]
+                for r in range(num_roots)}
+
+    def loglike(cluster: list[Leaf]) -> float:
+        stats = [leaf.total() for leaf in cluster if leaf.events]
+        return gaussian_loglike(np.sum(stats, axis=0), var_floor) if stats else 0.0
+
+    loss = 0.0
+    for _ in range(merges):
+        best = None
+        for r, cs in clusters.items():
+            for i in range(len(cs)):
+                for j in range(i + 1, len(cs)):
+                    cost = loglike(cs[i]) + loglike(cs[j]) - loglike(cs[i] + cs[j])
+                    if best is None or cost < best[0]:
+                        best = (cost, r, i, j)
+        if best is None:
+            raise ValueError(f"num_leaves is below the number of root sets ({num_roots}): states of different "
+                             "root sets cannot share a pdf")
+        cost, r, i, j = best
+        cs = clusters[r]
+        for leaf in cs[j]:
+            leaf.tied_to = cs[i][0]
+        cs[i] += cs.pop(j)
+        loss += cost
+    return loss
 
 
 # --- Kaldi's binary format --------------------------------------------------------
@@ -430,28 +490,38 @@ def load_context_dependency(data: bytes):
 
 # --- alignments for the new model ------------------------------------------------------
 
-def tid_converter(old_tm, new_tm):
-    """Kaldi's convert-ali for the same topology: (old transition id, new pdf) -> the new model's transition id.
+def tid_converter(old_tm, new_tm, classes_of_pdf: dict[tuple[int, int], list[int]]):
+    """Kaldi's convert-ali for the same topology: (old transition id, phone, pdf class, new pdf) -> the new
+    model's transition id.
 
     A transition id is a transition state (phone, HMM state, pdfs) plus the
     index of the transition out of that HMM state; the index carries over, the
-    transition state is the new model's one for the same phone and the new pdf.
+    transition state is the new model's one for the same phone, HMM state and
+    new pdf. Kaldi numbers a phone's transition states by (HMM state, pdf), so
+    among the states of (phone, pdf) the k-th is the HMM state of the k-th of
+    ``classes_of_pdf[(phone, pdf)]``, the pdf classes of that phone that may
+    have that pdf (several where states are tied; HMM state = pdf class in
+    Kaldi's standard topologies).
     """
-    by_phone_pdf: dict[tuple[int, int], int] = {}
+    by_phone_pdf: dict[tuple[int, int], list[int]] = {}
     first = new_tm.state2id
     for state in range(1, new_tm.num_transition_states + 1):
         tids = range(first[state], first[state + 1])
         pdfs = {new_tm.transition_id_to_pdf(t) for t in tids}
-        key = (new_tm.transition_id_to_phone(tids[0]), pdfs.pop())
-        if pdfs or key in by_phone_pdf:
+        if len(pdfs) != 1:
+            raise ValueError("alignment conversion needs topologies whose self-loops share their state's pdf "
+                             "(Kaldi's standard ones)")
+        by_phone_pdf.setdefault((new_tm.transition_id_to_phone(tids[0]), pdfs.pop()), []).append(state)
+    for key, states in by_phone_pdf.items():
+        if len(states) != len(classes_of_pdf[key]):
             raise ValueError("alignment conversion needs topologies where one pdf class belongs to one HMM state "
-                             "and self-loops share their state's pdf (Kaldi's standard ones)")
-        by_phone_pdf[key] = state
+                             "(Kaldi's standard ones)")
     old_first, old_state = old_tm.state2id, old_tm.id2state
 
-    def convert(tid: int, phone: int, new_pdf: int) -> int:
+    def convert(tid: int, phone: int, pdf_class: int, new_pdf: int) -> int:
         index = tid - old_first[old_state[tid]]
-        return first[by_phone_pdf[(phone, new_pdf)]] + index
+        k = classes_of_pdf[(phone, new_pdf)].index(pdf_class)
+        return first[by_phone_pdf[(phone, new_pdf)][k]] + index
 
     return convert
 
@@ -514,7 +584,7 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
     save_model(out_dir, topo_text, ctx_dep, trans_model)
 
-    convert = tid_converter(ci_tm, trans_model)
+    convert = tid_converter(ci_tm, trans_model, tree.classes_of_pdf())
     num_utts = 0
     with alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdfs, \
             alignment_table_writer(out_dir / "ali.ark") as write_tids:
@@ -524,12 +594,12 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
                 for tid in tids[b:e]:
                     pdf = tree.pdf(left, phone, right, int(tid_class[tid]))
                     pdfs.append(pdf)
-                    new_tids.append(convert(int(tid), phone, pdf))
+                    new_tids.append(convert(int(tid), phone, int(tid_class[tid]), pdf))
             write_pdfs(cut.id, pdfs)
             write_tids(cut.id, new_tids)
             num_utts += 1
     alignments.close()
-    summary = {"leaves": len(tree.leaves()), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
+    summary = {"leaves": len({leaf.pdf for leaf in tree.leaves()}), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
                "questions": questions, "num_questions": len(question_sets),
                "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
                "frames": int(sum(s[0] for s in stats.values())), "utterances": num_utts}
