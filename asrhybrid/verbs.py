@@ -571,6 +571,10 @@ def add_verbs(sub) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_compute_loglikes)
 
+    from asrhybrid.verbs_decode import add_decode_verbs
+
+    add_decode_verbs(sub, add_verb, _add_common)
+
     p = add_verb(sub, "plot-alignment", "PNG of the aligned words over each utterance's energy envelope")
     p.add_argument("cuts", type=Path)
     p.add_argument("word_ctm", type=Path)

@@ -128,26 +128,51 @@ class LatticePath:
     acoustic: float
     tids: tuple[int, ...]
     word_spans: tuple[tuple[int, int, int], ...]  # (word, first frame, frames) of each word arc
+    steps: tuple[tuple[int, float, float, tuple[int, ...]], ...] = ()  # (word or 0; -1 final, graph, acoustic, tids)
 
     @classmethod
     def of(cls, lattice: WordLattice, steps, lmwt: float, wip: float) -> "LatticePath":
         out = lattice.out_arcs()
-        words, tids, spans, graph, acoustic = [], [], [], 0.0, 0.0
+        words, tids, spans, graph, acoustic, kept = [], [], [], 0.0, 0.0, []
         for state, k in steps:
             if state == "final":
                 g, a, t = lattice.final[k]
+                kept.append((-1, g, a, t))
             else:
                 arc = out[state][k]
                 g, a, t = arc.graph, arc.acoustic, arc.tids
+                kept.append((arc.word, g, a, t))
                 if arc.word:
                     words.append(arc.word)
                     spans.append((arc.word, len(tids), len(t)))
             graph, acoustic = graph + g, acoustic + a
             tids.extend(t)
-        return cls(tuple(words), graph, acoustic, tuple(tids), tuple(spans))
+        return cls(tuple(words), graph, acoustic, tuple(tids), tuple(spans), tuple(kept))
 
     def cost(self, lmwt: float = 1.0, wip: float = 0.0) -> float:
         return lmwt * self.graph + self.acoustic + wip * len(self.words)
+
+
+def paths_lattice(paths: list[LatticePath], extra_graph: list[float] | None = None) -> WordLattice:
+    """A lattice that is the union of ``paths`` (each a chain from state 0, its arcs as they were), with
+    ``extra_graph[i]`` added to path i's final graph cost (n-best rescoring's LM change)."""
+    arcs: list[Arc] = []
+    final: dict[int, tuple[float, float, tuple[int, ...]]] = {}
+    next_state = 1
+    for i, path in enumerate(paths):
+        state = 0
+        for word, g, a, t in path.steps:
+            if word == -1:
+                final_state = state
+                if state == 0:  # an empty path: a final weight on the start state needs its own state
+                    final_state = next_state
+                    next_state += 1
+                    arcs.append(Arc(0, final_state, 0, 0.0, 0.0))
+                final[final_state] = (g + (extra_graph[i] if extra_graph else 0.0), a, t)
+                continue
+            arcs.append(Arc(state, next_state, word, g, a, t))
+            state, next_state = next_state, next_state + 1
+    return WordLattice(arcs, final, num_states=next_state)
 
 
 def _weight(text: str, where: str) -> tuple[float, float, tuple[int, ...]]:
@@ -169,38 +194,70 @@ def _open(path: Path, mode: str) -> TextIO:
     return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
 
 
-def read_kaldi_lattices(path: Path | str) -> Iterator[tuple[str, WordLattice]]:
-    """(key, lattice) of a Kaldi text CompactLattice archive (``.gz`` too), one at a time; errors name the line."""
+def read_kaldi_lattices(path: Path | str, bad: list[str] | None = None) -> Iterator[tuple[str, WordLattice]]:
+    """(key, lattice) of a Kaldi text CompactLattice archive (``.gz`` too), one at a time; errors name the line.
+
+    With ``bad`` (a list), a lattice with a bad line is skipped and the error appended there, and the
+    archive goes on from the next lattice: a corrupt lattice loses itself only."""
     path = Path(path)
     with _open(path, "r") as f:
-        key, arcs, final = None, [], {}
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                if key is not None:
-                    yield key, WordLattice(arcs, final)
-                key, arcs, final = None, [], {}
-                continue
-            if key is None:
-                key = line.strip()
-                continue
-            where = f"{path}:{n} (lattice '{key}')"
-            try:
-                if len(fields) == 4:
-                    g, a, tids = _weight(fields[3], where)
-                    arcs.append(Arc(int(fields[0]), int(fields[1]), int(fields[2]), g, a, tids))
-                elif len(fields) == 3 and "," not in fields[2]:  # an arc with weight One
-                    arcs.append(Arc(int(fields[0]), int(fields[1]), int(fields[2]), 0.0, 0.0))
-                elif len(fields) == 2:
-                    final[int(fields[0])] = _weight(fields[1], where)
-                elif len(fields) == 1:
-                    final[int(fields[0])] = (0.0, 0.0, ())
-                else:
-                    raise ValueError(f"{where}: not an arc (src dst word weight) nor a final state")
-            except ValueError as e:
-                raise ValueError(str(e) if str(e).startswith(str(path)) else f"{where}: {e}") from None
-        if key is not None:
-            yield key, WordLattice(arcs, final)
+        key, arcs, final, broken = None, [], {}, False
+        try:
+            lines = enumerate(f, 1)
+            for n, line in lines:
+                fields = line.split()
+                if not fields:
+                    if key is not None and not broken:
+                        yield key, _checked(WordLattice(arcs, final), path, key, bad)
+                    key, arcs, final, broken = None, [], {}, False
+                    continue
+                if key is None:
+                    key = line.strip()
+                    continue
+                if broken:
+                    continue
+                where = f"{path}:{n} (lattice '{key}')"
+                try:
+                    _read_line(fields, where, arcs, final)
+                except ValueError as e:
+                    message = str(e) if str(e).startswith(str(path)) else f"{where}: {e}"
+                    if bad is None:
+                        raise ValueError(message) from None
+                    bad.append(message)
+                    broken = True
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # a truncated .gz, a binary file
+            message = f"{path}: unreadable after lattice '{key}' ({e})"
+            if bad is None:
+                raise ValueError(message) from None
+            bad.append(message)
+            return
+        if key is not None and not broken:
+            yield key, _checked(WordLattice(arcs, final), path, key, bad)
+
+
+def _read_line(fields: list[str], where: str, arcs: list[Arc], final: dict) -> None:
+    if len(fields) == 4:
+        g, a, tids = _weight(fields[3], where)
+        arcs.append(Arc(int(fields[0]), int(fields[1]), int(fields[2]), g, a, tids))
+    elif len(fields) == 3 and "," not in fields[2]:  # an arc with weight One
+        arcs.append(Arc(int(fields[0]), int(fields[1]), int(fields[2]), 0.0, 0.0))
+    elif len(fields) == 2:
+        final[int(fields[0])] = _weight(fields[1], where)
+    elif len(fields) == 1:
+        final[int(fields[0])] = (0.0, 0.0, ())
+    else:
+        raise ValueError(f"{where}: not an arc (src dst word weight) nor a final state")
+
+
+def _checked(lattice: WordLattice, path: Path, key: str, bad: list[str] | None) -> WordLattice:
+    try:
+        lattice.topological_order()
+    except ValueError as e:
+        if bad is None:
+            raise ValueError(f"{path}: lattice '{key}': {e}") from None
+        bad.append(f"{path}: lattice '{key}': {e}")
+        return WordLattice([], {})
+    return lattice
 
 
 def write_kaldi_lattices(path: Path | str, lattices: Iterable[tuple[str, WordLattice]]) -> int:

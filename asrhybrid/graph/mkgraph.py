@@ -19,7 +19,9 @@ from pathlib import Path
 
 from asrhybrid.errors import DataError
 from asrhybrid.lang.io import read_int_list, read_symbol_table
-from asrhybrid.model import load_model
+from asrhybrid.decode.graph import write_k2_graph
+from asrhybrid.fsa.k2_engine import available as k2_available
+from asrhybrid.model import MODEL_FILES, load_model
 from asrhybrid.recipe.outputs import atomic_output
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,8 @@ def unreachable_words(G, words: dict[str, int]) -> list[str]:
 
 def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, g_fst: Path | str | None = None,
             self_loop_scale: float = 0.1) -> dict:
-    """Write ``graph_dir/HCLG.fst`` (ConstFst), ``words.txt``, ``phones.txt``; return states, arcs, seconds."""
+    """Write ``graph_dir/HCLG.fst`` (a VectorFst), ``words.txt``, ``phones.txt``, ``phones/``, the model's files
+    and, where k2 is installed, HCLG's k2 form (:mod:`asrhybrid.decode.graph`); return states, arcs, seconds."""
     from asrhybrid.kaldi import kaldifst
 
     lang_dir, model_dir, graph_dir = Path(lang_dir), Path(model_dir), Path(graph_dir)
@@ -118,6 +121,10 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
         HCLG.write(str(tmp))
     for name in ("words.txt", "phones.txt"):
         shutil.copyfile(lang_dir / name, graph_dir / name)
+    for name in MODEL_FILES:  # the model beside its graph: a graph dir decodes by itself
+        shutil.copyfile(model_dir / name, graph_dir / name)
+    if k2_available():
+        write_k2_graph(graph_dir, HCLG, trans_model)
     (graph_dir / "phones").mkdir(exist_ok=True)
     for p in (lang_dir / "phones").glob("*"):
         shutil.copyfile(p, graph_dir / "phones" / p.name)

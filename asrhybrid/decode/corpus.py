@@ -1,0 +1,260 @@
+"""Decoding a corpus into a decode directory (Kaldi's decode.sh / latgen-faster-mapped, with k2).
+
+A decode directory holds, per job ``n`` of ``nj``:
+
+- ``lat.n.gz``: the word lattices, a Kaldi text CompactLattice archive
+  (:mod:`asrhybrid.decode.lattice`: words as ids of the graph's ``words.txt``,
+  costs graph,acoustic with the acoustic cost unscaled, transition ids as the
+  strings), what ``lattice-copy ark,t:`` prints of Kaldi's own ``lat.n.gz``;
+- ``best.n.jsonl``: per utterance its 1-best at the decoding acoustic scale
+  (``words``, ``tids``, ``cost``, ``frames``, ``lattice_arcs``), or ``error``;
+
+and ``decode.json``: the options, the graph and scores it came from, counts
+(utterances, failed ones with their reasons, frames), speed and lattice
+density; ``words.txt`` is the graph's, so the directory reads by itself.
+An utterance that cannot be decoded (a score matrix of the wrong width, zero
+frames, no path within the beams) is reported and counted; the others go on.
+
+Utterances go to job ``n`` by a hash of their id; each job's files are
+written under temporary names and renamed when complete, so a killed decode
+resumes from the jobs it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from asrhybrid.decode.decoder import DecodeConfig, Hypothesis, KaldiDecoder, decode_batch
+from asrhybrid.decode.graph import DecodingGraph
+from asrhybrid.decode.lattice import read_kaldi_lattices, write_kaldi_lattices
+from asrhybrid.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def job_of(utt: str, nj: int) -> int:
+    """The job (1..nj) an utterance is decoded in."""
+    return zlib.crc32(utt.encode("utf-8")) % nj + 1
+
+
+def _in_job(cut, job: int, nj: int) -> bool:  # a named function: Lhotse warns on lambdas
+    return job_of(cut.id, nj) == job
+
+
+def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: int, nj: int,
+                device: str = "cpu") -> Iterator[tuple[str, np.ndarray, float]]:
+    """(utt, unscaled log-likelihoods, seconds of audio or 0) of a job's utterances: from an acoustic model's
+    directory (``final.pt``; the network runs here, on the cuts) or a compute-loglikes archive (acwt 1)."""
+    from functools import partial
+
+    source = Path(source)
+    if (source / "final.pt").is_file():
+        from asrhybrid.data.manifests import load_cuts
+        from asrhybrid.nnet.train import iter_loglikes, load_am
+
+        if cuts_path is None:
+            raise DataError([f"{source} is an acoustic model: decoding it needs the cuts (--cuts)"])
+        model, final = load_am(source, device)
+        cuts = load_cuts(cuts_path).filter(partial(_in_job, job=job, nj=nj))
+        for cut, ll in iter_loglikes(model, final, cuts, acwt=1.0, prior_scale=prior_scale, device=device):
+            yield cut.id, ll, float(cut.duration)
+        return
+    if source.suffix not in (".ark", ".scp") or not source.is_file():
+        raise DataError([f"{source}: neither an acoustic model directory (with final.pt) nor a log-likelihood archive (.ark)"])
+    from asrhybrid.kaldi_io import iter_matrices
+
+    ark = source.with_suffix(".ark")
+    for utt, ll in iter_matrices(ark):
+        if job_of(utt, nj) == job:
+            yield utt, ll, 0.0
+
+
+def _batches(scores: Iterator[tuple[str, np.ndarray, float]], max_frames: int):
+    batch, frames = [], 0
+    for item in scores:
+        n = item[1].shape[0] if item[1].ndim == 2 else 0
+        if batch and frames + n > max_frames:
+            yield batch
+            batch, frames = [], 0
+        batch.append(item)
+        frames += n
+    if batch:
+        yield batch
+
+
+def decode_job(graph_dir: Path, source: Path, cuts_path: Path | None, out_dir: Path, cfg: DecodeConfig, job: int,
+               nj: int, device: str = "cpu", compare_kaldi: bool = False) -> dict:
+    """Decode job ``job`` of ``nj`` into ``out_dir/lat.job.gz`` and ``best.job.jsonl``; returns its counts."""
+    import torch
+
+    from asrhybrid.recipe.outputs import atomic_output
+
+    if device == "cpu" and nj > 1:
+        torch.set_num_threads(1)
+    graph = DecodingGraph.load(graph_dir)
+    kaldi = KaldiDecoder(graph, cfg) if compare_kaldi else None
+    stats = {"utterances": 0, "failed": [], "frames": 0, "audio_seconds": 0.0, "decode_seconds": 0.0,
+             "search_seconds": 0.0, "state_lattice_arcs": 0, "lattice_arcs": 0, "kaldi": None}
+    if kaldi is not None:
+        stats["kaldi"] = {"compared": 0, "same_words": 0, "k2_better_or_equal": 0, "kaldi_better": [],
+                          "seconds": 0.0}
+    with atomic_output(out_dir / f"best.{job}.jsonl") as best_tmp, atomic_output(out_dir / f"lat.{job}.gz") as lat_tmp:
+        with open(best_tmp, "w", encoding="utf-8") as best_file:
+
+            def results():
+                for batch in _batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device), cfg.batch_frames):
+                    start = time.perf_counter()
+                    hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
+                    stats["decode_seconds"] += time.perf_counter() - start
+                    for (utt, ll, seconds), hyp in zip(batch, hyps):
+                        _record(stats, hyp, ll, seconds)
+                        if kaldi is not None and hyp.ok:
+                            _compare(stats["kaldi"], hyp, kaldi, ll)
+                        best_file.write(json.dumps({"utt": utt, "words": [graph.words[w] for w in hyp.words],
+                                                    "tids": hyp.tids, "cost": round(hyp.cost, 4),
+                                                    "frames": int(ll.shape[0]) if ll.ndim == 2 else 0,
+                                                    "lattice_arcs": hyp.lattice_arcs, "error": hyp.error}) + "\n")
+                        if hyp.ok:
+                            yield utt, hyp.lattice
+
+            write_kaldi_lattices(lat_tmp, results())
+    return stats
+
+
+def _record(stats: dict, hyp: Hypothesis, ll: np.ndarray, seconds: float) -> None:
+    stats["utterances"] += 1
+    if not hyp.ok:
+        stats["failed"].append({"utt": hyp.utt, "error": hyp.error})
+        log.error("%s", hyp.error)
+        return
+    stats["frames"] += int(ll.shape[0])
+    stats["audio_seconds"] += seconds
+    stats["state_lattice_arcs"] += hyp.lattice_arcs
+    stats["lattice_arcs"] += len(hyp.lattice.arcs) if hyp.lattice is not None else 0
+
+
+def _compare(stats: dict, hyp: Hypothesis, kaldi: KaldiDecoder, ll: np.ndarray) -> None:
+    start = time.perf_counter()
+    ref = kaldi.decode(hyp.utt, ll)
+    stats["seconds"] += time.perf_counter() - start
+    if not ref.ok:
+        return
+    stats["compared"] += 1
+    if ref.words == hyp.words:
+        stats["same_words"] += 1
+    if hyp.cost <= ref.cost + 1e-3 * max(1.0, abs(ref.cost)):
+        stats["k2_better_or_equal"] += 1
+    else:
+        stats["kaldi_better"].append({"utt": hyp.utt, "k2_cost": round(hyp.cost, 4), "kaldi_cost": round(ref.cost, 4)})
+
+
+def _run_job(kwargs: dict) -> dict:
+    from asrhybrid.recipe.logs import setup_logging
+
+    setup_logging(logging.WARNING)  # a spawned worker: its warnings and errors to stderr
+    return decode_job(**kwargs)
+
+
+def decode_corpus(graph_dir: Path | str, source: Path | str, out_dir: Path | str, cuts_path: Path | str | None = None,
+                  cfg: DecodeConfig | None = None, nj: int = 1, device: str = "cpu",
+                  compare_kaldi: bool = False) -> dict:
+    """Decode every utterance into ``out_dir`` (see the module's doc) with ``nj`` jobs (processes on CPU); the jobs
+    already complete there (same options: the verb clears the folder otherwise) are kept. Returns decode.json."""
+    from asrhybrid.recipe.outputs import write_text_atomic
+
+    cfg = cfg or DecodeConfig()
+    graph_dir, source, out_dir = Path(graph_dir), Path(source), Path(out_dir)
+    cuts_path = Path(cuts_path) if cuts_path is not None else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph = DecodingGraph.load(graph_dir)  # errors before any job starts; caches the k2 form for the jobs
+    if (source / "final.pt").is_file():
+        import torch
+
+        num_pdfs = torch.load(source / "final.pt", weights_only=False, map_location="cpu")["num_pdfs"]
+        if num_pdfs != graph.num_pdfs:
+            raise DataError([f"{source}: the acoustic model has {num_pdfs} pdfs, the graph {graph_dir} was built for "
+                             f"a model of {graph.num_pdfs}: they come from different trees"])
+    jobs = [dict(graph_dir=graph_dir, source=source, cuts_path=cuts_path, out_dir=out_dir, cfg=cfg, job=j, nj=nj,
+                 device=device, compare_kaldi=compare_kaldi) for j in range(1, nj + 1)]
+    todo = [k for k in jobs if not _job_done(out_dir, k["job"])]
+    if len(todo) < len(jobs):
+        log.info("%s: %d of %d jobs already decoded", out_dir, len(jobs) - len(todo), len(jobs))
+    start = time.perf_counter()
+    if nj > 1 and device == "cpu" and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(len(todo), os.cpu_count() or 1)) as pool:
+            results = pool.map(_run_job, todo)
+    else:
+        results = [decode_job(**k) for k in todo]
+    wall = time.perf_counter() - start
+    for k, stats in zip(todo, results):
+        write_text_atomic(out_dir / f".job.{k['job']}.json", json.dumps(stats) + "\n")
+    summary = _summary(out_dir, nj, cfg, graph_dir, source, cuts_path, device, wall)
+    write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
+    (out_dir / "words.txt").write_bytes((graph_dir / "words.txt").read_bytes())
+    return summary
+
+
+def _job_done(out_dir: Path, job: int) -> bool:
+    return all((out_dir / name).is_file() for name in (f".job.{job}.json", f"lat.{job}.gz", f"best.{job}.jsonl"))
+
+
+def _summary(out_dir: Path, nj: int, cfg: DecodeConfig, graph_dir: Path, source: Path, cuts_path, device: str,
+             wall: float) -> dict:
+    jobs = [json.loads((out_dir / f".job.{j}.json").read_text()) for j in range(1, nj + 1)]
+    total = {key: sum(j[key] for j in jobs) for key in ("utterances", "frames", "audio_seconds", "decode_seconds",
+                                                        "state_lattice_arcs", "lattice_arcs")}
+    failed = [f for j in jobs for f in j["failed"]]
+    frames = max(1, total["frames"])
+    summary = {"config": asdict(cfg), "graph": str(graph_dir), "scores": str(source),
+               "cuts": str(cuts_path) if cuts_path else None, "nj": nj, "device": device,
+               "utterances": total["utterances"], "decoded": total["utterances"] - len(failed),
+               "failed": failed, "frames": total["frames"],
+               "decode_frames_per_second": round(total["frames"] / max(1e-9, total["decode_seconds"]), 1),
+               "real_time_factor": (round(total["decode_seconds"] / total["audio_seconds"], 5)
+                                    if total["audio_seconds"] else None),
+               "state_lattice_arcs_per_frame": round(total["state_lattice_arcs"] / frames, 2),
+               "lattice_arcs_per_frame": round(total["lattice_arcs"] / frames, 4),
+               "wall_seconds_this_run": round(wall, 2)}
+    if jobs and jobs[0]["kaldi"] is not None:
+        k = {key: sum(j["kaldi"][key] for j in jobs) for key in ("compared", "same_words", "k2_better_or_equal", "seconds")}
+        k["kaldi_better"] = [d for j in jobs for d in j["kaldi"]["kaldi_better"]]
+        k["same_words_fraction"] = round(k["same_words"] / max(1, k["compared"]), 4)
+        summary["kaldi_reference"] = k
+    return summary
+
+
+def read_best(decode_dir: Path | str) -> Iterator[dict]:
+    """The 1-best records of a decode directory (every job, in job order)."""
+    decode_dir = Path(decode_dir)
+    nj = json.loads((decode_dir / "decode.json").read_text())["nj"]
+    for j in range(1, nj + 1):
+        with open(decode_dir / f"best.{j}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def lattice_files(decode_dir: Path | str) -> list[Path]:
+    """The lattice archives of a decode directory: ``lat.1.gz``, ``lat.2.gz``, ... in job order."""
+    decode_dir = Path(decode_dir)
+    files = sorted(decode_dir.glob("lat.*.gz"), key=lambda p: int(p.name.split(".")[1]) if p.name.split(".")[1].isdigit() else 0)
+    if not files:
+        raise DataError([f"{decode_dir}: no lattices (lat.N.gz): not a decode directory"])
+    return files
+
+
+def iter_lattices(decode_dir: Path | str, bad: list[str] | None = None):
+    """(utt, WordLattice) of every lattice of a decode directory, one at a time; with ``bad``, corrupt lattices
+    are skipped and their errors appended there."""
+    for path in lattice_files(decode_dir):
+        yield from read_kaldi_lattices(path, bad)

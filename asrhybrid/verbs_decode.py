@@ -1,0 +1,183 @@
+"""The verbs of decoding (stages 7-8): decode, score, rescore, lattice-to-kaldi, lattice-from-kaldi, transcribe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from asrhybrid.config import parse_options
+from asrhybrid.errors import ConfigError
+
+log = logging.getLogger("asrhybrid")
+
+
+def _decode_config(pairs: list[str] | None):
+    from asrhybrid.decode.decoder import DecodeConfig
+
+    try:
+        return DecodeConfig(**parse_options(pairs))
+    except TypeError as e:
+        raise ConfigError(f"decode: bad option: {e} (options: {', '.join(DecodeConfig.__dataclass_fields__)})") from None
+
+
+def _scores_input(path: Path) -> Path:
+    return path / "final.pt" if (path / "final.pt").is_file() else path
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from asrhybrid.decode.corpus import decode_corpus
+    from asrhybrid.nnet.train import default_device
+    from asrhybrid.recipe.outputs import Completion, resume_or_clear
+
+    cfg = _decode_config(args.opt)
+    device = str(default_device()) if args.device == "auto" else args.device
+    inputs = {"graph": args.graph_dir / "HCLG.fst", "scores": _scores_input(args.scores)}
+    if args.cuts:
+        inputs["cuts"] = args.cuts
+    done = Completion(args.out_dir, "decode", {**asdict(cfg), "nj": args.nj, "kaldi_reference": args.kaldi_reference},
+                      inputs=inputs)
+    if done.is_done(args.force):
+        log.info("%s: 'decode' already done", args.out_dir)
+        return
+    resume_or_clear(args.out_dir, done.resume_key())  # finished jobs of the same decode are kept
+    summary = decode_corpus(args.graph_dir, args.scores, args.out_dir, args.cuts, cfg, args.nj, device,
+                            compare_kaldi=args.kaldi_reference)
+    log.info("decoded %d of %d utterances (%d failed), %.0f frames/s, lattices %.2f arcs/frame", summary["decoded"],
+             summary["utterances"], len(summary["failed"]), summary["decode_frames_per_second"],
+             summary["lattice_arcs_per_frame"])
+    if "kaldi_reference" in summary:
+        k = summary["kaldi_reference"]
+        log.info("Kaldi's LatticeFasterDecoder on the same graph and scores: same words on %d of %d utterances; "
+                 "k2's path scores at least as well on %d", k["same_words"], k["compared"], k["k2_better_or_equal"])
+    done.mark_done()
+
+
+def _references(source: Path) -> dict[str, str]:
+    from asrhybrid.score.grid import refs_from_cuts
+    from asrhybrid.score.wer import read_text
+
+    return read_text(source) if source.name == "text" or source.suffix == ".txt" else refs_from_cuts(source)
+
+
+def _floats(text: str) -> list[float]:
+    """``7:17`` (integers from 7 to 17), ``0,0.5,1.0`` or one number."""
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            return [float(x) for x in range(int(a), int(b) + 1)]
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"'{text}': a range A:B of integers or numbers separated by commas") from None
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from asrhybrid.recipe.outputs import run_once
+    from asrhybrid.score.grid import score_decode_dir
+
+    params = None
+    if args.params_from:
+        chosen = json.loads((args.params_from / "scoring.json").read_text())
+        params = {"lmwt": chosen["lmwt"], "wip": chosen["wip"], "source": str(args.params_from)}
+    step = "score-chosen" if params else "score"
+
+    def work(done):
+        summary = score_decode_dir(args.decode_dir, _references(args.refs), _floats(args.lmwt), _floats(args.wip),
+                                   params)
+        print(summary["wer_line"])
+
+    inputs = {"refs": args.refs, "lattices": args.decode_dir / "decode.json"}
+    if args.params_from:
+        inputs["params"] = args.params_from / "scoring.json"
+    run_once(args.decode_dir, step, {"lmwt": args.lmwt, "wip": args.wip}, args.force, work, inputs=inputs,
+             outputs=["scoring", "wer_*", "best_wer", "chosen_wer", "errs-*", "recogs-*", "scoring.json"])
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    from asrhybrid.decode.rescore import rescore_decode_dir
+    from asrhybrid.recipe.outputs import run_once
+
+    def work(done):
+        summary = rescore_decode_dir(args.lat_dir, args.old_lm, args.new_lm, args.out_dir, args.method, args.n,
+                                     args.nbest_lmwt)
+        r = summary["rescoring"]
+        log.info("rescored %d lattices (%s): %.4f s per lattice", r["lattices"], r["method"], r["seconds_per_lattice"])
+
+    run_once(args.out_dir, f"rescore-{args.method}", {"n": args.n, "nbest_lmwt": args.nbest_lmwt}, args.force, work,
+             inputs={"lattices": args.lat_dir / "decode.json", "old_lm": args.old_lm, "new_lm": args.new_lm})
+
+
+def cmd_lattice_to_kaldi(args: argparse.Namespace) -> None:
+    from asrhybrid.decode.corpus import iter_lattices
+    from asrhybrid.decode.lattice import write_kaldi_lattices
+    from asrhybrid.recipe.outputs import atomic_output
+
+    with atomic_output(args.out) as tmp:
+        count = write_kaldi_lattices(tmp, iter_lattices(args.decode_dir))
+    log.info("%d lattices to %s (Kaldi text CompactLattice: lattice-copy 'ark:%s' ark:lat.ark makes it binary)",
+             count, args.out, args.out)
+
+
+def cmd_lattice_from_kaldi(args: argparse.Namespace) -> None:
+    from asrhybrid.decode.lattice_io import import_kaldi_lattices
+
+    summary = import_kaldi_lattices(args.archives, args.words_txt, args.out_dir, args.acoustic_scale)
+    log.info("%d lattices from %d archive(s) into %s", summary["utterances"], len(args.archives), args.out_dir)
+
+
+def add_decode_verbs(sub, add_verb, add_common) -> None:
+    p = add_verb(sub, "decode", "stage 8: lattices of every utterance over HCLG with k2 (Kaldi's decode.sh): OUT_DIR/lat.N.gz "
+                                "(Kaldi text CompactLattice), best.N.jsonl (1-best words, alignment), decode.json")
+    p.add_argument("graph_dir", type=Path, help="mkgraph's GRAPH_DIR (HCLG.fst, its k2 form, words.txt, the model)")
+    p.add_argument("scores", type=Path, help="an acoustic model dir (train-am's EXP_DIR) or compute-loglikes' archive (acwt 1)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--cuts", type=Path, help="the cuts to decode (needed with an acoustic model)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="DecodeConfig field: acwt, prior_scale, search_beam, output_beam, min_active, max_active, "
+                        "lattice_beam, max_lattice_states, batch_frames")
+    p.add_argument("--nj", type=int, default=1, help="jobs (worker processes on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--kaldi-reference", action="store_true",
+                   help="also decode with Kaldi's LatticeFasterDecoder and report the agreement in decode.json")
+    add_common(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = add_verb(sub, "score", "Kaldi's scoring grid over a decode dir's lattices: wer_LMWT_WIP, best_wer (or chosen_wer "
+                               "with --params-from a dev decode), errs-*/recogs-*, scoring.json")
+    p.add_argument("decode_dir", type=Path)
+    p.add_argument("refs", type=Path, help="the cuts manifest decoded, or a Kaldi text file")
+    p.add_argument("--lmwt", default="7:17", help="LM weights: A:B or a list (default 7:17)")
+    p.add_argument("--wip", default="0,0.5,1.0", help="word insertion penalties (default 0,0.5,1.0)")
+    p.add_argument("--params-from", type=Path, help="a scored dev decode dir: apply its best LMWT and WIP here")
+    add_common(p)
+    p.set_defaults(func=cmd_score)
+
+    p = add_verb(sub, "rescore", "LM rescoring of saved lattices (Kaldi's lmrescore: old LM out, new LM in) into OUT_DIR, "
+                                 "a decode dir: whole-lattice through k2 or n-best through KenLM")
+    p.add_argument("lat_dir", type=Path, help="a decode dir")
+    p.add_argument("old_lm", type=Path, help="the first pass's LM (ARPA or KenLM binary)")
+    p.add_argument("new_lm", type=Path, help="ARPA (or G.fst for --method lattice, KenLM binary for nbest)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--method", default="lattice", choices=["lattice", "nbest"])
+    p.add_argument("--n", type=int, default=100, help="n-best: unique word sequences per lattice")
+    p.add_argument("--nbest-lmwt", type=float, default=10.0, help="n-best: the LM weight they are drawn at")
+    add_common(p)
+    p.set_defaults(func=cmd_rescore)
+
+    p = add_verb(sub, "lattice-to-kaldi", "a decode dir's lattices as one Kaldi text CompactLattice archive "
+                                          "(lattice-copy ark,t: layout; .gz to compress)")
+    p.add_argument("decode_dir", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=cmd_lattice_to_kaldi, log_file=None, force=False)
+
+    p = add_verb(sub, "lattice-from-kaldi", "Kaldi text CompactLattice archives (from a real Kaldi: lattice-copy "
+                                            "'ark:gunzip -c lat.1.gz|' ark,t:-) into a decode dir that every tool here reads")
+    p.add_argument("words_txt", type=Path, help="the words.txt of the graph the lattices were made with")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("archives", type=Path, nargs="+")
+    p.add_argument("--acoustic-scale", type=float, default=1.0,
+                   help="divide acoustic costs by this (1: Kaldi writes lattices unscaled)")
+    p.set_defaults(func=cmd_lattice_from_kaldi, log_file=None, force=False)
