@@ -33,6 +33,13 @@ A recipe config names the corpus and gives each stage's options::
                              # per system; realign: rounds of realigning with itself; ali: the alignments
                              # (tree, or an earlier system's realignment, e.g. dnn_ali1)
       nproc: 1               # > 1: data-parallel workers through torchrun
+    decode:                  # stages 7-8: HCLG of the tree with the small LM, lattices, rescoring, scoring
+      options: {acwt: 0.1, search_beam: 20, lattice_beam: 6}   # DecodeConfig fields
+      nj: 2                  # decoding jobs (processes on CPU)
+      lmwt: "7:17"           # Kaldi's scoring grid
+      wip: "0,0.5,1.0"
+      rescore: [lattice, nbest]   # rescoring methods with the large LM ([] for none)
+      kaldi_reference: true  # also decode with Kaldi's decoder and report the agreement
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class RecipeConfig:
     align: dict[str, Any] = field(default_factory=dict)
     tree: dict[str, Any] = field(default_factory=dict)
     am: dict[str, Any] = field(default_factory=dict)
+    decode: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
 
     def part(self, role: str) -> str:
@@ -112,6 +120,9 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for system in am.get("systems") or []:
         if system not in SYSTEMS:
             _check_keys(path, "am.systems", {system: None}, set(SYSTEMS))
+    _check_keys(path, "decode.options", (raw.get("decode") or {}).get("options") or {}, _field_names("decode"))
+    for method in (raw.get("decode") or {}).get("rescore") or []:
+        _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
     for key in ("corpus", "sample_rate", "data"):
         if key not in raw:
@@ -129,12 +140,13 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         align=dict(raw.get("align") or {}),
         tree=dict(raw.get("tree") or {}),
         am=dict(raw.get("am") or {}),
+        decode=dict(raw.get("decode") or {}),
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
     )
 
 
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
-            "parts", "description"}
+            "decode", "parts", "description"}
 SYSTEMS = ("dnn", "lstmp", "fast_slow")  # stage 6's acoustic models (asrhybrid.nnet.train.SYSTEMS)
 
 
@@ -148,6 +160,8 @@ def _field_names(kind: str) -> set[str]:
         from asrhybrid.data.synth.corpus import SynthConfig as cls
     elif kind == "train":
         from asrhybrid.nnet.train import TrainConfig as cls
+    elif kind == "decode":
+        from asrhybrid.decode.decoder import DecodeConfig as cls
     else:
         from asrhybrid.align.flat_start import FlatStartConfig as cls
     return {f.name for f in fields(cls)}
@@ -164,6 +178,7 @@ def _section_keys() -> dict[str, set[str]]:
         "align": _field_names("align"),
         "tree": {"num_leaves", "min_count", "questions"},
         "am": {"systems", "common", "nproc", *SYSTEMS},
+        "decode": {"options", "nj", "lmwt", "wip", "rescore", "kaldi_reference", "nbest"},
         "parts": {"train", "dev", "test"},
     }
 

@@ -93,7 +93,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     if args.params_from:
         inputs["params"] = args.params_from / "scoring.json"
     run_once(args.decode_dir, step, {"lmwt": args.lmwt, "wip": args.wip}, args.force, work, inputs=inputs,
-             outputs=["scoring", "wer_*", "best_wer", "chosen_wer", "errs-*", "recogs-*", "scoring.json"])
+             outputs=["scoring", "wer_*", "best_wer", "chosen_wer", "errs-*", "recogs-*", "scoring*.json"])
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
@@ -126,6 +126,21 @@ def cmd_lattice_from_kaldi(args: argparse.Namespace) -> None:
 
     summary = import_kaldi_lattices(args.archives, args.words_txt, args.out_dir, args.acoustic_scale)
     log.info("%d lattices from %d archive(s) into %s", summary["utterances"], len(args.archives), args.out_dir)
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from asrhybrid.recipe.results import write_results
+
+    path = write_results(args.workdir, args.corpus or args.workdir.name)
+    print(path.read_text(encoding="utf-8"))
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from asrhybrid.decode.transcribe import transcribe
+
+    for utt, words in transcribe(args.exp_dir, args.audio, args.graph, args.rescore, args.old_lm,
+                                 _decode_config(args.opt), args.max_segment, args.device):
+        print(f"{utt} {words}".rstrip(), flush=True)
 
 
 def add_decode_verbs(sub, add_verb, add_common) -> None:
@@ -166,6 +181,25 @@ def add_decode_verbs(sub, add_verb, add_common) -> None:
     p.add_argument("--nbest-lmwt", type=float, default=10.0, help="n-best: the LM weight they are drawn at")
     add_common(p)
     p.set_defaults(func=cmd_rescore)
+
+    p = add_verb(sub, "transcribe", "recognise audio with a trained system (features, CMVN, network, priors, graph, "
+                                    "optional rescoring): prints 'utt-id words' per file")
+    p.add_argument("exp_dir", type=Path, help="a trained system in a recipe workdir (WORKDIR/exp/SYSTEM)")
+    p.add_argument("audio", type=Path, nargs="+", help="audio files (any rate: resampled), wav.scp files or cuts manifests")
+    p.add_argument("--graph", type=Path, help="graph dir (default WORKDIR/exp/tree/graph_small)")
+    p.add_argument("--rescore", type=Path, metavar="LM", help="rescore the lattice with this LM (ARPA or G.fst)")
+    p.add_argument("--old-lm", type=Path, help="the graph's LM, removed when rescoring (default WORKDIR/data/lm/small.arpa)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="DecodeConfig field (acwt, beams, ...)")
+    p.add_argument("--max-segment", type=float, default=30.0, help="longer audio is cut into segments of at most this")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_transcribe, log_file=None, force=False)
+
+    p = add_verb(sub, "results", "WORKDIR/RESULTS.md from every scored decode dir under WORKDIR/exp (Kaldi-style "
+                                 "%WER lines per system, part, LM and method; the commands)")
+    p.add_argument("workdir", type=Path)
+    p.add_argument("--corpus", help="its name in the title (default: the workdir's name)")
+    add_common(p)
+    p.set_defaults(func=cmd_results)
 
     p = add_verb(sub, "lattice-to-kaldi", "a decode dir's lattices as one Kaldi text CompactLattice archive "
                                           "(lattice-copy ark,t: layout; .gz to compress)")

@@ -13,6 +13,9 @@ through the verbs' completion markers; ``force`` redoes it.
     5  tree      senone decision tree from the CI alignments, pdf alignments (exp/tree)
     6  am        hybrid acoustic models on the senone alignments (exp/dnn, exp/lstmp, exp/fast_slow),
                  optionally realigned with their own first pass and trained again (Kaldi's practice)
+    7  graph     HCLG of the tree with the small LM, and its k2 form (exp/tree/graph_small)
+    8  decode    per system and eval part: lattices (exp/<system>/decode_<part>_small), rescoring with the
+                 large LM (decode_<part>_large_lattice, _nbest), Kaldi's scoring grid, RESULTS.md
 """
 
 from __future__ import annotations
@@ -204,6 +207,49 @@ def stage_am(run: RecipeRun) -> None:
                 ali_dir = realigned
 
 
+def graph_dir(run: RecipeRun) -> Path:
+    """The decoding graph: the tree's, as Kaldi's nnet recipes decode with the tree's graph (every system of
+    stage 6 shares the tree, so one HCLG serves them all)."""
+    return run.workdir / "exp" / "tree" / "graph_small"
+
+
+def stage_graph(run: RecipeRun) -> None:
+    run.run_verb("graph", "mkgraph", [str(run.workdir / "data" / "lang_test_small"), str(run.workdir / "exp" / "tree"),
+                                      str(graph_dir(run))])
+
+
+def eval_parts(run: RecipeRun) -> list[str]:
+    """The roles decoded: dev (where the scoring grid's setting is picked) and test, those the corpus has."""
+    return [role for role in ("dev", "test") if run.supervisions(role, must_exist=False).is_file()]
+
+
+def stage_decode(run: RecipeRun) -> None:
+    dec = run.config.decode
+    exp, lm_dir = run.workdir / "exp", run.workdir / "data" / "lm"
+    grid = ["--lmwt", str(dec.get("lmwt", "7:17")), "--wip", str(dec.get("wip", "0,0.5,1.0"))]
+    methods = dec.get("rescore", ["lattice", "nbest"]) or []
+    parts = eval_parts(run)
+    for system in run.config.am.get("systems") or ["dnn"]:
+        for role in parts:
+            decode_dir = exp / system / f"decode_{run.config.part(role)}_small"
+            args = [str(graph_dir(run)), str(exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
+                    "--nj", str(dec.get("nj", 1)), *format_options(dec.get("options") or {})]
+            run.run_verb(system, "decode", args + (["--kaldi-reference"] if dec.get("kaldi_reference", True) else []))
+            dirs = [decode_dir]
+            for method in methods:
+                rescored = exp / system / f"decode_{run.config.part(role)}_large_{method}"
+                run.run_verb(system, "rescore", [str(decode_dir), str(lm_dir / "small.arpa"), str(lm_dir / "large.arpa"),
+                                                 str(rescored), "--method", method])
+                dirs.append(rescored)
+            for d in dirs:
+                chosen = (["--params-from", str(exp / system / d.name.replace(f"_{run.config.part(role)}_", f"_{run.config.part('dev')}_", 1))]
+                          if role == "test" and "dev" in parts else [])
+                run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid])
+                if chosen:
+                    run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid, *chosen])
+    run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
@@ -212,6 +258,8 @@ STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (4, "align", stage_align),
     (5, "tree", stage_tree),
     (6, "am", stage_am),
+    (7, "graph", stage_graph),
+    (8, "decode", stage_decode),
 ]
 
 

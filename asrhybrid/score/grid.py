@@ -7,7 +7,7 @@ acoustic + WIP x words`` is the hypothesis; ``wer_LMWT_WIP`` holds its
 ``best_wer`` the best line with the file it came from. With ``params``
 (the LMWT and WIP picked on a dev set, its ``scoring.json``) the setting is
 applied instead of picked (icefall's and Kaldi's honest test number), and
-``chosen_wer`` holds it. ``errs-LMWT_WIP.txt`` and ``recogs-LMWT_WIP.txt``
+``chosen_wer`` and ``scoring_chosen.json`` hold it. ``errs-LMWT_WIP.txt`` and ``recogs-LMWT_WIP.txt``
 (icefall's) give the per-utterance alignments of the setting used.
 
 Utterances that failed to decode count as hypotheses with no words (every
@@ -104,7 +104,8 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
                "grid": {r.name: round(r.counts.wer, 4) for r in results},
                "utterances": len(refs), "without_hypothesis": missing, "corrupt_lattices": bad,
                "failed_decoding": _failed(decode_dir)}
-    write_text_atomic(decode_dir / "scoring.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(decode_dir / ("scoring_chosen.json" if params is not None else "scoring.json"),
+                      json.dumps(summary, indent=1) + "\n")
     return summary
 
 

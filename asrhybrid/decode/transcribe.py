@@ -1,0 +1,157 @@
+"""``asrhybrid transcribe``: audio in, words out, with a trained system (icefall's pretrained.py for a hybrid model).
+
+The pieces of the recipe, in one call: the audio is read (any format
+Lhotse reads) and resampled to the recipe's rate; fbank features with the
+options stage 1 used (recorded in its completion marker); the training
+data's global CMVN (kept in final.pt); the network and its priors; k2
+lattice decoding over the graph; optionally LM rescoring of the lattice
+(Kaldi's lmrescore: first-pass LM out, new one in); the best path at LM
+weight 1/acwt. A long file is cut into segments of at most
+``max_segment`` seconds at its quietest moments near each limit, decoded
+one by one, and its words joined.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from asrhybrid.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioItem:
+    utt: str
+    samples: np.ndarray  # mono, at the recipe's rate
+    sample_rate: int
+
+
+def fbank_config_of(workdir: Path):
+    """The fbank options stage 1 used for the training features (from its completion marker)."""
+    from asrhybrid.features.fbank import KaldiFbankConfig
+
+    markers = sorted((workdir / "data" / "fbank").glob(".done.fbank-*-train.json")) or sorted(
+        (workdir / "data" / "fbank").glob(".done.fbank-*.json"))
+    if not markers:
+        raise DataError([f"{workdir}/data/fbank: no record of the fbank options (stage 1's marker); is {workdir} a "
+                         "recipe workdir?"])
+    return KaldiFbankConfig(**json.loads(markers[0].read_text())["params"]["config"])
+
+
+def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:
+    """Audio files, ``wav.scp`` files (``utt path``) or cuts manifests, as mono audio at ``sample_rate``."""
+    from lhotse import Recording, load_manifest
+
+    for source in sources:
+        source = Path(source)
+        if not source.exists():
+            raise DataError([f"{source}: no such file"])
+        if source.name.endswith((".jsonl.gz", ".jsonl", ".json")):
+            for cut in load_manifest(source):
+                cut = cut.resample(sample_rate) if cut.sampling_rate != sample_rate else cut
+                yield AudioItem(cut.id, cut.load_audio()[0], sample_rate)
+            continue
+        if source.name == "wav.scp" or source.suffix == ".scp":
+            pairs = []
+            for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    utt, _, path = line.strip().partition(" ")
+                    if not path or path.endswith("|"):
+                        raise DataError([f"{source}:{n}: 'utt path' expected (commands ending in | are not read)"])
+                    pairs.append((utt, Path(path.strip())))
+        else:
+            pairs = [(source.stem, source)]
+        for utt, path in pairs:
+            try:
+                recording = Recording.from_file(path, recording_id=utt)
+            except Exception as e:  # noqa: BLE001 (any decoder failure is the file's problem)
+                raise DataError([f"{path}: not readable audio ({e})"]) from None
+            if recording.sampling_rate != sample_rate:
+                log.info("%s: resampling %d Hz to %d Hz", path, recording.sampling_rate, sample_rate)
+                recording = recording.resample(sample_rate)
+            audio = recording.load_audio()
+            yield AudioItem(utt, audio.mean(axis=0) if audio.shape[0] > 1 else audio[0], sample_rate)
+
+
+def segments(samples: np.ndarray, sample_rate: int, max_segment: float) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of at most ``max_segment`` seconds, cut at the quietest 10 ms frame of the
+    last quarter before each limit."""
+    limit = int(max_segment * sample_rate)
+    if len(samples) <= limit:
+        return [(0, len(samples))]
+    hop = max(1, sample_rate // 100)
+    out, start = [], 0
+    while len(samples) - start > limit:
+        window = samples[start + 3 * limit // 4 : start + limit]
+        frames = len(window) // hop
+        energy = (window[: frames * hop].reshape(frames, hop) ** 2).sum(axis=1)
+        cut = start + 3 * limit // 4 + int(np.argmin(energy)) * hop + hop // 2
+        out.append((start, cut))
+        start = cut
+    out.append((start, len(samples)))
+    return out
+
+
+def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str | None = None,
+               new_lm: Path | str | None = None, old_lm: Path | str | None = None, cfg=None,
+               max_segment: float = 30.0, device: str = "cpu") -> Iterator[tuple[str, str]]:
+    """(utt, words) per input utterance (see the module's doc)."""
+    from asrhybrid.decode.decoder import DecodeConfig, decode_batch
+    from asrhybrid.decode.graph import DecodingGraph
+    from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice
+    from asrhybrid.features.fbank import KaldiFbank
+    from asrhybrid.nnet.priors import scaled_loglikes
+    from asrhybrid.nnet.train import load_am
+
+    exp_dir = Path(exp_dir)
+    workdir = exp_dir.parent.parent
+    graph_dir = Path(graph_dir) if graph_dir else workdir / "exp" / "tree" / "graph_small"
+    cfg = cfg or DecodeConfig()
+    graph = DecodingGraph.load(graph_dir)
+    model, final = load_am(exp_dir, device)
+    if final["num_pdfs"] != graph.num_pdfs:
+        raise DataError([f"{exp_dir}: {final['num_pdfs']} pdfs, the graph {graph_dir} has {graph.num_pdfs}"])
+    fbank_cfg = fbank_config_of(workdir)
+    extractor = KaldiFbank(fbank_cfg)
+    rescorer = None
+    if new_lm is not None:
+        words = graph.words
+        old = open_lm(old_lm or workdir / "data" / "lm" / "small.arpa", words)
+        g_fst = Path(new_lm)
+        if g_fst.suffix == ".arpa":
+            from asrhybrid.lm.train import arpa_to_g
+
+            g_fst = graph_dir / f"G_{Path(new_lm).stem}.fst"
+            if not g_fst.is_file():
+                arpa_to_g(Path(new_lm), graph_dir / "words.txt", g_fst)
+        new_k2 = K2LanguageModel.from_g_fst(g_fst, words)
+        rescorer = lambda lat: rescore_lattice(lat, old, new_k2)  # noqa: E731
+    mean, std = final["feat_mean"], final["feat_std"]
+    for item in iter_audio(sources, fbank_cfg.sampling_rate):
+        words: list[str] = []
+        for a, b in segments(item.samples, item.sample_rate, max_segment):
+            feats = extractor.extract(item.samples[a:b], item.sample_rate)
+            if len(feats) == 0:
+                continue
+            x = torch.from_numpy(((feats - mean) / std).astype(np.float32))[None].to(device)
+            with torch.no_grad():
+                log_post = torch.log_softmax(model(x).float(), dim=-1)[0].cpu().numpy()
+            ll = scaled_loglikes(log_post, final["log_prior"], 1.0, cfg.prior_scale)
+            hyp = decode_batch(graph, [(item.utt, ll)], cfg, device, lattices=rescorer is not None)[0]
+            if not hyp.ok:
+                log.error("%s", hyp.error)
+                continue
+            ids = hyp.words
+            if rescorer is not None:
+                best = rescorer(hyp.lattice).best_path(1.0 / cfg.acwt)
+                ids = list(best.words) if best is not None else []
+            words += [graph.words[w] for w in ids if graph.words[w] not in ("<SIL>", "<sil>", "!SIL", "<eps>")]
+        yield item.utt, " ".join(words)
