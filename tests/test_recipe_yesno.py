@@ -444,6 +444,66 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
     assert again.returncode == 0 and again.stderr.count("'train-am' already done") == 3
 
 
+def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_through_stage_4):
+    """make stage=6 stop_stage=8 (stage 6 is a no-op after the test above): HCLG, k2 lattices of the test part,
+    rescoring with the large LM by both methods, Kaldi's scoring grid, RESULTS.md. The LSTMP's WER is 0.00%
+    (Kaldi's yesno monophone result; the DNN measured 1.25-1.67%); k2's 1-best words equal Kaldi's decoder's on
+    every utterance. Then transcribe (audio at another rate, a file longer than a segment) and the lattices
+    through Kaldi's text format and back score the same."""
+    import soundfile
+
+    work, yesno_dir = yesno_through_stage_4
+    result = make(work, yesno_dir, stages=(6, 8))
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = work / "exp"
+    assert (exp / "tree" / "graph_small" / "HCLG.fst").is_file() and (exp / "tree" / "graph_small" / "HCLG.k2.pt").is_file()
+    results = (work / "RESULTS.md").read_text()
+    wer = {}
+    for system in ("dnn", "lstmp"):
+        decode = exp / system / "decode_test_small"
+        summary = json.loads((decode / "decode.json").read_text())
+        assert summary["utterances"] == 30 and summary["failed"] == []
+        kaldi = summary["kaldi_reference"]
+        assert kaldi["compared"] == 30 and kaldi["same_words"] >= 30 * 0.99 and kaldi["k2_better_or_equal"] == 30
+        scoring = json.loads((decode / "scoring.json").read_text())
+        wer[system] = scoring["wer"]
+        assert scoring["wer_line"].replace(str(work) + "/", "") in results
+        for method in ("lattice", "nbest"):
+            rescored = json.loads((exp / system / f"decode_test_large_{method}" / "scoring.json").read_text())
+            assert f"exp/{system}/decode_test_large_{method}/wer_" in results and rescored["utterances"] == 30
+        assert (decode / f"errs-{scoring['lmwt']:g}_{scoring['wip']:g}.txt").is_file()
+    assert wer["lstmp"] == 0.0 and wer["dnn"] <= 3.0, wer
+    assert "asrhybrid decode exp/tree/graph_small exp/lstmp exp/lstmp/decode_test_small" in results
+    again = make(work, yesno_dir, stages=(7, 8))
+    assert again.returncode == 0 and "'decode' already done" in again.stderr and "'score' already done" in again.stderr
+
+    # transcribe: one file resampled to 16 kHz, and three files joined into one longer than a 10 s segment
+    cuts = load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")
+    first = cuts[0]
+    audio = first.recording.resample(16000).load_audio()[0]
+    soundfile.write(tmp_path / "at16k.wav", audio, 16000)
+    joined = np.concatenate([c.load_audio()[0] for c in list(cuts)[:3]])
+    soundfile.write(tmp_path / "joined.wav", joined, 8000)
+    out = subprocess.run([sys.executable, "-m", "asrhybrid", "transcribe", str(exp / "lstmp"), str(tmp_path / "at16k.wav"),
+                          str(tmp_path / "joined.wav"), "--max-segment", "10"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert lines["at16k"] == first.supervisions[0].text
+    assert len(joined) / 8000 > 10 and lines["joined"] == " ".join(c.supervisions[0].text for c in list(cuts)[:3])
+
+    # lattices to Kaldi's text format and back into a decode dir: the same WER
+    asr = [sys.executable, "-m", "asrhybrid"]
+    archive = tmp_path / "lat.txt"
+    assert subprocess.run([*asr, "lattice-to-kaldi", str(exp / "lstmp" / "decode_test_small"), str(archive)]).returncode == 0
+    assert archive.read_text().count("\n\n") == 30
+    imported = tmp_path / "imported"
+    assert subprocess.run([*asr, "lattice-from-kaldi", str(exp / "tree" / "graph_small" / "words.txt"), str(imported),
+                           str(archive)]).returncode == 0
+    scored = subprocess.run([*asr, "score", str(imported), str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")],
+                            capture_output=True, text=True)
+    assert scored.returncode == 0 and scored.stdout.startswith("%WER 0.00 [ 0 / 240,"), scored.stdout + scored.stderr
+
+
 def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_through_stage_4):
     """Data-parallel train-am: torchrun with 2 CPU workers (gloo) takes the same steps as one process with the
     same global batch: the per-epoch losses and held-out accuracies agree, and only one marker is written."""
