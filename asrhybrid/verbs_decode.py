@@ -128,6 +128,15 @@ def cmd_lattice_from_kaldi(args: argparse.Namespace) -> None:
     log.info("%d lattices from %d archive(s) into %s", summary["utterances"], len(args.archives), args.out_dir)
 
 
+def cmd_lattice_ctm(args: argparse.Namespace) -> None:
+    from asrhybrid.decode.ctm import lattice_ctm
+
+    summary = lattice_ctm(args.decode_dir, args.graph_dir, args.out, args.lmwt, args.wip)
+    for problem in summary["failed"]:
+        log.error("%s", problem)
+    log.info("%d utterances aligned into %s (%d failed)", summary["utterances"], args.out, len(summary["failed"]))
+
+
 def cmd_results(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.results import write_results
 
@@ -200,6 +209,15 @@ def add_decode_verbs(sub, add_verb, add_common) -> None:
     p.add_argument("--corpus", help="its name in the title (default: the workdir's name)")
     add_common(p)
     p.set_defaults(func=cmd_results)
+
+    p = add_verb(sub, "lattice-ctm", "the word alignment (CTM) of each lattice's best path at an LM weight "
+                                     "(Kaldi's lattice-align-words-lexicon + nbest-to-ctm)")
+    p.add_argument("decode_dir", type=Path)
+    p.add_argument("graph_dir", type=Path, help="the graph the lattices were made with (phones/, its model)")
+    p.add_argument("out", type=Path, help="the CTM file")
+    p.add_argument("--lmwt", type=float, default=10.0)
+    p.add_argument("--wip", type=float, default=0.0)
+    p.set_defaults(func=cmd_lattice_ctm, log_file=None, force=False)
 
     p = add_verb(sub, "lattice-to-kaldi", "a decode dir's lattices as one Kaldi text CompactLattice archive "
                                           "(lattice-copy ark,t: layout; .gz to compress)")

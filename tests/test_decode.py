@@ -156,3 +156,24 @@ def test_corrupt_lattice_archive_loses_only_its_lattice(tmp_path):
     assert keys == ["a", "c"] and len(bad) == 1 and "lattice 'b'" in bad[0] and f"{path}:6" in bad[0]
     with pytest.raises(ValueError, match="lattice 'b'"):
         list(read_kaldi_lattices(path))
+
+
+def test_cuda_decoding_equals_cpu(yesno_graph):
+    """The same batch on CUDA (k2 built with CUDA) gives the CPU's words and costs."""
+    import torch
+
+    from asrhybrid.decode.decoder import DecodeConfig, decode_batch
+    from asrhybrid.decode.graph import DecodingGraph
+    from asrhybrid.fsa.k2_engine import with_cuda
+
+    if not (torch.cuda.is_available() and with_cuda()):
+        pytest.skip("no CUDA device, or k2 built without CUDA (make setup builds it for CPU)")
+    graph_dir, lang, tree, trans_model, words, _ = yesno_graph
+    graph = DecodingGraph.load(graph_dir)
+    batch = [(f"u{k}", planted_pdf_scores(lang, tree, trans_model, words, [s], seed=k, noise=0.5))
+             for k, s in enumerate(["YES NO YES", "NO NO NO YES"])]
+    cpu = decode_batch(graph, batch, DecodeConfig(acwt=1.0))
+    gpu = decode_batch(graph, batch, DecodeConfig(acwt=1.0), device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert a.words == b.words and a.cost == pytest.approx(b.cost, abs=1e-2)
+        assert a.lattice.best_path(1.0).words == b.lattice.best_path(1.0).words

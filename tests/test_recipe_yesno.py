@@ -503,6 +503,20 @@ def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_throug
                             capture_output=True, text=True)
     assert scored.returncode == 0 and scored.stdout.startswith("%WER 0.00 [ 0 / 240,"), scored.stdout + scored.stderr
 
+    # the word alignment of each lattice's best path: the reference words, in order, inside the utterance
+    ctm = tmp_path / "word.ctm"
+    scoring = json.loads((exp / "lstmp" / "decode_test_small" / "scoring.json").read_text())
+    assert subprocess.run([*asr, "lattice-ctm", str(exp / "lstmp" / "decode_test_small"), str(exp / "tree" / "graph_small"),
+                           str(ctm), "--lmwt", str(scoring["lmwt"]), "--wip", str(scoring["wip"])]).returncode == 0
+    entries: dict[str, list] = {}
+    for line in ctm.read_text().splitlines():
+        utt, _, start, dur, word = line.split()
+        entries.setdefault(utt, []).append((float(start), float(dur), word))
+    for cut in cuts:
+        words = entries[cut.id]
+        assert " ".join(w for _, _, w in words) == cut.supervisions[0].text
+        assert all(a[0] + a[1] <= b[0] + 1e-6 for a, b in zip(words, words[1:])) and words[-1][0] + words[-1][1] <= cut.duration
+
 
 def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_through_stage_4):
     """Data-parallel train-am: torchrun with 2 CPU workers (gloo) takes the same steps as one process with the

@@ -99,7 +99,7 @@ def decode_batch(graph: DecodingGraph, batch: list[tuple[str, np.ndarray]], cfg:
             scores[b, : ll.shape[0]] = torch.from_numpy(np.ascontiguousarray(ll, dtype=np.float32)) * cfg.acwt
         segments = torch.tensor([[b, 0, ll.shape[0]] for b, (_, ll) in enumerate(good)], dtype=torch.int32)
         dense = k2.DenseFsaVec(scores.to(device), segments)
-        lattice = k2.intersect_dense_pruned(graph.fsa.to(device), dense, search_beam=cfg.search_beam,
+        lattice = k2.intersect_dense_pruned(graph.fsa_on(device), dense, search_beam=cfg.search_beam,
                                             output_beam=cfg.output_beam, min_active_states=cfg.min_active,
                                             max_active_states=cfg.max_active)
         best = k2.shortest_path(lattice, use_double_scores=True)

@@ -13,7 +13,7 @@ intersection beside the acoustic scores).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,14 @@ class DecodingGraph:
     tid_to_pdf: np.ndarray  # per transition id (index 0 unused)
     trans_model: object
     words: dict[int, str]
+    _on_device: dict = field(default_factory=dict, repr=False)
+
+    def fsa_on(self, device) -> object:
+        """The k2 graph on ``device``, copied there once."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.fsa.to(device)
+        return self._on_device[key]
 
     @classmethod
     def load(cls, graph_dir: Path | str) -> "DecodingGraph":

@@ -36,7 +36,11 @@ def _describe(decode_dir: Path) -> tuple[str, str, str]:
 def results_markdown(workdir: Path | str, corpus: str) -> str:
     workdir = Path(workdir)
     rows, lines = [], []
-    for scoring in sorted(workdir.glob("exp/*/decode_*/scoring.json")):
+    def order(path: Path):  # per system: the first pass, then its rescorings
+        part, lm, method = _describe(path.parent)
+        return path.parent.parent.name, part, lm != "small", method
+
+    for scoring in sorted(workdir.glob("exp/*/decode_*/scoring.json"), key=order):
         decode_dir = scoring.parent
         system = decode_dir.parent.name
         part, lm, method = _describe(decode_dir)

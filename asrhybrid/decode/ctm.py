@@ -1,0 +1,55 @@
+"""Word alignment of lattice paths: each lattice's best path (at an LM weight and insertion penalty) as CTM.
+
+The path's transition ids (the CompactLattice strings along it) give the
+phone segments (the HMM's phone starts, as the aligner's outputs use them);
+the path's words are matched to those phones through the lang's
+``phones/align_lexicon.txt`` (Kaldi's lattice-align-words-lexicon), optional
+silence between words skipped. The graph dir has all it needs (phones/, the
+transition model), so this works on imported Kaldi lattices as well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asrhybrid.errors import DataError
+
+
+def lattice_ctm(decode_dir: Path | str, graph_dir: Path | str, out_ctm: Path | str, lmwt: float = 10.0,
+                wip: float = 0.0, frame_shift: float = 0.01) -> dict:
+    """Write ``utt 1 start duration word`` lines (Kaldi's CTM, the utterance as the recording); returns counts."""
+    from asrhybrid.align.graphs import transition_arrays
+    from asrhybrid.align.outputs import phone_segments, read_align_lexicon, word_segments
+    from asrhybrid.decode.corpus import iter_lattices
+    from asrhybrid.lang.io import read_symbol_table
+    from asrhybrid.model import load_model
+    from asrhybrid.recipe.outputs import atomic_output
+
+    graph_dir = Path(graph_dir)
+    _, trans_model = load_model(graph_dir)
+    arrays = transition_arrays(trans_model)
+    phone_names = {i: p for p, i in read_symbol_table(graph_dir / "phones.txt").items()}
+    words = {i: w for w, i in read_symbol_table(Path(decode_dir) / "words.txt").items()}
+    prons = read_align_lexicon(graph_dir)
+    silence = (graph_dir / "phones" / "optional_silence.txt").read_text().split()[0]
+    done, failed = 0, []
+    with atomic_output(out_ctm) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        bad: list[str] = []
+        for utt, lattice in iter_lattices(decode_dir, bad):
+            path = lattice.best_path(lmwt, wip)
+            if path is None:
+                failed.append(f"{utt}: an empty lattice")
+                continue
+            if max(path.tids, default=0) > trans_model.num_transition_ids:
+                raise DataError([f"{utt}: transition id {max(path.tids)} is not in {graph_dir}'s model"])
+            phones = phone_segments(list(path.tids), arrays, phone_names)
+            try:
+                segments = word_segments(phones, [words[w] for w in path.words], prons, silence, utt)
+            except DataError as e:
+                failed.append(str(e))
+                continue
+            for s in segments:
+                out.write(f"{utt} 1 {s.start * frame_shift:.2f} {(s.end - s.start) * frame_shift:.2f} {s.label}\n")
+            done += 1
+        failed += bad
+    return {"utterances": done, "failed": failed}
