@@ -54,6 +54,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--acwt", type=float, default=0.1)
     parser.add_argument("--batch-frames", type=int, default=20000)
+    parser.add_argument("--search-beam", type=float, default=20.0)
+    parser.add_argument("--output-beam", type=float, default=8.0)
+    parser.add_argument("--lattice-beam", type=float, default=6.0)
+    parser.add_argument("--max-active", type=int, default=30000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -63,7 +67,8 @@ def main() -> None:
     from asrhybrid.lm.train import arpa_to_g
 
     graph = DecodingGraph.load(args.workdir / "exp" / "tree" / "graph_small")
-    cfg = DecodeConfig(acwt=args.acwt, batch_frames=args.batch_frames)
+    cfg = DecodeConfig(acwt=args.acwt, batch_frames=args.batch_frames, search_beam=args.search_beam,
+                       output_beam=args.output_beam, lattice_beam=args.lattice_beam, max_active=args.max_active)
     items = scores_of(args.workdir, args.system, args.part, args.utterances)
     frames = sum(ll.shape[0] for _, ll, _ in items)
     audio = sum(d for _, _, d in items)
