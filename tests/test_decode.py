@@ -177,3 +177,18 @@ def test_cuda_decoding_equals_cpu(yesno_graph):
     for a, b in zip(cpu, gpu):
         assert a.words == b.words and a.cost == pytest.approx(b.cost, abs=1e-2)
         assert a.lattice.best_path(1.0).words == b.lattice.best_path(1.0).words
+
+
+def test_rescoring_with_an_lm_of_unknown_words_names_them(yesno_graph, tmp_path):
+    from asrhybrid.decode.decoder import DecodeConfig
+    from asrhybrid.decode.rescore import rescore_decode_dir
+    from asrhybrid.errors import DataError
+    from asrhybrid.lm.train import train_lm
+
+    graph_dir, lang, tree, trans_model, words, lm_dir = yesno_graph
+    decode = _decode_dir(tmp_path, graph_dir, {"u": planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"])},
+                         DecodeConfig(acwt=1.0))
+    foreign = train_lm(["YES MAYBE NO"] * 5, tmp_path / "foreign", "foreign", 2)["arpa"]
+    for method in ("lattice", "nbest"):
+        with pytest.raises(DataError, match="word 'MAYBE' is not in the lattices' words.txt"):
+            rescore_decode_dir(decode, lm_dir / "lm.arpa", foreign, tmp_path / f"out_{method}", method)

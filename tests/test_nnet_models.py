@@ -156,3 +156,20 @@ def test_train_config_rejects_unknown_systems_and_reads_yes_no():
     with pytest.raises(ConfigError, match="unknown acoustic model"):
         TrainConfig(system="tdnn")
     assert TrainConfig(lr=1e-3, final_lr=1e-4, epochs=3).lr_at(3) == pytest.approx(1e-4)
+
+
+def test_per_utterance_cmvn_removes_the_utterance_mean_and_keeps_the_global_std():
+    from asrhybrid.errors import ConfigError
+    from asrhybrid.features.cmvn import normalize
+    from asrhybrid.nnet.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(3.0, 2.0, size=(50, 4)).astype(np.float32) + np.arange(4)
+    mean, std = np.zeros(4), np.full(4, 2.0)
+    out = normalize(feats, mean, std, per_utterance=True)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out, (feats - feats.mean(axis=0)) / 2.0, rtol=1e-5)
+    np.testing.assert_allclose(normalize(feats, mean, std), feats / 2.0, rtol=1e-6)  # global: as before
+    assert TrainConfig(system="dnn", cmvn="utterance").cmvn == "utterance"
+    with pytest.raises(ConfigError, match="global or utterance"):
+        TrainConfig(system="dnn", cmvn="speaker")

@@ -55,8 +55,17 @@ def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
     return read_matrices(ark)
 
 
-def normalized_features(cut, mean: np.ndarray, std: np.ndarray):
-    """A cut's features with global CMVN applied, as the float32 torch tensor [T, D] the networks read."""
+def normalized_features(cut, mean: np.ndarray, std: np.ndarray, per_utterance: bool = False):
+    """A cut's features with global CMVN applied, as the float32 torch tensor [T, D] the networks read.
+
+    ``per_utterance``: the utterance's own mean is subtracted instead of the global one (Kaldi's per-utterance
+    apply-cmvn without variance normalisation: a speaker's or channel's offset goes), the global std kept."""
     import torch
 
-    return torch.from_numpy(((cut.load_features() - mean) / std).astype(np.float32))
+    return torch.from_numpy(normalize(cut.load_features(), mean, std, per_utterance))
+
+
+def normalize(feats: np.ndarray, mean: np.ndarray, std: np.ndarray, per_utterance: bool = False) -> np.ndarray:
+    """:func:`normalized_features` of a feature matrix (float32)."""
+    center = feats.mean(axis=0) if per_utterance and len(feats) else mean
+    return ((feats - center) / std).astype(np.float32)

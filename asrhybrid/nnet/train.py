@@ -93,6 +93,8 @@ class TrainConfig:
     average_last: int = 1  # final.pt averages the last N epochs' models (icefall's --avg)
     fast_weight: float = 0.5  # fast_slow: weight of the fast AM's own cross-entropy in the loss
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on CPU)
+    cmvn: str = "global"  # global: the training set's mean and std; utterance: each utterance's own mean
+    # (its speaker's and channel's offset removed) and the global std
     model: dict = field(default_factory=dict)  # the system's model options (e.g. cells, proj, layers, delay)
 
     def __post_init__(self):
@@ -102,6 +104,8 @@ class TrainConfig:
             self.amp = self.amp.lower() in ("yes", "true", "on")
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown acoustic model '{self.system}' (systems: {', '.join(SYSTEMS)})")
+        if self.cmvn not in ("global", "utterance"):
+            raise ConfigError(f"cmvn '{self.cmvn}': global or utterance")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer '{self.optimizer}': adam or sgd")
         if self.epochs < 1 or self.lr <= 0 or self.max_duration <= 0 or self.average_last < 1:
@@ -176,13 +180,13 @@ def _sampler(cuts, max_duration: float, generator: torch.Generator | None):
 
 
 def _batches(cuts, targets: AlignmentTable, mean, std, max_duration: float, generator: torch.Generator | None,
-             chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0, world: int = 1):
+             chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0, world: int = 1, per_utterance: bool = False):
     """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
     each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty."""
     for batch in _sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
         xs, ys = [], []
         for cut in list(batch)[rank::world]:
-            f = normalized_features(cut, mean, std)
+            f = normalized_features(cut, mean, std, per_utterance)
             ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
@@ -268,13 +272,14 @@ def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: flo
 
 
 def evaluate(model: nn.Module, cuts, targets: AlignmentTable, mean, std, max_duration: float, device: torch.device,
-             workers: _Workers | None = None, amp: bool = True) -> dict:
+             workers: _Workers | None = None, amp: bool = True, per_utterance: bool = False) -> dict:
     """Cross-entropy and frame accuracy over whole utterances of aligned ``cuts``: {ce, frame_accuracy, frames}."""
     workers = workers or _Workers()
     model.eval()
     ce = correct = frames = 0.0
     with torch.no_grad(), _autocast(device, amp):
-        for x, y in _batches(cuts, targets, mean, std, max_duration, None, rank=workers.rank, world=workers.world):
+        for x, y in _batches(cuts, targets, mean, std, max_duration, None, rank=workers.rank, world=workers.world,
+                             per_utterance=per_utterance):
             if x is None:
                 continue
             x, y = x.to(device), y.to(device)
@@ -346,7 +351,7 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
         ce_sum = correct = frames = 0.0
         start = time.time()
         batches = _batches(train, targets, cmvn_mean, cmvn_std, cfg.max_duration, generator, cfg.chunk_frames,
-                           cfg.chunk_left_context, context, workers.rank, workers.world)
+                           cfg.chunk_left_context, context, workers.rank, workers.world, cfg.cmvn == "utterance")
         for x, y in tqdm(batches, desc=f"{cfg.system} epoch {epoch}", unit="batch", leave=False, disable=not leader):
             optimizer.zero_grad()
             n_local = 0 if y is None else int((y != IGNORE).sum())
@@ -366,7 +371,8 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
                 writer.add_scalar("train/ce_batch", float(ce) / n_local, step)
         ce_sum, correct, frames = workers.sum([ce_sum, correct, frames], device)
         seconds = time.time() - start
-        scores = evaluate(model, valid, targets, cmvn_mean, cmvn_std, cfg.max_duration, device, workers, cfg.amp)
+        scores = evaluate(model, valid, targets, cmvn_mean, cmvn_std, cfg.max_duration, device, workers, cfg.amp,
+                          cfg.cmvn == "utterance")
         entry = {"epoch": epoch, "lr": lr, "train_ce": round(ce_sum / max(frames, 1), 4),
                  "train_frame_accuracy": round(correct / max(frames, 1), 4), "valid_ce": scores["ce"],
                  "valid_frame_accuracy": scores["frame_accuracy"], "valid_frames": scores["frames"]}
@@ -394,7 +400,8 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     final_scores = history[-1]
     if len(averaged) > 1:
         model.load_state_dict(average_models([exp_dir / f"epoch-{e}.pt" for e in averaged]))
-        scores = evaluate(model, valid, targets, cmvn_mean, cmvn_std, cfg.max_duration, device, workers, cfg.amp)
+        scores = evaluate(model, valid, targets, cmvn_mean, cmvn_std, cfg.max_duration, device, workers, cfg.amp,
+                          cfg.cmvn == "utterance")
         final_scores = {"valid_ce": scores["ce"], "valid_frame_accuracy": scores["frame_accuracy"]}
         log.info("final.pt: the average of epochs %s: held-out frame accuracy %s", averaged,
                  f"{100 * scores['frame_accuracy']:.1f}%" if scores["frames"] else "-")
@@ -472,6 +479,11 @@ def load_am(exp_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     return model.to(device).eval(), ckpt
 
 
+def utterance_cmvn(final: dict) -> bool:
+    """Whether a trained system normalises each utterance by its own mean (TrainConfig.cmvn)."""
+    return final["config"].get("cmvn", "global") == "utterance"
+
+
 def iter_loglikes(model: nn.Module, final: dict, cuts, acwt: float = 1.0, prior_scale: float = 1.0,
                   max_duration: float = 120.0, device: torch.device | str = "cpu") -> Iterator[tuple[object, np.ndarray]]:
     """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut, in the
@@ -479,12 +491,12 @@ def iter_loglikes(model: nn.Module, final: dict, cuts, acwt: float = 1.0, prior_
     from lhotse import CutSet
     from lhotse.dataset import SimpleCutSampler
 
-    mean, std = final["feat_mean"], final["feat_std"]
+    mean, std, per_utterance = final["feat_mean"], final["feat_std"], utterance_cmvn(final)
     cuts = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
     model.eval()
     with torch.no_grad():
         for batch in SimpleCutSampler(cuts, max_duration=max_duration, world_size=1, rank=0):
-            feats = [normalized_features(c, mean, std) for c in batch]
+            feats = [normalized_features(c, mean, std, per_utterance) for c in batch]
             log_post = torch.log_softmax(model(pad_batch(feats).to(device)).float(), dim=-1).cpu()
             for cut, f, lp in zip(batch, feats, log_post):
                 yield cut, scaled_loglikes(lp[: f.shape[0]].numpy(), final["log_prior"], acwt, prior_scale)
