@@ -147,7 +147,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
 
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
             "decode", "parts", "description"}
-SYSTEMS = ("dnn", "lstmp", "fast_slow")  # stage 6's acoustic models (asrhybrid.nnet.train.SYSTEMS)
+SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
 
 
 def _field_names(kind: str) -> set[str]:

@@ -540,7 +540,7 @@ def add_verbs(sub) -> None:
     p.add_argument("lang_dir", type=Path)
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
-    p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow"])
+    p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow", "slow"])
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="TrainConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "

@@ -123,7 +123,8 @@ def test_chunks_cover_every_target_once_with_their_context():
 @pytest.mark.parametrize("system, options", [("dnn", {"context": 2, "hidden": 16, "layers": 1}),
                                              ("lstmp", {"cells": 8, "proj": 4, "layers": 1, "delay": 3}),
                                              ("fast_slow", {"hidden": 8, "slow_layers": 1, "fast_hidden": 4,
-                                                            "lookahead": 2})])
+                                                            "lookahead": 2}),
+                                             ("slow", {"hidden": 8, "slow_layers": 1})])
 def test_a_chunk_with_its_right_context_scores_its_targets_as_the_whole_utterance_does(system, options):
     """The models with a bounded window (DNN splice; Fast/Slow fast path and the LSTMP output layer only see
     the right context given): a mid-utterance chunk's targets get the same scores as in the whole utterance
@@ -173,3 +174,18 @@ def test_per_utterance_cmvn_removes_the_utterance_mean_and_keeps_the_global_std(
     assert TrainConfig(system="dnn", cmvn="utterance").cmvn == "utterance"
     with pytest.raises(ConfigError, match="global or utterance"):
         TrainConfig(system="dnn", cmvn="speaker")
+
+
+def test_the_slow_model_alone_is_fast_slow_without_its_fast_path():
+    from asrhybrid.nnet.train import build_model
+
+    slow = build_model("slow", 6, 11, {"hidden": 8, "slow_layers": 2})
+    full = build_model("fast_slow", 6, 11, {"hidden": 8, "slow_layers": 2, "fast_hidden": 4, "lookahead": 2})
+    assert slow.right_context == 0 and not hasattr(slow, "fast")
+    slow_params = {n: p.shape for n, p in slow.named_parameters()}
+    assert all(full.get_parameter(n).shape == shape for n, shape in slow_params.items() if not n.startswith("joint"))
+    x = torch.randn(2, 30, 6)
+    assert slow(x).shape == (2, 30, 11)
+    y = x.clone()
+    y[:, 20:] += 5.0  # a later frame never changes an earlier output
+    torch.testing.assert_close(slow(y)[:, :20], slow(x)[:, :20])

@@ -64,7 +64,7 @@ from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import normalized_features
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
-from asrhybrid.nnet.fast_slow import FastSlowAM
+from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.nnet.priors import log_priors, scaled_loglikes
@@ -134,7 +134,7 @@ class FrameDNN(nn.Module):
 
 
 def build_model(system: str, feat_dim: int, num_pdfs: int, options: dict) -> nn.Module:
-    classes = {"dnn": FrameDNN, "lstmp": LstmpAM, "fast_slow": FastSlowAM}
+    classes = {"dnn": FrameDNN, "lstmp": LstmpAM, "fast_slow": FastSlowAM, "slow": SlowAM}
     if system not in classes:
         raise ConfigError(f"unknown acoustic model '{system}' (systems: {', '.join(SYSTEMS)})")
     try:
