@@ -176,9 +176,7 @@ def test_auto_questions_let_a_tree_split_on_a_class_of_any_phone_set():
 
 def test_target_below_the_roots_ties_the_closest_states_of_one_phone():
     """Phone 2's states 1 and 2 sound alike, state 0 does not: 4 leaves from 5 (root, state) pairs tie 1 and 2 (never
-    a state of phone 1 with one of phone 2); Kaldi's tree and transition model take the tied pdfs."""
-    from asrhybrid.kaldi import khg
-
+    a state of phone 1 with one of phone 2); Kaldi's ContextDependency computes the tied pdfs."""
     rng = np.random.default_rng(3)
 
     def gauss(mean):

@@ -60,13 +60,15 @@ def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:
                 yield AudioItem(cut.id, cut.load_audio()[0], sample_rate)
             continue
         if source.name == "wav.scp" or source.suffix == ".scp":
-            pairs = []
-            for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    utt, _, path = line.strip().partition(" ")
-                    if not path or path.endswith("|"):
-                        raise DataError([f"{source}:{n}: 'utt path' expected (commands ending in | are not read)"])
-                    pairs.append((utt, Path(path.strip())))
+            from asrhybrid.data.kaldi_dir import read_table
+
+            problems: list[str] = []
+            table = read_table(source, 1, problems)
+            problems += [f"{source}:{n}: '{' '.join(rest)}': one audio file expected (commands ending in | are not read)"
+                         for rest, n in table.values() if len(rest) != 1 or rest[0].endswith("|")]
+            if problems:
+                raise DataError(problems, str(source))
+            pairs = [(utt, Path(rest[0])) for utt, (rest, _) in table.items()]
         else:
             pairs = [(source.stem, source)]
         for utt, path in pairs:
