@@ -47,7 +47,7 @@ class KenLmScorer:
             raise DataError([f"{path}: no such LM (an ARPA file or a KenLM binary)"])
         try:
             self.model = kenlm.Model(str(path))
-        except (OSError, RuntimeError, Exception) as e:  # kenlm raises its own exception types
+        except Exception as e:  # noqa: BLE001 (kenlm raises OSError and its own types)
             raise DataError([f"{path}: KenLM cannot read it ({e})"]) from None
         self.path, self.words, self._kenlm = path, words, kenlm
 
@@ -135,12 +135,12 @@ def apply_lm(lattice: WordLattice, scorer, scale: float) -> WordLattice:
     """The lattice expanded by the LM's history state, with ``scale`` x the LM's cost added to each word arc's
     graph cost (and ``</s>`` to the final weights): exact, and deterministic where the input is."""
     out = lattice.out_arcs()
-    start = (0, scorer.start())
-    ids = {_key(start): 0}
+    start = (0, scorer.start())  # (lattice state, LM state): LM states are hashable (KenLM's State, or a history)
+    ids = {start: 0}
     queue, arcs, final = [start], [], {}
     while queue:
         state, lm_state = queue.pop()
-        sid = ids[_key((state, lm_state))]
+        sid = ids[(state, lm_state)]
         if state in lattice.final:
             g, a, t = lattice.final[state]
             final[sid] = (g + scale * scorer.end(lm_state), a, t)
@@ -150,16 +150,11 @@ def apply_lm(lattice: WordLattice, scorer, scale: float) -> WordLattice:
             else:
                 cost, nxt_lm = 0.0, lm_state
             nxt = (arc.dst, nxt_lm)
-            k = _key(nxt)
-            if k not in ids:
-                ids[k] = len(ids)
+            if nxt not in ids:
+                ids[nxt] = len(ids)
                 queue.append(nxt)
-            arcs.append(Arc(sid, ids[k], arc.word, arc.graph + scale * cost, arc.acoustic, arc.tids))
+            arcs.append(Arc(sid, ids[nxt], arc.word, arc.graph + scale * cost, arc.acoustic, arc.tids))
     return WordLattice(arcs, final, num_states=len(ids))
-
-
-def _key(item) -> tuple:
-    return item[0], hash(item[1]), item[1]
 
 
 # --- whole-lattice rescoring through k2 -----------------------------------------------------
