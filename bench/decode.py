@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from asrhybrid.decode.corpus import frame_batches
     from asrhybrid.decode.decoder import DecodeConfig, KaldiDecoder, decode_batch
     from asrhybrid.decode.graph import DecodingGraph
     from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice, rescore_nbest
@@ -71,14 +72,7 @@ def main() -> None:
     items = scores_of(args.workdir, args.system, args.part, args.utterances)
     frames = sum(ll.shape[0] for _, ll, _ in items)
     audio = sum(d for _, _, d in items)
-    batches, batch, n = [], [], 0
-    for utt, ll, _ in items:
-        if batch and n + ll.shape[0] > cfg.batch_frames:
-            batches.append(batch)
-            batch, n = [], 0
-        batch.append((utt, ll))
-        n += ll.shape[0]
-    batches.append(batch)
+    batches = [[(u, ll) for u, ll, _ in b] for b in frame_batches(items, cfg.batch_frames)]
 
     kaldi = KaldiDecoder(graph, cfg)
     kaldi_hyps, kaldi_s = timed(lambda: [kaldi.decode(u, ll) for u, ll, _ in items])

@@ -78,7 +78,8 @@ def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: i
             yield utt, ll, 0.0
 
 
-def _batches(scores: Iterator[tuple[str, np.ndarray, float]], max_frames: int):
+def frame_batches(scores: Iterator[tuple], max_frames: int):
+    """Lists of consecutive ``(utt, scores [T, C], ...)`` items of at most ``max_frames`` frames (one item if longer)."""
     batch, frames = [], 0
     for item in scores:
         n = item[1].shape[0] if item[1].ndim == 2 else 0
@@ -111,7 +112,7 @@ def decode_job(graph_dir: Path, source: Path, cuts_path: Path | None, out_dir: P
         with open(best_tmp, "w", encoding="utf-8") as best_file:
 
             def results():
-                for batch in _batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device), cfg.batch_frames):
+                for batch in frame_batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device), cfg.batch_frames):
                     start = time.perf_counter()
                     hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
                     stats["decode_seconds"] += time.perf_counter() - start

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from asrhybrid.score.wer import ErrorCounts, errs_text, recogs_text, score
+from asrhybrid.score.wer import ErrorCounts, UtteranceScore, errs_text, recogs_text, score
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class GridResult:
     lmwt: float
     wip: float
     counts: ErrorCounts
+    per_utt: list[UtteranceScore]
 
     @property
     def name(self) -> str:
@@ -82,22 +83,20 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
     results: list[GridResult] = []
     (decode_dir / "scoring").mkdir(exist_ok=True)
     for (lmwt, wip), by_utt in hyps.items():
-        refs_here = dict(refs)
-        unknown = sorted(set(by_utt) - set(refs_here))
-        if unknown:
-            raise ValueError(f"{decode_dir}: {len(unknown)} decoded utterance(s) have no reference text, e.g. {unknown[:3]}")
-        total, _ = score(refs_here, by_utt)
+        try:
+            total, per_utt = score(refs, by_utt)
+        except ValueError as e:  # decoded utterances without a reference
+            raise ValueError(f"{decode_dir}: {e}") from None
         name = setting_name(lmwt, wip)
         write_text_atomic(decode_dir / "scoring" / f"{name}.txt",
-                          "".join(f"{u} {' '.join(by_utt[u])}\n" for u in refs_here if u in by_utt))
+                          "".join(f"{u} {' '.join(by_utt[u])}\n" for u in refs if u in by_utt))
         write_text_atomic(decode_dir / f"wer_{name}", f"{total.wer_line()}\n{total.ser_line()}\n")
-        results.append(GridResult(lmwt, wip, total))
+        results.append(GridResult(lmwt, wip, total, per_utt))
     best = min(results, key=lambda r: (r.counts.wer, r.lmwt, r.wip))
     line = best.counts.wer_line(str(decode_dir / f"wer_{best.name}"))
     write_text_atomic(decode_dir / ("chosen_wer" if params is not None else "best_wer"), line + "\n")
-    total, per_utt = score(refs, hyps[(best.lmwt, best.wip)])
-    write_text_atomic(decode_dir / f"errs-{best.name}.txt", errs_text(total, per_utt, str(decode_dir)))
-    write_text_atomic(decode_dir / f"recogs-{best.name}.txt", recogs_text(per_utt))
+    write_text_atomic(decode_dir / f"errs-{best.name}.txt", errs_text(best.counts, best.per_utt, str(decode_dir)))
+    write_text_atomic(decode_dir / f"recogs-{best.name}.txt", recogs_text(best.per_utt))
     missing = sorted(set(refs) - set(hyps[(best.lmwt, best.wip)]))
     summary = {"lmwt": best.lmwt, "wip": best.wip, "wer": round(best.counts.wer, 4), "wer_line": line,
                "chosen_from": params.get("source") if params else None,
