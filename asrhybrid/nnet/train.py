@@ -62,8 +62,9 @@ from tqdm import tqdm
 from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.cmvn import normalized_features
+from asrhybrid.features.cmvn import normalize, normalized_features
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
+from asrhybrid.nnet.augment import Augmentation
 from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
 from asrhybrid.nnet.mlp import SplicedMLP, splice
@@ -95,6 +96,11 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on CPU)
     cmvn: str = "global"  # global: the training set's mean and std; utterance: each utterance's own mean
     # (its speaker's and channel's offset removed) and the global std
+    vtlp: float = 0.0  # augmentation (asrhybrid.nnet.augment): VTLP warp factors in [1 - vtlp, 1 + vtlp]
+    freq_masks: int = 0  # SpecAugment: bands of up to freq_mask_width mel bins zeroed per utterance
+    freq_mask_width: int = 0
+    time_masks: int = 0  # and runs of up to time_mask_width frames
+    time_mask_width: int = 0
     model: dict = field(default_factory=dict)  # the system's model options (e.g. cells, proj, layers, delay)
 
     def __post_init__(self):
@@ -108,6 +114,9 @@ class TrainConfig:
             raise ConfigError(f"cmvn '{self.cmvn}': global or utterance")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer '{self.optimizer}': adam or sgd")
+        if self.vtlp < 0 or self.vtlp >= 1 or min(self.freq_masks, self.freq_mask_width, self.time_masks,
+                                                   self.time_mask_width) < 0:
+            raise ConfigError("vtlp must be in [0, 1), the mask counts and widths at least 0")
         if self.epochs < 1 or self.lr <= 0 or self.max_duration <= 0 or self.average_last < 1:
             raise ConfigError("epochs, lr, max_duration and average_last must be positive")
 
@@ -116,6 +125,10 @@ class TrainConfig:
         if self.final_lr is None or self.epochs == 1:
             return self.lr
         return self.lr * (self.final_lr / self.lr) ** ((epoch - 1) / (self.epochs - 1))
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
 
 
 class FrameDNN(nn.Module):
@@ -180,13 +193,24 @@ def _sampler(cuts, max_duration: float, generator: torch.Generator | None):
 
 
 def _batches(cuts, targets: AlignmentTable, mean, std, max_duration: float, generator: torch.Generator | None,
-             chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0, world: int = 1, per_utterance: bool = False):
+             chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0, world: int = 1, per_utterance: bool = False,
+             augmentation: Augmentation | None = None):
     """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
-    each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty."""
+    each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With an active
+    ``augmentation`` (training), each utterance is warped before and masked after the normalisation, with draws
+    from its own generator, seeded by the batch's draw from ``generator`` and the utterance's id (every worker
+    draws the batch's seed, so the generators stay in step whatever each one's share)."""
+    augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     for batch in _sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
+        batch_seed = int(torch.randint(1 << 30, (1,), generator=generator)) if augmentation is not None else 0
         xs, ys = [], []
         for cut in list(batch)[rank::world]:
-            f = normalized_features(cut, mean, std, per_utterance)
+            if augmentation is None:
+                f = normalized_features(cut, mean, std, per_utterance)
+            else:
+                draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
+                warped = augmentation.warp(cut.load_features(), cut.sampling_rate, draws)
+                f = augmentation.mask(torch.from_numpy(normalize(warped, mean, std, per_utterance)), draws)
             ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
@@ -351,7 +375,8 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
         ce_sum = correct = frames = 0.0
         start = time.time()
         batches = _batches(train, targets, cmvn_mean, cmvn_std, cfg.max_duration, generator, cfg.chunk_frames,
-                           cfg.chunk_left_context, context, workers.rank, workers.world, cfg.cmvn == "utterance")
+                           cfg.chunk_left_context, context, workers.rank, workers.world, cfg.cmvn == "utterance",
+                           cfg.augmentation)
         for x, y in tqdm(batches, desc=f"{cfg.system} epoch {epoch}", unit="batch", leave=False, disable=not leader):
             optimizer.zero_grad()
             n_local = 0 if y is None else int((y != IGNORE).sum())

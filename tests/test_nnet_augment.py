@@ -1,0 +1,96 @@
+"""Feature augmentation of stage 6 (asrhybrid.nnet.augment): VTLP against Kaldi's own VTLN filterbanks, and
+SpecAugment's masks."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asrhybrid.nnet.augment import Augmentation, mel, mel_centers, warp_log_mel
+
+
+def _kaldi_fbank(samples: np.ndarray, sample_rate: int, num_bins: int, vtln_warp: float) -> np.ndarray:
+    import kaldifeat
+
+    opts = kaldifeat.FbankOptions()
+    opts.frame_opts.samp_freq = sample_rate
+    opts.frame_opts.dither = 0.0
+    opts.mel_opts.num_bins = num_bins
+    fbank = kaldifeat.Fbank(opts)
+    return fbank(torch.from_numpy(samples.astype(np.float32) * 32768), vtln_warp=vtln_warp).numpy()
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_warp_approaches_kaldis_vtln_filterbank(yesno_dir, alpha):
+    """Kaldi's VTLN puts filter i at (nominal centre / warp), so it reads the spectrum where our warp with
+    alpha = 1 / warp reads it; away from the band edges (where the two piecewise-linear warps bend
+    differently), our warped log-mel energies are much closer to Kaldi's than the unwarped ones."""
+    samples, rate = sf.read(sorted(yesno_dir.glob("*.wav"))[0])
+    plain = _kaldi_fbank(samples, rate, 23, 1.0)
+    kaldi = _kaldi_fbank(samples, rate, 23, 1 / alpha)
+    ours = warp_log_mel(plain, alpha, rate)
+    hz = 700 * np.expm1(mel_centers(23, rate) / 1127)
+    inner = (hz > 300) & (hz < 2800)
+    before = np.abs(plain - kaldi)[:, inner].mean()
+    after = np.abs(ours - kaldi)[:, inner].mean()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_vtlp_factor_one_is_the_identity_and_a_peak_moves_to_f_over_alpha():
+    rate, bins = 16000, 40
+    centers = mel_centers(bins, rate)
+    feats = np.tile(-((centers - mel(1000.0)) / 40.0) ** 2, (3, 1))  # a smooth peak at 1 kHz
+    np.testing.assert_allclose(warp_log_mel(feats, 1.0, rate), feats, atol=1e-9)
+    warped = warp_log_mel(feats, 1.1, rate)
+    peak_hz = 700 * np.expm1(centers[warped[0].argmax()] / 1127)
+    spacing_hz = 700 * np.expm1(centers[1:] / 1127) - 700 * np.expm1(centers[:-1] / 1127)
+    assert abs(peak_hz - 1000 / 1.1) <= spacing_hz.max()
+    assert warped.shape == feats.shape
+
+
+def test_masks_zero_bands_and_runs_within_their_widths_and_repeat_with_the_seed():
+    aug = Augmentation(freq_masks=2, freq_mask_width=5, time_masks=3, time_mask_width=7)
+    feats = torch.ones(200, 40)
+    masked = aug.mask(feats, torch.Generator().manual_seed(3))
+    again = aug.mask(feats, torch.Generator().manual_seed(3))
+    assert torch.equal(masked, again) and torch.equal(feats, torch.ones(200, 40))  # the input is not touched
+    zero_bins = int((masked == 0).all(0).sum())
+    zero_frames = int((masked == 0).all(1).sum())
+    assert 0 < zero_bins <= 2 * 5 and 0 < zero_frames <= 3 * 7
+    assert int((masked == 0).sum()) == zero_bins * 200 + zero_frames * 40 - zero_bins * zero_frames
+    assert not Augmentation().active and aug.active
+
+
+def test_training_batches_are_augmented_reproducibly_and_keep_their_targets(yesno_dir, tmp_path):
+    """The trainer's batches of real yesno cuts: with an augmentation the features change and repeat with the
+    generator's seed, the targets stay the alignment's; without one the generator draws only the sampler's seed."""
+    from lhotse import CutSet, RecordingSet
+
+    from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
+    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+    from asrhybrid.nnet.train import IGNORE, _batches
+
+    recordings = RecordingSet.from_dir(yesno_dir, "*.wav").filter(lambda r: r.id < "0_0_1")
+    cuts = CutSet.from_manifests(recordings=recordings).compute_and_store_features(
+        KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), tmp_path / "feats")
+    ali = tmp_path / "ali_pdf.ark"
+    with alignment_table_writer(ali) as write:
+        for cut in cuts:
+            write(cut.id, np.arange(cut.num_frames) % 7)
+    targets = AlignmentTable(ali)
+    mean, std = np.zeros(23), np.ones(23) * 3
+
+    def batches(augmentation, seed):
+        out = list(_batches(cuts, targets, mean, std, 100.0, torch.Generator().manual_seed(seed),
+                            per_utterance=True, augmentation=augmentation))
+        return torch.cat([x.flatten() for x, _ in out]), torch.cat([y.flatten() for _, y in out])
+
+    aug = Augmentation(vtlp=0.1, freq_masks=1, freq_mask_width=3, time_masks=1, time_mask_width=5)
+    plain_x, plain_y = batches(None, 0)
+    x, y = batches(aug, 0)
+    again_x, _ = batches(aug, 0)
+    other_x, _ = batches(aug, 1)
+    assert len(cuts) >= 2 and torch.equal(x, again_x) and not torch.equal(x, other_x)
+    assert x.shape == plain_x.shape and not torch.allclose(x, plain_x)
+    assert torch.equal(y, plain_y) and (y != IGNORE).any()
+    targets.close()
