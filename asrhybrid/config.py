@@ -40,6 +40,14 @@ A recipe config names the corpus and gives each stage's options::
       wip: "0,0.5,1.0"
       rescore: [lattice, nbest]   # rescoring methods with the large LM ([] for none)
       kaldi_reference: true  # also decode with Kaldi's decoder and report the agreement
+    e2e:                     # stages 9-10: end-to-end systems on the tokens, one exp/<system> each
+      systems: [ctc]
+      common: {epochs: 50, max_duration: 7}   # E2EConfig fields for every system
+      ctc: {model: {hidden: 256}}
+      decode:
+        searches:            # one decode dir each: decode_<part>_<lm or nolm>_<method>
+          - {method: greedy}
+          - {method: beam, lm: large, alpha: 0.5, beta: 1.0}   # E2EDecodeConfig fields; lm: small or large
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ class RecipeConfig:
     tree: dict[str, Any] = field(default_factory=dict)
     am: dict[str, Any] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
+    e2e: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
 
     def part(self, role: str) -> str:
@@ -124,6 +133,17 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for method in (raw.get("decode") or {}).get("rescore") or []:
         _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
+    e2e = raw.get("e2e") or {}
+    for name in ("common", *E2E_SYSTEMS):
+        if not isinstance(e2e.get(name) or {}, dict):
+            raise ConfigError(f"{path}: 'e2e.{name}' must be a mapping, not {e2e[name]!r}")
+        _check_keys(path, f"e2e.{name}", e2e.get(name) or {}, _field_names("e2e") - {"system"})
+    for system in e2e.get("systems") or []:
+        _check_keys(path, "e2e.systems", {system: None}, set(E2E_SYSTEMS))
+    for search in (e2e.get("decode") or {}).get("searches") or []:
+        if not isinstance(search, dict):
+            raise ConfigError(f"{path}: each of 'e2e.decode.searches' is a mapping (method, lm, ...), not {search!r}")
+        _check_keys(path, "e2e.decode.searches", search, _field_names("e2e_decode") | {"lm"})
     for key in ("corpus", "sample_rate", "data"):
         if key not in raw:
             raise ConfigError(f"{path}: missing '{key}'")
@@ -141,13 +161,15 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         tree=dict(raw.get("tree") or {}),
         am=dict(raw.get("am") or {}),
         decode=dict(raw.get("decode") or {}),
+        e2e=dict(raw.get("e2e") or {}),
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
     )
 
 
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
-            "decode", "parts", "description"}
+            "decode", "e2e", "parts", "description"}
 SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
+E2E_SYSTEMS = ("ctc", "rnnt")  # stage 9's end-to-end systems
 
 
 def _field_names(kind: str) -> set[str]:
@@ -162,6 +184,10 @@ def _field_names(kind: str) -> set[str]:
         from asrhybrid.nnet.train import TrainConfig as cls
     elif kind == "decode":
         from asrhybrid.decode.decoder import DecodeConfig as cls
+    elif kind == "e2e":
+        from asrhybrid.e2e.train import E2EConfig as cls
+    elif kind == "e2e_decode":
+        from asrhybrid.e2e.decode import E2EDecodeConfig as cls
     else:
         from asrhybrid.align.flat_start import FlatStartConfig as cls
     return {f.name for f in fields(cls)}
@@ -179,6 +205,7 @@ def _section_keys() -> dict[str, set[str]]:
         "tree": {"num_leaves", "min_count", "questions"},
         "am": {"systems", "common", "nproc", *SYSTEMS},
         "decode": {"options", "nj", "lmwt", "wip", "rescore", "kaldi_reference", "nbest"},
+        "e2e": {"systems", "common", "nproc", "decode", *E2E_SYSTEMS},
         "parts": {"train", "dev", "test"},
     }
 

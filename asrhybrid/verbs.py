@@ -575,6 +575,10 @@ def add_verbs(sub) -> None:
 
     add_decode_verbs(sub, add_verb, _add_common)
 
+    from asrhybrid.verbs_e2e import add_e2e_verbs
+
+    add_e2e_verbs(sub, add_verb, _add_common)
+
     p = add_verb(sub, "plot-alignment", "PNG of the aligned words over each utterance's energy envelope")
     p.add_argument("cuts", type=Path)
     p.add_argument("word_ctm", type=Path)

@@ -52,6 +52,20 @@ def fsdd_dir() -> Path:
 
 
 @pytest.fixture
+def yesno_fbank_cuts(yesno_dir, tmp_path):
+    """Cuts of four real yesno files with their 23-bin fbank on disk, two "speakers" (a, b) of two each."""
+    from lhotse import CutSet, RecordingSet, SupervisionSegment, SupervisionSet
+
+    from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
+
+    recordings = RecordingSet.from_recordings(list(RecordingSet.from_dir(yesno_dir, "*.wav"))[:4])
+    supervisions = SupervisionSet.from_segments(
+        SupervisionSegment(r.id, r.id, 0.0, r.duration, speaker="ab"[i % 2]) for i, r in enumerate(recordings))
+    return CutSet.from_manifests(recordings=recordings, supervisions=supervisions).to_eager().compute_and_store_features(
+        KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), tmp_path / "feats")
+
+
+@pytest.fixture
 def kaldi_feats_dir() -> Path:
     return require_shared("testdata", "kaldi_feats")
 

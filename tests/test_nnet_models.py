@@ -160,20 +160,53 @@ def test_train_config_rejects_unknown_systems_and_reads_yes_no():
 
 
 def test_per_utterance_cmvn_removes_the_utterance_mean_and_keeps_the_global_std():
-    from asrhybrid.errors import ConfigError
-    from asrhybrid.features.cmvn import normalize
-    from asrhybrid.nnet.train import TrainConfig
+    from asrhybrid.features.cmvn import FeatureNormalizer
 
     rng = np.random.default_rng(0)
     feats = rng.normal(3.0, 2.0, size=(50, 4)).astype(np.float32) + np.arange(4)
     mean, std = np.zeros(4), np.full(4, 2.0)
-    out = normalize(feats, mean, std, per_utterance=True)
+    out = FeatureNormalizer("utterance", mean, std).array(feats)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(out, (feats - feats.mean(axis=0)) / 2.0, rtol=1e-5)
-    np.testing.assert_allclose(normalize(feats, mean, std), feats / 2.0, rtol=1e-6)  # global: as before
-    assert TrainConfig(system="dnn", cmvn="utterance").cmvn == "utterance"
-    with pytest.raises(ConfigError, match="global or utterance"):
-        TrainConfig(system="dnn", cmvn="speaker")
+    np.testing.assert_allclose(FeatureNormalizer("global", mean, std).array(feats), feats / 2.0, rtol=1e-6)
+
+
+def test_speaker_cmvn_normalises_each_speakers_frames_to_zero_mean_unit_variance(yesno_fbank_cuts, tmp_path):
+    """Kaldi's per-speaker apply-cmvn --norm-vars on real features: pooled over a speaker's utterances, the
+    normalised frames have mean 0 and variance 1; stage 1's statistics file beside the cuts gives the same
+    result as a pass over the cuts, and is not used when it lacks a speaker."""
+    from asrhybrid.errors import ConfigError
+    from asrhybrid.features.cmvn import CmvnStats, FeatureNormalizer, speaker_cmvn_path, speaker_of, write_cmvn
+    from asrhybrid.nnet.train import TrainConfig
+
+    cuts = yesno_fbank_cuts
+    mean, std = np.zeros(23), np.ones(23)
+    accumulated = FeatureNormalizer.for_cuts("speaker", mean, std, cuts)
+    for speaker in ("a", "b"):
+        pooled = np.concatenate([accumulated(c).numpy() for c in cuts if speaker_of(c) == speaker])
+        np.testing.assert_allclose(pooled.mean(axis=0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(pooled.std(axis=0), 1.0, atol=1e-3)
+    cut = cuts[0]
+    own = FeatureNormalizer("speaker", mean, std).array(cut.load_features())  # no statistics: its own speaker
+    np.testing.assert_allclose(own.mean(axis=0), 0.0, atol=1e-4)
+    assert not np.allclose(own, accumulated(cut).numpy(), atol=1e-2)
+
+    cuts_path = tmp_path / "x_cuts_dev.jsonl.gz"
+    assert speaker_cmvn_path(cuts_path) == tmp_path / "x_cmvn_dev.ark"
+    stats = {}
+    for c in cuts:
+        stats.setdefault(speaker_of(c), CmvnStats(23)).accumulate(c.load_features() + (speaker_of(c) == "a"))
+    write_cmvn(speaker_cmvn_path(cuts_path), stats)  # speaker a's statistics shifted by 1: visibly read
+    from_file = FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)
+    a_cut = next(c for c in cuts if speaker_of(c) == "a")
+    np.testing.assert_allclose(from_file(a_cut).numpy(), accumulated(a_cut).numpy() - 1 / from_file._mean_std(
+        a_cut.load_features(), "a")[1], atol=1e-4)
+    write_cmvn(speaker_cmvn_path(cuts_path), {"a": stats["a"]})  # speaker b missing: a pass over the cuts
+    np.testing.assert_allclose(FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)(a_cut).numpy(),
+                               accumulated(a_cut).numpy(), atol=1e-5)
+    assert TrainConfig(system="dnn", cmvn="speaker").cmvn == "speaker"
+    with pytest.raises(ConfigError, match="global, utterance, speaker"):
+        TrainConfig(system="dnn", cmvn="channel")
 
 
 def test_the_slow_model_alone_is_fast_slow_without_its_fast_path():

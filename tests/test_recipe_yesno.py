@@ -545,6 +545,34 @@ def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_thro
     assert len(list((tmp_path / "two").glob(".done.*"))) == 1
 
 
+def test_yesno_stages_9_10_deep_speech_ctc_to_results(yesno_through_stage_4):
+    """make stage=9 stop_stage=10: Deep Speech trains on the character tokens (about 40 s on 2 cores) with a
+    falling loss, nothing left out; every search of the recipe decodes the test part and lands in RESULTS.md.
+
+    Measured: greedy 7.50%, prefix beam 7.08%, with the large LM 6.67%, flashlight's lexicon decoder 6.25%
+    (the hybrid LSTMP: 0%). The issue's target, 1% (icefall's TDNN-CTC: 0.42%), is not reached: most errors
+    fall in the three test files whose background is far quieter than the training files' (10th-percentile
+    frame energy 5 against 11.7), and at the first word (every training file starts with NO, 29 of the 30
+    test files with YES). The bound below holds what was measured."""
+    work, yesno_dir = yesno_through_stage_4
+    result = make(work, yesno_dir, stages=(9, 10))
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = work / "exp" / "ctc"
+    summary = json.loads((exp / "train.json").read_text())
+    losses = [e["train_ctc"] for e in summary["epochs"]]
+    assert losses[-1] < 0.1 * losses[0] and summary["left_out"] == {}
+    assert summary["final"]["token_error_rate"] < 0.1
+    results = (work / "RESULTS.md").read_text()
+    wer = {}
+    for name in ("nolm_greedy", "nolm_beam", "large_beam", "large_flashlight"):
+        scoring = json.loads((exp / f"decode_test_{name}" / "scoring.json").read_text())
+        assert scoring["utterances"] == 30 and scoring["failed_decoding"] == []
+        assert scoring["wer_line"].replace(str(work) + "/", "") in results
+        wer[name] = scoring["wer"]
+    assert max(wer.values()) < 12.0, wer
+    assert wer["large_flashlight"] <= wer["nolm_greedy"] and wer["large_beam"] <= wer["nolm_greedy"], wer
+
+
 def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):
     """make stage=2 stop_stage=2 force=1, then make: stages 3-5 redo (they read the lang dir), 0-1 do not.
 

@@ -99,18 +99,21 @@ def cut_entries(ctm: dict[str, list[CtmEntry]], cut) -> list[CtmEntry]:
             if cut.start - 1e-6 <= s < cut.end - 1e-6]
 
 
-def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int):
-    """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM."""
+def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cuts_path: Path):
+    """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM
+    (normalised as it was trained, over the whole of ``cuts_path``: a speaker's statistics span the blocks)."""
     if am_dir is not None:
-        from asrhybrid.nnet.train import iter_loglikes, load_am
+        from asrhybrid.data.manifests import load_cuts
+        from asrhybrid.nnet.train import feature_normalizer, iter_loglikes, load_am
 
         model, final = load_am(am_dir)
         if final["num_pdfs"] != num_pdfs:
             raise ValueError(f"{am_dir} has {final['num_pdfs']} outputs but the model in {model_dir} has {num_pdfs} "
                              "pdfs: not an acoustic model of this tree")
+        normalizer = feature_normalizer(final, load_cuts(cuts_path), cuts_path)
 
-        def score(block):
-            return [loglikes for _, loglikes in iter_loglikes(model, final, block)]  # in the block's order
+        def score(block):  # in the block's order
+            return [loglikes for _, loglikes in iter_loglikes(model, final, block, normalizer=normalizer)]
 
         return score
     from asrhybrid.align.flat_start import load_flat_start_model
@@ -163,7 +166,7 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
 
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
     tree, trans_model = load_model(model_dir)
-    score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs)
+    score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs, cuts_path)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     arrays = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)

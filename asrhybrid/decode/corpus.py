@@ -59,13 +59,15 @@ def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: i
     source = Path(source)
     if (source / "final.pt").is_file():
         from asrhybrid.data.manifests import load_cuts
-        from asrhybrid.nnet.train import iter_loglikes, load_am
+        from asrhybrid.nnet.train import feature_normalizer, iter_loglikes, load_am
 
         if cuts_path is None:
             raise DataError([f"{source} is an acoustic model: decoding it needs the cuts (--cuts)"])
         model, final = load_am(source, device)
+        normalizer = feature_normalizer(final, load_cuts(cuts_path), cuts_path)  # speakers' statistics of all jobs
         cuts = load_cuts(cuts_path).filter(partial(_in_job, job=job, nj=nj))
-        for cut, ll in iter_loglikes(model, final, cuts, acwt=1.0, prior_scale=prior_scale, device=device):
+        for cut, ll in iter_loglikes(model, final, cuts, acwt=1.0, prior_scale=prior_scale, device=device,
+                                     normalizer=normalizer):
             yield cut.id, ll, float(cut.duration)
         return
     if source.suffix not in (".ark", ".scp") or not source.is_file():

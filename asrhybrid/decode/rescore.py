@@ -58,8 +58,12 @@ class KenLmScorer:
 
     def step(self, state, word: int):
         """(cost of the word after ``state``, the next state)."""
+        return self.step_word(state, self.words[word])
+
+    def step_word(self, state, word: str):
+        """:meth:`step` of a word given as text (the end-to-end searches' words)."""
         out = self._kenlm.State()
-        log10 = self.model.BaseScore(state, self.words[word], out)
+        log10 = self.model.BaseScore(state, word, out)
         return -log10 * LN10, out
 
     def end(self, state) -> float:
@@ -84,7 +88,9 @@ class ArpaScorer:
         return ("<s>",)[: self._keep] if self._keep else ()
 
     def step(self, state, word: int):
-        w = self.words[word]
+        return self.step_word(state, self.words[word])
+
+    def step_word(self, state, w: str):
         log10, _ = self.model.log10_prob(w, state)
         nxt = (state + (w,))[len(state) + 1 - self._keep:] if self._keep else ()
         return -log10 * LN10, nxt

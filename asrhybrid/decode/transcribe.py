@@ -111,8 +111,7 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
     from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice
     from asrhybrid.features.fbank import KaldiFbank
     from asrhybrid.nnet.priors import scaled_loglikes
-    from asrhybrid.features.cmvn import normalize
-    from asrhybrid.nnet.train import load_am, utterance_cmvn
+    from asrhybrid.nnet.train import feature_normalizer, load_am
 
     exp_dir = Path(exp_dir)
     workdir = exp_dir.parent.parent
@@ -137,14 +136,14 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
                 arpa_to_g(Path(new_lm), graph_dir / "words.txt", g_fst)
         new_k2 = K2LanguageModel.from_g_fst(g_fst, words)
         rescorer = lambda lat: rescore_lattice(lat, old, new_k2)  # noqa: E731
-    mean, std, per_utterance = final["feat_mean"], final["feat_std"], utterance_cmvn(final)
+    normalizer = feature_normalizer(final)  # speaker CMVN: each segment is its own speaker
     for item in iter_audio(sources, fbank_cfg.sampling_rate):
         words: list[str] = []
         for a, b in segments(item.samples, item.sample_rate, max_segment):
             feats = extractor.extract(item.samples[a:b], item.sample_rate)
             if len(feats) == 0:
                 continue
-            x = torch.from_numpy(normalize(feats, mean, std, per_utterance))[None].to(device)
+            x = torch.from_numpy(normalizer.array(feats))[None].to(device)
             with torch.no_grad():
                 log_post = torch.log_softmax(model(x).float(), dim=-1)[0].cpu().numpy()
             ll = scaled_loglikes(log_post, final["log_prior"], 1.0, cfg.prior_scale)

@@ -55,17 +55,84 @@ def read_cmvn(ark: Path) -> dict[str, np.ndarray]:
     return read_matrices(ark)
 
 
-def normalized_features(cut, mean: np.ndarray, std: np.ndarray, per_utterance: bool = False):
-    """A cut's features with global CMVN applied, as the float32 torch tensor [T, D] the networks read.
-
-    ``per_utterance``: the utterance's own mean is subtracted instead of the global one (Kaldi's per-utterance
-    apply-cmvn without variance normalisation: a speaker's or channel's offset goes), the global std kept."""
-    import torch
-
-    return torch.from_numpy(normalize(cut.load_features(), mean, std, per_utterance))
+CMVN_MODES = ("global", "utterance", "speaker")
 
 
-def normalize(feats: np.ndarray, mean: np.ndarray, std: np.ndarray, per_utterance: bool = False) -> np.ndarray:
-    """:func:`normalized_features` of a feature matrix (float32)."""
-    center = feats.mean(axis=0) if per_utterance and len(feats) else mean
-    return ((feats - center) / std).astype(np.float32)
+def speaker_of(cut) -> str:
+    """The key of a cut's statistics: its supervision's speaker, else the cut itself (stage 1's keys)."""
+    speaker = cut.supervisions[0].speaker if cut.supervisions else None
+    return speaker or cut.id
+
+
+def speaker_cmvn_path(cuts_path: Path | str) -> Path:
+    """Stage 1's per-speaker statistics of a cuts manifest: ``X_cuts_P.jsonl.gz`` -> ``X_cmvn_P.ark`` beside it."""
+    cuts_path = Path(cuts_path)
+    return cuts_path.with_name(cuts_path.name.replace("_cuts_", "_cmvn_", 1).removesuffix(".jsonl.gz") + ".ark")
+
+
+class FeatureNormalizer:
+    """Features as the networks read them, ``(x - mean) / std`` as float32, with ``mode``:
+
+    - ``global``: the training set's mean and std;
+    - ``utterance``: the utterance's own mean and the global std (Kaldi's apply-cmvn per utterance without
+      ``--norm-vars``: a channel's offset goes);
+    - ``speaker``: the speaker's own mean and std (Kaldi's usual per-speaker ``apply-cmvn --norm-vars=true
+      --utt2spk``), from the statistics of that speaker's utterances in the same set, test sets included, as
+      Kaldi's offline recipes do. An utterance whose speaker has no statistics (a file given to transcribe) is
+      its own speaker.
+
+    Memory: two vectors per speaker, as Kaldi's cmvn.ark holds."""
+
+    def __init__(self, mode: str, mean: np.ndarray, std: np.ndarray, speaker_stats: dict[str, np.ndarray] | None = None,
+                 var_floor: float = 1e-4):
+        if mode not in CMVN_MODES:
+            raise ValueError(f"cmvn '{mode}': one of {', '.join(CMVN_MODES)}")
+        self.mode, self.mean, self.std, self.var_floor = mode, mean, std, var_floor
+        self.speaker_stats = speaker_stats or {}
+
+    @classmethod
+    def for_cuts(cls, mode: str, mean: np.ndarray, std: np.ndarray, cuts, cuts_path: Path | str | None = None):
+        """The normaliser of a set of cuts; in ``speaker`` mode with the statistics stage 1 wrote beside
+        ``cuts_path`` when they cover every speaker of ``cuts``, else accumulated over ``cuts`` (one pass)."""
+        if mode != "speaker":
+            return cls(mode, mean, std)
+        speakers = {speaker_of(cut) for cut in cuts}
+        ark = speaker_cmvn_path(cuts_path) if cuts_path is not None else None
+        if ark is not None and ark.is_file():
+            stats = read_cmvn(ark)
+            if speakers <= stats.keys():
+                return cls(mode, mean, std, {k: stats[k] for k in speakers})
+        accumulated: dict[str, CmvnStats] = {}
+        for cut in cuts:
+            feats = cut.load_features()
+            accumulated.setdefault(speaker_of(cut), CmvnStats(feats.shape[1])).accumulate(feats)
+        return cls(mode, mean, std, {k: st.stats for k, st in accumulated.items()})
+
+    def _mean_std(self, feats: np.ndarray, speaker: str | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode == "global" or not len(feats):
+            return self.mean, self.std
+        if self.mode == "utterance":
+            return feats.mean(axis=0), self.std
+        stats = CmvnStats(feats.shape[1])
+        if speaker in self.speaker_stats:
+            stats.stats = self.speaker_stats[speaker]
+        else:
+            stats.accumulate(feats)
+        mean, var = stats.mean_var()
+        return mean, np.sqrt(np.maximum(var, self.var_floor))
+
+    def array(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
+        """A feature matrix [T, D] of ``speaker`` (None: its own speaker) normalised, float32."""
+        mean, std = self._mean_std(feats, speaker)
+        return ((feats - mean) / std).astype(np.float32)
+
+    def __call__(self, cut, feats: np.ndarray | None = None):
+        """A cut's features (``feats``: given instead of loaded, e.g. augmented) as the torch tensor [T, D]."""
+        import torch
+
+        return torch.from_numpy(self.array(cut.load_features() if feats is None else feats, speaker_of(cut)))
+
+
+def normalized_features(cut, mean: np.ndarray, std: np.ndarray):
+    """A cut's features with the global CMVN applied (the flat-start network's input), a torch tensor [T, D]."""
+    return FeatureNormalizer("global", mean, std)(cut)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import DataError
-from asrhybrid.features.cmvn import CmvnStats, write_cmvn
+from asrhybrid.features.cmvn import CmvnStats, speaker_of, write_cmvn
 from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
 from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
@@ -106,8 +106,7 @@ def process_chunk(cuts: list, config: dict, lca_path: Path, manifest_path: Path,
     stats: dict[str, CmvnStats] = {}
     for cut in load_manifest(manifest_path):
         feats = cut.load_features()
-        speaker = cut.supervisions[0].speaker or cut.id
-        stats.setdefault(speaker, CmvnStats(feats.shape[1])).accumulate(feats)
+        stats.setdefault(speaker_of(cut), CmvnStats(feats.shape[1])).accumulate(feats)
     return computed, stats
 
 

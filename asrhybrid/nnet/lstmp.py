@@ -64,21 +64,27 @@ class LstmpAM(nn.Module):
 
     ``delay``: the output for frame t is computed after frame t + delay (the input
     is padded at the end with its last frame, so every utterance gets T outputs).
+    ``dropout``: on each layer's projected output in training (between the layers and before the output
+    layer: Zaremba 2014's non-recurrent connections; the recurrence itself is untouched).
     """
 
     def __init__(self, feat_dim: int, num_pdfs: int, cells: int = 320, proj: int = 128, layers: int = 2,
-                 delay: int = 5, kind: str = "cudnn", cell_clip: float | None = 50.0, bidirectional: bool = False):
+                 delay: int = 5, kind: str = "cudnn", cell_clip: float | None = 50.0, bidirectional: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         if kind not in ("cudnn", "peephole"):
             raise ValueError(f"LSTMP kind '{kind}': cudnn or peephole")
         if bidirectional and kind != "cudnn":
             raise ValueError("a bidirectional LSTMP uses the cudnn kind")
+        if not 0 <= dropout < 1 or (dropout and kind != "cudnn"):
+            raise ValueError(f"dropout {dropout}: in [0, 1), with the cudnn kind")
         self.delay = delay
         if kind == "cudnn":
             self.lstm = nn.LSTM(feat_dim, cells, num_layers=layers, proj_size=proj, batch_first=True,
-                                bidirectional=bidirectional)
+                                bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
         else:
             self.lstm = PeepholeLSTMP(feat_dim, cells, proj, layers, cell_clip)
+        self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(proj * (2 if bidirectional else 1), num_pdfs)
 
     @property
@@ -91,4 +97,4 @@ class LstmpAM(nn.Module):
             feats = torch.cat([feats, feats[:, -1:].expand(-1, self.delay, -1)], dim=1)
         hidden = self.lstm(feats)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return self.output(hidden[:, self.delay :])
+        return self.output(self.dropout(hidden[:, self.delay :]))

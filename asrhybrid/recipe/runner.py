@@ -164,7 +164,7 @@ def stage_lm(run: RecipeRun) -> None:
         run.run_verb("lm", "train-lm", args + (["--dev", *dev] if dev else []))
     run.run_verb("lm", "format-lm", [str(run.lang_dir), str(lm_dir / "small.arpa"), str(run.workdir / "data" / "lang_test_small")])
     tokens = {"model_type": "bpe", "vocab_size": 200, **run.config.tokens}
-    out = run.workdir / "data" / f"lang_{tokens['model_type']}_{tokens['vocab_size']}"
+    out = token_dir(run)
     run.run_verb("lm", "train-bpe", [train, "--out-dir", str(out), "--vocab-size", str(tokens["vocab_size"]),
                                      "--model-type", tokens["model_type"]])
 
@@ -250,6 +250,43 @@ def stage_decode(run: RecipeRun) -> None:
     run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
 
 
+def stage_e2e(run: RecipeRun) -> None:
+    e2e = run.config.e2e
+    lang_dir = token_dir(run)
+    for system in e2e.get("systems") or []:
+        opts = {**(e2e.get("common") or {}), **(e2e.get(system) or {})}
+        model_opts = opts.pop("model", None) or {}
+        args = [str(run.cuts("train")), str(lang_dir), str(run.workdir / "exp" / system), "--cmvn",
+                str(run.cmvn("train")), "--system", system, *format_options(opts),
+                *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
+        run.run_verb_workers(system, "train-e2e", args, int(e2e.get("nproc", 1)))
+
+
+def token_dir(run: RecipeRun) -> Path:
+    """Stage 3's token model dir (data/lang_<type>_<N>)."""
+    tokens = {"model_type": "bpe", "vocab_size": 200, **run.config.tokens}
+    return run.workdir / "data" / f"lang_{tokens['model_type']}_{tokens['vocab_size']}"
+
+
+def stage_e2e_decode(run: RecipeRun) -> None:
+    """Every search of ``e2e.decode.searches`` on dev and test, scored; then RESULTS.md."""
+    e2e = run.config.e2e
+    exp, lm_dir = run.workdir / "exp", run.workdir / "data" / "lm"
+    searches = (e2e.get("decode") or {}).get("searches") or [{"method": "greedy"}]
+    for system in e2e.get("systems") or []:
+        for role in eval_parts(run):
+            for search in searches:
+                search = dict(search)
+                lm = search.pop("lm", None)
+                out = exp / system / f"decode_{run.config.part(role)}_{lm or 'nolm'}_{search['method']}"
+                args = [str(exp / system), str(run.cuts(role)), str(out), *format_options(search)]
+                if lm:
+                    args += ["--lm", str(lm_dir / f"{lm}.arpa")]
+                run.run_verb(system, "decode-e2e", args)
+                run.run_verb(system, "score", [str(out), str(run.cuts(role))])
+    run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
+
+
 STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (0, "data", stage_data),
     (1, "fbank", stage_fbank),
@@ -260,6 +297,8 @@ STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
     (6, "am", stage_am),
     (7, "graph", stage_graph),
     (8, "decode", stage_decode),
+    (9, "e2e", stage_e2e),
+    (10, "e2e_decode", stage_e2e_decode),
 ]
 
 

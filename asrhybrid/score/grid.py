@@ -74,6 +74,8 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
     from asrhybrid.recipe.outputs import write_text_atomic
 
     decode_dir = Path(decode_dir)
+    if (decode_dir / "hyp.txt").is_file() and not any(decode_dir.glob("lat.*.gz")):
+        return score_hypotheses(decode_dir, refs)
     if params is not None:
         lmwts, wips = [params["lmwt"]], [params["wip"]]
     bad: list[str] = []
@@ -105,6 +107,36 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
                "failed_decoding": _failed(decode_dir)}
     write_text_atomic(decode_dir / ("scoring_chosen.json" if params is not None else "scoring.json"),
                       json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def score_hypotheses(decode_dir: Path, refs: Mapping[str, str]) -> dict:
+    """An end-to-end decode directory's ``hyp.txt`` (one search setting, in its decode.json): ``wer``,
+    ``best_wer``, ``errs-hyp.txt``, ``recogs-hyp.txt`` and ``scoring.json`` (with the search instead of LMWT/WIP)."""
+    from asrhybrid.recipe.outputs import write_text_atomic
+
+    hyps = {}
+    for line in (decode_dir / "hyp.txt").read_text(encoding="utf-8").splitlines():
+        utt, _, words = line.partition(" ")
+        hyps[utt] = [w for w in words.split() if w not in NON_SPEECH]
+    try:
+        total, per_utt = score(refs, hyps)
+    except ValueError as e:
+        raise ValueError(f"{decode_dir}: {e}") from None
+    write_text_atomic(decode_dir / "wer", f"{total.wer_line()}\n{total.ser_line()}\n")
+    line = total.wer_line(str(decode_dir / "wer"))
+    write_text_atomic(decode_dir / "best_wer", line + "\n")
+    write_text_atomic(decode_dir / "errs-hyp.txt", errs_text(total, per_utt, str(decode_dir)))
+    write_text_atomic(decode_dir / "recogs-hyp.txt", recogs_text(per_utt))
+    try:
+        search = json.loads((decode_dir / "decode.json").read_text()).get("search")
+    except (OSError, ValueError):
+        search = None
+    summary = {"lmwt": None, "wip": None, "search": search, "wer": round(total.wer, 4), "wer_line": line,
+               "chosen_from": None, "grid": None, "utterances": len(refs),
+               "without_hypothesis": sorted(set(refs) - set(hyps)), "corrupt_lattices": [],
+               "failed_decoding": _failed(decode_dir)}
+    write_text_atomic(decode_dir / "scoring.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -1,0 +1,123 @@
+"""Batches of the end-to-end systems: normalised features with their lengths and the transcripts' token ids.
+
+Utterances that cannot be trained on are counted and logged by reason, never a crash or a NaN loss (an
+infinite CTC or RNN-T loss would make one): an empty transcript, characters outside the token set, or, for
+the system's loss, fewer output frames than its label sequence needs (CTC: one frame per token and one more
+between repeated tokens). Batches come from a Lhotse sampler by duration, features read per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator
+
+import torch
+
+from asrhybrid.e2e.tokens import TokenSet
+from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.nnet.augment import Augmentation
+
+log = logging.getLogger(__name__)
+
+
+def transcript(cut) -> str:
+    return " ".join(s.text or "" for s in cut.supervisions).strip()
+
+
+def ctc_frames_needed(ids: list[int]) -> int:
+    """The fewest frames a CTC alignment of ``ids`` takes: one per token, one blank between repeats."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
+@dataclass
+class TrainingCheck:
+    """Why an utterance is left out of training, or None: ``frames_needed(ids)`` against the model's output
+    frames ``output_frames(num_frames)``."""
+
+    tokens: TokenSet
+    output_frames: Callable[[int], int]
+    frames_needed: Callable[[list[int]], int] = ctc_frames_needed
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def reason(self, cut) -> str | None:
+        text = transcript(cut)
+        if not text:
+            return "empty transcript"
+        unknown = self.tokens.unknown_characters(text)
+        if unknown:
+            return f"characters outside the token set: {''.join(sorted(unknown))}"
+        needed, available = self.frames_needed(self.tokens.encode(text)), self.output_frames(cut.num_frames)
+        if needed > available:
+            return f"shorter than its labels ({available} output frames, {needed} needed)"
+        return None
+
+    def survey(self, cuts) -> int:
+        """Count the bad utterances of ``cuts`` by reason (one pass over the manifest, no features read) and
+        log them; returns how many are kept."""
+        kept = 0
+        for cut in cuts:
+            why = self.reason(cut)
+            if why is None:
+                kept += 1
+                continue
+            kind = why.split(":")[0].split(" (")[0]
+            self.counts[kind] += 1
+            self.examples.setdefault(kind, f"{cut.id}: {why}")
+        for kind, n in self.counts.items():
+            log.warning("%d utterance(s) left out of training: %s (e.g. %s)", n, kind, self.examples[kind])
+        return kept
+
+    def keep(self, cut) -> bool:
+        return self.reason(cut) is None
+
+
+def _keep(cut, check: TrainingCheck) -> bool:  # a named function: Lhotse warns on lambdas
+    return check.keep(cut)
+
+
+@dataclass
+class E2EBatch:
+    ids: list[str]
+    feats: torch.Tensor  # [B, T, D], padded with the last frame
+    feat_lens: torch.Tensor  # [B]
+    labels: list[list[int]]  # token ids per utterance
+    texts: list[str]
+
+
+def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
+                generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
+                augmentation: Augmentation | None = None) -> Iterator[E2EBatch | None]:
+    """This worker's share of each global batch (None when empty); shuffled, and augmented as in stage 6 (a
+    generator per utterance seeded from the batch's draw), when ``generator`` is given."""
+    from lhotse.dataset import SimpleCutSampler
+
+    if check is not None:
+        cuts = cuts.filter(partial(_keep, check=check))
+    seed = int(torch.randint(1 << 30, (1,), generator=generator)) if generator is not None else 0
+    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed,
+                               world_size=1, rank=0)
+    augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
+    for batch in sampler:
+        batch_seed = int(torch.randint(1 << 30, (1,), generator=generator)) if augmentation is not None else 0
+        mine = list(batch)[rank::world]
+        if not mine:
+            yield None
+            continue
+        feats = []
+        for cut in mine:
+            if augmentation is None:
+                feats.append(normalizer(cut))
+            else:
+                draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
+                f = normalizer(cut, augmentation.warp(cut.load_features(), cut.sampling_rate, draws))
+                feats.append(augmentation.mask(f, draws))
+        lens = torch.tensor([f.shape[0] for f in feats])
+        T = int(lens.max())
+        padded = torch.stack([torch.cat([f, f[-1:].expand(T - f.shape[0], -1)]) for f in feats])
+        texts = [transcript(c) for c in mine]
+        yield E2EBatch([c.id for c in mine], padded, lens, [tokens.encode(t) for t in texts], texts)

@@ -1,0 +1,153 @@
+"""Decoding with an end-to-end system (stage 10) into a decode directory that ``asrhybrid score`` reads:
+``hyp.txt`` (``utt words`` lines) and ``decode.json`` (the search, counts, failures with reasons, speed).
+
+Searches for CTC: ``greedy``; ``beam``, our prefix beam search with optional word n-gram fusion
+(asrhybrid.e2e.search); ``flashlight``, flashlight-text's lexicon decoder over a KenLM ARPA (the words of
+the ARPA spelled in the system's tokens). For RNN-T: ``greedy`` and ``beam`` (icefall's modified beam
+search, with the same optional fusion). An utterance with no frames fails and is counted; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asrhybrid.errors import ConfigError
+from asrhybrid.recipe.outputs import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+METHODS = ("greedy", "beam", "flashlight")
+
+
+@dataclass
+class E2EDecodeConfig:
+    method: str = "beam"
+    beam: int = 16  # prefixes kept (flashlight: hypotheses)
+    token_beam: float = 12.0  # per frame, tokens this far below the best are not tried
+    alpha: float = 0.5  # LM weight (natural log), Deep Speech's alpha
+    beta: float = 1.0  # word bonus, Deep Speech's beta
+    max_duration: float = 120.0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"end-to-end search '{self.method}': one of {', '.join(METHODS)}")
+
+
+def arpa_words(path: Path) -> list[str]:
+    """The unigrams of an ARPA file but <s>, </s> and <unk>."""
+    words, section = [], None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                section = line
+                continue
+            if section == "\\1-grams:" and line:
+                word = line.split()[1]
+                if word not in ("<s>", "</s>", "<unk>", "<UNK>"):
+                    words.append(word)
+    return words
+
+
+def _lm_scorer(lm: Path | None):
+    if lm is None:
+        return None
+    from asrhybrid.decode.rescore import open_lm
+
+    return open_lm(lm, {})
+
+
+def _ctc_searcher(cfg: E2EDecodeConfig, tokens, lm: Path | None):
+    """log-probabilities [T, V] (numpy) -> words."""
+    from asrhybrid.e2e.ctc import greedy_ctc
+    from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, prefix_beam_search
+
+    if cfg.method == "greedy":
+        return lambda lp: tokens.words(greedy_ctc(torch.from_numpy(lp), len(lp)))
+    if cfg.method == "flashlight":
+        if lm is None or Path(lm).suffix != ".arpa":
+            raise ConfigError("the flashlight search needs an ARPA LM (its words make the lexicon)")
+        words = [w for w in arpa_words(Path(lm)) if not tokens.unknown_characters(w)]
+        return FlashlightDecoder(tokens, lm, words, cfg.alpha, cfg.beta, beam=cfg.beam)
+    scorer = _lm_scorer(lm)
+
+    def search(lp: np.ndarray) -> list[str]:
+        fusion = WordFusion(tokens, scorer, cfg.alpha if scorer else 0.0, cfg.beta if scorer else 0.0)
+        best = prefix_beam_search(lp, fusion, beam=cfg.beam, token_beam=cfg.token_beam)
+        return tokens.words(list(best[0][0])) if best else []
+
+    return search
+
+
+def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
+    """encodings [T, C] -> words."""
+    from asrhybrid.e2e.rnnt import modified_beam_search, rnnt_greedy
+    from asrhybrid.e2e.search import WordFusion
+
+    if cfg.method == "flashlight":
+        raise ConfigError("flashlight's decoder is a CTC search: RNN-T decodes with greedy or beam")
+    if cfg.method == "greedy":
+        return lambda enc: tokens.words(rnnt_greedy(model, enc))
+    scorer = _lm_scorer(lm)
+
+    def search(enc: torch.Tensor) -> list[str]:
+        fusion = WordFusion(tokens, scorer, cfg.alpha, cfg.beta) if scorer is not None else None
+        return tokens.words(modified_beam_search(model, enc, cfg.beam, fusion))
+
+    return search
+
+
+def _has_frames(cut) -> bool:  # a named function: Lhotse warns on lambdas
+    return bool(cut.num_frames)
+
+
+def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, cfg: E2EDecodeConfig,
+               lm: Path | str | None = None, device: str = "cpu") -> dict:
+    from asrhybrid.data.manifests import load_cuts
+    from asrhybrid.e2e.data import e2e_batches
+    from asrhybrid.e2e.tokens import TokenSet
+    from asrhybrid.e2e.train import load_e2e
+    from asrhybrid.features.cmvn import FeatureNormalizer
+
+    exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    model, final = load_e2e(exp_dir, device)
+    tokens = TokenSet(exp_dir / "tokens")
+    cuts = load_cuts(cuts_path)
+    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
+                                            final["feat_std"], cuts, cuts_path)
+    system = final["config"]["system"]
+    lm = Path(lm) if lm else None
+    search = _ctc_searcher(cfg, tokens, lm) if system == "ctc" else _rnnt_searcher(cfg, tokens, model, lm)
+    failed = [{"utt": c.id, "reason": "no frames"} for c in cuts if not c.num_frames]
+    usable = cuts.filter(_has_frames)
+    lines, frames, audio, start = [], 0, 0.0, time.time()
+    with torch.no_grad():
+        for batch in e2e_batches(usable, tokens, normalizer, cfg.max_duration, None):
+            if system == "ctc":
+                log_probs, out_lens = model(batch.feats.to(device), batch.feat_lens.to(device))
+                outputs = [lp[: int(n)].double().numpy() for lp, n in zip(log_probs.cpu(), out_lens.cpu())]
+            else:
+                enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))
+                outputs = [e[: int(n)] for e, n in zip(enc, enc_lens)]
+            for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
+                words = search(out)
+                lines.append(f"{utt} {' '.join(words)}".rstrip() + "\n")
+                frames += int(T)
+                audio += int(T) * 0.01
+    for f in failed:
+        log.error("%s: %s", f["utt"], f["reason"])
+    seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "hyp.txt", "".join(lines))
+    summary = {"system": system, "search": {**asdict(cfg), "lm": str(lm) if lm else None},
+               "utterances": len(lines) + len(failed), "failed": failed, "frames": frames,
+               "seconds": round(seconds, 2), "real_time_factor": round(seconds / max(audio, 1e-9), 4)}
+    write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
+    return summary

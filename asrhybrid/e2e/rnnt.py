@@ -1,0 +1,266 @@
+"""RNN-T (Graves 2012) with a ContextNet encoder (Han 2020), a one-layer LSTM label encoder and a joint network;
+losses from k2, greedy search and icefall's modified beam search with optional word n-gram fusion.
+
+ContextNet: a stack of blocks, each of 1-D depthwise-separable convolutions (depthwise kernel ``kernel``,
+then pointwise) with batch norm and swish, closed by squeeze-and-excitation (the time average, through two
+linear layers and a sigmoid, gates the channels; padded frames are left out of the average) and added to a
+pointwise projection of the block's input (the residual). ``strides`` of 2 in three blocks give the 8x
+downsampling; ``alpha`` multiplies every width. The paper's C0..C22 is ``blocks=23``, ``layers=5``.
+
+Losses (``loss``): ``full``, k2.rnnt_loss over every (frame, label) pair of the joint network's output; or
+``pruned`` (the default, icefall's): a "simple" loss of encoder and label-encoder projections added (no
+joint network: cheap on all pairs) gives through its gradients the ``prune_range`` labels each frame is
+likely to be on, and the joint network runs only there (k2.rnnt_loss_pruned); the loss is
+``simple_scale`` x simple + pruned. Blank is token 0 (k2's termination symbol).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from asrhybrid.e2e.tokens import BLANK
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, max(1, channels // reduction)), nn.SiLU(),
+                                nn.Linear(max(1, channels // reduction), channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, C, T], mask [B, 1, T] (1 on real frames)."""
+        mean = (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return x * self.fc(mean).unsqueeze(-1)
+
+
+class ContextNetBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, layers: int, kernel: int, stride: int, residual: bool = True):
+        super().__init__()
+        convs = []
+        for i in range(layers):
+            c = c_in if i == 0 else c_out
+            s = stride if i == layers - 1 else 1  # the block's last layer strides (the paper's choice)
+            convs.append(nn.ModuleList([nn.Conv1d(c, c, kernel, stride=s, padding=kernel // 2, groups=c),
+                                        nn.Conv1d(c, c_out, 1), nn.BatchNorm1d(c_out)]))
+        self.convs = nn.ModuleList(convs)
+        self.se = SqueezeExcite(c_out)
+        self.residual = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride), nn.BatchNorm1d(c_out)) if residual else None
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inp, out_lens = x, lengths
+        for depthwise, pointwise, norm in self.convs:
+            x = nn.functional.silu(norm(pointwise(depthwise(x))))
+        if self.stride > 1:
+            out_lens = (lengths + self.stride - 1) // self.stride
+        mask = (torch.arange(x.shape[-1], device=x.device)[None] < out_lens[:, None]).unsqueeze(1).to(x.dtype)
+        x = self.se(x, mask)
+        if self.residual is not None:
+            x = x + self.residual(inp)
+        return nn.functional.silu(x), out_lens
+
+
+class ContextNet(nn.Module):
+    """Fbank [B, T, D] -> encodings [B, T', C] with T' = ceil(T / 8) (three stride-2 blocks)."""
+
+    def __init__(self, feat_dim: int, channels: int = 256, blocks: int = 7, layers: int = 3, kernel: int = 5,
+                 alpha: float = 1.0, out_channels: int | None = None, stride_blocks: tuple[int, ...] | None = None):
+        super().__init__()
+        width = max(8, int(round(channels * alpha)))
+        strides = set(stride_blocks if stride_blocks is not None else (1, blocks // 3 + 1, 2 * blocks // 3 + 1))
+        specs = []
+        for i in range(blocks):
+            first, last = i == 0, i == blocks - 1
+            specs.append((feat_dim if first else width, int(round((out_channels or channels) * alpha)) if last else width,
+                          1 if first or last else layers, 2 if i in strides else 1, not first))
+        self.blocks = nn.ModuleList(ContextNetBlock(a, b, n, kernel, s, r) for a, b, n, s, r in specs)
+        self.output_dim = specs[-1][1]
+        self.subsampling = 2 ** sum(s == 2 for *_, s, _ in specs)
+
+    def output_frames(self, num_frames: int) -> int:
+        n = num_frames
+        for block in self.blocks:
+            n = (n + block.stride - 1) // block.stride
+        return n
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = feats.transpose(1, 2)
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        return x.transpose(1, 2), lengths
+
+
+class RnnTransducer(nn.Module):
+    def __init__(self, feat_dim: int, num_tokens: int, channels: int = 256, blocks: int = 7, layers: int = 3,
+                 kernel: int = 5, alpha: float = 1.0, pred_dim: int = 256, joint_dim: int = 256,
+                 loss: str = "pruned", prune_range: int = 5, simple_scale: float = 0.5, smooth_scale: float = 0.1):
+        super().__init__()
+        if loss not in ("pruned", "full"):
+            raise ValueError(f"loss '{loss}': pruned or full")
+        self.encoder = ContextNet(feat_dim, channels, blocks, layers, kernel, alpha)
+        self.embed = nn.Embedding(num_tokens, pred_dim)
+        self.predictor = nn.LSTM(pred_dim, pred_dim, batch_first=True)
+        self.enc_proj = nn.Linear(self.encoder.output_dim, joint_dim)
+        self.pred_proj = nn.Linear(pred_dim, joint_dim)
+        self.joint_out = nn.Linear(joint_dim, num_tokens)
+        self.simple_am = nn.Linear(self.encoder.output_dim, num_tokens)
+        self.simple_lm = nn.Linear(pred_dim, num_tokens)
+        self.loss_kind, self.prune_range, self.simple_scale, self.smooth_scale = loss, prune_range, simple_scale, smooth_scale
+        self.num_tokens = num_tokens
+
+    def output_frames(self, num_frames: int) -> int:
+        return self.encoder.output_frames(num_frames)
+
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(feats, lengths)
+
+    def predict(self, tokens: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple]:
+        """Label-encoder outputs [B, U, P] of token ids [B, U] (blank first: the start symbol)."""
+        out, state = self.predictor(self.embed(tokens), state)
+        return out, state
+
+    def joint(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Logits of projected encodings and label encodings broadcast against each other."""
+        return self.joint_out(torch.tanh(enc + pred))
+
+    def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed RNN-T loss, encoder output lengths)."""
+        import k2
+
+        enc, enc_lens = self.encode(feats, lengths)
+        B, U = len(labels), max(len(y) for y in labels)
+        symbols = torch.zeros(B, U, dtype=torch.int64, device=feats.device)
+        for i, y in enumerate(labels):
+            symbols[i, : len(y)] = torch.tensor(y, dtype=torch.int64)
+        pred_in = torch.cat([torch.full((B, 1), BLANK, dtype=torch.int64, device=feats.device), symbols], dim=1)
+        pred, _ = self.predict(pred_in)
+        boundary = torch.zeros(B, 4, dtype=torch.int64, device=feats.device)
+        boundary[:, 2] = torch.tensor([len(y) for y in labels], device=feats.device)
+        boundary[:, 3] = enc_lens
+        enc, pred = enc.float(), pred.float()
+        if self.loss_kind == "full":
+            logits = self.joint(self.enc_proj(enc)[:, :, None], self.pred_proj(pred)[:, None])
+            return k2.rnnt_loss(logits.float(), symbols, BLANK, boundary, reduction="sum"), enc_lens
+        simple, (px_grad, py_grad) = k2.rnnt_loss_smoothed(
+            lm=self.simple_lm(pred), am=self.simple_am(enc), symbols=symbols, termination_symbol=BLANK,
+            lm_only_scale=self.smooth_scale, am_only_scale=self.smooth_scale, boundary=boundary, reduction="sum",
+            return_grad=True)
+        ranges = k2.get_rnnt_prune_ranges(px_grad, py_grad, boundary, min(self.prune_range, U + 1))
+        am_pruned, lm_pruned = k2.do_rnnt_pruning(am=self.enc_proj(enc), lm=self.pred_proj(pred), ranges=ranges)
+        logits = self.joint(am_pruned, lm_pruned)
+        pruned = k2.rnnt_loss_pruned(logits.float(), symbols, ranges, BLANK, boundary, reduction="sum")
+        return self.simple_scale * simple + pruned, enc_lens
+
+
+def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -> list[int]:
+    """Greedy search over one utterance's encodings [T, C]: at each frame, emit the best token until blank
+    (at most ``max_symbols`` a frame)."""
+    enc = model.enc_proj(enc)
+    hyp: list[int] = []
+    pred, state = model.predict(torch.tensor([[BLANK]], device=enc.device))
+    for t in range(enc.shape[0]):
+        for _ in range(max_symbols):
+            token = int(model.joint(enc[t], model.pred_proj(pred[0, -1])).argmax())
+            if token == BLANK:
+                break
+            hyp.append(token)
+            pred, state = model.predict(torch.tensor([[token]], device=enc.device), state)
+    return hyp
+
+
+def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None) -> list[int]:
+    """icefall's modified beam search: at most one token a frame; hypotheses with the same tokens merge (their
+    probabilities added); with ``fusion`` (asrhybrid.e2e.search.WordFusion) a word's LM score and bonus join a
+    hypothesis when its next word starts, and the last word's at the end."""
+    enc = model.enc_proj(enc)
+    start_pred, start_state = model.predict(torch.tensor([[BLANK]], device=enc.device))
+    # tokens: (acoustic log prob, label-encoder output, state)
+    hyps: dict[tuple[int, ...], tuple[float, torch.Tensor, tuple]] = {(): (0.0, start_pred[0, -1], start_state)}
+
+    def fused(tokens):
+        return fusion.partial_score(tokens) if fusion is not None else 0.0
+
+    for t in range(enc.shape[0]):
+        keys = list(hyps)
+        preds = torch.stack([model.pred_proj(hyps[k][1]) for k in keys])
+        log_probs = torch.log_softmax(model.joint(enc[t][None], preds).float(), dim=-1)
+        candidates: dict[tuple[int, ...], float] = {}
+        for k, lp in zip(keys, log_probs):
+            score = hyps[k][0]
+            candidates[k] = float(np.logaddexp(candidates.get(k, -math.inf), score + float(lp[BLANK])))
+            top = torch.topk(lp, min(beam + 1, lp.shape[0]))
+            for v, token in zip(top.values.tolist(), top.indices.tolist()):
+                if token == BLANK:
+                    continue
+                grown = k + (token,)
+                candidates[grown] = float(np.logaddexp(candidates.get(grown, -math.inf), score + v))
+        kept = sorted(candidates, key=lambda k: candidates[k] + fused(k), reverse=True)[:beam]
+        new = {}
+        for k in kept:
+            if k in hyps:
+                new[k] = (candidates[k], hyps[k][1], hyps[k][2])
+            else:
+                parent = hyps[k[:-1]]
+                pred, state = model.predict(torch.tensor([[k[-1]]], device=enc.device), parent[2])
+                new[k] = (candidates[k], pred[0, -1], state)
+        hyps = new
+    final = {k: v[0] + (fusion.final_score(k) if fusion is not None else 0.0) for k, v in hyps.items()}
+    return list(max(final, key=final.get))
+
+
+def brute_force_rnnt_log_prob(log_probs: np.ndarray, labels: list[int]) -> float:
+    """The reference for tiny cases: log of the sum over every alignment of ``labels`` through [T, U+1, V]
+    joint-network log-probabilities (symbols keep the frame, blank moves to the next; the last step is a
+    blank out of the last frame), the alignments enumerated one by one."""
+    import itertools
+
+    T, U = log_probs.shape[0], len(labels)
+    total = -math.inf
+    for positions in itertools.combinations(range(T + U - 1), U):  # where the symbols go among the steps
+        t = u = 0
+        score = 0.0
+        chosen = set(positions)
+        for step in range(T + U - 1):
+            if step in chosen:
+                score += log_probs[t, u, labels[u]]
+                u += 1
+            else:
+                score += log_probs[t, u, BLANK]
+                t += 1
+        score += log_probs[T - 1, U, BLANK]
+        total = float(np.logaddexp(total, score))
+    return total
+
+
+class RnntObjective:
+    """The RNN-T loss over e2e batches (asrhybrid.nnet.trainer.Objective); ``count`` is input frames."""
+
+    loss_name, metric_name, count_name = "rnnt", "token_error_rate", "frames"
+    stat_names = ("rnnt", "token_errors", "ref_tokens")
+
+    def __init__(self, name: str, batches):
+        self.name, self._batches = name, batches
+
+    def batches(self, cuts, generator, rank, world):
+        return self._batches(cuts, generator, rank, world)
+
+    def forward(self, model: RnnTransducer, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        import kaldialign
+
+        feats, lens = batch.feats.to(device), batch.feat_lens.to(device)
+        loss, enc_lens = model.loss(feats, lens, batch.labels)
+        stats = {"count": float(lens.sum()), "rnnt": float(loss.detach())}
+        if not model.training:
+            enc, enc_lens = model.encode(feats, lens)
+            errors = sum(kaldialign.edit_distance(label, rnnt_greedy(model, e[: int(n)]))["total"]
+                         for label, e, n in zip(batch.labels, enc, enc_lens))
+            stats.update(token_errors=float(errors), ref_tokens=float(sum(len(y) for y in batch.labels)))
+        return loss, stats
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
+        ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
+        return {"rnnt": sums["rnnt"] / sums["count"], "token_error_rate": ter}

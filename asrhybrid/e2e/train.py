@@ -1,0 +1,131 @@
+"""Training and loading of the end-to-end systems (stage 9), through stage 6's loop (asrhybrid.nnet.trainer).
+
+``exp/<system>/final.pt`` holds the weights (the average of the last ``average_last`` epochs), the config
+and the normalisation, ``tokens/`` a copy of the token model; ``train.json`` the history and the utterances left out (by
+reason, asrhybrid.e2e.data.TrainingCheck).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from asrhybrid.e2e.data import TrainingCheck, e2e_batches
+from asrhybrid.e2e.tokens import TokenSet
+from asrhybrid.config import E2E_SYSTEMS
+from asrhybrid.errors import ConfigError
+from asrhybrid.features.cmvn import CMVN_MODES, FeatureNormalizer
+from asrhybrid.nnet.augment import Augmentation
+from asrhybrid.nnet.trainer import FitConfig, Workers, default_device, fit
+from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class E2EConfig(FitConfig):
+    system: str = "ctc"
+    cmvn: str = "global"  # as stage 6 (asrhybrid.features.cmvn.FeatureNormalizer)
+    freq_masks: int = 0  # SpecAugment (Park 2019): bands of up to freq_mask_width mel bins zeroed
+    freq_mask_width: int = 0
+    time_masks: int = 0  # and runs of up to time_mask_width frames
+    time_mask_width: int = 0
+    vtlp: float = 0.0
+    model: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.system not in E2E_SYSTEMS:
+            raise ConfigError(f"unknown end-to-end system '{self.system}' (systems: {', '.join(E2E_SYSTEMS)})")
+        if self.cmvn not in CMVN_MODES:
+            raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
+
+
+def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:
+    from asrhybrid.e2e.ctc import DeepSpeech
+    from asrhybrid.e2e.rnnt import RnnTransducer
+
+    classes = {"ctc": DeepSpeech, "rnnt": RnnTransducer}
+    try:
+        return classes[system](feat_dim, num_tokens, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{system}: bad model option: {e}") from None
+
+
+def _objective(system: str, batches):
+    from asrhybrid.e2e.ctc import CtcObjective
+    from asrhybrid.e2e.rnnt import RnntObjective
+
+    return {"ctc": CtcObjective, "rnnt": RnntObjective}[system](system, batches)
+
+
+def _held_out(cut, fraction: float, keep: bool) -> bool:
+    from asrhybrid.nnet.train import held_out
+
+    return held_out(cut.id, fraction) == keep
+
+
+def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: np.ndarray, exp_dir: Path,
+              cfg: E2EConfig, resume_key: str | None = None, device: torch.device | str | None = None) -> dict:
+    from asrhybrid.data.manifests import load_cuts
+
+    exp_dir = Path(exp_dir)
+    device = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(cfg.seed)
+    tokens = TokenSet(lang_dir)
+    cuts = load_cuts(cuts_path)
+    normalizer = FeatureNormalizer.for_cuts(cfg.cmvn, cmvn_mean, cmvn_std, cuts, cuts_path)
+    model = build_e2e_model(cfg.system, int(cmvn_mean.shape[0]), len(tokens), cfg.model).to(device)
+    from asrhybrid.e2e.data import ctc_frames_needed
+
+    # CTC needs a frame per token (and one between repeats); RNN-T emits any number of tokens a frame
+    needed = ctc_frames_needed if cfg.system == "ctc" else (lambda ids: 1)
+    check = TrainingCheck(tokens, model.output_frames, needed)
+    kept = check.survey(cuts)
+    train = cuts.filter(partial(_held_out, fraction=cfg.valid_fraction, keep=False))
+    valid = cuts.filter(partial(_held_out, fraction=cfg.valid_fraction, keep=True))
+    log.info("%s: %d parameters, %d tokens (%s), %s; %d utterances usable", cfg.system,
+             sum(p.numel() for p in model.parameters()), len(tokens), tokens.model_path.name, device, kept)
+
+    def batches(cuts, generator, rank, world):
+        return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
+                           cfg.augmentation if generator is not None else None)
+
+    result = fit(model, _objective(cfg.system, batches), train, valid, exp_dir, cfg, device, resume_key)
+    summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],
+               "averaged_epochs": result["averaged_epochs"], "parameters": sum(p.numel() for p in model.parameters()),
+               "left_out": dict(check.counts), "left_out_examples": check.examples, "workers": result["workers"],
+               "device": result["device"]}
+    if result["leader"]:
+        import shutil
+
+        (exp_dir / "tokens").mkdir(exist_ok=True)  # the token model travels with the system
+        for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):
+            shutil.copyfile(path, exp_dir / "tokens" / path.name)
+        with atomic_output(exp_dir / "final.pt") as tmp:
+            torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(cfg),
+                        "num_tokens": len(tokens), "feat_mean": cmvn_mean, "feat_std": cmvn_std}, tmp)
+        write_text_atomic(exp_dir / "train.json", json.dumps(summary, indent=1) + "\n")
+    Workers().barrier()
+    return summary
+
+
+def load_e2e(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode, its final.pt) of a trained end-to-end system."""
+    ckpt = torch.load(Path(exp_dir) / "final.pt", weights_only=False, map_location="cpu")
+    cfg = E2EConfig(**ckpt["config"])
+    model = build_e2e_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_tokens"], cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,92 @@
+"""The end-to-end verbs (stages 9-10): train-e2e and decode-e2e. Scoring is ``asrhybrid score`` (it scores a
+decode dir's hyp.txt) and RESULTS.md ``asrhybrid results``, as for the hybrid systems."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from asrhybrid.config import parse_options
+from asrhybrid.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def cmd_train_e2e(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from asrhybrid.e2e.train import E2EConfig, train_e2e
+    from asrhybrid.features.cmvn import global_mean_std
+    from asrhybrid.recipe.outputs import Completion
+    from asrhybrid.verbs import _data_parallel, _first_worker_decides
+
+    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
+    try:
+        cfg = E2EConfig(**options)
+    except TypeError as e:
+        raise ConfigError(f"train-e2e: bad option: {e}") from None
+    done = Completion(args.exp_dir, "train-e2e", asdict(cfg),
+                      inputs={"cuts": args.cuts, "tokens": args.lang_dir, "cmvn": args.cmvn})
+    with _data_parallel(args.device) as (rank, device):
+        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
+        if skip:
+            log.info("%s: 'train-e2e' already done", args.exp_dir)
+            return
+        mean, std = global_mean_std(args.cmvn)
+        summary = train_e2e(args.cuts, args.lang_dir, mean, std, args.exp_dir, cfg, resume_key, device)
+        if summary["left_out"]:
+            log.warning("left out of training: %s", summary["left_out"])
+        if rank == 0:
+            done.mark_done()
+
+
+def cmd_decode_e2e(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from asrhybrid.e2e.decode import E2EDecodeConfig, decode_e2e
+    from asrhybrid.recipe.outputs import run_once
+
+    try:
+        cfg = E2EDecodeConfig(**parse_options(args.opt))
+    except TypeError as e:
+        raise ConfigError(f"decode-e2e: bad option: {e}") from None
+    inputs = {"model": args.exp_dir / "final.pt", "cuts": args.cuts}
+    if args.lm:
+        inputs["lm"] = args.lm
+
+    def work(_):
+        s = decode_e2e(args.exp_dir, args.cuts, args.out_dir, cfg, args.lm, args.device)
+        log.info("decoded %d utterances (%d failed) with %s search, real-time factor %.4f", s["utterances"],
+                 len(s["failed"]), cfg.method, s["real_time_factor"])
+
+    run_once(args.out_dir, "decode-e2e", asdict(cfg), args.force, work, inputs=inputs)
+
+
+def add_e2e_verbs(sub, add_verb, add_common) -> None:
+    p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T) on stage 3's "
+                                   "tokens: "
+                                   "EXP_DIR/final.pt, tokens/, epoch-N.pt, train.json")
+    p.add_argument("cuts", type=Path, help="training cuts with features and transcripts")
+    p.add_argument("lang_dir", type=Path, help="stage 3's token dir (data/lang_<type>_<N>: *.model, tokens.txt)")
+    p.add_argument("exp_dir", type=Path)
+    p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
+    p.add_argument("--system", default="ctc", choices=["ctc", "rnnt"])
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="E2EConfig field, e.g. epochs=10")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
+                                                   "torchrun --nproc-per-node N -m asrhybrid train-e2e ...")
+    add_common(p)
+    p.set_defaults(func=cmd_train_e2e)
+
+    p = add_verb(sub, "decode-e2e", "stage 10: recognise cuts with an end-to-end system: OUT_DIR/hyp.txt, decode.json "
+                                    "(then asrhybrid score OUT_DIR CUTS)")
+    p.add_argument("exp_dir", type=Path, help="train-e2e's EXP_DIR")
+    p.add_argument("cuts", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--lm", type=Path, help="word n-gram LM for shallow fusion (ARPA or KenLM binary; flashlight: ARPA)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    add_common(p)
+    p.set_defaults(func=cmd_decode_e2e)
