@@ -34,14 +34,15 @@ class AudioItem:
     sample_rate: int
 
 
-def fbank_config_of(workdir: Path):
-    """The fbank options stage 1 used for the training features (from its completion marker)."""
+def fbank_config_of(where: Path):
+    """The fbank options stage 1 used for the training features (from its completion marker), of a recipe
+    workdir or its fbank dir."""
     from asrhybrid.features.fbank import KaldiFbankConfig
 
-    markers = sorted((workdir / "data" / "fbank").glob(".done.fbank-*-train.json")) or sorted(
-        (workdir / "data" / "fbank").glob(".done.fbank-*.json"))
+    fbank_dir = where if where.name == "fbank" and not (where / "data").is_dir() else where / "data" / "fbank"
+    markers = sorted(fbank_dir.glob(".done.fbank-*-train.json")) or sorted(fbank_dir.glob(".done.fbank-*.json"))
     if not markers:
-        raise DataError([f"{workdir}/data/fbank: no record of the fbank options (stage 1's marker); is {workdir} a "
+        raise DataError([f"{fbank_dir}: no record of the fbank options (stage 1's marker); is {where} a "
                          "recipe workdir?"])
     return KaldiFbankConfig(**json.loads(markers[0].read_text())["params"]["config"])
 

@@ -1,5 +1,10 @@
 """Batches of the end-to-end systems: normalised features with their lengths and the transcripts' token ids.
 
+Speed perturbation (Ko 2015, Kaldi's and icefall's 0.9/1.1): with ``SpeedPerturbation``, each training
+utterance is played at a speed drawn per epoch (1.0 among them): its audio resampled by 1/speed and its
+fbank computed again with stage 1's options (the transcript is unchanged, which is all an end-to-end loss
+needs; the hybrid systems' frame alignments would not survive it).
+
 Utterances that cannot be trained on are counted and logged by reason, never a crash or a NaN loss (an
 infinite CTC or RNN-T loss would make one): an empty transcript, characters outside the token set, or, for
 the system's loss, fewer output frames than its label sequence needs (CTC: one frame per token and one more
@@ -80,6 +85,29 @@ def _keep(cut, check: TrainingCheck) -> bool:  # a named function: Lhotse warns 
     return check.keep(cut)
 
 
+class SpeedPerturbation:
+    """Per utterance, a speed drawn from ``speeds`` and 1.0 alike; features of the perturbed audio."""
+
+    def __init__(self, speeds: list[float], fbank_config):
+        from asrhybrid.features.fbank import KaldiFbank
+
+        self.speeds = [1.0, *[float(s) for s in speeds if float(s) != 1.0]]
+        self.extractor = KaldiFbank(fbank_config)
+
+    def features(self, cut, generator: torch.Generator):
+        """(the cut's features at a drawn speed, the speed); stored features at 1.0."""
+        from fractions import Fraction
+
+        from scipy.signal import resample_poly
+
+        speed = self.speeds[int(torch.randint(len(self.speeds), (1,), generator=generator))]
+        if speed == 1.0:
+            return cut.load_features(), speed
+        ratio = Fraction(speed).limit_denominator(100)  # e.g. 0.9 -> 9/10: 10/9 as many samples
+        audio = resample_poly(cut.load_audio()[0], ratio.denominator, ratio.numerator)
+        return self.extractor.extract(audio, cut.sampling_rate), speed
+
+
 @dataclass
 class E2EBatch:
     ids: list[str]
@@ -91,7 +119,8 @@ class E2EBatch:
 
 def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
                 generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
-                augmentation: Augmentation | None = None) -> Iterator[E2EBatch | None]:
+                augmentation: Augmentation | None = None,
+                speed: SpeedPerturbation | None = None) -> Iterator[E2EBatch | None]:
     """This worker's share of each global batch (None when empty); shuffled, and augmented as in stage 6 (a
     generator per utterance seeded from the batch's draw), when ``generator`` is given."""
     from lhotse.dataset import SimpleCutSampler
@@ -102,19 +131,25 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
     sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed,
                                world_size=1, rank=0)
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
+    speed = speed if generator is not None else None
     for batch in sampler:
-        batch_seed = int(torch.randint(1 << 30, (1,), generator=generator)) if augmentation is not None else 0
+        batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
+                      if augmentation is not None or speed is not None else 0)
         mine = list(batch)[rank::world]
         if not mine:
             yield None
             continue
         feats = []
         for cut in mine:
-            if augmentation is None:
+            if augmentation is None and speed is None:
                 feats.append(normalizer(cut))
+                continue
+            draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
+            raw = speed.features(cut, draws)[0] if speed is not None else cut.load_features()
+            if augmentation is None:
+                feats.append(normalizer(cut, raw))
             else:
-                draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
-                f = normalizer(cut, augmentation.warp(cut.load_features(), cut.sampling_rate, draws))
+                f = normalizer(cut, augmentation.warp(raw, cut.sampling_rate, draws))
                 feats.append(augmentation.mask(f, draws))
         lens = torch.tensor([f.shape[0] for f in feats])
         T = int(lens.max())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asrhybrid.e2e.data import TrainingCheck, e2e_batches
+from asrhybrid.e2e.data import SpeedPerturbation, TrainingCheck, e2e_batches
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.config import E2E_SYSTEMS
 from asrhybrid.errors import ConfigError
@@ -39,6 +39,7 @@ class E2EConfig(FitConfig):
     time_masks: int = 0  # and runs of up to time_mask_width frames
     time_mask_width: int = 0
     vtlp: float = 0.0
+    speed_perturb: list = field(default_factory=list)  # speeds besides 1.0 (Kaldi's and icefall's: [0.9, 1.1])
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -99,9 +100,15 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     log.info("%s: %d parameters, %d tokens (%s), %s; %d utterances usable", cfg.system,
              sum(p.numel() for p in model.parameters()), len(tokens), tokens.model_path.name, device, kept)
 
+    speed = None
+    if cfg.speed_perturb:
+        from asrhybrid.decode.transcribe import fbank_config_of
+
+        speed = SpeedPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent))
+
     def batches(cuts, generator, rank, world):
         return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
-                           cfg.augmentation if generator is not None else None)
+                           cfg.augmentation if generator is not None else None, speed)
 
     result = fit(model, _objective(cfg.system, batches), train, valid, exp_dir, cfg, device, resume_key)
     summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],

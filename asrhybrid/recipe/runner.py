@@ -278,6 +278,8 @@ def stage_e2e_decode(run: RecipeRun) -> None:
             for search in searches:
                 search = dict(search)
                 lm = search.pop("lm", None)
+                if search["method"] == "flashlight" and system != "ctc":
+                    continue  # flashlight's decoder is a CTC search
                 out = exp / system / f"decode_{run.config.part(role)}_{lm or 'nolm'}_{search['method']}"
                 args = [str(exp / system), str(run.cuts(role)), str(out), *format_options(search)]
                 if lm:
