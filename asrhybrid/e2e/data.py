@@ -119,17 +119,21 @@ class E2EBatch:
 
 def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
                 generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
-                augmentation: Augmentation | None = None,
-                speed: SpeedPerturbation | None = None) -> Iterator[E2EBatch | None]:
-    """This worker's share of each global batch (None when empty); shuffled, and augmented as in stage 6 (a
-    generator per utterance seeded from the batch's draw), when ``generator`` is given."""
-    from lhotse.dataset import SimpleCutSampler
+                augmentation: Augmentation | None = None, speed: SpeedPerturbation | None = None,
+                num_buckets: int = 10) -> Iterator[E2EBatch | None]:
+    """This worker's share of each global batch (None when empty). With ``generator`` (training): Lhotse's
+    dynamic bucketing by duration (``num_buckets``), shuffled, and augmented as in stage 6 (a generator per
+    utterance seeded from the batch's draw); without, the cuts in order."""
+    from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
     if check is not None:
         cuts = cuts.filter(partial(_keep, check=check))
-    seed = int(torch.randint(1 << 30, (1,), generator=generator)) if generator is not None else 0
-    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed,
-                               world_size=1, rank=0)
+    if generator is not None:  # training: batches of similar durations (Deep Speech's), buckets shuffled
+        seed = int(torch.randint(1 << 30, (1,), generator=generator))
+        sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets,
+                                          world_size=1, rank=0)
+    else:
+        sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     speed = speed if generator is not None else None
     for batch in sampler:

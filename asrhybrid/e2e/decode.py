@@ -33,9 +33,12 @@ class E2EDecodeConfig:
     token_beam: float = 12.0  # per frame, tokens this far below the best are not tried
     alpha: float = 0.5  # LM weight (natural log), Deep Speech's alpha
     beta: float = 1.0  # word bonus, Deep Speech's beta
+    max_symbols: int = 3  # RNN-T: tokens a frame (greedy and beam)
     max_duration: float = 120.0
 
     def __post_init__(self):
+        if self.max_symbols < 1:
+            raise ConfigError("max_symbols must be at least 1")
         if self.method not in METHODS:
             raise ConfigError(f"end-to-end search '{self.method}': one of {', '.join(METHODS)}")
 
@@ -94,12 +97,12 @@ def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: RNN-T decodes with greedy or beam")
     if cfg.method == "greedy":
-        return lambda enc: tokens.words(rnnt_greedy(model, enc))
+        return lambda enc: tokens.words(rnnt_greedy(model, enc, cfg.max_symbols))
     scorer = _lm_scorer(lm)
 
     def search(enc: torch.Tensor) -> list[str]:
         fusion = WordFusion(tokens, scorer, cfg.alpha, cfg.beta) if scorer is not None else None
-        return tokens.words(modified_beam_search(model, enc, cfg.beam, fusion))
+        return tokens.words(modified_beam_search(model, enc, cfg.beam, fusion, cfg.max_symbols))
 
     return search
 

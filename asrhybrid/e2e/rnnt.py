@@ -172,10 +172,12 @@ def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -
     return hyp
 
 
-def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None) -> list[int]:
-    """icefall's modified beam search: at most one token a frame; hypotheses with the same tokens merge (their
-    probabilities added); with ``fusion`` (asrhybrid.e2e.search.WordFusion) a word's LM score and bonus join a
-    hypothesis when its next word starts, and the last word's at the end."""
+def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None,
+                         max_symbols: int = 1) -> list[int]:
+    """icefall's modified beam search: hypotheses with the same tokens merge (their probabilities added), at
+    most ``max_symbols`` tokens a frame (icefall's: 1; more for character tokens over 8x-subsampled frames, where
+    a word can have more tokens than frames). With ``fusion`` (asrhybrid.e2e.search.WordFusion) a word's LM
+    score and bonus join a hypothesis when its next word starts, and the last word's at the end."""
     enc = model.enc_proj(enc)
     start_pred, start_state = model.predict(torch.tensor([[BLANK]], device=enc.device))
     # tokens: (acoustic log prob, label-encoder output, state)
@@ -184,30 +186,52 @@ def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4,
     def fused(tokens):
         return fusion.partial_score(tokens) if fusion is not None else 0.0
 
-    for t in range(enc.shape[0]):
-        keys = list(hyps)
-        preds = torch.stack([model.pred_proj(hyps[k][1]) for k in keys])
-        log_probs = torch.log_softmax(model.joint(enc[t][None], preds).float(), dim=-1)
-        candidates: dict[tuple[int, ...], float] = {}
+    def extend(frontier, frame):
+        """(hypotheses ending the frame with blank, hypotheses that emitted a token) of one expansion round."""
+        keys = list(frontier)
+        preds = torch.stack([model.pred_proj(frontier[k][1]) for k in keys])
+        log_probs = torch.log_softmax(model.joint(frame[None], preds).float(), dim=-1)
+        ended: dict[tuple[int, ...], float] = {}
+        emitted: dict[tuple[int, ...], float] = {}
         for k, lp in zip(keys, log_probs):
-            score = hyps[k][0]
-            candidates[k] = float(np.logaddexp(candidates.get(k, -math.inf), score + float(lp[BLANK])))
+            score = frontier[k][0]
+            ended[k] = float(np.logaddexp(ended.get(k, -math.inf), score + float(lp[BLANK])))
             top = torch.topk(lp, min(beam + 1, lp.shape[0]))
             for v, token in zip(top.values.tolist(), top.indices.tolist()):
-                if token == BLANK:
-                    continue
-                grown = k + (token,)
-                candidates[grown] = float(np.logaddexp(candidates.get(grown, -math.inf), score + v))
-        kept = sorted(candidates, key=lambda k: candidates[k] + fused(k), reverse=True)[:beam]
-        new = {}
-        for k in kept:
-            if k in hyps:
-                new[k] = (candidates[k], hyps[k][1], hyps[k][2])
+                if token != BLANK:
+                    grown = k + (token,)
+                    emitted[grown] = float(np.logaddexp(emitted.get(grown, -math.inf), score + v))
+        return ended, emitted
+
+    def states(scores, known):
+        out = {}
+        for k in sorted(scores, key=lambda k: scores[k] + fused(k), reverse=True)[:beam]:
+            if k in known:
+                out[k] = (scores[k], known[k][1], known[k][2])
             else:
-                parent = hyps[k[:-1]]
+                parent = known[k[:-1]]
                 pred, state = model.predict(torch.tensor([[k[-1]]], device=enc.device), parent[2])
-                new[k] = (candidates[k], pred[0, -1], state)
-        hyps = new
+                out[k] = (scores[k], pred[0, -1], state)
+        return out
+
+    for t in range(enc.shape[0]):
+        frame_end: dict[tuple[int, ...], float] = {}
+        frontier, known = hyps, dict(hyps)
+        for round_ in range(max_symbols):
+            ended, emitted = extend(frontier, enc[t])
+            if round_ > 0:  # a hypothesis that emitted this frame ends it with a blank
+                for k, v in ended.items():
+                    frame_end[k] = float(np.logaddexp(frame_end.get(k, -math.inf), v))
+            if round_ == max_symbols - 1:  # its last tokens end the frame (the next frame reads them)
+                for k, v in emitted.items():
+                    frame_end[k] = float(np.logaddexp(frame_end.get(k, -math.inf), v))
+            if round_ == 0:
+                for k, v in ended.items():
+                    frame_end[k] = float(np.logaddexp(frame_end.get(k, -math.inf), v))
+            if round_ < max_symbols - 1:
+                frontier = states(emitted, known)
+                known.update(frontier)
+        hyps = states(frame_end, known)
     final = {k: v[0] + (fusion.final_score(k) if fusion is not None else 0.0) for k, v in hyps.items()}
     return list(max(final, key=final.get))
 

@@ -21,9 +21,8 @@ from asrhybrid.e2e.data import SpeedPerturbation, TrainingCheck, e2e_batches
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.config import E2E_SYSTEMS
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.cmvn import CMVN_MODES, FeatureNormalizer
-from asrhybrid.nnet.augment import Augmentation
-from asrhybrid.nnet.trainer import FitConfig, Workers, default_device, fit
+from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.nnet.trainer import InputOptions, Workers, default_device, fit
 from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -31,14 +30,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class E2EConfig(FitConfig):
+class E2EConfig(InputOptions):
+    """Stage 9's options: the training loop's and the input's (asrhybrid.nnet.trainer) and the system's."""
+
     system: str = "ctc"
-    cmvn: str = "global"  # as stage 6 (asrhybrid.features.cmvn.FeatureNormalizer)
-    freq_masks: int = 0  # SpecAugment (Park 2019): bands of up to freq_mask_width mel bins zeroed
-    freq_mask_width: int = 0
-    time_masks: int = 0  # and runs of up to time_mask_width frames
-    time_mask_width: int = 0
-    vtlp: float = 0.0
     speed_perturb: list = field(default_factory=list)  # speeds besides 1.0 (Kaldi's and icefall's: [0.9, 1.1])
     model: dict = field(default_factory=dict)
 
@@ -46,12 +41,6 @@ class E2EConfig(FitConfig):
         super().__post_init__()
         if self.system not in E2E_SYSTEMS:
             raise ConfigError(f"unknown end-to-end system '{self.system}' (systems: {', '.join(E2E_SYSTEMS)})")
-        if self.cmvn not in CMVN_MODES:
-            raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
-
-    @property
-    def augmentation(self) -> Augmentation:
-        return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
 
 
 def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:

@@ -53,10 +53,10 @@ from torch import nn
 from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.cmvn import CMVN_MODES, FeatureNormalizer
+from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
 from asrhybrid.nnet.augment import Augmentation
-from asrhybrid.nnet.trainer import FitConfig, Workers, average_models, default_device, fit  # noqa: F401
+from asrhybrid.nnet.trainer import InputOptions, Workers, average_models, default_device, fit  # noqa: F401
 from asrhybrid.nnet.trainer import autocast as _autocast  # noqa: F401
 from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
@@ -71,35 +71,20 @@ IGNORE = -100  # targets of padding and context frames
 
 
 @dataclass
-class TrainConfig(FitConfig):
-    """Stage 6's options: the training loop's (asrhybrid.nnet.trainer.FitConfig) and the hybrid model's."""
+class TrainConfig(InputOptions):
+    """Stage 6's options: the training loop's and the input's (asrhybrid.nnet.trainer) and the hybrid model's."""
 
     system: str = "lstmp"
     chunk_frames: int = 0  # 0: whole utterances; else chunks of this many target frames
     chunk_left_context: int = 40  # frames before a chunk's first target that warm up the recurrent state
     silence_scale: float = 2.7  # silence states' counts are divided by this for the priors (Sak 2014)
     fast_weight: float = 0.5  # fast_slow: weight of the fast AM's own cross-entropy in the loss
-    cmvn: str = "global"  # global, utterance or speaker (asrhybrid.features.cmvn.FeatureNormalizer)
-    vtlp: float = 0.0  # augmentation (asrhybrid.nnet.augment): VTLP warp factors in [1 - vtlp, 1 + vtlp]
-    freq_masks: int = 0  # SpecAugment: bands of up to freq_mask_width mel bins zeroed per utterance
-    freq_mask_width: int = 0
-    time_masks: int = 0  # and runs of up to time_mask_width frames
-    time_mask_width: int = 0
     model: dict = field(default_factory=dict)  # the system's model options (e.g. cells, proj, layers, delay)
 
     def __post_init__(self):
         super().__post_init__()
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown acoustic model '{self.system}' (systems: {', '.join(SYSTEMS)})")
-        if self.cmvn not in CMVN_MODES:
-            raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
-        if self.vtlp < 0 or self.vtlp >= 1 or min(self.freq_masks, self.freq_mask_width, self.time_masks,
-                                                   self.time_mask_width) < 0:
-            raise ConfigError("vtlp must be in [0, 1), the mask counts and widths at least 0")
-
-    @property
-    def augmentation(self) -> Augmentation:
-        return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
 
 
 class FrameDNN(nn.Module):

@@ -70,6 +70,34 @@ class FitConfig:
         return self.lr * (self.final_lr / self.lr) ** ((epoch - 1) / (self.epochs - 1))
 
 
+@dataclass
+class InputOptions(FitConfig):
+    """How every model's input is normalised and augmented (stage 6's TrainConfig and stage 9's E2EConfig)."""
+
+    cmvn: str = "global"  # global, utterance or speaker (asrhybrid.features.cmvn.FeatureNormalizer)
+    vtlp: float = 0.0  # augmentation (asrhybrid.nnet.augment): VTLP warp factors in [1 - vtlp, 1 + vtlp]
+    freq_masks: int = 0  # SpecAugment: bands of up to freq_mask_width mel bins zeroed per utterance
+    freq_mask_width: int = 0
+    time_masks: int = 0  # and runs of up to time_mask_width frames
+    time_mask_width: int = 0
+
+    def __post_init__(self):
+        from asrhybrid.features.cmvn import CMVN_MODES
+
+        super().__post_init__()
+        if self.cmvn not in CMVN_MODES:
+            raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
+        if self.vtlp < 0 or self.vtlp >= 1 or min(self.freq_masks, self.freq_mask_width, self.time_masks,
+                                                   self.time_mask_width) < 0:
+            raise ConfigError("vtlp must be in [0, 1), the mask counts and widths at least 0")
+
+    @property
+    def augmentation(self):
+        from asrhybrid.nnet.augment import Augmentation
+
+        return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
+
+
 class Objective(Protocol):
     """What :func:`fit` trains a model on."""
 
