@@ -169,7 +169,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
             "decode", "e2e", "parts", "description"}
 SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
-E2E_SYSTEMS = ("ctc", "rnnt")  # stage 9's end-to-end systems
+E2E_SYSTEMS = ("ctc", "rnnt", "las")  # stage 9's end-to-end systems
 
 
 def _field_names(kind: str) -> set[str]:

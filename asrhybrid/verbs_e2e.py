@@ -64,14 +64,15 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
 
 
 def add_e2e_verbs(sub, add_verb, add_common) -> None:
-    p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T) on stage 3's "
+    p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T; las: Listen, "
+                                   "Attend and Spell) on stage 3's "
                                    "tokens: "
                                    "EXP_DIR/final.pt, tokens/, epoch-N.pt, train.json")
     p.add_argument("cuts", type=Path, help="training cuts with features and transcripts")
     p.add_argument("lang_dir", type=Path, help="stage 3's token dir (data/lang_<type>_<N>: *.model, tokens.txt)")
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
-    p.add_argument("--system", default="ctc", choices=["ctc", "rnnt"])
+    p.add_argument("--system", default="ctc", choices=["ctc", "rnnt", "las"])
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="E2EConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "

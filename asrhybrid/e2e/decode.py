@@ -4,7 +4,8 @@
 Searches for CTC: ``greedy``; ``beam``, our prefix beam search with optional word n-gram fusion
 (asrhybrid.e2e.search); ``flashlight``, flashlight-text's lexicon decoder over a KenLM ARPA (the words of
 the ARPA spelled in the system's tokens). For RNN-T: ``greedy`` and ``beam`` (icefall's modified beam
-search, with the same optional fusion). An utterance with no frames fails and is counted; the others go on.
+search, with the same optional fusion). For LAS: ``greedy`` and ``beam`` (its n-best rescored with length
+normalisation and the optional LM). An utterance with no frames fails and is counted; the others go on.
 """
 
 from __future__ import annotations
@@ -107,6 +108,24 @@ def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     return search
 
 
+def _las_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
+    """encodings [U, C] -> words: greedy, or beam search whose n-best (``beam`` of them) is rescored with the
+    paper's length normalisation and, with an LM, lambda = ``alpha``."""
+    from asrhybrid.e2e.las import greedy_las, rescore_nbest
+
+    if cfg.method == "flashlight":
+        raise ConfigError("flashlight's decoder is a CTC search: LAS decodes with greedy or beam")
+    if cfg.method == "greedy":
+        return lambda enc: tokens.words(greedy_las(model, enc))
+    scorer = _lm_scorer(lm)
+
+    def search(enc: torch.Tensor) -> list[str]:
+        nbest = model.beam_search(enc, cfg.beam, nbest=cfg.beam)
+        return tokens.words(rescore_nbest(nbest, tokens.words, scorer, cfg.alpha if scorer else 0.0))
+
+    return search
+
+
 def _has_frames(cut) -> bool:  # a named function: Lhotse warns on lambdas
     return bool(cut.num_frames)
 
@@ -127,7 +146,12 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
                                             final["feat_std"], cuts, cuts_path)
     system = final["config"]["system"]
     lm = Path(lm) if lm else None
-    search = _ctc_searcher(cfg, tokens, lm) if system == "ctc" else _rnnt_searcher(cfg, tokens, model, lm)
+    if system == "ctc":
+        search = _ctc_searcher(cfg, tokens, lm)
+    elif system == "rnnt":
+        search = _rnnt_searcher(cfg, tokens, model, lm)
+    else:
+        search = _las_searcher(cfg, tokens, model, lm)
     failed = [{"utt": c.id, "reason": "no frames"} for c in cuts if not c.num_frames]
     usable = cuts.filter(_has_frames)
     lines, frames, audio, start = [], 0, 0.0, time.time()
@@ -137,7 +161,7 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
                 log_probs, out_lens = model(batch.feats.to(device), batch.feat_lens.to(device))
                 outputs = [lp[: int(n)].double().numpy() for lp, n in zip(log_probs.cpu(), out_lens.cpu())]
             else:
-                enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))
+                enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))[:2]
                 outputs = [e[: int(n)] for e, n in zip(enc, enc_lens)]
             for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
                 words = search(out)

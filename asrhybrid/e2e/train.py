@@ -45,9 +45,10 @@ class E2EConfig(InputOptions):
 
 def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:
     from asrhybrid.e2e.ctc import DeepSpeech
+    from asrhybrid.e2e.las import LAS
     from asrhybrid.e2e.rnnt import RnnTransducer
 
-    classes = {"ctc": DeepSpeech, "rnnt": RnnTransducer}
+    classes = {"ctc": DeepSpeech, "rnnt": RnnTransducer, "las": LAS}
     try:
         return classes[system](feat_dim, num_tokens, **options)
     except (TypeError, ValueError) as e:
@@ -56,9 +57,18 @@ def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) 
 
 def _objective(system: str, batches):
     from asrhybrid.e2e.ctc import CtcObjective
+    from asrhybrid.e2e.las import LasObjective
     from asrhybrid.e2e.rnnt import RnntObjective
 
-    return {"ctc": CtcObjective, "rnnt": RnntObjective}[system](system, batches)
+    return {"ctc": CtcObjective, "rnnt": RnntObjective, "las": LasObjective}[system](system, batches)
+
+
+def _one_frame(ids: list[int]) -> int:
+    return 1
+
+
+def _no_frame(ids: list[int]) -> int:
+    return 0
 
 
 def _held_out(cut, fraction: float, keep: bool) -> bool:
@@ -80,8 +90,9 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     model = build_e2e_model(cfg.system, int(cmvn_mean.shape[0]), len(tokens), cfg.model).to(device)
     from asrhybrid.e2e.data import ctc_frames_needed
 
-    # CTC needs a frame per token (and one between repeats); RNN-T emits any number of tokens a frame
-    needed = ctc_frames_needed if cfg.system == "ctc" else (lambda ids: 1)
+    # CTC needs a frame per token (and one between repeats); RNN-T emits any number of tokens a frame; LAS
+    # attends to any frame from any step
+    needed = {"ctc": ctc_frames_needed, "rnnt": _one_frame, "las": _no_frame}[cfg.system]
     check = TrainingCheck(tokens, model.output_frames, needed)
     kept = check.survey(cuts)
     train = cuts.filter(partial(_held_out, fraction=cfg.valid_fraction, keep=False))
