@@ -3,7 +3,7 @@
     python bench/e2e.py [--workdir work/yesno] [--part test] [--device cpu|cuda]
 
 - ``training``: frames/s of a forward and backward pass of each system (Deep Speech CTC; ContextNet RNN-T
-  with the pruned and the full loss) on random batches of 8 utterances of 6 s (23-bin fbank);
+  with the pruned and the full loss; LAS) on random batches of 8 utterances of 6 s (23-bin fbank);
 - ``rnnt_loss``: k2's full rnnt_loss against the pruned one (rnnt_loss_smoothed, get_rnnt_prune_ranges,
   do_rnnt_pruning, rnnt_loss_pruned; prune range 5) on the same encoder and label-encoder outputs (B 8, T 150
   after 8x subsampling, U 40 labels, 500 tokens, joint dim 512): seconds for loss and backward, and peak
@@ -103,6 +103,7 @@ def rnnt_losses(device: str) -> dict:
 def training_speed(device: str) -> dict:
     from asrhybrid.e2e.ctc import CtcObjective, DeepSpeech
     from asrhybrid.e2e.data import E2EBatch
+    from asrhybrid.e2e.las import LAS, LasObjective
     from asrhybrid.e2e.rnnt import RnnTransducer, RnntObjective
 
     torch.manual_seed(0)
@@ -111,7 +112,8 @@ def training_speed(device: str) -> dict:
                      [torch.randint(3, V, (40,)).tolist() for _ in range(B)], [""] * B)
     systems = {"ctc": (DeepSpeech(23, V, hidden=512), CtcObjective("ctc", None)),
                "rnnt_pruned": (RnnTransducer(23, V, channels=256, loss="pruned"), RnntObjective("rnnt", None)),
-               "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None))}
+               "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None)),
+               "las": (LAS(23, V), LasObjective("las", None))}
     out = {}
     dev = torch.device(device)
     for name, (model, objective) in systems.items():
@@ -136,7 +138,7 @@ def decoding(workdir: Path, part: str) -> dict:
     out = {}
     corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
     lm = workdir / "data" / "lm" / "large.arpa"
-    for system in ("ctc", "rnnt"):
+    for system in ("ctc", "rnnt", "las"):
         exp = workdir / "exp" / system
         if not (exp / "final.pt").is_file():
             continue
