@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK
 
 
@@ -84,34 +85,19 @@ def greedy_ctc(log_probs: torch.Tensor, length: int) -> list[int]:
     return [t for i, t in enumerate(best) if t != BLANK and (i == 0 or t != best[i - 1])]
 
 
-class CtcObjective:
-    """The CTC loss of a Deep Speech model over e2e batches (asrhybrid.nnet.trainer.Objective); ``count`` is
-    output frames; held out, the greedy token error rate too."""
+class CtcObjective(TokenObjective):
+    """The CTC loss of a Deep Speech model (asrhybrid.e2e.objective); ``count`` is output frames."""
 
-    loss_name, metric_name, count_name = "ctc", "token_error_rate", "frames"
-    stat_names = ("ctc", "token_errors", "ref_tokens")
+    loss_name, count_name = "ctc", "frames"
 
-    def __init__(self, name: str, batches):
-        self.name, self._batches = name, batches  # batches(cuts, generator, rank, world)
+    def loss(self, model: nn.Module, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
+        log_probs, out_lens = model(feats, lens)
+        targets = torch.tensor([t for label in labels for t in label], dtype=torch.long, device=feats.device)
+        target_lens = torch.tensor([len(label) for label in labels], device=feats.device)
+        loss = nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lens, target_lens, blank=BLANK,
+                                      reduction="sum", zero_infinity=True)
+        return loss, int(out_lens.sum()), (log_probs, out_lens)
 
-    def batches(self, cuts, generator, rank, world):
-        return self._batches(cuts, generator, rank, world)
-
-    def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        import kaldialign
-
-        log_probs, out_lens = model(batch.feats.to(device), batch.feat_lens.to(device))
-        targets = torch.tensor([t for label in batch.labels for t in label], dtype=torch.long)
-        target_lens = torch.tensor([len(label) for label in batch.labels])
-        loss = nn.functional.ctc_loss(log_probs.transpose(0, 1), targets.to(device), out_lens, target_lens.to(device),
-                                      blank=BLANK, reduction="sum", zero_infinity=True)
-        stats = {"count": float(out_lens.sum()), "ctc": float(loss.detach())}
-        if not model.training:
-            errors = sum(kaldialign.edit_distance(label, greedy_ctc(lp, int(n)))["total"]
-                         for label, lp, n in zip(batch.labels, log_probs.detach().cpu(), out_lens.cpu()))
-            stats.update(token_errors=float(errors), ref_tokens=float(target_lens.sum()))
-        return loss, stats
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
-        ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
-        return {"ctc": sums["ctc"] / sums["count"], "token_error_rate": ter}
+    def greedy(self, model: nn.Module, outputs) -> list[list[int]]:
+        log_probs, out_lens = outputs
+        return [greedy_ctc(lp, int(n)) for lp, n in zip(log_probs.detach().cpu(), out_lens.cpu())]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
 
 
@@ -184,32 +185,15 @@ def rescore_nbest(nbest: list[tuple[list[int], float]], words_of, lm=None, lm_we
     return max(nbest, key=score)[0] if nbest else []
 
 
-class LasObjective:
-    """LAS cross-entropy over e2e batches (asrhybrid.nnet.trainer.Objective); ``count`` is tokens (with
-    <sos/eos>); held out, the greedy token error rate too."""
+class LasObjective(TokenObjective):
+    """LAS cross-entropy (asrhybrid.e2e.objective); ``count`` is tokens, <sos/eos> included."""
 
-    loss_name, metric_name, count_name = "ce", "token_error_rate", "tokens"
-    stat_names = ("ce", "token_errors", "ref_tokens")
+    loss_name, count_name = "ce", "tokens"
 
-    def __init__(self, name: str, batches):
-        self.name, self._batches = name, batches
+    def loss(self, model: LAS, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
+        loss, count = model.loss(feats, lens, labels)
+        return loss, count, (feats, lens)
 
-    def batches(self, cuts, generator, rank, world):
-        return self._batches(cuts, generator, rank, world)
-
-    def forward(self, model: LAS, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        import kaldialign
-
-        feats, lens = batch.feats.to(device), batch.feat_lens.to(device)
-        loss, count = model.loss(feats, lens, batch.labels)
-        stats = {"count": float(count), "ce": float(loss.detach())}
-        if not model.training:
-            enc, enc_lens, _ = model.encode(feats, lens)
-            errors = sum(kaldialign.edit_distance(label, greedy_las(model, e[: int(n)]))["total"]
-                         for label, e, n in zip(batch.labels, enc, enc_lens))
-            stats.update(token_errors=float(errors), ref_tokens=float(sum(len(y) for y in batch.labels)))
-        return loss, stats
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
-        ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
-        return {"ce": sums["ce"] / sums["count"], "token_error_rate": ter}
+    def greedy(self, model: LAS, outputs) -> list[list[int]]:
+        enc, enc_lens, _ = model.encode(*outputs)
+        return [greedy_las(model, e[: int(n)]) for e, n in zip(enc, enc_lens)]

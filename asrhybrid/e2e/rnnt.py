@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK
 
 
@@ -260,31 +261,15 @@ def brute_force_rnnt_log_prob(log_probs: np.ndarray, labels: list[int]) -> float
     return total
 
 
-class RnntObjective:
-    """The RNN-T loss over e2e batches (asrhybrid.nnet.trainer.Objective); ``count`` is input frames."""
+class RnntObjective(TokenObjective):
+    """The RNN-T loss (asrhybrid.e2e.objective); ``count`` is input frames."""
 
-    loss_name, metric_name, count_name = "rnnt", "token_error_rate", "frames"
-    stat_names = ("rnnt", "token_errors", "ref_tokens")
+    loss_name, count_name = "rnnt", "frames"
 
-    def __init__(self, name: str, batches):
-        self.name, self._batches = name, batches
+    def loss(self, model: RnnTransducer, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
+        loss, _ = model.loss(feats, lens, labels)
+        return loss, int(lens.sum()), (feats, lens)
 
-    def batches(self, cuts, generator, rank, world):
-        return self._batches(cuts, generator, rank, world)
-
-    def forward(self, model: RnnTransducer, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        import kaldialign
-
-        feats, lens = batch.feats.to(device), batch.feat_lens.to(device)
-        loss, enc_lens = model.loss(feats, lens, batch.labels)
-        stats = {"count": float(lens.sum()), "rnnt": float(loss.detach())}
-        if not model.training:
-            enc, enc_lens = model.encode(feats, lens)
-            errors = sum(kaldialign.edit_distance(label, rnnt_greedy(model, e[: int(n)]))["total"]
-                         for label, e, n in zip(batch.labels, enc, enc_lens))
-            stats.update(token_errors=float(errors), ref_tokens=float(sum(len(y) for y in batch.labels)))
-        return loss, stats
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
-        ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
-        return {"rnnt": sums["rnnt"] / sums["count"], "token_error_rate": ter}
+    def greedy(self, model: RnnTransducer, outputs) -> list[list[int]]:
+        enc, enc_lens = model.encode(*outputs)
+        return [rnnt_greedy(model, e[: int(n)]) for e, n in zip(enc, enc_lens)]

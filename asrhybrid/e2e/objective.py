@@ -1,0 +1,47 @@
+"""What the end-to-end systems share as training objectives (asrhybrid.nnet.trainer.Objective): batches from
+asrhybrid.e2e.data, a summed loss, and on held-out batches the token error rate of greedy decoding."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TokenObjective:
+    """A subclass gives ``loss_name``, ``count_name``, :meth:`loss` and :meth:`greedy`."""
+
+    metric_name = "token_error_rate"
+    loss_name = count_name = ""
+
+    def __init__(self, name: str, batches):
+        self.name, self._batches = name, batches  # batches(cuts, generator, rank, world)
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        return (self.loss_name, "token_errors", "ref_tokens")
+
+    def batches(self, cuts, generator, rank, world):
+        return self._batches(cuts, generator, rank, world)
+
+    def loss(self, model: nn.Module, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
+        """(summed loss, count, what :meth:`greedy` reads)."""
+        raise NotImplementedError
+
+    def greedy(self, model: nn.Module, outputs) -> list[list[int]]:
+        """Greedy token sequences of a batch, from :meth:`loss`'s third value."""
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        import kaldialign
+
+        loss, count, outputs = self.loss(model, batch.feats.to(device), batch.feat_lens.to(device), batch.labels)
+        stats = {"count": float(count), self.loss_name: float(loss.detach())}
+        if not model.training:
+            errors = sum(kaldialign.edit_distance(label, hyp)["total"]
+                         for label, hyp in zip(batch.labels, self.greedy(model, outputs)))
+            stats.update(token_errors=float(errors), ref_tokens=float(sum(len(y) for y in batch.labels)))
+        return loss, stats
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
+        ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
+        return {self.loss_name: sums[self.loss_name] / sums["count"], "token_error_rate": ter}
