@@ -280,36 +280,52 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn})
 
 
-def cmd_train_am(args: argparse.Namespace) -> None:
+def train_config(cls, args: argparse.Namespace, verb: str):
+    """A training verb's config: ``--opt`` fields, ``--system`` and ``--model-opt`` model options."""
+    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ConfigError(f"{verb}: bad option: {e}") from None
+
+
+def run_training(args: argparse.Namespace, verb: str, cfg, inputs: dict, train) -> None:
+    """The training verbs' frame: ``train(device, resume_key)`` under torchrun or alone, unless ``verb`` already
+    finished in EXP_DIR with ``cfg`` and ``inputs``. The first worker decides (and alone writes the marker);
+    checkpoints resume into more epochs."""
     from dataclasses import asdict
 
+    from asrhybrid.recipe.outputs import Completion
+
+    done = Completion(args.exp_dir, verb, asdict(cfg), inputs=inputs)
+    with _data_parallel(args.device) as (rank, device):
+        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
+        if skip:
+            log.info("%s: '%s' already done", args.exp_dir, verb)
+            return
+        train(device, resume_key)
+        if rank == 0:
+            done.mark_done()
+
+
+def cmd_train_am(args: argparse.Namespace) -> None:
     from asrhybrid.features.cmvn import global_mean_std
     from asrhybrid.lang.io import read_int_list
     from asrhybrid.model import load_model
     from asrhybrid.nnet.priors import silence_pdfs
     from asrhybrid.nnet.train import TrainConfig, train_am
-    from asrhybrid.recipe.outputs import Completion
 
-    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
-    try:
-        cfg = TrainConfig(**options)
-    except TypeError as e:
-        raise ConfigError(f"train-am: bad option: {e}") from None
-    done = Completion(args.exp_dir, "train-am", asdict(cfg),
-                      inputs={"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn})
-    with _data_parallel(args.device) as (rank, device):
-        # the first worker decides (and alone writes the marker); checkpoints resume into more epochs
-        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
-        if skip:
-            log.info("%s: 'train-am' already done", args.exp_dir)
-            return
+    cfg = train_config(TrainConfig, args, "train-am")
+
+    def train(device, resume_key):
         _, trans_model = load_model(args.tree_dir)
         mean, std = global_mean_std(args.cmvn)
         silence = silence_pdfs(trans_model, read_int_list(args.lang_dir / "phones" / "silence.int"))
         train_am(args.cuts, args.tree_dir / "ali_pdf.ark", trans_model.num_pdfs, silence, mean, std, args.exp_dir,
                  cfg, resume_key=resume_key, device=device)
-        if rank == 0:
-            done.mark_done()
+
+    run_training(args, "train-am", cfg,
+                 {"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn}, train)
 
 
 @contextlib.contextmanager

@@ -14,31 +14,19 @@ log = logging.getLogger(__name__)
 
 
 def cmd_train_e2e(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
     from asrhybrid.e2e.train import E2EConfig, train_e2e
     from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.recipe.outputs import Completion
-    from asrhybrid.verbs import _data_parallel, _first_worker_decides
+    from asrhybrid.verbs import run_training, train_config
 
-    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
-    try:
-        cfg = E2EConfig(**options)
-    except TypeError as e:
-        raise ConfigError(f"train-e2e: bad option: {e}") from None
-    done = Completion(args.exp_dir, "train-e2e", asdict(cfg),
-                      inputs={"cuts": args.cuts, "tokens": args.lang_dir, "cmvn": args.cmvn})
-    with _data_parallel(args.device) as (rank, device):
-        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
-        if skip:
-            log.info("%s: 'train-e2e' already done", args.exp_dir)
-            return
+    cfg = train_config(E2EConfig, args, "train-e2e")
+
+    def train(device, resume_key):
         mean, std = global_mean_std(args.cmvn)
         summary = train_e2e(args.cuts, args.lang_dir, mean, std, args.exp_dir, cfg, resume_key, device)
         if summary["left_out"]:
             log.warning("left out of training: %s", summary["left_out"])
-        if rank == 0:
-            done.mark_done()
+
+    run_training(args, "train-e2e", cfg, {"cuts": args.cuts, "tokens": args.lang_dir, "cmvn": args.cmvn}, train)
 
 
 def cmd_decode_e2e(args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ between repeated tokens). Batches come from a Lhotse sampler by duration, featur
 from __future__ import annotations
 
 import logging
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +23,7 @@ import torch
 
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.features.cmvn import FeatureNormalizer
-from asrhybrid.nnet.augment import Augmentation
+from asrhybrid.nnet.augment import Augmentation, utterance_generator
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +114,7 @@ class E2EBatch:
     feat_lens: torch.Tensor  # [B]
     labels: list[list[int]]  # token ids per utterance
     texts: list[str]
+    durations: list[float] = field(default_factory=list)  # seconds of audio per utterance
 
 
 def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
@@ -125,6 +125,8 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
     dynamic bucketing by duration (``num_buckets``), shuffled, and augmented as in stage 6 (a generator per
     utterance seeded from the batch's draw); without, the cuts in order."""
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+
+    from asrhybrid.nnet.train import pad_batch
 
     if check is not None:
         cuts = cuts.filter(partial(_keep, check=check))
@@ -148,15 +150,12 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
             if augmentation is None and speed is None:
                 feats.append(normalizer(cut))
                 continue
-            draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
-            raw = speed.features(cut, draws)[0] if speed is not None else cut.load_features()
-            if augmentation is None:
-                feats.append(normalizer(cut, raw))
-            else:
-                f = normalizer(cut, augmentation.warp(raw, cut.sampling_rate, draws))
-                feats.append(augmentation.mask(f, draws))
+            draws = utterance_generator(batch_seed, cut.id)
+            raw = speed.features(cut, draws)[0] if speed is not None else None
+            feats.append(augmentation.features(cut, normalizer, draws, raw) if augmentation is not None
+                         else normalizer(cut, raw))
         lens = torch.tensor([f.shape[0] for f in feats])
-        T = int(lens.max())
-        padded = torch.stack([torch.cat([f, f[-1:].expand(T - f.shape[0], -1)]) for f in feats])
+        padded = pad_batch(feats)
         texts = [transcript(c) for c in mine]
-        yield E2EBatch([c.id for c in mine], padded, lens, [tokens.encode(t) for t in texts], texts)
+        yield E2EBatch([c.id for c in mine], padded, lens, [tokens.encode(t) for t in texts], texts,
+                       [float(c.duration) for c in mine])

@@ -163,11 +163,11 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
             else:
                 enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))[:2]
                 outputs = [e[: int(n)] for e, n in zip(enc, enc_lens)]
+            audio += sum(batch.durations)
             for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
                 words = search(out)
                 lines.append(f"{utt} {' '.join(words)}".rstrip() + "\n")
                 frames += int(T)
-                audio += int(T) * 0.01
     for f in failed:
         log.error("%s: %s", f["utt"], f["reason"])
     seconds = time.time() - start

@@ -20,10 +20,17 @@ two do not:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def utterance_generator(batch_seed: int, utt: str) -> torch.Generator:
+    """An utterance's own draws, seeded by its batch's draw and its id: every data-parallel worker draws the
+    batch's seed, so the workers' generators stay in step whatever each one's share."""
+    return torch.Generator().manual_seed(batch_seed ^ zlib.crc32(utt.encode("utf-8")))
 
 
 def mel(hz: np.ndarray | float) -> np.ndarray | float:
@@ -84,6 +91,12 @@ class Augmentation:
             return feats
         alpha = 1 - self.vtlp + 2 * self.vtlp * self._uniform(generator)
         return warp_log_mel(feats, alpha, sample_rate)
+
+    def features(self, cut, normalizer, generator: torch.Generator, raw: np.ndarray | None = None) -> torch.Tensor:
+        """A cut's features (``raw``: given instead of loaded) warped, normalised by ``normalizer``
+        (asrhybrid.features.cmvn.FeatureNormalizer) and masked."""
+        raw = cut.load_features() if raw is None else raw
+        return self.mask(normalizer(cut, self.warp(raw, cut.sampling_rate, generator)), generator)
 
     def mask(self, feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The normalised ``feats`` [T, D] with SpecAugment's bands and runs set to zero (a copy)."""

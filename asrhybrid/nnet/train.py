@@ -55,7 +55,7 @@ from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
-from asrhybrid.nnet.augment import Augmentation
+from asrhybrid.nnet.augment import Augmentation, utterance_generator
 from asrhybrid.nnet.trainer import InputOptions, Workers, average_models, default_device, fit  # noqa: F401
 from asrhybrid.nnet.trainer import autocast as _autocast  # noqa: F401
 from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
@@ -164,9 +164,7 @@ def _batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, max_d
             if augmentation is None:
                 f = normalizer(cut)
             else:
-                draws = torch.Generator().manual_seed(batch_seed ^ zlib.crc32(cut.id.encode("utf-8")))
-                f = normalizer(cut, augmentation.warp(cut.load_features(), cut.sampling_rate, draws))
-                f = augmentation.mask(f, draws)
+                f = augmentation.features(cut, normalizer, utterance_generator(batch_seed, cut.id))
             ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
