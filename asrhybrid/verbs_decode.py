@@ -35,7 +35,10 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
     cfg = _decode_config(args.opt)
     device = str(default_device()) if args.device == "auto" else args.device
-    inputs = {"graph": args.graph_dir / "HCLG.fst", "scores": _scores_input(args.scores)}
+    from asrhybrid.decode.graph import HLG_FILE
+
+    hlg = args.graph_dir / HLG_FILE
+    inputs = {"graph": hlg if hlg.is_file() else args.graph_dir / "HCLG.fst", "scores": _scores_input(args.scores)}
     if args.cuts:
         inputs["cuts"] = args.cuts
     done = Completion(args.out_dir, "decode", {**asdict(cfg), "nj": args.nj, "kaldi_reference": args.kaldi_reference},
@@ -155,8 +158,10 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 def add_decode_verbs(sub, add_verb, add_common) -> None:
     p = add_verb(sub, "decode", "stage 8: lattices of every utterance over HCLG with k2 (Kaldi's decode.sh): OUT_DIR/lat.N.gz "
                                 "(Kaldi text CompactLattice), best.N.jsonl (1-best words, alignment), decode.json")
-    p.add_argument("graph_dir", type=Path, help="mkgraph's GRAPH_DIR (HCLG.fst, its k2 form, words.txt, the model)")
-    p.add_argument("scores", type=Path, help="an acoustic model dir (train-am's EXP_DIR) or compute-loglikes' archive (acwt 1)")
+    p.add_argument("graph_dir", type=Path, help="mkgraph's GRAPH_DIR (HCLG.fst, its k2 form, words.txt, the model), "
+                                                "or mkgraph-ctc's (HLG.k2.pt, words.txt)")
+    p.add_argument("scores", type=Path, help="an acoustic model dir (train-am's EXP_DIR), compute-loglikes' archive "
+                                             "(acwt 1), or a CTC system's dir (train-e2e's EXP_DIR) with an HLG")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cuts", type=Path, help="the cuts to decode (needed with an acoustic model)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",

@@ -51,6 +51,19 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
     run_once(args.out_dir, "decode-e2e", asdict(cfg), args.force, work, inputs=inputs)
 
 
+def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
+    from asrhybrid.e2e.hlg import make_hlg_graph
+    from asrhybrid.recipe.outputs import atomic_output, run_once
+
+    def work(_):
+        with atomic_output(args.graph_dir) as tmp:  # swapped in whole
+            stats = make_hlg_graph(args.tokens_dir, args.lang_dir, tmp)
+        print(f"HLG: {stats['states']} states, {stats['arcs']} arcs, {stats['words']} words, {stats['seconds']} s")
+
+    run_once(args.graph_dir, "mkgraph-ctc", {}, args.force, work,
+             inputs={"tokens": args.tokens_dir, "G": args.lang_dir / "G.fst", "words": args.lang_dir / "words.txt"})
+
+
 def add_e2e_verbs(sub, add_verb, add_common) -> None:
     p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T; las: Listen, "
                                    "Attend and Spell) on stage 3's "
@@ -67,6 +80,14 @@ def add_e2e_verbs(sub, add_verb, add_common) -> None:
                                                    "torchrun --nproc-per-node N -m asrhybrid train-e2e ...")
     add_common(p)
     p.set_defaults(func=cmd_train_e2e)
+
+    p = add_verb(sub, "mkgraph-ctc", "icefall's HLG for a CTC system: GRAPH_DIR/HLG.k2.pt and words.txt, which "
+                                     "asrhybrid decode reads (lattices for rescore and score)")
+    p.add_argument("tokens_dir", type=Path, help="the system's tokens (EXP_DIR/tokens) or stage 3's token dir")
+    p.add_argument("lang_dir", type=Path, help="a lang dir with G.fst (format-lm's, e.g. data/lang_test_small)")
+    p.add_argument("graph_dir", type=Path)
+    add_common(p)
+    p.set_defaults(func=cmd_mkgraph_ctc)
 
     p = add_verb(sub, "decode-e2e", "stage 10: recognise cuts with an end-to-end system: OUT_DIR/hyp.txt, decode.json "
                                     "(then asrhybrid score OUT_DIR CUTS)")

@@ -547,22 +547,26 @@ def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_thro
 
 def test_yesno_stages_9_10_ctc_and_rnnt_to_results(yesno_through_stage_4):
     """make stage=9 stop_stage=10: Deep Speech CTC and ContextNet RNN-T train on the character tokens with
-    speed perturbation (about 1 min 30 s in all on 2 cores) with falling losses, nothing left out; every search
-    of the recipe decodes the test part and lands in RESULTS.md.
+    speed perturbation and white noise (about 2 min in all on 2 cores) with falling losses, nothing left out;
+    CTC decodes over HLG into lattices that stage 8's rescoring and scoring take; every search of the recipe
+    decodes the test part and lands in RESULTS.md.
 
-    Measured (the hybrid LSTMP: 0%): CTC greedy 6.67-7.08%, prefix beam 6.67-7.08%, with the large LM 6.25%;
-    flashlight's lexicon decoder 12-26% (it inserts a second NO after a NO: not understood yet, so it has no
-    bound here); RNN-T 10.83%, every error but one an inserted NO before the first word. The issue's target, 1% (icefall's TDNN-CTC: 0.42%), is not reached. Every yesno
-    training file starts with NO and 29 of the 30 test files with YES: the RNN-T's label encoder, a language
-    model of the transcripts, learned that the first word is NO. The CTC errors fall mostly in the three test
-    files whose background is far quieter than the training files' (10th-percentile frame energy 5 against
-    11.7). The bounds below hold what was measured."""
+    The issue's target: a CTC model at 1% or less (icefall's TDNN-CTC: 0.42%). Measured: CTC over HLG 0.42%
+    (1 error in 240 words) with noise augmentation, 5.83% without: 3 test files have a louder background than
+    any training file, and the model missed their first words. Greedy 1.67% (another seed: HLG 0.42%, greedy
+    100%: that model put E and O below blank on every frame, and only a search with a lexicon spells the
+    words). Flashlight's lexicon decoder
+    inserted a second NO after a NO (12-26% before the noise augmentation: not understood, so no bound here).
+    RNN-T 10.83%, every error but one an inserted NO before the first word: every training file starts with
+    NO and 29 of the 30 test files with YES, and the label encoder, a language model of the transcripts,
+    learned it."""
     work, yesno_dir = yesno_through_stage_4
     result = make(work, yesno_dir, stages=(9, 10))
     assert result.returncode == 0, result.stderr[-3000:]
     results = (work / "RESULTS.md").read_text()
     wer = {}
-    for system, loss, searches in (("ctc", "train_ctc", ("nolm_greedy", "nolm_beam", "large_beam", "large_flashlight")),
+    ctc_searches = ("small", "large_lattice", "large_nbest", "nolm_greedy", "nolm_beam", "large_beam", "large_flashlight")
+    for system, loss, searches in (("ctc", "train_ctc", ctc_searches),
                                    ("rnnt", "train_rnnt", ("nolm_greedy", "nolm_beam", "large_beam"))):
         exp = work / "exp" / system
         summary = json.loads((exp / "train.json").read_text())
@@ -574,10 +578,25 @@ def test_yesno_stages_9_10_ctc_and_rnnt_to_results(yesno_through_stage_4):
             assert scoring["utterances"] == 30 and scoring["failed_decoding"] == []
             assert scoring["wer_line"].replace(str(work) + "/", "") in results
             wer[system, name] = scoring["wer"]
+    assert wer["ctc", "small"] <= 1.0, wer  # the issue's target, over HLG
     bounded = {k: v for k, v in wer.items() if k[1] != "large_flashlight"}
-    assert min(wer[k] for k in wer if k[0] == "ctc") <= 8.0 and max(bounded.values()) <= 15.0, wer
+    assert max(bounded.values()) <= 15.0, wer
     assert wer["ctc", "large_beam"] <= wer["ctc", "nolm_greedy"], wer
+    # HLG lattices hold token ids + 1 as their alignment strings, a frame each (stride 2: half the feature frames)
+    decode = json.loads((work / "exp" / "ctc" / "decode_test_small" / "decode.json").read_text())
+    assert decode["decoded"] == 30 and decode["frames"] > 0
     assert not (work / "exp" / "rnnt" / "decode_test_large_flashlight").exists()
+    assert not (work / "exp" / "rnnt" / "graph_small").exists()
+    # a CTC system and an HCLG (a monophone one) do not go together: said before anything is decoded
+    cli = [sys.executable, "-m", "asrhybrid.cli"]
+    lang_test, mono = work / "data" / "lang_test_small", work / "exp" / "mono_hclg"
+    assert subprocess.run(cli + ["init-mono", str(lang_test), str(mono)], timeout=120).returncode == 0
+    assert subprocess.run(cli + ["mkgraph", str(lang_test), str(mono), str(mono / "graph")], timeout=300).returncode == 0
+    mismatch = subprocess.run(cli + ["decode", str(mono / "graph"), str(work / "exp" / "ctc"), str(mono / "decode"),
+                                     "--cuts", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")],
+                              capture_output=True, text=True, timeout=300)
+    assert mismatch.returncode != 0 and "an HCLG graph cannot decode a CTC system" in mismatch.stderr, mismatch.stderr[-2000:]
+    assert not list((mono / "decode").glob("lat.*.gz"))
 
 
 def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):

@@ -50,19 +50,37 @@ def _in_job(cut, job: int, nj: int) -> bool:  # a named function: Lhotse warns o
     return job_of(cut.id, nj) == job
 
 
+def model_kind(source: Path) -> str | None:
+    """"am" for a stage-6 acoustic model dir, "e2e" for a stage-9 system's, None for neither."""
+    if not (Path(source) / "final.pt").is_file():
+        return None
+    import torch
+
+    final = torch.load(Path(source) / "final.pt", weights_only=False, map_location="cpu")
+    return "e2e" if "num_tokens" in final else "am"
+
+
 def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: int, nj: int,
-                device: str = "cpu") -> Iterator[tuple[str, np.ndarray, float]]:
+                device: str = "cpu", acwt: float = 1.0) -> Iterator[tuple[str, np.ndarray, float]]:
     """(utt, unscaled log-likelihoods, seconds of audio or 0) of a job's utterances: from an acoustic model's
-    directory (``final.pt``; the network runs here, on the cuts) or a compute-loglikes archive (acwt 1)."""
+    directory (``final.pt``; the network runs here, on the cuts), a CTC system's (its log-posteriors divided
+    by ``acwt``: the search sees them at scale 1, see asrhybrid.e2e.hlg) or a compute-loglikes archive (acwt 1)."""
     from functools import partial
 
     source = Path(source)
-    if (source / "final.pt").is_file():
+    kind = model_kind(source)
+    if kind is not None and cuts_path is None:
+        raise DataError([f"{source} is a trained model: decoding it needs the cuts (--cuts)"])
+    if kind == "e2e":
+        from asrhybrid.e2e.decode import iter_ctc_log_probs
+
+        for utt, log_probs, seconds in iter_ctc_log_probs(source, cuts_path, job, nj, device):
+            yield utt, log_probs / acwt, seconds
+        return
+    if kind == "am":
         from asrhybrid.data.manifests import load_cuts
         from asrhybrid.nnet.train import feature_normalizer, iter_loglikes, load_am
 
-        if cuts_path is None:
-            raise DataError([f"{source} is an acoustic model: decoding it needs the cuts (--cuts)"])
         model, final = load_am(source, device)
         normalizer = feature_normalizer(final, load_cuts(cuts_path), cuts_path)  # speakers' statistics of all jobs
         cuts = load_cuts(cuts_path).filter(partial(_in_job, job=job, nj=nj))
@@ -114,7 +132,7 @@ def decode_job(graph_dir: Path, source: Path, cuts_path: Path | None, out_dir: P
         with open(best_tmp, "w", encoding="utf-8") as best_file:
 
             def results():
-                for batch in frame_batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device), cfg.batch_frames):
+                for batch in frame_batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device, cfg.acwt), cfg.batch_frames):
                     start = time.perf_counter()
                     hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
                     stats["decode_seconds"] += time.perf_counter() - start
@@ -179,13 +197,23 @@ def decode_corpus(graph_dir: Path | str, source: Path | str, out_dir: Path | str
     cuts_path = Path(cuts_path) if cuts_path is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = DecodingGraph.load(graph_dir)  # errors before any job starts; caches the k2 form for the jobs
-    if (source / "final.pt").is_file():
+    kind = model_kind(source)
+    if kind is not None:
         import torch
 
-        num_pdfs = torch.load(source / "final.pt", weights_only=False, map_location="cpu")["num_pdfs"]
-        if num_pdfs != graph.num_pdfs:
-            raise DataError([f"{source}: the acoustic model has {num_pdfs} pdfs, the graph {graph_dir} was built for "
+        final = torch.load(source / "final.pt", weights_only=False, map_location="cpu")
+        if (kind == "e2e") != graph.is_hlg:
+            what = "a CTC system" if kind == "e2e" else "an acoustic model"
+            raise DataError([f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
+                             f"({source}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"])
+        if kind == "e2e" and final["num_tokens"] != graph.num_pdfs:
+            raise DataError([f"{source}: the CTC system has {final['num_tokens']} tokens, the graph {graph_dir} was "
+                             f"built for {graph.num_pdfs}: they come from different token sets"])
+        if kind == "am" and final["num_pdfs"] != graph.num_pdfs:
+            raise DataError([f"{source}: the acoustic model has {final['num_pdfs']} pdfs, the graph {graph_dir} was built for "
                              f"a model of {graph.num_pdfs}: they come from different trees"])
+    if compare_kaldi and graph.is_hlg:
+        raise DataError([f"{graph_dir}: Kaldi's decoder needs an HCLG and its model; an HLG has no Kaldi reference"])
     jobs = [dict(graph_dir=graph_dir, source=source, cuts_path=cuts_path, out_dir=out_dir, cfg=cfg, job=j, nj=nj,
                  device=device, compare_kaldi=compare_kaldi) for j in range(1, nj + 1)]
     todo = [k for k in jobs if not _job_done(out_dir, k["job"])]

@@ -246,18 +246,23 @@ def arrays_to_state_lattice(num_states: int, src: np.ndarray, dst: np.ndarray, w
                             graph: np.ndarray, acoustic: np.ndarray, tids: np.ndarray,
                             final_arc: np.ndarray) -> StateLattice:
     """A :class:`StateLattice` from arc arrays: arcs whose ``final_arc`` is set become final weights of their
-    source; an arc with several words becomes a chain of arcs, its costs and frame on the first."""
+    source; an arc with several words becomes a chain of arcs, its costs and frame on the first. A final arc
+    with words (an HLG's last word, put off until the end showed which word it was) becomes a chain of
+    frameless arcs with those words into a new state that takes the final weight."""
     arcs: list[tuple[int, int, int, float, float, int]] = []
     final: dict[int, tuple[float, float]] = {}
     extra = num_states
     for i in range(len(src)):
         s, d, g, a = int(src[i]), int(dst[i]), float(graph[i]), float(acoustic[i])
+        ws = [w for w in words[i] if w > 0]
         if final_arc[i]:
+            for w in ws:
+                arcs.append((s, extra, w, 0.0, 0.0, 0))
+                s, extra = extra, extra + 1
             old = final.get(s)
             if old is None or g + a < old[0] + old[1]:
                 final[s] = (g, a)
             continue
-        ws = [w for w in words[i] if w > 0]
         if len(ws) <= 1:
             arcs.append((s, d, ws[0] if ws else 0, g, a, int(tids[i])))
             continue

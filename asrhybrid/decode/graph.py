@@ -8,6 +8,9 @@ pdf ids (the score column each arc reads), with the attributes ``tids``
 (each arc's transition id; -1 on final arcs), ``aux_labels`` (words, ragged)
 and ``graph_scores`` (the graph's own log-probabilities, which survive the
 intersection beside the acoustic scores).
+
+A CTC system's graph dir (:mod:`asrhybrid.e2e.hlg`) holds ``HLG.k2.pt`` and ``words.txt`` instead: the
+same attributes, with token ids for pdf ids; it has no Kaldi model, so Kaldi's decoder cannot be its reference.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from asrhybrid.errors import DataError
 log = logging.getLogger(__name__)
 
 K2_GRAPH = "HCLG.k2.pt"
+HLG_FILE = "HLG.k2.pt"  # asrhybrid.e2e.hlg's
 
 
 def k2_graph(hclg_fst, trans_model):
@@ -56,8 +60,8 @@ class DecodingGraph:
     graph_dir: Path
     fsa: object  # k2.Fsa
     num_pdfs: int
-    tid_to_pdf: np.ndarray  # per transition id (index 0 unused)
-    trans_model: object
+    tid_to_pdf: np.ndarray | None  # per transition id (index 0 unused); None for an HLG
+    trans_model: object  # None for an HLG
     words: dict[int, str]
     _on_device: dict = field(default_factory=dict, repr=False)
 
@@ -78,9 +82,12 @@ class DecodingGraph:
         from asrhybrid.model import load_model
 
         graph_dir = Path(graph_dir)
+        if (graph_dir / HLG_FILE).is_file():
+            return cls._load_hlg(graph_dir)
         hclg_path = graph_dir / "HCLG.fst"
         if not hclg_path.is_file():
-            raise DataError([f"{hclg_path}: no HCLG.fst (asrhybrid mkgraph LANG_DIR MODEL_DIR {graph_dir} makes it)"])
+            raise DataError([f"{hclg_path}: no HCLG.fst (asrhybrid mkgraph LANG_DIR MODEL_DIR {graph_dir} makes it) "
+                             f"nor {HLG_FILE} (asrhybrid mkgraph-ctc)"])
         if not (graph_dir / "trans.pkl").is_file():
             raise DataError([f"{graph_dir}: no trans.pkl beside HCLG.fst (a graph dir made by mkgraph holds its model)"])
         _, trans_model = load_model(graph_dir)
@@ -99,3 +106,22 @@ class DecodingGraph:
         words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
         tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
         return cls(graph_dir, fsa, int(trans_model.num_pdfs), tid_to_pdf, trans_model, words)
+
+    @classmethod
+    def _load_hlg(cls, graph_dir: Path) -> "DecodingGraph":
+        import k2
+
+        from asrhybrid.lang.io import read_symbol_table
+
+        path = graph_dir / HLG_FILE
+        try:
+            saved = torch.load(path, weights_only=False)
+            fsa = k2.Fsa.from_dict(saved["graph"])
+        except Exception as e:  # a truncated or foreign file
+            raise DataError([f"{path}: cannot be read as a k2 graph ({e}); asrhybrid mkgraph-ctc --force rebuilds it"]) from None
+        words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
+        return cls(graph_dir, fsa, int(saved["num_tokens"]), None, None, words)
+
+    @property
+    def is_hlg(self) -> bool:
+        return self.trans_model is None

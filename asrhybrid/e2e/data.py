@@ -3,7 +3,9 @@
 Speed perturbation (Ko 2015, Kaldi's and icefall's 0.9/1.1): with ``SpeedPerturbation``, each training
 utterance is played at a speed drawn per epoch (1.0 among them): its audio resampled by 1/speed and its
 fbank computed again with stage 1's options (the transcript is unchanged, which is all an end-to-end loss
-needs; the hybrid systems' frame alignments would not survive it).
+needs; the hybrid systems' frame alignments would not survive it). Noise augmentation (``noise_snr``) adds
+white noise to half the utterances at an SNR drawn per utterance: a system trained on one recording's
+background meets test files whose background is louder (yesno has 3).
 
 Utterances that cannot be trained on are counted and logged by reason, never a crash or a NaN loss (an
 infinite CTC or RNN-T loss would make one): an empty transcript, characters outside the token set, or, for
@@ -84,27 +86,43 @@ def _keep(cut, check: TrainingCheck) -> bool:  # a named function: Lhotse warns 
     return check.keep(cut)
 
 
-class SpeedPerturbation:
-    """Per utterance, a speed drawn from ``speeds`` and 1.0 alike; features of the perturbed audio."""
+class WaveformPerturbation:
+    """Per utterance, a speed drawn from ``speeds`` and 1.0 alike, and with ``noise_snr`` [lo, hi] (dB), for
+    half the utterances, white noise at an SNR drawn in that range (against the utterance's mean power);
+    features of the perturbed audio, or the stored ones when neither applies."""
 
-    def __init__(self, speeds: list[float], fbank_config):
+    def __init__(self, speeds: list[float], fbank_config, noise_snr: list[float] | None = None):
         from asrhybrid.features.fbank import KaldiFbank
 
         self.speeds = [1.0, *[float(s) for s in speeds if float(s) != 1.0]]
+        if noise_snr and (len(noise_snr) != 2 or float(noise_snr[0]) > float(noise_snr[1])):
+            raise ValueError(f"noise_snr {noise_snr}: [lowest, highest] SNR in dB")
+        self.noise_snr = [float(x) for x in noise_snr] if noise_snr else None
         self.extractor = KaldiFbank(fbank_config)
 
     def features(self, cut, generator: torch.Generator):
-        """(the cut's features at a drawn speed, the speed); stored features at 1.0."""
+        """(the cut's features, perturbed, and the speed)."""
         from fractions import Fraction
 
+        import numpy as np
         from scipy.signal import resample_poly
 
         speed = self.speeds[int(torch.randint(len(self.speeds), (1,), generator=generator))]
-        if speed == 1.0:
+        snr = None
+        if self.noise_snr and float(torch.rand((), generator=generator)) < 0.5:
+            lo, hi = self.noise_snr
+            snr = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        if speed == 1.0 and snr is None:
             return cut.load_features(), speed
-        ratio = Fraction(speed).limit_denominator(100)  # e.g. 0.9 -> 9/10: 10/9 as many samples
-        audio = resample_poly(cut.load_audio()[0], ratio.denominator, ratio.numerator)
-        return self.extractor.extract(audio, cut.sampling_rate), speed
+        audio = cut.load_audio()[0].astype(np.float64)
+        if speed != 1.0:
+            ratio = Fraction(speed).limit_denominator(100)  # e.g. 0.9 -> 9/10: 10/9 as many samples
+            audio = resample_poly(audio, ratio.denominator, ratio.numerator)
+        if snr is not None:
+            power = float(np.mean(audio**2))
+            noise = torch.randn(len(audio), generator=generator, dtype=torch.float64).numpy()
+            audio = audio + noise * np.sqrt(power / 10 ** (snr / 10))
+        return self.extractor.extract(audio.astype(np.float32), cut.sampling_rate), speed
 
 
 @dataclass
@@ -119,7 +137,7 @@ class E2EBatch:
 
 def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
                 generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
-                augmentation: Augmentation | None = None, speed: SpeedPerturbation | None = None,
+                augmentation: Augmentation | None = None, perturbation: WaveformPerturbation | None = None,
                 num_buckets: int = 10) -> Iterator[E2EBatch | None]:
     """This worker's share of each global batch (None when empty). With ``generator`` (training): Lhotse's
     dynamic bucketing by duration (``num_buckets``), shuffled, and augmented as in stage 6 (a generator per
@@ -137,21 +155,21 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
     else:
         sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
-    speed = speed if generator is not None else None
+    perturbation = perturbation if generator is not None else None
     for batch in sampler:
         batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
-                      if augmentation is not None or speed is not None else 0)
+                      if augmentation is not None or perturbation is not None else 0)
         mine = list(batch)[rank::world]
         if not mine:
             yield None
             continue
         feats = []
         for cut in mine:
-            if augmentation is None and speed is None:
+            if augmentation is None and perturbation is None:
                 feats.append(normalizer(cut))
                 continue
             draws = utterance_generator(batch_seed, cut.id)
-            raw = speed.features(cut, draws)[0] if speed is not None else None
+            raw = perturbation.features(cut, draws)[0] if perturbation is not None else None
             feats.append(augmentation.features(cut, normalizer, draws, raw) if augmentation is not None
                          else normalizer(cut, raw))
         lens = torch.tensor([f.shape[0] for f in feats])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrhybrid.errors import ConfigError
+from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.recipe.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,47 @@ def _has_frames(cut) -> bool:  # a named function: Lhotse warns on lambdas
     return bool(cut.num_frames)
 
 
+def _outputs(model, system: str, batch, device) -> list:
+    """Per utterance of the batch: the CTC log-posteriors [T, V] (float64 numpy), or the encoder's output."""
+    if system == "ctc":
+        log_probs, out_lens = model(batch.feats.to(device), batch.feat_lens.to(device))
+        return [lp[: int(n)].double().numpy() for lp, n in zip(log_probs.cpu(), out_lens.cpu())]
+    enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))[:2]
+    return [e[: int(n)] for e, n in zip(enc, enc_lens)]
+
+
+def iter_ctc_log_probs(exp_dir: Path | str, cuts_path: Path | str, job: int = 1, nj: int = 1, device: str = "cpu",
+                       max_duration: float = 120.0):
+    """(utt, log-posteriors [T, V] (float32 numpy), seconds) of a CTC system for job ``job`` of ``nj``'s share
+    of the cuts (stage 8's decoder over HLG reads them); an utterance without frames gets a [0, V] matrix,
+    which the decoder reports. The speakers' statistics, with ``cmvn: speaker``, span all the cuts."""
+    from functools import partial
+
+    from asrhybrid.data.manifests import load_cuts
+    from asrhybrid.decode.corpus import _in_job
+    from asrhybrid.e2e.data import e2e_batches
+    from asrhybrid.e2e.tokens import TokenSet
+    from asrhybrid.e2e.train import load_e2e
+    from asrhybrid.features.cmvn import FeatureNormalizer
+
+    exp_dir = Path(exp_dir)
+    model, final = load_e2e(exp_dir, device)
+    if final["config"]["system"] != "ctc":
+        raise DataError([f"{exp_dir}: a {final['config']['system']} system; WFST decoding over HLG needs a CTC system"])
+    tokens = TokenSet(exp_dir / "tokens")
+    cuts = load_cuts(cuts_path)
+    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
+                                            final["feat_std"], cuts, cuts_path)
+    mine = cuts.filter(partial(_in_job, job=job, nj=nj))
+    for cut in mine:
+        if not cut.num_frames:
+            yield cut.id, np.zeros((0, final["num_tokens"]), dtype=np.float32), float(cut.duration)
+    with torch.no_grad():
+        for batch in e2e_batches(mine.filter(_has_frames), tokens, normalizer, max_duration, None):
+            for utt, lp, seconds in zip(batch.ids, _outputs(model, "ctc", batch, device), batch.durations):
+                yield utt, lp.astype(np.float32), seconds
+
+
 def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, cfg: E2EDecodeConfig,
                lm: Path | str | None = None, device: str = "cpu") -> dict:
     from asrhybrid.data.manifests import load_cuts
@@ -157,12 +198,7 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
     lines, frames, audio, start = [], 0, 0.0, time.time()
     with torch.no_grad():
         for batch in e2e_batches(usable, tokens, normalizer, cfg.max_duration, None):
-            if system == "ctc":
-                log_probs, out_lens = model(batch.feats.to(device), batch.feat_lens.to(device))
-                outputs = [lp[: int(n)].double().numpy() for lp, n in zip(log_probs.cpu(), out_lens.cpu())]
-            else:
-                enc, enc_lens = model.encode(batch.feats.to(device), batch.feat_lens.to(device))[:2]
-                outputs = [e[: int(n)] for e, n in zip(enc, enc_lens)]
+            outputs = _outputs(model, system, batch, device)
             audio += sum(batch.durations)
             for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
                 words = search(out)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asrhybrid.e2e.data import SpeedPerturbation, TrainingCheck, e2e_batches
+from asrhybrid.e2e.data import TrainingCheck, WaveformPerturbation, e2e_batches
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.config import E2E_SYSTEMS
 from asrhybrid.errors import ConfigError
@@ -35,12 +35,15 @@ class E2EConfig(InputOptions):
 
     system: str = "ctc"
     speed_perturb: list = field(default_factory=list)  # speeds besides 1.0 (Kaldi's and icefall's: [0.9, 1.1])
+    noise_snr: list = field(default_factory=list)  # [lo, hi] dB: white noise on half the utterances
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         if self.system not in E2E_SYSTEMS:
             raise ConfigError(f"unknown end-to-end system '{self.system}' (systems: {', '.join(E2E_SYSTEMS)})")
+        if self.noise_snr and (len(self.noise_snr) != 2 or float(self.noise_snr[0]) > float(self.noise_snr[1])):
+            raise ConfigError(f"noise_snr {self.noise_snr}: [lowest, highest] SNR in dB")
 
 
 def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:
@@ -100,15 +103,15 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     log.info("%s: %d parameters, %d tokens (%s), %s; %d utterances usable", cfg.system,
              sum(p.numel() for p in model.parameters()), len(tokens), tokens.model_path.name, device, kept)
 
-    speed = None
-    if cfg.speed_perturb:
+    perturbation = None
+    if cfg.speed_perturb or cfg.noise_snr:
         from asrhybrid.decode.transcribe import fbank_config_of
 
-        speed = SpeedPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent))
+        perturbation = WaveformPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent), cfg.noise_snr)
 
     def batches(cuts, generator, rank, world):
         return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
-                           cfg.augmentation if generator is not None else None, speed)
+                           cfg.augmentation if generator is not None else None, perturbation)
 
     result = fit(model, _objective(cfg.system, batches), train, valid, exp_dir, cfg, device, resume_key)
     summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from asrhybrid.recipe.outputs import write_text_atomic
 
-VERBS = ("train-am", "align-am", "mkgraph", "decode", "rescore", "score", "train-e2e", "decode-e2e")
+VERBS = ("train-am", "align-am", "mkgraph", "decode", "rescore", "score", "train-e2e", "mkgraph-ctc", "decode-e2e")
 E2E_METHODS = ("greedy", "beam", "flashlight")
 _COMMAND = re.compile(r"\[asrhybrid\] (asrhybrid (\S+) .*)$")
 
@@ -79,7 +79,8 @@ def results_markdown(workdir: Path | str, corpus: str) -> str:
            "Each line: the WER of the lattices' best paths at the LM weight (LMWT) and word insertion penalty (WIP) of "
            "Kaldi's scoring grid, picked on dev where the corpus has one (the test line then uses dev's setting; the "
            "best over the test grid is given beside it); without a dev part, the best over the grid (Kaldi's best_wer). "
-           "End-to-end systems (stages 9-10): one line per search (LM `nolm`: no LM fusion).",
+           "End-to-end systems (stages 9-10): one line per search (LM `nolm`: no LM fusion); a CTC system's lines "
+           "with the small LM and its rescorings are WFST decoding over HLG, scored as the hybrid lattices.",
            ""]
     for part in sorted({l[1] for l in lines}, key=lambda p: (p != "dev", p)):
         out += [f"## {part}", "", "```"]

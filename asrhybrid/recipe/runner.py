@@ -225,29 +225,37 @@ def eval_parts(run: RecipeRun) -> list[str]:
 
 def stage_decode(run: RecipeRun) -> None:
     dec = run.config.decode
-    exp, lm_dir = run.workdir / "exp", run.workdir / "data" / "lm"
-    grid = ["--lmwt", str(dec.get("lmwt", "7:17")), "--wip", str(dec.get("wip", "0,0.5,1.0"))]
-    methods = dec.get("rescore", ["lattice", "nbest"]) or []
-    parts = eval_parts(run)
     for system in run.config.am.get("systems") or ["dnn"]:
-        for role in parts:
-            decode_dir = exp / system / f"decode_{run.config.part(role)}_small"
-            args = [str(graph_dir(run)), str(exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
-                    "--nj", str(dec.get("nj", 1)), *format_options(dec.get("options") or {})]
-            run.run_verb(system, "decode", args + (["--kaldi-reference"] if dec.get("kaldi_reference", True) else []))
-            dirs = [decode_dir]
-            for method in methods:
-                rescored = exp / system / f"decode_{run.config.part(role)}_large_{method}"
-                run.run_verb(system, "rescore", [str(decode_dir), str(lm_dir / "small.arpa"), str(lm_dir / "large.arpa"),
-                                                 str(rescored), "--method", method])
-                dirs.append(rescored)
-            for d in dirs:
-                chosen = (["--params-from", str(exp / system / d.name.replace(f"_{run.config.part(role)}_", f"_{run.config.part('dev')}_", 1))]
-                          if role == "test" and "dev" in parts else [])
-                run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid])
-                if chosen:
-                    run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid, *chosen])
+        for role in eval_parts(run):
+            lattice_decode(run, system, graph_dir(run), role, dec.get("options") or {},
+                           kaldi_reference=dec.get("kaldi_reference", True))
     run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
+
+
+def lattice_decode(run: RecipeRun, system: str, graph: Path, role: str, options: dict,
+                   kaldi_reference: bool = False) -> None:
+    """Stage 8's chain for one system and part: lattices over ``graph`` (HCLG, or a CTC system's HLG) with the
+    small LM, each ``decode.rescore`` method with the large LM, and Kaldi's scoring grid of each (test: with
+    the setting picked on dev, where there is a dev part)."""
+    dec = run.config.decode
+    exp, lm_dir, part = run.workdir / "exp", run.workdir / "data" / "lm", run.config.part(role)
+    grid = ["--lmwt", str(dec.get("lmwt", "7:17")), "--wip", str(dec.get("wip", "0,0.5,1.0"))]
+    decode_dir = exp / system / f"decode_{part}_small"
+    args = [str(graph), str(exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
+            "--nj", str(dec.get("nj", 1)), *format_options(options)]
+    run.run_verb(system, "decode", args + (["--kaldi-reference"] if kaldi_reference else []))
+    dirs = [decode_dir]
+    for method in dec.get("rescore", ["lattice", "nbest"]) or []:
+        rescored = exp / system / f"decode_{part}_large_{method}"
+        run.run_verb(system, "rescore", [str(decode_dir), str(lm_dir / "small.arpa"), str(lm_dir / "large.arpa"),
+                                         str(rescored), "--method", method])
+        dirs.append(rescored)
+    has_dev = "dev" in eval_parts(run)
+    for d in dirs:
+        run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid])
+        if role == "test" and has_dev:
+            dev_dir = exp / system / d.name.replace(f"_{part}_", f"_{run.config.part('dev')}_", 1)
+            run.run_verb(system, "score", [str(d), str(run.cuts(role)), *grid, "--params-from", str(dev_dir)])
 
 
 def stage_e2e(run: RecipeRun) -> None:
@@ -273,7 +281,14 @@ def stage_e2e_decode(run: RecipeRun) -> None:
     e2e = run.config.e2e
     exp, lm_dir = run.workdir / "exp", run.workdir / "data" / "lm"
     searches = (e2e.get("decode") or {}).get("searches") or [{"method": "greedy"}]
+    hlg = (e2e.get("decode") or {}).get("hlg")  # DecodeConfig options of WFST decoding over HLG (CTC systems)
     for system in e2e.get("systems") or []:
+        if system == "ctc" and hlg is not None:
+            graph = exp / system / "graph_small"
+            run.run_verb(system, "mkgraph-ctc", [str(exp / system / "tokens"),
+                                                 str(run.workdir / "data" / "lang_test_small"), str(graph)])
+            for role in eval_parts(run):
+                lattice_decode(run, system, graph, role, hlg if isinstance(hlg, dict) else {})
         for role in eval_parts(run):
             for search in searches:
                 search = dict(search)
