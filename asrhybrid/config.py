@@ -43,8 +43,9 @@ A recipe config names the corpus and gives each stage's options::
     e2e:                     # stages 9-10: end-to-end systems on the tokens, one exp/<system> each
       systems: [ctc]
       common: {epochs: 50, max_duration: 7}   # E2EConfig fields for every system
-      ctc: {model: {hidden: 256}}
+      ctc: {model: {hidden: 256}}   # tokens: {model_type: char, vocab_size: 40}: a system's own token model
       decode:
+        hlg: {}              # CTC over HLG (DecodeConfig fields): stage 8's decode, rescore and score
         searches:            # one decode dir each: decode_<part>_<lm or nolm>_<method>
           - {method: greedy}
           - {method: beam, lm: large, alpha: 0.5, beta: 1.0}   # E2EDecodeConfig fields; lm: small or large
@@ -137,9 +138,15 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for name in ("common", *E2E_SYSTEMS):
         if not isinstance(e2e.get(name) or {}, dict):
             raise ConfigError(f"{path}: 'e2e.{name}' must be a mapping, not {e2e[name]!r}")
-        _check_keys(path, f"e2e.{name}", e2e.get(name) or {}, _field_names("e2e") - {"system"})
+        _check_keys(path, f"e2e.{name}", e2e.get(name) or {}, _field_names("e2e") - {"system"} | {"tokens"})
+        _check_keys(path, f"e2e.{name}.tokens", (e2e.get(name) or {}).get("tokens") or {}, {"model_type", "vocab_size"})
     for system in e2e.get("systems") or []:
         _check_keys(path, "e2e.systems", {system: None}, set(E2E_SYSTEMS))
+    _check_keys(path, "e2e.decode", e2e.get("decode") or {}, {"searches", "hlg"})
+    hlg = (e2e.get("decode") or {}).get("hlg")
+    if hlg is not None and not isinstance(hlg, dict):
+        raise ConfigError(f"{path}: 'e2e.decode.hlg' is a mapping of DecodeConfig fields ({{}} for the defaults), not {hlg!r}")
+    _check_keys(path, "e2e.decode.hlg", hlg or {}, _field_names("decode"))
     for search in (e2e.get("decode") or {}).get("searches") or []:
         if not isinstance(search, dict):
             raise ConfigError(f"{path}: each of 'e2e.decode.searches' is a mapping (method, lm, ...), not {search!r}")

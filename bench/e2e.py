@@ -11,7 +11,8 @@
   mark; torch's peak allocation on CUDA), with
   the ratios full / pruned (k2's published figures against torchaudio's loss: about 6x faster, 5x smaller);
 - ``decoding`` (with ``--workdir``, a recipe workdir through stage 9): each trained system's real-time
-  factor per search on the part, as ``asrhybrid decode-e2e`` runs it.
+  factor per search on the part, as ``asrhybrid decode-e2e`` runs it, and for CTC over HLG (``graph_small``),
+  as ``asrhybrid decode`` runs it (its factor counts the search and the lattices, not the network).
 """
 
 from __future__ import annotations
@@ -154,6 +155,15 @@ def decoding(workdir: Path, part: str) -> dict:
                     summary = json.loads((Path(tmp) / "decode.json").read_text())
                 out[f"{system}_{method}{'_lm' if with_lm else ''}"] = {
                     "real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"]}
+        graph = exp / "graph_small"
+        if system == "ctc" and (graph / "HLG.k2.pt").is_file():  # WFST decoding over HLG (stage 8's decoder)
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run([sys.executable, "-m", "asrhybrid", "decode", str(graph), str(exp), tmp, "--cuts",
+                                str(corpus)], check=True, capture_output=True, cwd=REPO)
+                summary = json.loads((Path(tmp) / "decode.json").read_text())
+            out["ctc_hlg_lm"] = {"real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"],
+                                 "lattice_arcs_per_frame": summary["lattice_arcs_per_frame"],
+                                 "note": "k2's search and the word lattices; the network's forward pass not counted"}
     return out
 
 

@@ -142,6 +142,28 @@ def test_deep_speech_strides_clips_and_sums_its_two_directions():
     assert greedy_ctc(torch.log(torch.tensor([[.1, .9, 0], [.1, .9, 0], [.9, .1, 0], [.1, .9, 0]]) + 1e-9), 4) == [1, 1]
 
 
+def test_deep_speech_layer_norm_keeps_units_off_the_clip_when_weights_grow():
+    """norm=layer: each non-recurrent layer normalised before its clipped ReLU. With weights 10x their initial
+    scale (as training on synth grew them) most units sit at 0 or at the clip of 20 without it, where no
+    gradient passes; with it as many pass as at the start."""
+    from asrhybrid.e2e.ctc import DeepSpeech
+
+    x = torch.randn(256, 23 * 7)
+    inside = {}
+    for norm in ("none", "layer"):
+        torch.manual_seed(0)
+        model = DeepSpeech(23, 9, hidden=64, context=3, rnn="none", dropout=0.0, norm=norm).eval()
+        with torch.no_grad():
+            for layer in model.front:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight *= 10
+            h = model.front(x)
+        inside[norm] = float(((h > 0) & (h < 20)).float().mean())
+    assert inside["layer"] > 0.4 and inside["none"] < 0.2, inside  # measured: 0.50 and 0.11
+    with pytest.raises(ValueError, match="norm 'batch'"):
+        DeepSpeech(23, 9, norm="batch")
+
+
 def test_training_check_counts_empty_unknown_and_too_short_utterances(yes_no_tokens):
     from lhotse import MonoCut, SupervisionSegment
     from lhotse.features import Features

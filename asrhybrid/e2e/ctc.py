@@ -6,6 +6,9 @@ with clipped ReLU g(z) = min(max(z, 0), 20); one bidirectional recurrent layer w
 summed (the paper's h_f + h_b; ``rnn`` picks LSTM, GRU or the paper's plain clipped-ReLU RNN, or ``none``:
 no recurrence, a feed-forward CTC model whose context is the splice, like icefall's TDNN-CTC); one more
 non-recurrent layer; a log-softmax over the tokens. Dropout (the paper's 5-10%) on the non-recurrent layers.
+``norm: layer`` puts a LayerNorm before each clipped ReLU (Deep Speech 2 normalises its layers, with batch
+norm): without it, on synth's hour of speech, the layers' outputs grew until most units sat at 0 or at the
+clip of 20, where no gradient passes, and the model stayed at CTC's all-blank output.
 """
 
 from __future__ import annotations
@@ -38,17 +41,24 @@ def splice_batch(feats: torch.Tensor, context: int) -> torch.Tensor:
 
 class DeepSpeech(nn.Module):
     def __init__(self, feat_dim: int, num_tokens: int, hidden: int = 512, rnn_hidden: int | None = None,
-                 context: int = 5, stride: int = 2, rnn: str = "lstm", dropout: float = 0.1, clip: float = 20.0):
+                 context: int = 5, stride: int = 2, rnn: str = "lstm", dropout: float = 0.1, clip: float = 20.0,
+                 norm: str = "none"):
         super().__init__()
         if rnn not in ("lstm", "gru", "rnn", "none"):
             raise ValueError(f"rnn '{rnn}': lstm, gru, rnn or none")
+        if norm not in ("none", "layer"):
+            raise ValueError(f"norm '{norm}': none or layer")
+
+        def normed(n: int) -> list[nn.Module]:
+            return [nn.LayerNorm(n)] if norm == "layer" else []
+
         if stride < 1 or context < 0 or not 0 <= dropout < 1:
             raise ValueError("stride >= 1, context >= 0, dropout in [0, 1)")
         self.context, self.stride = context, stride
         rnn_hidden = rnn_hidden or hidden
         layers: list[nn.Module] = []
         for a in (feat_dim * (2 * context + 1), hidden, hidden):
-            layers += [nn.Linear(a, hidden), ClippedReLU(clip), nn.Dropout(dropout)]
+            layers += [nn.Linear(a, hidden), *normed(hidden), ClippedReLU(clip), nn.Dropout(dropout)]
         self.front = nn.Sequential(*layers)
         self.rnn = None
         if rnn != "none":
@@ -57,7 +67,7 @@ class DeepSpeech(nn.Module):
             self.rnn = kind(hidden, rnn_hidden, batch_first=True, bidirectional=True, **extra)
         self.clip_rnn = rnn == "rnn"  # the paper's recurrent layer is clipped too
         self.back = nn.Sequential(nn.Linear(rnn_hidden if self.rnn is not None else hidden, hidden),
-                                  ClippedReLU(clip), nn.Dropout(dropout))
+                                  *normed(hidden), ClippedReLU(clip), nn.Dropout(dropout))
         self.output = nn.Linear(hidden, num_tokens)
         self.clip = clip
 

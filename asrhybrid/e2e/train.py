@@ -121,9 +121,10 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     if result["leader"]:
         import shutil
 
-        (exp_dir / "tokens").mkdir(exist_ok=True)  # the token model travels with the system
-        for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):
-            shutil.copyfile(path, exp_dir / "tokens" / path.name)
+        with atomic_output(exp_dir / "tokens") as tmp:  # the token model travels with the system (replaced whole:
+            tmp.mkdir()                                   # a retrained system's old model must not stay beside it)
+            for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):
+                shutil.copyfile(path, tmp / path.name)
         with atomic_output(exp_dir / "final.pt") as tmp:
             torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(cfg),
                         "num_tokens": len(tokens), "feat_mean": cmvn_mean, "feat_std": cmvn_std}, tmp)

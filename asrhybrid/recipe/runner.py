@@ -163,10 +163,9 @@ def stage_lm(run: RecipeRun) -> None:
             args.append("--binary")
         run.run_verb("lm", "train-lm", args + (["--dev", *dev] if dev else []))
     run.run_verb("lm", "format-lm", [str(run.lang_dir), str(lm_dir / "small.arpa"), str(run.workdir / "data" / "lang_test_small")])
-    tokens = {"model_type": "bpe", "vocab_size": 200, **run.config.tokens}
-    out = token_dir(run)
-    run.run_verb("lm", "train-bpe", [train, "--out-dir", str(out), "--vocab-size", str(tokens["vocab_size"]),
-                                     "--model-type", tokens["model_type"]])
+    for tokens in token_specs(run):
+        run.run_verb("lm", "train-bpe", [train, "--out-dir", str(token_dir(run, tokens)), "--vocab-size",
+                                         str(tokens["vocab_size"]), "--model-type", tokens["model_type"]])
 
 
 def stage_align(run: RecipeRun) -> None:
@@ -260,20 +259,36 @@ def lattice_decode(run: RecipeRun, system: str, graph: Path, role: str, options:
 
 def stage_e2e(run: RecipeRun) -> None:
     e2e = run.config.e2e
-    lang_dir = token_dir(run)
     for system in e2e.get("systems") or []:
         opts = {**(e2e.get("common") or {}), **(e2e.get(system) or {})}
         model_opts = opts.pop("model", None) or {}
+        lang_dir = token_dir(run, opts.pop("tokens", None))
         args = [str(run.cuts("train")), str(lang_dir), str(run.workdir / "exp" / system), "--cmvn",
                 str(run.cmvn("train")), "--system", system, *format_options(opts),
                 *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
         run.run_verb_workers(system, "train-e2e", args, int(e2e.get("nproc", 1)))
 
 
-def token_dir(run: RecipeRun) -> Path:
-    """Stage 3's token model dir (data/lang_<type>_<N>)."""
-    tokens = {"model_type": "bpe", "vocab_size": 200, **run.config.tokens}
-    return run.workdir / "data" / f"lang_{tokens['model_type']}_{tokens['vocab_size']}"
+def token_specs(run: RecipeRun) -> list[dict]:
+    """The token models stage 3 trains: the recipe's ``tokens``, and any other that an end-to-end system's
+    options ask for (``e2e.<system>.tokens``: e.g. characters for CTC beside BPE pieces for RNN-T)."""
+    specs = [_token_spec(run.config.tokens)]
+    e2e = run.config.e2e
+    for system in e2e.get("systems") or []:
+        asked = {**(e2e.get("common") or {}), **(e2e.get(system) or {})}.get("tokens")
+        if asked and _token_spec(asked) not in specs:
+            specs.append(_token_spec(asked))
+    return specs
+
+
+def _token_spec(tokens: dict | None) -> dict:
+    return {"model_type": "bpe", "vocab_size": 200, **(tokens or {})}
+
+
+def token_dir(run: RecipeRun, tokens: dict | None = None) -> Path:
+    """A token model's dir (data/lang_<type>_<N>): ``tokens``'s, or by default the recipe's."""
+    spec = _token_spec(tokens if tokens is not None else run.config.tokens)
+    return run.workdir / "data" / f"lang_{spec['model_type']}_{spec['vocab_size']}"
 
 
 def stage_e2e_decode(run: RecipeRun) -> None:
@@ -288,7 +303,7 @@ def stage_e2e_decode(run: RecipeRun) -> None:
             run.run_verb(system, "mkgraph-ctc", [str(exp / system / "tokens"),
                                                  str(run.workdir / "data" / "lang_test_small"), str(graph)])
             for role in eval_parts(run):
-                lattice_decode(run, system, graph, role, hlg if isinstance(hlg, dict) else {})
+                lattice_decode(run, system, graph, role, hlg)
         for role in eval_parts(run):
             for search in searches:
                 search = dict(search)
