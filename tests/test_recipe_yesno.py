@@ -545,9 +545,9 @@ def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_thro
     assert len(list((tmp_path / "two").glob(".done.*"))) == 1
 
 
-def test_yesno_stages_9_10_ctc_and_rnnt_to_results(yesno_through_stage_4):
-    """make stage=9 stop_stage=10: Deep Speech CTC and ContextNet RNN-T train on the character tokens with
-    speed perturbation and white noise (about 2 min in all on 2 cores) with falling losses, nothing left out;
+def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_4):
+    """make stage=9 stop_stage=10: Deep Speech CTC, ContextNet RNN-T and LAS train on the character tokens with
+    speed perturbation (CTC with white noise too; about 3.5 min in all on 2 cores) with falling losses, nothing left out;
     CTC decodes over HLG into lattices that stage 8's rescoring and scoring take; every search of the recipe
     decodes the test part and lands in RESULTS.md.
 
@@ -556,10 +556,14 @@ def test_yesno_stages_9_10_ctc_and_rnnt_to_results(yesno_through_stage_4):
     any training file, and the model missed their first words. Greedy 1.67% (another seed: HLG 0.42%, greedy
     100%: that model put E and O below blank on every frame, and only a search with a lexicon spells the
     words). Flashlight's lexicon decoder
-    inserted a second NO after a NO (12-26% before the noise augmentation: not understood, so no bound here).
+    0.42% on this model; on the models before the noise augmentation it inserted a second NO after a NO
+    (12-26%, against 6.25% for our prefix beam search with the same LM: not understood, so no bound here).
     RNN-T 10.83%, every error but one an inserted NO before the first word: every training file starts with
     NO and 29 of the 30 test files with YES, and the label encoder, a language model of the transcripts,
-    learned it."""
+    learned it. LAS 48.75% (50% with the beam, 86.67% with the LM's rescoring of its n-best): 24 utterances
+    are too few for its speller (its training loss levels off at a
+    sixth of the first epoch's); the bound only says it learned something (chance is about 50%, with
+    insertions more)."""
     work, yesno_dir = yesno_through_stage_4
     result = make(work, yesno_dir, stages=(9, 10))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -567,25 +571,27 @@ def test_yesno_stages_9_10_ctc_and_rnnt_to_results(yesno_through_stage_4):
     wer = {}
     ctc_searches = ("small", "large_lattice", "large_nbest", "nolm_greedy", "nolm_beam", "large_beam", "large_flashlight")
     for system, loss, searches in (("ctc", "train_ctc", ctc_searches),
-                                   ("rnnt", "train_rnnt", ("nolm_greedy", "nolm_beam", "large_beam"))):
+                                   ("rnnt", "train_rnnt", ("nolm_greedy", "nolm_beam", "large_beam")),
+                                   ("las", "train_ce", ("nolm_greedy", "nolm_beam", "large_beam"))):
         exp = work / "exp" / system
         summary = json.loads((exp / "train.json").read_text())
         losses = [e[loss] for e in summary["epochs"]]
-        assert losses[-1] < 0.1 * losses[0] and summary["left_out"] == {}
-        assert summary["final"]["token_error_rate"] < 0.15
+        assert losses[-1] < (0.3 if system == "las" else 0.1) * losses[0] and summary["left_out"] == {}
+        assert summary["final"]["token_error_rate"] < (0.5 if system == "las" else 0.15)
         for name in searches:
             scoring = json.loads((exp / f"decode_test_{name}" / "scoring.json").read_text())
             assert scoring["utterances"] == 30 and scoring["failed_decoding"] == []
             assert scoring["wer_line"].replace(str(work) + "/", "") in results
             wer[system, name] = scoring["wer"]
     assert wer["ctc", "small"] <= 1.0, wer  # the issue's target, over HLG
-    bounded = {k: v for k, v in wer.items() if k[1] != "large_flashlight"}
-    assert max(bounded.values()) <= 15.0, wer
+    bounded = {k: v for k, v in wer.items() if k[1] != "large_flashlight" and k[0] != "las"}
+    assert max(bounded.values()) <= 15.0 and wer["las", "nolm_greedy"] <= 60.0, wer
     assert wer["ctc", "large_beam"] <= wer["ctc", "nolm_greedy"], wer
     # HLG lattices hold token ids + 1 as their alignment strings, a frame each (stride 2: half the feature frames)
     decode = json.loads((work / "exp" / "ctc" / "decode_test_small" / "decode.json").read_text())
     assert decode["decoded"] == 30 and decode["frames"] > 0
     assert not (work / "exp" / "rnnt" / "decode_test_large_flashlight").exists()
+    assert not (work / "exp" / "las" / "decode_test_large_flashlight").exists()
     assert not (work / "exp" / "rnnt" / "graph_small").exists()
     # a CTC system and an HCLG (a monophone one) do not go together: said before anything is decoded
     cli = [sys.executable, "-m", "asrhybrid.cli"]
