@@ -50,14 +50,15 @@ def _in_job(cut, job: int, nj: int) -> bool:  # a named function: Lhotse warns o
     return job_of(cut.id, nj) == job
 
 
-def model_kind(source: Path) -> str | None:
-    """"am" for a stage-6 acoustic model dir, "e2e" for a stage-9 system's, None for neither."""
+def model_kind(source: Path) -> tuple[str | None, dict | None]:
+    """("am", final.pt) for a stage-6 acoustic model dir, ("e2e", final.pt) for a stage-9 system's, (None, None)
+    for neither."""
     if not (Path(source) / "final.pt").is_file():
-        return None
+        return None, None
     import torch
 
     final = torch.load(Path(source) / "final.pt", weights_only=False, map_location="cpu")
-    return "e2e" if "num_tokens" in final else "am"
+    return ("e2e" if "num_tokens" in final else "am"), final
 
 
 def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: int, nj: int,
@@ -68,7 +69,7 @@ def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: i
     from functools import partial
 
     source = Path(source)
-    kind = model_kind(source)
+    kind, _ = model_kind(source)
     if kind is not None and cuts_path is None:
         raise DataError([f"{source} is a trained model: decoding it needs the cuts (--cuts)"])
     if kind == "e2e":
@@ -197,11 +198,8 @@ def decode_corpus(graph_dir: Path | str, source: Path | str, out_dir: Path | str
     cuts_path = Path(cuts_path) if cuts_path is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = DecodingGraph.load(graph_dir)  # errors before any job starts; caches the k2 form for the jobs
-    kind = model_kind(source)
+    kind, final = model_kind(source)
     if kind is not None:
-        import torch
-
-        final = torch.load(source / "final.pt", weights_only=False, map_location="cpu")
         if (kind == "e2e") != graph.is_hlg:
             what = "a CTC system" if kind == "e2e" else "an acoustic model"
             raise DataError([f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
