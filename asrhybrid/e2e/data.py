@@ -1,6 +1,6 @@
 """Batches of the end-to-end systems: normalised features with their lengths and the transcripts' token ids.
 
-Speed perturbation (Ko 2015, Kaldi's and icefall's 0.9/1.1): with ``SpeedPerturbation``, each training
+Speed perturbation (Ko 2015, Kaldi's and icefall's 0.9/1.1): with ``WaveformPerturbation``, each training
 utterance is played at a speed drawn per epoch (1.0 among them): its audio resampled by 1/speed and its
 fbank computed again with stage 1's options (the transcript is unchanged, which is all an end-to-end loss
 needs; the hybrid systems' frame alignments would not survive it). Noise augmentation (``noise_snr``) adds
@@ -95,8 +95,6 @@ class WaveformPerturbation:
         from asrhybrid.features.fbank import KaldiFbank
 
         self.speeds = [1.0, *[float(s) for s in speeds if float(s) != 1.0]]
-        if noise_snr and (len(noise_snr) != 2 or float(noise_snr[0]) > float(noise_snr[1])):
-            raise ValueError(f"noise_snr {noise_snr}: [lowest, highest] SNR in dB")
         self.noise_snr = [float(x) for x in noise_snr] if noise_snr else None
         self.extractor = KaldiFbank(fbank_config)
 

@@ -139,6 +139,21 @@ def _outputs(model, system: str, batch, device) -> list:
     return [e[: int(n)] for e, n in zip(enc, enc_lens)]
 
 
+def _load_system(exp_dir: Path, cuts_path: Path | str, device: str):
+    """(model, final.pt, tokens, cuts, normalizer) of a trained system over a cuts manifest (the speakers'
+    statistics, with ``cmvn: speaker``, span all the cuts)."""
+    from asrhybrid.data.manifests import load_cuts
+    from asrhybrid.e2e.tokens import TokenSet
+    from asrhybrid.e2e.train import load_e2e
+    from asrhybrid.features.cmvn import FeatureNormalizer
+
+    model, final = load_e2e(exp_dir, device)
+    cuts = load_cuts(cuts_path)
+    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
+                                            final["feat_std"], cuts, cuts_path)
+    return model, final, TokenSet(exp_dir / "tokens"), cuts, normalizer
+
+
 def iter_ctc_log_probs(exp_dir: Path | str, cuts_path: Path | str, job: int = 1, nj: int = 1, device: str = "cpu",
                        max_duration: float = 120.0):
     """(utt, log-posteriors [T, V] (float32 numpy), seconds) of a CTC system for job ``job`` of ``nj``'s share
@@ -146,21 +161,13 @@ def iter_ctc_log_probs(exp_dir: Path | str, cuts_path: Path | str, job: int = 1,
     which the decoder reports. The speakers' statistics, with ``cmvn: speaker``, span all the cuts."""
     from functools import partial
 
-    from asrhybrid.data.manifests import load_cuts
     from asrhybrid.decode.corpus import _in_job
     from asrhybrid.e2e.data import e2e_batches
-    from asrhybrid.e2e.tokens import TokenSet
-    from asrhybrid.e2e.train import load_e2e
-    from asrhybrid.features.cmvn import FeatureNormalizer
 
     exp_dir = Path(exp_dir)
-    model, final = load_e2e(exp_dir, device)
+    model, final, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
     if final["config"]["system"] != "ctc":
         raise DataError([f"{exp_dir}: a {final['config']['system']} system; WFST decoding over HLG needs a CTC system"])
-    tokens = TokenSet(exp_dir / "tokens")
-    cuts = load_cuts(cuts_path)
-    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
-                                            final["feat_std"], cuts, cuts_path)
     mine = cuts.filter(partial(_in_job, job=job, nj=nj))
     for cut in mine:
         if not cut.num_frames:
@@ -173,18 +180,10 @@ def iter_ctc_log_probs(exp_dir: Path | str, cuts_path: Path | str, job: int = 1,
 
 def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, cfg: E2EDecodeConfig,
                lm: Path | str | None = None, device: str = "cpu") -> dict:
-    from asrhybrid.data.manifests import load_cuts
     from asrhybrid.e2e.data import e2e_batches
-    from asrhybrid.e2e.tokens import TokenSet
-    from asrhybrid.e2e.train import load_e2e
-    from asrhybrid.features.cmvn import FeatureNormalizer
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    model, final = load_e2e(exp_dir, device)
-    tokens = TokenSet(exp_dir / "tokens")
-    cuts = load_cuts(cuts_path)
-    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
-                                            final["feat_std"], cuts, cuts_path)
+    model, final, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
     system = final["config"]["system"]
     lm = Path(lm) if lm else None
     if system == "ctc":
