@@ -40,6 +40,8 @@ A recipe config names the corpus and gives each stage's options::
       wip: "0,0.5,1.0"
       rescore: [lattice, nbest]   # rescoring methods with the large LM ([] for none)
       kaldi_reference: true  # also decode with Kaldi's decoder and report the agreement
+      adapt: {iterations: 2, epochs: 10}   # optional: unsupervised speaker adaptation (LIN + LHUC on the
+                             # first pass's best paths; AdaptConfig fields), a second pass as system <system>_sa
     e2e:                     # stages 9-10: end-to-end systems on the tokens, one exp/<system> each
       systems: [ctc]
       common: {epochs: 50, max_duration: 7}   # E2EConfig fields for every system
@@ -131,6 +133,14 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         if system not in SYSTEMS:
             _check_keys(path, "am.systems", {system: None}, set(SYSTEMS))
     _check_keys(path, "decode.options", (raw.get("decode") or {}).get("options") or {}, _field_names("decode"))
+    adapt = (raw.get("decode") or {}).get("adapt")
+    if adapt is not None and not isinstance(adapt, dict):
+        raise ConfigError(f"{path}: 'decode.adapt' is a mapping (iterations and AdaptConfig fields; {{}} for the "
+                          f"defaults), not {adapt!r}")
+    _check_keys(path, "decode.adapt", adapt or {}, _field_names("adapt") | {"iterations"})
+    if adapt and not (isinstance(adapt.get("iterations", 1), int) and adapt.get("iterations", 1) >= 1):
+        raise ConfigError(f"{path}: 'decode.adapt.iterations' is a count of adaptation rounds (1 or more), not "
+                          f"{adapt['iterations']!r}")
     for method in (raw.get("decode") or {}).get("rescore") or []:
         _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
@@ -193,6 +203,8 @@ def _field_names(kind: str) -> set[str]:
         from asrhybrid.decode.decoder import DecodeConfig as cls
     elif kind == "e2e":
         from asrhybrid.e2e.train import E2EConfig as cls
+    elif kind == "adapt":
+        from asrhybrid.nnet.adapt import AdaptConfig as cls
     elif kind == "e2e_decode":
         from asrhybrid.e2e.decode import E2EDecodeConfig as cls
     else:
@@ -211,7 +223,7 @@ def _section_keys() -> dict[str, set[str]]:
         "align": _field_names("align"),
         "tree": {"num_leaves", "min_count", "questions"},
         "am": {"systems", "common", "nproc", *SYSTEMS},
-        "decode": {"options", "nj", "lmwt", "wip", "rescore", "kaldi_reference", "nbest"},
+        "decode": {"options", "nj", "lmwt", "wip", "rescore", "kaldi_reference", "nbest", "adapt"},
         "e2e": {"systems", "common", "nproc", "decode", *E2E_SYSTEMS},
         "parts": {"train", "dev", "test"},
     }

@@ -1,4 +1,5 @@
-"""The verbs of decoding (stages 7-8): decode, score, rescore, lattice-to-kaldi, lattice-from-kaldi, transcribe."""
+"""The verbs of decoding (stages 7-8): decode, adapt-am, score, rescore, lattice-to-kaldi, lattice-from-kaldi,
+transcribe."""
 
 from __future__ import annotations
 
@@ -57,6 +58,31 @@ def cmd_decode(args: argparse.Namespace) -> None:
         log.info("Kaldi's LatticeFasterDecoder on the same graph and scores: same words on %d of %d utterances; "
                  "k2's path scores at least as well on %d", k["same_words"], k["compared"], k["k2_better_or_equal"])
     done.mark_done()
+
+
+def cmd_adapt_am(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from asrhybrid.nnet.adapt import AdaptConfig, adapt_am
+    from asrhybrid.nnet.train import default_device
+    from asrhybrid.recipe.outputs import run_once
+
+    try:
+        cfg = AdaptConfig(**parse_options(args.opt))
+    except TypeError as e:
+        raise ConfigError(f"adapt-am: bad option: {e} (options: {', '.join(AdaptConfig.__dataclass_fields__)})") from None
+    device = str(default_device()) if args.device == "auto" else args.device
+
+    def work(done):
+        report = adapt_am(args.exp_dir, args.decode_dir, args.cuts, args.out_dir, cfg, args.graph, device)
+        for speaker, r in report["speakers"].items():
+            log.info("%s: %d frames, frame cross-entropy on the first pass %.4f -> %.4f", speaker, r["frames"],
+                     r["ce_before"], r["ce_after"])
+
+    inputs = {"model": _scores_input(args.exp_dir), "first_pass": args.decode_dir / "decode.json", "cuts": args.cuts}
+    if args.graph:
+        inputs["graph"] = args.graph / "trans.pkl"
+    run_once(args.out_dir, "adapt-am", asdict(cfg), args.force, work, inputs=inputs)
 
 
 def _references(source: Path) -> dict[str, str]:
@@ -173,6 +199,20 @@ def add_decode_verbs(sub, add_verb, add_common) -> None:
                    help="also decode with Kaldi's LatticeFasterDecoder and report the agreement in decode.json")
     add_common(p)
     p.set_defaults(func=cmd_decode)
+
+    p = add_verb(sub, "adapt-am", "unsupervised speaker adaptation of an acoustic model on its first pass: per-speaker "
+                                  "LIN and LHUC transforms trained on a decode's best paths, into a model dir that "
+                                  "decode takes (the second pass)")
+    p.add_argument("exp_dir", type=Path, help="the system (train-am's EXP_DIR, or an adapted one: its base is used)")
+    p.add_argument("decode_dir", type=Path, help="its decode of the cuts (best.N.jsonl: the targets)")
+    p.add_argument("out_dir", type=Path, help="the adapted system: final.pt with the speakers' transforms, adapt.json")
+    p.add_argument("--cuts", type=Path, required=True, help="the cuts that were decoded")
+    p.add_argument("--graph", type=Path, help="a dir with the transition model (trans.pkl; default: the decode's graph)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="AdaptConfig field: transforms ([lin, lhuc]), epochs, lr, max_duration, max_grad_norm, seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_common(p)
+    p.set_defaults(func=cmd_adapt_am)
 
     p = add_verb(sub, "score", "Kaldi's scoring grid over a decode dir's lattices: wer_LMWT_WIP, best_wer (or chosen_wer "
                                "with --params-from a dev decode), errs-*/recogs-*, scoring.json")

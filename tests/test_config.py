@@ -24,10 +24,19 @@ def test_every_shipped_recipe_loads(recipe):
     ("top", "tokenz: {vocab_size: 10}", "tokenz", "tokens"),
     ("e2e tokens", "e2e: {ctc: {tokens: {model_tpye: char}}}", "e2e.ctc.tokens.model_tpye", "model_type"),
     ("e2e hlg", "e2e: {decode: {hlg: {serch_beam: 10}}}", "e2e.decode.hlg.serch_beam", "search_beam"),
+    ("adapt", "decode: {adapt: {iteration: 2}}", "decode.adapt.iteration", "iterations"),
 ])
 def test_unknown_nested_keys_name_the_nearest_valid_one(tmp_path: Path, section, text, where, near):
     (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
     with pytest.raises(ConfigError, match=f"unknown key '{where}'; did you mean '{near}'"):
+        load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [("decode: {adapt: 3}", "is a mapping"),
+                                           ("decode: {adapt: {iterations: 0}}", "1 or more")])
+def test_bad_adaptation_settings_are_refused(tmp_path: Path, text, message):
+    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=message):
         load_recipe(tmp_path)
 
 

@@ -29,6 +29,18 @@ def test_fsdd_speaker_split_holds_out_speakers(fsdd_dir):
     assert utt.id == "theo_0_00" and utt.text == "ZERO"
 
 
+def test_fsdd_dev_takes_hold_out_takes_of_the_training_speakers(fsdd_dir):
+    parts = prepare_fsdd(fsdd_dir, dev_speakers=[], dev_takes=5, test_speakers=["yweweler"])
+    speakers = {p: {u.speaker for u in utts} for p, utts in parts.items()}
+    assert speakers == {"train": {"jackson", "nicolas", "theo"}, "dev": {"jackson", "nicolas", "theo"},
+                        "test": {"yweweler"}}
+    assert len(parts["dev"]) == 150 and len(parts["train"]) == 1350 and len(parts["test"]) == 500
+    assert not {u.id for u in parts["dev"]} & {u.id for u in parts["train"]}
+    assert all(int(u.id.rsplit("_", 1)[1]) < 5 for u in parts["dev"])
+    with pytest.raises(ConfigError, match="dev_takes"):
+        prepare_fsdd(fsdd_dir, dev_speakers=["theo"], dev_takes=5, test_speakers=["yweweler"])
+
+
 def test_fsdd_upstream_split(fsdd_dir):
     parts = prepare_fsdd(fsdd_dir, split="upstream")
     assert len(parts["test"]) == 200 and len(parts["train"]) == 1800

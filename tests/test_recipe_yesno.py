@@ -474,6 +474,13 @@ def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_throug
         assert (decode / f"errs-{scoring['lmwt']:g}_{scoring['wip']:g}.txt").is_file()
     assert wer["lstmp"] == 0.0 and wer["dnn"] <= 3.0, wer
     assert "asrhybrid decode exp/tree/graph_small exp/lstmp exp/lstmp/decode_test_small" in results
+    # the second pass, adapted on the first (decode.adapt): its own lines, its transforms fitted to the first pass
+    for system in ("dnn", "lstmp"):
+        report = json.loads((exp / f"{system}_sa" / "adapt_test_1" / "adapt.json").read_text())
+        assert report["speakers"]["yesno"]["ce_after"] < report["speakers"]["yesno"]["ce_before"], report
+        scoring = json.loads((exp / f"{system}_sa" / "decode_test_small" / "scoring.json").read_text())
+        assert scoring["utterances"] == 30 and scoring["wer"] <= 3.0, scoring
+        assert f"exp/{system}_sa/decode_test_small/wer_" in results
     again = make(work, yesno_dir, stages=(7, 8))
     assert again.returncode == 0 and "'decode' already done" in again.stderr and "'score' already done" in again.stderr
 
@@ -490,6 +497,9 @@ def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_throug
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert lines["at16k"] == first.supervisions[0].text
     assert len(joined) / 8000 > 10 and lines["joined"] == " ".join(c.supervisions[0].text for c in list(cuts)[:3])
+    refused = subprocess.run([sys.executable, "-m", "asrhybrid", "transcribe", str(exp / "lstmp_sa" / "adapt_test_1"),
+                              str(tmp_path / "at16k.wav")], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "speaker-adapted system" in refused.stderr, refused.stderr[-2000:]
 
     # lattices to Kaldi's text format and back into a decode dir: the same WER
     asr = [sys.executable, "-m", "asrhybrid"]

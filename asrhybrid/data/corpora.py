@@ -66,12 +66,16 @@ def prepare_fsdd(
     dev_speakers: list[str] | None = None,
     test_speakers: list[str] | None = None,
     test_takes: int = 5,
+    dev_takes: int = 0,
 ) -> Parts:
     """Free Spoken Digit Dataset: ``{digit}_{speaker}_{take}.wav``, one word each.
 
     ``split: speaker`` (default) is speaker-independent: dev and test speakers
     are never heard in training. ``split: upstream`` is the dataset's own split,
     takes 0..test_takes-1 test and the rest train, all speakers in both.
+    With ``dev_speakers: []`` and ``dev_takes: K``, dev is takes 0..K-1 of the
+    training speakers (held out of training), for corpora with too few speakers
+    to spare one for dev; test stays speaker-independent.
     Utterance ids are ``{speaker}_{digit}_{take}`` (speaker first, as Kaldi wants).
     """
     wav_dir, wavs = _find_wavs(corpus_dir, "recordings")
@@ -112,10 +116,18 @@ def prepare_fsdd(
     overlap = (set(train_speakers) & set(dev_speakers + test_speakers)) | (set(dev_speakers) & set(test_speakers))
     if overlap:
         raise ConfigError(f"fsdd: speakers {sorted(overlap)} are in two parts; the split must be speaker-independent")
-    return {
+    parts = {
         name: [utt for spk in group for _, utt in by_speaker[spk]]
         for name, group in (("train", train_speakers), ("dev", dev_speakers), ("test", test_speakers))
     }
+    if dev_takes > 0:
+        if dev_speakers:
+            raise ConfigError("fsdd: dev_takes holds out takes of the training speakers; it needs dev_speakers: []")
+        held = [utt for spk in train_speakers for take, utt in by_speaker[spk] if take < dev_takes]
+        held_ids = {utt.id for utt in held}
+        parts["train"] = [utt for utt in parts["train"] if utt.id not in held_ids]
+        parts["dev"] = held
+    return parts
 
 
 def prepare_synth(corpus_dir: Path) -> Parts:

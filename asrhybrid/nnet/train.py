@@ -53,8 +53,9 @@ from torch import nn
 from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.features.cmvn import FeatureNormalizer, speaker_of
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
+from asrhybrid.nnet.adapt import SpeakerAdaptedAM
 from asrhybrid.nnet.augment import Augmentation, utterance_generator
 from asrhybrid.nnet.trainer import InputOptions, Workers, average_models, default_device, fit  # noqa: F401
 from asrhybrid.nnet.trainer import autocast as _autocast  # noqa: F401
@@ -99,7 +100,7 @@ class FrameDNN(nn.Module):
         return self.mlp.context
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.mlp(splice(x, self.mlp.context)) for x in feats])
+        return self.mlp(torch.stack([splice(x, self.mlp.context) for x in feats]))  # [B, T, ...]: LHUC scales per row
 
 
 def build_model(system: str, feat_dim: int, num_pdfs: int, options: dict) -> nn.Module:
@@ -266,6 +267,8 @@ def load_am(exp_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     cfg = TrainConfig(**ckpt["config"])
     model = build_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_pdfs"], cfg.model)
     model.load_state_dict(ckpt["model"])
+    if ckpt.get("adaptation"):  # adapt-am's per-speaker transforms (asrhybrid.nnet.adapt)
+        model = SpeakerAdaptedAM.from_state(model, int(ckpt["feat_mean"].shape[0]), ckpt["adaptation"])
     return model.to(device).eval(), ckpt
 
 
@@ -294,7 +297,12 @@ def iter_loglikes(model: nn.Module, final: dict, cuts, acwt: float = 1.0, prior_
     with torch.no_grad():
         for batch in SimpleCutSampler(cuts, max_duration=max_duration, world_size=1, rank=0):
             feats = [normalizer(c) for c in batch]
-            log_post = torch.log_softmax(model(pad_batch(feats).to(device)).float(), dim=-1).cpu()
+            x = pad_batch(feats).to(device)
+            if isinstance(model, SpeakerAdaptedAM):  # each cut's speaker's transforms
+                logits = model(x, [speaker_of(c) for c in batch], [c.id for c in batch])
+            else:
+                logits = model(x)
+            log_post = torch.log_softmax(logits.float(), dim=-1).cpu()
             for cut, f, lp in zip(batch, feats, log_post):
                 yield cut, scaled_loglikes(lp[: f.shape[0]].numpy(), final["log_prior"], acwt, prior_scale)
 

@@ -228,19 +228,41 @@ def stage_decode(run: RecipeRun) -> None:
         for role in eval_parts(run):
             lattice_decode(run, system, graph_dir(run), role, dec.get("options") or {},
                            kaldi_reference=dec.get("kaldi_reference", True))
+        if dec.get("adapt") is not None:
+            for role in eval_parts(run):
+                adapted_decode(run, system, role, dict(dec["adapt"]))
     run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
 
 
+def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
+    """The second pass of unsupervised speaker adaptation, as system ``<system>_sa``: ``iterations`` rounds of
+    adapt-am (each from the base model, on the previous pass's best paths: exp/<system>_sa/adapt_<part>_<i>),
+    the rounds before the last decoded into their own dir; the last round goes through lattice_decode."""
+    dec, exp, part = run.config.decode, run.workdir / "exp", run.config.part(role)
+    iterations = int(adapt.pop("iterations", 1))
+    adapted, previous = f"{system}_sa", exp / system / f"decode_{part}_small"
+    for i in range(1, iterations + 1):
+        model = exp / adapted / f"adapt_{part}_{i}"
+        run.run_verb(adapted, "adapt-am", [str(exp / system), str(previous), str(model), "--cuts",
+                                           str(run.cuts(role)), *format_options(adapt)])
+        if i < iterations:
+            previous = model / "decode_small"
+            run.run_verb(adapted, "decode", [str(graph_dir(run)), str(model), str(previous), "--cuts",
+                                             str(run.cuts(role)), "--nj", str(dec.get("nj", 1)),
+                                             *format_options(dec.get("options") or {})])
+    lattice_decode(run, adapted, graph_dir(run), role, dec.get("options") or {}, model_dir=model)
+
+
 def lattice_decode(run: RecipeRun, system: str, graph: Path, role: str, options: dict,
-                   kaldi_reference: bool = False) -> None:
+                   kaldi_reference: bool = False, model_dir: Path | None = None) -> None:
     """Stage 8's chain for one system and part: lattices over ``graph`` (HCLG, or a CTC system's HLG) with the
     small LM, each ``decode.rescore`` method with the large LM, and Kaldi's scoring grid of each (test: with
-    the setting picked on dev, where there is a dev part)."""
+    the setting picked on dev, where there is a dev part). The model is exp/<system> unless ``model_dir``."""
     dec = run.config.decode
     exp, lm_dir, part = run.workdir / "exp", run.workdir / "data" / "lm", run.config.part(role)
     grid = ["--lmwt", str(dec.get("lmwt", "7:17")), "--wip", str(dec.get("wip", "0,0.5,1.0"))]
     decode_dir = exp / system / f"decode_{part}_small"
-    args = [str(graph), str(exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
+    args = [str(graph), str(model_dir or exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
             "--nj", str(dec.get("nj", 1)), *format_options(options)]
     run.run_verb(system, "decode", args + (["--kaldi-reference"] if kaldi_reference else []))
     dirs = [decode_dir]
