@@ -81,6 +81,8 @@ class SpeakerAdaptedAM(nn.Module):
     speaker key per sequence of the batch. The base model's parameters are not trained here."""
 
     def __init__(self, base: nn.Module, feat_dim: int, speakers: list[str], transforms: list[str]):
+        from asrhybrid.nnet.train import FrameDNN
+
         super().__init__()
         self.base, self.transforms = base, list(transforms)
         self.speakers = {s: i for i, s in enumerate(speakers)}
@@ -92,6 +94,7 @@ class SpeakerAdaptedAM(nn.Module):
         layers = lhuc_layers(base) if "lhuc" in transforms else []
         self.lhuc = nn.ParameterList(nn.Parameter(torch.zeros(n, m.in_features)) for m in layers)
         self._scales: list[torch.Tensor] | None = None
+        self._per_sequence = isinstance(base, FrameDNN)  # its MLP runs per sequence, on [T, H] frames
         for k, m in enumerate(layers):
             m.register_forward_pre_hook(partial(self._scale_input, k))
 
@@ -117,9 +120,16 @@ class SpeakerAdaptedAM(nn.Module):
         idx = self.index(speakers, utts).to(feats.device)
         if self.lin_weight is not None:
             feats = torch.einsum("bed,btd->bte", self.lin_weight[idx], feats) + self.lin_bias[idx][:, None]
-        self._scales = [2 * torch.sigmoid(a[idx]) for a in self.lhuc]
+        scales = [2 * torch.sigmoid(a[idx]) for a in self.lhuc]
         try:
-            return self.base(feats)
+            if not self._per_sequence:
+                self._scales = scales
+                return self.base(feats)
+            outputs = []  # the DNN's MLP sees one sequence's frames [T, H] at a time: its scales go with it
+            for b in range(feats.shape[0]):
+                self._scales = [s[b : b + 1] for s in scales]
+                outputs.append(self.base(feats[b : b + 1]))
+            return torch.cat(outputs)
         finally:
             self._scales = None
 

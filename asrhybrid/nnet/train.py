@@ -100,7 +100,7 @@ class FrameDNN(nn.Module):
         return self.mlp.context
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.stack([splice(x, self.mlp.context) for x in feats]))  # [B, T, ...]: LHUC scales per row
+        return torch.stack([self.mlp(splice(x, self.mlp.context)) for x in feats])
 
 
 def build_model(system: str, feat_dim: int, num_pdfs: int, options: dict) -> nn.Module:
