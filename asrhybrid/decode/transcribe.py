@@ -118,11 +118,11 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
     workdir = exp_dir.parent.parent
     graph_dir = Path(graph_dir) if graph_dir else workdir / "exp" / "tree" / "graph_small"
     cfg = cfg or DecodeConfig()
-    graph = DecodingGraph.load(graph_dir)
     model, final = load_am(exp_dir, device)
     if final.get("adaptation"):
         raise DataError([f"{exp_dir}: a speaker-adapted system (adapt-am) holds transforms for the speakers of one "
-                         f"set only; transcribe with its base system ({final['adaptation'].get('first_pass')})"])
+                         f"set only; transcribe with its base system ({final['adaptation'].get('base')})"])
+    graph = DecodingGraph.load(graph_dir)
     if final["num_pdfs"] != graph.num_pdfs:
         raise DataError([f"{exp_dir}: {final['num_pdfs']} pdfs, the graph {graph_dir} has {graph.num_pdfs}"])
     fbank_cfg = fbank_config_of(workdir)

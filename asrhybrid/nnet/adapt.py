@@ -272,7 +272,9 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
     if not (graph_dir / "trans.pkl").is_file():
         raise DataError([f"{decode_dir}: its graph {graph_dir} has no trans.pkl (give the graph or tree dir: --graph)"])
     model, final = load_am(exp_dir, device)
+    base_dir = str(exp_dir)
     if isinstance(model, SpeakerAdaptedAM):
+        base_dir = final["adaptation"].get("base", base_dir)
         model, final = model.base, {k: v for k, v in final.items() if k != "adaptation"}
     _, trans_model = load_model(graph_dir)
     if trans_model.num_pdfs != final["num_pdfs"]:
@@ -291,9 +293,10 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
                                          cfg, device)
     finally:
         targets.close()
-    report.update({"base": str(exp_dir), "first_pass": str(decode_dir), "cuts": str(cuts_path),
+    report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path),
                    "graph": str(graph_dir)})
     with atomic_output(out_dir / "final.pt") as tmp:
-        torch.save({**final, "adaptation": {**adapted.transforms_state(), "first_pass": str(decode_dir)}}, tmp)
+        torch.save({**final, "adaptation": {**adapted.transforms_state(), "first_pass": str(decode_dir),
+                                          "base": base_dir}}, tmp)
     write_text_atomic(out_dir / "adapt.json", json.dumps(report, indent=1) + "\n")
     return report
