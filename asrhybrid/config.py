@@ -138,9 +138,10 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         raise ConfigError(f"{path}: 'decode.adapt' is a mapping (iterations and AdaptConfig fields; {{}} for the "
                           f"defaults), not {adapt!r}")
     _check_keys(path, "decode.adapt", adapt or {}, _field_names("adapt") | {"iterations"})
-    if adapt and not (isinstance(adapt.get("iterations", 1), int) and adapt.get("iterations", 1) >= 1):
+    rounds = (adapt or {}).get("iterations", 1)
+    if not (isinstance(rounds, int) and rounds >= 1):
         raise ConfigError(f"{path}: 'decode.adapt.iterations' is a count of adaptation rounds (1 or more), not "
-                          f"{adapt['iterations']!r}")
+                          f"{rounds!r}")
     for method in (raw.get("decode") or {}).get("rescore") or []:
         _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))

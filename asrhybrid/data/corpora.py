@@ -123,10 +123,9 @@ def prepare_fsdd(
     if dev_takes > 0:
         if dev_speakers:
             raise ConfigError("fsdd: dev_takes holds out takes of the training speakers; it needs dev_speakers: []")
-        held = [utt for spk in train_speakers for take, utt in by_speaker[spk] if take < dev_takes]
-        held_ids = {utt.id for utt in held}
-        parts["train"] = [utt for utt in parts["train"] if utt.id not in held_ids]
-        parts["dev"] = held
+        kept = [(take, utt) for spk in train_speakers for take, utt in by_speaker[spk]]
+        parts["dev"] = [utt for take, utt in kept if take < dev_takes]
+        parts["train"] = [utt for take, utt in kept if take >= dev_takes]
     return parts
 
 

@@ -169,7 +169,7 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
     speaker worse on its own first pass. Returns the adapted model (eval mode) and a report: per speaker its
     frames, cross-entropy before and after, and the epoch kept."""
     from asrhybrid.features.cmvn import speaker_of
-    from asrhybrid.nnet.train import IGNORE, _sampler, pad_batch
+    from asrhybrid.nnet.train import IGNORE, _sampler, pad_batch, pad_targets
 
     aligned = cuts.filter(partial(_has_target, targets=targets))
     speakers = sorted({speaker_of(c) for c in aligned})
@@ -193,10 +193,11 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
                 if len(y) != f.shape[0]:
                     raise DataError([f"{cut.id}: the first-pass best path has {len(y)} frames, the features "
                                      f"{f.shape[0]}: the decode was made from other features"])
-                feats.append(f), ys.append(y), spk.append(speaker_of(cut)), utts.append(cut.id)
-            T = max(len(y) for y in ys)
-            y = torch.stack([torch.cat([y, y.new_full((T - len(y),), IGNORE)]) for y in ys])
-            yield pad_batch(feats).to(device), y.to(device), spk, utts
+                feats.append(f)
+                ys.append(y)
+                spk.append(speaker_of(cut))
+                utts.append(cut.id)
+            yield pad_batch(feats).to(device), pad_targets(ys).to(device), spk, utts
 
     def frame_ce() -> dict[str, list[float]]:
         sums: dict[str, list[float]] = {s: [0.0, 0.0] for s in speakers}

@@ -140,6 +140,12 @@ def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.cat([f, f[-1:].expand(T - f.shape[0], -1)]) for f in feats])
 
 
+def pad_targets(ys: list[torch.Tensor]) -> torch.Tensor:
+    """[B, T] targets of a batch, padded with IGNORE."""
+    T = max(len(y) for y in ys)
+    return torch.stack([torch.cat([y, y.new_full((T - len(y),), IGNORE)]) for y in ys])
+
+
 def _sampler(cuts, max_duration: float, generator: torch.Generator | None):
     from lhotse.dataset import SimpleCutSampler
 
@@ -175,8 +181,7 @@ def _batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, max_d
         if not xs:
             yield None, None
             continue
-        T = max(len(y) for y in ys)
-        yield pad_batch(xs), torch.stack([torch.cat([y, y.new_full((T - len(y),), IGNORE)]) for y in ys])
+        yield pad_batch(xs), pad_targets(ys)
 
 
 def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
