@@ -35,4 +35,18 @@ bench:
 	$(VENV)/bin/python bench/scale.py
 
 help:
-	@sed -n '1,6p' Makefile
+	@echo "asrhybrid: Kaldi-style recipes (see README.md)"
+	@echo "targets:"
+	@echo "  make setup        create $(VENV) with the pinned dependencies (builds kaldifeat, k2, KenLM's tools)"
+	@echo "  make test         the test suite on CPU, without the slow end-to-end checks"
+	@echo "  make test-all     every test, the slow ones too"
+	@echo "  make bench        the benchmarks (JSON with ratios against the reference implementations)"
+	@echo "  make [recipe]     run stages stage..stop_stage of recipes/\$$corpus (the default target)"
+	@echo "  make help         this list"
+	@echo "variables (current value):"
+	@echo "  corpus=$(corpus)       recipe under recipes/: $(notdir $(wildcard recipes/*))"
+	@echo "  stage=$(stage) stop_stage=$(stop_stage)   the stages to run"
+	@echo "  workdir=$(workdir)   outputs (data/, exp/, RESULTS.md)"
+	@echo "  corpus_dir=$(corpus_dir)   where the corpus is (synth: where it is generated)"
+	@echo "  force=$(force)       1: redo stages that finished before"
+	@echo "  VENV=$(VENV)   PYTEST_ARGS=$(PYTEST_ARGS)   the virtualenv; extra pytest arguments"

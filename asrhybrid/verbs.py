@@ -25,8 +25,11 @@ log = logging.getLogger("asrhybrid")
 
 
 def add_verb(sub, name: str, what: str) -> argparse.ArgumentParser:
-    """A verb's parser; ``what`` (what it does, what it writes) is both its line in the list and its --help."""
-    return sub.add_parser(name, help=what, description=what)
+    """A verb's parser; ``what`` (what it does, what it writes) is both its line in the list and its --help.
+
+    argparse %-formats a subcommand's ``help`` (for ``%(prog)s``), so a literal ``%`` (as in ``%WER``) is doubled
+    there; ``description`` is formatted only when it names ``%(prog)``."""
+    return sub.add_parser(name, help=what.replace("%", "%%"), description=what)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

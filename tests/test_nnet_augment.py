@@ -90,3 +90,44 @@ def test_training_batches_are_augmented_reproducibly_and_keep_their_targets(yesn
     assert x.shape == plain_x.shape and not torch.allclose(x, plain_x)
     assert torch.equal(y, plain_y) and (y != IGNORE).any()
     targets.close()
+
+
+def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
+    """noise_snr for stage 6 (WaveformPerturbation without speeds): the features of half the utterances are
+    computed again from noisy audio, frame for frame where the stored ones are (at a negligible noise level they
+    equal the stored features), reproducibly, and the targets stay the alignment's."""
+    from asrhybrid.features.cmvn import FeatureNormalizer
+    from asrhybrid.features.fbank import KaldiFbankConfig
+    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+    from asrhybrid.nnet.augment import WaveformPerturbation
+    from asrhybrid.nnet.train import _batches
+
+    cuts = yesno_fbank_cuts
+    config = KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)
+    for cut in cuts:  # an inaudible noise: the features computed again are the stored ones (lilcom's precision)
+        silent = WaveformPerturbation([], config, [200.0, 200.0])
+        feats, speed = silent.features(cut, torch.Generator().manual_seed(0))
+        assert speed == 1.0 and feats.shape == (cut.num_frames, 23)
+        np.testing.assert_allclose(feats, cut.load_features(), atol=0.05)
+
+    ali = tmp_path / "ali_pdf.ark"
+    with alignment_table_writer(ali) as write:
+        for cut in cuts:
+            write(cut.id, np.arange(cut.num_frames) % 7)
+    targets = AlignmentTable(ali)
+    normalizer = FeatureNormalizer.for_cuts("global", np.zeros(23), np.ones(23), cuts)
+    noise = WaveformPerturbation([], config, [10.0, 10.0])
+
+    def per_utterance(perturbation, seed):
+        out = list(_batches(cuts, targets, normalizer, 1.0, torch.Generator().manual_seed(seed),
+                            perturbation=perturbation))  # 1 s a batch: one utterance each
+        return [(x[0], y[0]) for x, y in out]
+
+    plain, noisy, again = per_utterance(None, 0), per_utterance(noise, 0), per_utterance(noise, 0)
+    assert len(plain) == len(noisy) == len(cuts)
+    changed = 0
+    for (px, py), (nx, ny), (ax, _) in zip(plain, noisy, again):
+        assert nx.shape == px.shape and torch.equal(ny, py) and torch.equal(nx, ax)
+        changed += not torch.allclose(nx, px)
+    assert 0 < changed < len(cuts) or len(cuts) < 3  # half the utterances, drawn per utterance
+    targets.close()

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from asrhybrid.align import BACKENDS
 from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
 from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
+from asrhybrid.determinism import fix_training_threads
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std, normalized_features
 from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer, iter_alignments
@@ -64,6 +65,7 @@ class FlatStartConfig:
     # scores, padded batches, back-pointers; 20k frames kept a 0.25 h flat start at 640 MB, 200k at 1.1 GB).
     align_block_frames: int = 20_000
     seed: int = 0
+    num_threads: int = 2  # intra-op threads: fixed, so a seed trains the same model on any machine (determinism.py)
     # Iteration 0 prefers equal-alignment paths that begin and end in silence: with the
     # optional silence left out, the first phone took the leading silence, and on synth the
     # networks learnt word-initial stops as silence for good (words started ~55 ms early).
@@ -150,6 +152,7 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
+    fix_training_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
 

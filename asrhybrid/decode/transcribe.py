@@ -13,7 +13,6 @@ one by one, and its words joined.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from asrhybrid.errors import DataError
+from asrhybrid.features.compute import fbank_config_of
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,6 @@ class AudioItem:
     utt: str
     samples: np.ndarray  # mono, at the recipe's rate
     sample_rate: int
-
-
-def fbank_config_of(where: Path):
-    """The fbank options stage 1 used for the training features (from its completion marker), of a recipe
-    workdir or its fbank dir."""
-    from asrhybrid.features.fbank import KaldiFbankConfig
-
-    fbank_dir = where if where.name == "fbank" and not (where / "data").is_dir() else where / "data" / "fbank"
-    markers = sorted(fbank_dir.glob(".done.fbank-*-train.json")) or sorted(fbank_dir.glob(".done.fbank-*.json"))
-    if not markers:
-        raise DataError([f"{fbank_dir}: no record of the fbank options (stage 1's marker); is {where} a "
-                         "recipe workdir?"])
-    return KaldiFbankConfig(**json.loads(markers[0].read_text())["params"]["config"])
 
 
 def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:

@@ -25,7 +25,7 @@ import torch
 
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.features.cmvn import FeatureNormalizer
-from asrhybrid.nnet.augment import Augmentation, utterance_generator
+from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
 
 log = logging.getLogger(__name__)
 
@@ -86,43 +86,6 @@ def _keep(cut, check: TrainingCheck) -> bool:  # a named function: Lhotse warns 
     return check.keep(cut)
 
 
-class WaveformPerturbation:
-    """Per utterance, a speed drawn from ``speeds`` and 1.0 alike, and with ``noise_snr`` [lo, hi] (dB), for
-    half the utterances, white noise at an SNR drawn in that range (against the utterance's mean power);
-    features of the perturbed audio, or the stored ones when neither applies."""
-
-    def __init__(self, speeds: list[float], fbank_config, noise_snr: list[float] | None = None):
-        from asrhybrid.features.fbank import KaldiFbank
-
-        self.speeds = [1.0, *[float(s) for s in speeds if float(s) != 1.0]]
-        self.noise_snr = [float(x) for x in noise_snr] if noise_snr else None
-        self.extractor = KaldiFbank(fbank_config)
-
-    def features(self, cut, generator: torch.Generator):
-        """(the cut's features, perturbed, and the speed)."""
-        from fractions import Fraction
-
-        import numpy as np
-        from scipy.signal import resample_poly
-
-        speed = self.speeds[int(torch.randint(len(self.speeds), (1,), generator=generator))]
-        snr = None
-        if self.noise_snr and float(torch.rand((), generator=generator)) < 0.5:
-            lo, hi = self.noise_snr
-            snr = lo + (hi - lo) * float(torch.rand((), generator=generator))
-        if speed == 1.0 and snr is None:
-            return cut.load_features(), speed
-        audio = cut.load_audio()[0].astype(np.float64)
-        if speed != 1.0:
-            ratio = Fraction(speed).limit_denominator(100)  # e.g. 0.9 -> 9/10: 10/9 as many samples
-            audio = resample_poly(audio, ratio.denominator, ratio.numerator)
-        if snr is not None:
-            power = float(np.mean(audio**2))
-            noise = torch.randn(len(audio), generator=generator, dtype=torch.float64).numpy()
-            audio = audio + noise * np.sqrt(power / 10 ** (snr / 10))
-        return self.extractor.extract(audio.astype(np.float32), cut.sampling_rate), speed
-
-
 @dataclass
 class E2EBatch:
     ids: list[str]
@@ -161,15 +124,7 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
         if not mine:
             yield None
             continue
-        feats = []
-        for cut in mine:
-            if augmentation is None and perturbation is None:
-                feats.append(normalizer(cut))
-                continue
-            draws = utterance_generator(batch_seed, cut.id)
-            raw = perturbation.features(cut, draws)[0] if perturbation is not None else None
-            feats.append(augmentation.features(cut, normalizer, draws, raw) if augmentation is not None
-                         else normalizer(cut, raw))
+        feats = [training_features(cut, normalizer, batch_seed, augmentation, perturbation) for cut in mine]
         lens = torch.tensor([f.shape[0] for f in feats])
         padded = pad_batch(feats)
         texts = [transcript(c) for c in mine]

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from asrhybrid.e2e.data import TrainingCheck, WaveformPerturbation, e2e_batches
+from asrhybrid.e2e.data import TrainingCheck, e2e_batches
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.config import E2E_SYSTEMS
 from asrhybrid.errors import ConfigError
+from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.nnet.augment import WaveformPerturbation
 from asrhybrid.nnet.trainer import InputOptions, Workers, default_device, fit
 from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
@@ -35,15 +37,12 @@ class E2EConfig(InputOptions):
 
     system: str = "ctc"
     speed_perturb: list = field(default_factory=list)  # speeds besides 1.0 (Kaldi's and icefall's: [0.9, 1.1])
-    noise_snr: list = field(default_factory=list)  # [lo, hi] dB: white noise on half the utterances
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         if self.system not in E2E_SYSTEMS:
             raise ConfigError(f"unknown end-to-end system '{self.system}' (systems: {', '.join(E2E_SYSTEMS)})")
-        if self.noise_snr and (len(self.noise_snr) != 2 or float(self.noise_snr[0]) > float(self.noise_snr[1])):
-            raise ConfigError(f"noise_snr {self.noise_snr}: [lowest, highest] SNR in dB")
 
 
 def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:
@@ -105,8 +104,6 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
 
     perturbation = None
     if cfg.speed_perturb or cfg.noise_snr:
-        from asrhybrid.decode.transcribe import fbank_config_of
-
         perturbation = WaveformPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent), cfg.noise_snr)
 
     def batches(cuts, generator, rank, world):
@@ -117,7 +114,7 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],
                "averaged_epochs": result["averaged_epochs"], "parameters": sum(p.numel() for p in model.parameters()),
                "left_out": dict(check.counts), "left_out_examples": check.examples, "workers": result["workers"],
-               "device": result["device"]}
+               "device": result["device"], "kernels": result["kernels"]}
     if result["leader"]:
         import shutil
 

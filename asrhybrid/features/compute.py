@@ -11,6 +11,7 @@ processes on CPU; on CUDA one process feeds kaldifeat batches of
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
@@ -29,6 +30,17 @@ from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
 from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
 log = logging.getLogger(__name__)
+
+
+def fbank_config_of(where: Path) -> KaldiFbankConfig:
+    """The fbank options stage 1 used for the training features (from its completion marker), of a recipe
+    workdir or its fbank dir."""
+    fbank_dir = where if where.name == "fbank" and not (where / "data").is_dir() else where / "data" / "fbank"
+    markers = sorted(fbank_dir.glob(".done.fbank-*-train.json")) or sorted(fbank_dir.glob(".done.fbank-*.json"))
+    if not markers:
+        raise DataError([f"{fbank_dir}: no record of the fbank options (stage 1's marker); is {where} a "
+                         "recipe workdir?"])
+    return KaldiFbankConfig(**json.loads(markers[0].read_text())["params"]["config"])
 
 
 def cuts_path(fbank_dir: Path, corpus: str, part: str) -> Path:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asrhybrid.determinism import fix_training_threads
 from asrhybrid.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class AdaptConfig:
     max_duration: float = 30.0  # seconds of audio per batch
     max_grad_norm: float = 5.0
     seed: int = 0
+    num_threads: int = 2  # intra-op threads: fixed, so a seed trains the same model on any machine (determinism.py)
 
     def __post_init__(self):
         if isinstance(self.transforms, str):
@@ -181,6 +183,7 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("base.")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    fix_training_threads(cfg.num_threads)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.eval()  # no dropout: the network is fixed, only the transforms learn
 

@@ -1,4 +1,4 @@
-"""Training-time augmentation of log-mel filterbank features that keeps every frame in place.
+"""Training-time augmentation of the input, drawn per utterance.
 
 Stage 6 trains on frame alignments, so an augmentation that changed the
 frame count (speed perturbation) would need the utterances realigned. These
@@ -16,15 +16,23 @@ two do not:
 - SpecAugment's masks (Park 2019): bands of mel bins and runs of frames set
   to zero, the mean of the normalised features. Time masks are used by
   Kaldi's nnet3 hybrid recipes too (its spec-augment layer).
+
+And on the waveform (``WaveformPerturbation``, features computed again):
+white noise at an SNR drawn per utterance (frames stay in place), and for the
+end-to-end systems speed perturbation (Ko 2015), which changes the frame count.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
+from scipy.signal import resample_poly
+
+from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
 
 
 def utterance_generator(batch_seed: int, utt: str) -> torch.Generator:
@@ -109,3 +117,45 @@ class Augmentation:
                 start = int(self._uniform(generator) * (size - w + 1))
                 feats.narrow(axis, start, w).zero_()
         return feats
+
+
+class WaveformPerturbation:
+    """Per utterance, a speed drawn from ``speeds`` and 1.0 alike, and with ``noise_snr`` [lo, hi] (dB), for
+    half the utterances, white noise at an SNR drawn in that range (against the utterance's mean power);
+    features of the perturbed audio (stage 1's fbank options), or the stored ones when neither applies. Noise
+    alone keeps every frame in place, so the hybrid systems take it too; a speed other than 1.0 does not."""
+
+    def __init__(self, speeds: list[float], fbank_config: KaldiFbankConfig, noise_snr: list[float] | None = None):
+        self.speeds = [1.0, *[float(s) for s in speeds if float(s) != 1.0]]
+        self.noise_snr = [float(x) for x in noise_snr] if noise_snr else None
+        self.extractor = KaldiFbank(fbank_config)
+
+    def features(self, cut, generator: torch.Generator):
+        """(the cut's features, perturbed, and the speed)."""
+        speed = self.speeds[int(torch.randint(len(self.speeds), (1,), generator=generator))]
+        snr = None
+        if self.noise_snr and float(torch.rand((), generator=generator)) < 0.5:
+            lo, hi = self.noise_snr
+            snr = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        if speed == 1.0 and snr is None:
+            return cut.load_features(), speed
+        audio = cut.load_audio()[0].astype(np.float64)
+        if speed != 1.0:
+            ratio = Fraction(speed).limit_denominator(100)  # e.g. 0.9 -> 9/10: 10/9 as many samples
+            audio = resample_poly(audio, ratio.denominator, ratio.numerator)
+        if snr is not None:
+            power = float(np.mean(audio**2))
+            noise = torch.randn(len(audio), generator=generator, dtype=torch.float64).numpy()
+            audio = audio + noise * np.sqrt(power / 10 ** (snr / 10))
+        return self.extractor.extract(audio.astype(np.float32), cut.sampling_rate), speed
+
+
+def training_features(cut, normalizer, batch_seed: int, augmentation: Augmentation | None,
+                      perturbation: WaveformPerturbation | None) -> torch.Tensor:
+    """A training cut's normalised features, perturbed and augmented with draws from the utterance's own
+    generator (``utterance_generator``); the stored features, normalised, when neither is given."""
+    if augmentation is None and perturbation is None:
+        return normalizer(cut)
+    draws = utterance_generator(batch_seed, cut.id)
+    raw = perturbation.features(cut, draws)[0] if perturbation is not None else None
+    return augmentation.features(cut, normalizer, draws, raw) if augmentation is not None else normalizer(cut, raw)

@@ -54,9 +54,10 @@ from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import FeatureNormalizer, speaker_of
+from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
 from asrhybrid.nnet.adapt import SpeakerAdaptedAM
-from asrhybrid.nnet.augment import Augmentation, utterance_generator
+from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
 from asrhybrid.nnet.trainer import InputOptions, Workers, average_models, default_device, fit  # noqa: F401
 from asrhybrid.nnet.trainer import autocast as _autocast  # noqa: F401
 from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
@@ -157,21 +158,22 @@ def _sampler(cuts, max_duration: float, generator: torch.Generator | None):
 
 def _batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, max_duration: float,
              generator: torch.Generator | None, chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0,
-             world: int = 1, augmentation: Augmentation | None = None):
+             world: int = 1, augmentation: Augmentation | None = None,
+             perturbation: WaveformPerturbation | None = None):
     """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
-    each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With an active
-    ``augmentation`` (training), each utterance is warped before and masked after the normalisation, with draws
+    each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With a
+    ``perturbation`` (training: noise added to the waveform, features computed again) and an active
+    ``augmentation``, each utterance is warped before and masked after the normalisation, with draws
     from its own generator, seeded by the batch's draw from ``generator`` and the utterance's id (every worker
     draws the batch's seed, so the generators stay in step whatever each one's share)."""
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
+    perturbation = perturbation if generator is not None else None
     for batch in _sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
-        batch_seed = int(torch.randint(1 << 30, (1,), generator=generator)) if augmentation is not None else 0
+        batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
+                      if augmentation is not None or perturbation is not None else 0)
         xs, ys = [], []
         for cut in list(batch)[rank::world]:
-            if augmentation is None:
-                f = normalizer(cut)
-            else:
-                f = augmentation.features(cut, normalizer, utterance_generator(batch_seed, cut.id))
+            f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)
             ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
@@ -207,9 +209,10 @@ class FrameObjective:
 
     loss_name, metric_name, count_name, stat_names = "ce", "frame_accuracy", "frames", ("ce", "correct")
 
-    def __init__(self, cfg: TrainConfig, targets: AlignmentTable, normalizer: FeatureNormalizer, right_context: int):
+    def __init__(self, cfg: TrainConfig, targets: AlignmentTable, normalizer: FeatureNormalizer, right_context: int,
+                 perturbation: WaveformPerturbation | None = None):
         self.name, self.cfg, self.targets, self.normalizer = cfg.system, cfg, targets, normalizer
-        self.right_context = right_context
+        self.right_context, self.perturbation = right_context, perturbation
 
     def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int):
         cfg = self.cfg
@@ -217,7 +220,8 @@ class FrameObjective:
             batches = _batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)
         else:
             batches = _batches(cuts, self.targets, self.normalizer, cfg.max_duration, generator, cfg.chunk_frames,
-                               cfg.chunk_left_context, self.right_context, rank, world, cfg.augmentation)
+                               cfg.chunk_left_context, self.right_context, rank, world, cfg.augmentation,
+                               self.perturbation)
         return (None if x is None else (x, y) for x, y in batches)
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
@@ -246,13 +250,15 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     log.info("%s: %d parameters, %s; chunks: %s", cfg.system, sum(p.numel() for p in model.parameters()), device,
              f"{cfg.chunk_frames} frames, left context {cfg.chunk_left_context}, right {context}"
              if cfg.chunk_frames > 0 else "whole utterances")
-    result = fit(model, FrameObjective(cfg, targets, normalizer, context), train, valid, exp_dir, cfg, device,
+    # noise only (no speed perturbation): the frames stay where the alignments put them
+    perturbation = WaveformPerturbation([], fbank_config_of(Path(cuts_path).parent), cfg.noise_snr) if cfg.noise_snr else None
+    result = fit(model, FrameObjective(cfg, targets, normalizer, context, perturbation), train, valid, exp_dir, cfg, device,
                  resume_key)
     targets.close()
     summary = {"system": cfg.system, "epochs": result["history"], "parameters": sum(p.numel() for p in model.parameters()),
                "final": {"averaged_epochs": result["averaged_epochs"], "valid_ce": result["final"].get("ce"),
                          "valid_frame_accuracy": result["final"].get("frame_accuracy")},
-               "workers": result["workers"], "device": result["device"]}
+               "workers": result["workers"], "device": result["device"], "kernels": result["kernels"]}
     if result["leader"]:
         counts = np.zeros(num_pdfs)
         for _, pdfs in iter_alignments(ali_pdf):  # the training alignments' state frequencies

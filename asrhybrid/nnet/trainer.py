@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from asrhybrid.determinism import cpu_kernels, fix_training_threads
 from asrhybrid.errors import ConfigError
 from asrhybrid.recipe.outputs import atomic_output, last_checkpoint
 
@@ -49,6 +50,7 @@ class FitConfig:
     max_duration: float = 120.0  # seconds of speech per batch (over all workers)
     grad_clip: float = 5.0
     seed: int = 0
+    num_threads: int = 2  # intra-op threads: fixed, so a seed trains the same model on any machine (determinism.py)
     valid_fraction: float = 0.05  # utterances held out for the per-epoch metrics
     average_last: int = 1  # final.pt averages the last N epochs' models (icefall's --avg)
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on CPU)
@@ -80,6 +82,7 @@ class InputOptions(FitConfig):
     freq_mask_width: int = 0
     time_masks: int = 0  # and runs of up to time_mask_width frames
     time_mask_width: int = 0
+    noise_snr: list = field(default_factory=list)  # [lo, hi] dB: white noise on half the utterances (waveform)
 
     def __post_init__(self):
         from asrhybrid.features.cmvn import CMVN_MODES
@@ -90,6 +93,8 @@ class InputOptions(FitConfig):
         if self.vtlp < 0 or self.vtlp >= 1 or min(self.freq_masks, self.freq_mask_width, self.time_masks,
                                                    self.time_mask_width) < 0:
             raise ConfigError("vtlp must be in [0, 1), the mask counts and widths at least 0")
+        if self.noise_snr and (len(self.noise_snr) != 2 or float(self.noise_snr[0]) > float(self.noise_snr[1])):
+            raise ConfigError(f"noise_snr {self.noise_snr}: [lowest, highest] SNR in dB")
 
     @property
     def augmentation(self):
@@ -216,6 +221,9 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
     workers = Workers()
     leader = workers.rank == 0
     exp_dir.mkdir(parents=True, exist_ok=True)
+    fix_training_threads(cfg.num_threads)
+    kernels = cpu_kernels()
+    log.info("CPU kernels: %s", kernels)
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -299,7 +307,7 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
     if writer is not None:
         writer.close()
     return {"history": history, "final": final, "averaged_epochs": averaged, "workers": workers.world,
-            "leader": leader, "device": device.type}
+            "leader": leader, "device": device.type, "kernels": kernels}
 
 
 def _round(value):
