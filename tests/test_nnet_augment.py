@@ -1,11 +1,14 @@
 """Feature augmentation of stage 6 (asrhybrid.nnet.augment): VTLP against Kaldi's own VTLN filterbanks, and
 SpecAugment's masks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
 from asrhybrid.nnet.augment import Augmentation, mel, mel_centers, warp_log_mel
 
 
@@ -61,19 +64,22 @@ def test_masks_zero_bands_and_runs_within_their_widths_and_repeat_with_the_seed(
     assert not Augmentation().active and aug.active
 
 
+def planted_targets(cuts, ali: Path) -> AlignmentTable:
+    """A pdf alignment table of the cuts (frame t -> pdf t mod 7), open for reading by key."""
+    with alignment_table_writer(ali) as write:
+        for cut in cuts:
+            write(cut.id, np.arange(cut.num_frames) % 7)
+    return AlignmentTable(ali)
+
+
 def test_training_batches_are_augmented_reproducibly_and_keep_their_targets(yesno_fbank_cuts, tmp_path):
     """The trainer's batches of real yesno cuts: with an augmentation the features change and repeat with the
     generator's seed, the targets stay the alignment's."""
     from asrhybrid.features.cmvn import FeatureNormalizer
-    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
     from asrhybrid.nnet.train import IGNORE, _batches
 
     cuts = yesno_fbank_cuts
-    ali = tmp_path / "ali_pdf.ark"
-    with alignment_table_writer(ali) as write:
-        for cut in cuts:
-            write(cut.id, np.arange(cut.num_frames) % 7)
-    targets = AlignmentTable(ali)
+    targets = planted_targets(cuts, tmp_path / "ali_pdf.ark")
     normalizer = FeatureNormalizer.for_cuts("speaker", np.zeros(23), np.ones(23), cuts)
 
     def batches(augmentation, seed):
@@ -98,7 +104,6 @@ def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
     equal the stored features), reproducibly, and the targets stay the alignment's."""
     from asrhybrid.features.cmvn import FeatureNormalizer
     from asrhybrid.features.fbank import KaldiFbankConfig
-    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
     from asrhybrid.nnet.augment import WaveformPerturbation
     from asrhybrid.nnet.train import _batches
 
@@ -110,11 +115,7 @@ def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
         assert speed == 1.0 and feats.shape == (cut.num_frames, 23)
         np.testing.assert_allclose(feats, cut.load_features(), atol=0.05)
 
-    ali = tmp_path / "ali_pdf.ark"
-    with alignment_table_writer(ali) as write:
-        for cut in cuts:
-            write(cut.id, np.arange(cut.num_frames) % 7)
-    targets = AlignmentTable(ali)
+    targets = planted_targets(cuts, tmp_path / "ali_pdf.ark")
     normalizer = FeatureNormalizer.for_cuts("global", np.zeros(23), np.ones(23), cuts)
     noise = WaveformPerturbation([], config, [10.0, 10.0])
 
