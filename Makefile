@@ -1,7 +1,7 @@
 # asrhybrid recipes, Kaldi style:
 #   make setup                        create .venv (pinned deps, kaldifeat, KenLM tools)
 #   make test                         the test suite (CPU)
-#   make [stage=N] [stop_stage=M] [corpus=NAME] [corpus_dir=PATH] [workdir=PATH] [force=1]
+#   make [stage=N] [stop_stage=M] [corpus=NAME] [corpus_dir=PATH] [workdir=PATH] [force=1] [fold=NAME]
 #                                     run stages N..M of recipes/NAME (default: synth, all stages)
 corpus     ?= synth
 stage      ?= 0
@@ -9,6 +9,7 @@ stop_stage ?= 100
 workdir    ?= work/$(corpus)
 corpus_dir ?=
 force      ?= 0
+fold       ?=
 VENV       ?= .venv
 PYTEST_ARGS ?=
 
@@ -17,7 +18,8 @@ ASRHYBRID := $(VENV)/bin/asrhybrid
 .PHONY: recipe setup test test-all bench help
 recipe:
 	$(ASRHYBRID) run-recipe recipes/$(corpus) --stage $(stage) --stop-stage $(stop_stage) \
-	  --workdir $(workdir) $(if $(corpus_dir),--corpus-dir $(corpus_dir)) $(if $(filter 1 yes true,$(force)),--force)
+	  --workdir $(workdir) $(if $(corpus_dir),--corpus-dir $(corpus_dir)) $(if $(filter 1 yes true,$(force)),--force) \
+	  $(if $(fold),--fold $(fold))
 
 setup:
 	bash local/setup.sh
@@ -49,4 +51,5 @@ help:
 	@echo "  workdir=$(workdir)   outputs (data/, exp/, RESULTS.md)"
 	@echo "  corpus_dir=$(corpus_dir)   where the corpus is (synth: where it is generated)"
 	@echo "  force=$(force)       1: redo stages that finished before"
+	@echo "  fold=$(fold)        a recipe with folds (fsdd): only this fold (NAME[,NAME]; default every fold)"
 	@echo "  VENV=$(VENV)   PYTEST_ARGS=$(PYTEST_ARGS)   the virtualenv; extra pytest arguments"

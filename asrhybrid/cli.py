@@ -22,7 +22,8 @@ log = logging.getLogger("asrhybrid")
 def cmd_run_recipe(args: argparse.Namespace) -> None:
     from asrhybrid.recipe.runner import run_recipe
 
-    run_recipe(args.recipe, args.workdir, args.stage, args.stop_stage, args.corpus_dir, args.force)
+    run_recipe(args.recipe, args.workdir, args.stage, args.stop_stage, args.corpus_dir, args.force,
+               args.fold.split(",") if args.fold else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-stage", type=int, default=100)
     p.add_argument("--corpus-dir", type=Path, help="where the corpus is (generated there for synth)")
     p.add_argument("--force", action="store_true", help="redo stages that finished before")
+    p.add_argument("--fold", help="NAME[,NAME...]: in a recipe with folds, only these (default: every fold)")
     p.set_defaults(func=cmd_run_recipe, log_file=None)
     add_verbs(sub)
     return parser

@@ -11,6 +11,8 @@ A recipe config names the corpus and gives each stage's options::
       verify_audio: true     # decode every file once while preparing
     synth: {...}             # only for generated corpora (SynthConfig fields)
     parts: {train: train-clean-5, dev: dev-clean-2}   # the corpus's part names by role (default: the role)
+    folds:                   # optional: the recipe run once per value of a data option, each in WORKDIR/fold_<value>
+      test_speakers: [jackson, nicolas, theo, yweweler]   # (a list option gets [value]): leave-one-speaker-out
     features:
       fbank: {num_mel_bins: 23}   # KaldiFbankConfig fields
       num_jobs: 2
@@ -56,7 +58,7 @@ A recipe config names the corpus and gives each stage's options::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,29 @@ class RecipeConfig:
     decode: dict[str, Any] = field(default_factory=dict)
     e2e: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
+    folds: dict[str, list[Any]] = field(default_factory=dict)  # {data option: one value per fold}
+
+    @property
+    def fold_option(self) -> str | None:
+        return next(iter(self.folds), None)
+
+    def fold_names(self) -> list[str]:
+        """A fold's name is its value (a list's items joined by '+')."""
+        return [_fold_name(v) for v in self.folds.get(self.fold_option, [])]
+
+    def with_fold(self, name: str) -> "RecipeConfig":
+        """This recipe as one of its folds: ``data.options.<option>`` set to the fold's value (wrapped in a list
+        where the option's value in the recipe is a list, so test_speakers: [jackson] for the fold jackson)."""
+        names = self.fold_names()
+        if name not in names:
+            raise ConfigError(f"{self.path}: no fold '{name}'; the folds are {', '.join(names) or 'none (no folds key)'}")
+        option = self.fold_option
+        value = self.folds[option][names.index(name)]
+        options = dict(self.data.get("options") or {})
+        if isinstance(options.get(option), list) and not isinstance(value, list):
+            value = [value]
+        options[option] = value
+        return replace(self, data={**self.data, "options": options}, folds={})
 
     def part(self, role: str) -> str:
         """The corpus's name for a part role (train, dev, test): Lhotse's LibriSpeech says train-clean-5."""
@@ -162,6 +187,14 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         if not isinstance(search, dict):
             raise ConfigError(f"{path}: each of 'e2e.decode.searches' is a mapping (method, lm, ...), not {search!r}")
         _check_keys(path, "e2e.decode.searches", search, _field_names("e2e_decode") | {"lm"})
+    folds = raw.get("folds") or {}
+    if not (isinstance(folds, dict) and len(folds) <= 1 and all(isinstance(v, list) and v for v in folds.values())):
+        raise ConfigError(f"{path}: 'folds' is one data option and its values, one fold each (folds: {{test_speakers: "
+                          f"[jackson, theo]}}), not {folds!r}")
+    for option, values in folds.items():
+        names = [_fold_name(v) for v in values]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: 'folds.{option}' names a fold twice: {names}")
     for key in ("corpus", "sample_rate", "data"):
         if key not in raw:
             raise ConfigError(f"{path}: missing '{key}'")
@@ -181,11 +214,16 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         decode=dict(raw.get("decode") or {}),
         e2e=dict(raw.get("e2e") or {}),
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
+        folds=dict(folds),
     )
 
 
+def _fold_name(value: Any) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
-            "decode", "e2e", "parts", "description"}
+            "decode", "e2e", "parts", "folds", "description"}
 SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
 E2E_SYSTEMS = ("ctc", "rnnt", "las")  # stage 9's end-to-end systems
 

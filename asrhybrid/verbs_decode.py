@@ -167,9 +167,13 @@ def cmd_lattice_ctm(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.results import write_results
+    from asrhybrid.recipe.results import write_folds_results, write_results
 
-    path = write_results(args.workdir, args.corpus or args.workdir.name)
+    corpus = args.corpus or args.workdir.name
+    if args.folds:
+        path = write_folds_results(args.workdir, corpus, args.folds.split(","), args.fold_option)
+    else:
+        path = write_results(args.workdir, corpus)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -252,6 +256,9 @@ def add_decode_verbs(sub, add_verb, add_common) -> None:
                                  "%WER lines per system, part, LM and method; the commands)")
     p.add_argument("workdir", type=Path)
     p.add_argument("--corpus", help="its name in the title (default: the workdir's name)")
+    p.add_argument("--folds", help="NAME,NAME,...: a recipe run in folds (WORKDIR/fold_NAME): each fold's WER, their "
+                                   "mean and worst, and results_folds.json")
+    p.add_argument("--fold-option", help="the data option the folds set (named in the text)")
     add_common(p)
     p.set_defaults(func=cmd_results)
 

@@ -32,6 +32,7 @@ from typing import Callable
 from asrhybrid.config import RecipeConfig, format_options, load_recipe
 from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
+from asrhybrid.recipe.results import fold_workdir
 from asrhybrid.verbs import run_verb
 
 log = logging.getLogger(__name__)
@@ -358,15 +359,33 @@ STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
 
 def run_recipe(
     recipe: Path | str, workdir: Path | str, stage: int = 0, stop_stage: int = 100,
-    corpus_dir: Path | str | None = None, force: bool = False,
+    corpus_dir: Path | str | None = None, force: bool = False, folds: list[str] | None = None,
 ) -> None:
+    """Stages ``stage..stop_stage`` of a recipe in ``workdir``. A recipe with ``folds`` runs them once per fold
+    (``folds``: only those), each in WORKDIR/fold_<name>, and a run that scores (stage 8 or 10) writes
+    WORKDIR/RESULTS.md over the folds."""
     config = load_recipe(recipe)
-    run = RecipeRun(config, Path(workdir), Path(corpus_dir) if corpus_dir else None, force)
+    corpus = Path(corpus_dir) if corpus_dir else None
     selected = [s for s in STAGES if stage <= s[0] <= stop_stage]
     if not selected:
         raise ConfigError(f"no stage in {stage}..{stop_stage}; stages: " + ", ".join(f"{n} {name}" for n, name, _ in STAGES))
-    with workdir_lock(run.workdir):
-        _run_stages(run, selected)
+    if not config.folds:
+        if folds:
+            raise ConfigError(f"{config.path} has no folds (a 'folds' key), so no fold {', '.join(folds)}")
+        with workdir_lock(Path(workdir)):
+            _run_stages(RecipeRun(config, Path(workdir), corpus, force), selected)
+        return
+    for fold in folds or config.fold_names():
+        run = RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
+        log.info("Fold %s (data.options.%s: %s), workdir %s", fold, config.fold_option,
+                 run.config.data["options"][config.fold_option], run.workdir)
+        with workdir_lock(run.workdir):
+            _run_stages(run, selected)
+    if any(name in ("decode", "e2e_decode") for _, name, _ in selected):
+        summary = RecipeRun(config, Path(workdir), corpus, force)
+        summary.run_verb("decode", "results", [str(workdir), "--corpus", config.corpus,
+                                               "--folds", ",".join(config.fold_names()), "--fold-option",
+                                               str(config.fold_option)])
 
 
 @contextlib.contextmanager
