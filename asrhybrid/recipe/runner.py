@@ -375,8 +375,9 @@ def run_recipe(
         with workdir_lock(Path(workdir)):
             _run_stages(RecipeRun(config, Path(workdir), corpus, force), selected)
         return
-    for fold in folds or config.fold_names():
-        run = RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
+    runs = {fold: RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
+            for fold in folds or config.fold_names()}  # an unknown fold stops the run before any stage
+    for fold, run in runs.items():
         log.info("Fold %s (data.options.%s: %s), workdir %s", fold, config.fold_option,
                  run.config.data["options"][config.fold_option], run.workdir)
         with workdir_lock(run.workdir):
