@@ -87,8 +87,9 @@ def scored_dirs(workdir: Path) -> list[Scored]:
     return out
 
 
-def _parts(rows) -> list[str]:
-    return sorted({r.part for r in rows}, key=lambda p: (p != "dev", p))
+def _parts(parts) -> list[str]:
+    """The parts named, dev first."""
+    return sorted(set(parts), key=lambda p: (p != "dev", p))
 
 
 def results_markdown(workdir: Path | str, corpus: str) -> str:
@@ -103,7 +104,7 @@ def results_markdown(workdir: Path | str, corpus: str) -> str:
            "End-to-end systems (stages 9-10): one line per search (LM `nolm`: no LM fusion); a CTC system's lines "
            "with the small LM and its rescorings are WFST decoding over HLG, scored as the hybrid lattices.",
            ""]
-    for part in _parts(rows):
+    for part in _parts(r.part for r in rows):
         here = [r for r in rows if r.part == part]
         out += [f"## {part}", "", "```"]
         out += [r.wer_line + (f" ({r.failed} of {r.utterances} utterances failed to decode)" if r.failed else "")
@@ -202,7 +203,7 @@ def folds_markdown(workdir: Path | str, corpus: str, summary: dict, option: str 
            f"chosen on dev are chosen in each fold on its own dev.", ""]
     if missing:
         out += [f"Not scored yet: {', '.join(missing)} (no mean or worst where a fold is missing).", ""]
-    for part in sorted({e["part"] for e in summary["lines"]}, key=lambda p: (p != "dev", p)):
+    for part in _parts(e["part"] for e in summary["lines"]):
         here = [e for e in summary["lines"] if e["part"] == part]
         pooled = [e["pooled"] for e in here if "pooled" in e]
         out += [f"## {part}", ""]
