@@ -24,8 +24,10 @@ recipe:
 setup:
 	bash local/setup.sh
 
+# pytest-xdist workers, one a core (up to 4), each taking whole test modules (their shared stages stay
+# in one process); the two yesno recipe modules start first (tests/conftest.py)
 test:
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 test-all:
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -88,10 +88,14 @@ def main() -> None:
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     p.add_argument("--stage", type=int, default=4)
     p.add_argument("--stop-stage", type=int, default=10)
+    p.add_argument("--base-stop-stage", type=int, default=None,
+                   help="the last stage of the shared base run (default: the one before --stage; 3 for --stage 9, whose "
+                        "end-to-end systems read only data/)")
     args = p.parse_args()
+    base_stop = args.stage - 1 if args.base_stop_stage is None else args.base_stop_stage
     base = args.workdir / "base"
     if args.stage > 0 and not (base / ".spread-done").exists():
-        run_recipe(args.recipe, base, 0, args.stage - 1, args.corpus_dir, kernel_env("avx2"),
+        run_recipe(args.recipe, base, 0, base_stop, args.corpus_dir, kernel_env("avx2"),
                    args.workdir / "base.log")
         (base / ".spread-done").write_text("")
     runs: dict[str, dict[str, float]] = {}

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The longest modules first: `make test` runs them on two pytest-xdist workers (--dist loadfile), so they start at
+# once and the short modules fill in beside them
+LONGEST_FIRST = ("test_recipe_yesno_e2e.py", "test_recipe_yesno.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module stays in one piece
+
+
+def run_make(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``make -C REPO VENV=<the tests' venv> ARGS``, captured, in a process group of its own: when this timeout or
+    pytest-timeout's ends the test, make and everything it started are killed, so no orphan goes on holding a
+    workdir's lock (or the CPU) while the next test runs."""
+    venv = Path(sys.executable).parent.parent  # the interpreter running the tests is the venv's
+    proc = subprocess.Popen(["make", "-C", str(REPO), f"VENV={venv}", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def shared_dir() -> Path | None:

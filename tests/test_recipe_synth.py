@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from lhotse import load_manifest
 
-from conftest import REPO
+from conftest import run_make
 
 
 @pytest.mark.slow
 def test_default_recipe_runs_offline(tmp_path):
-    venv = Path(sys.executable).parent.parent
     work = tmp_path / "synth"
-    result = subprocess.run(["make", "-C", str(REPO), f"workdir={work}", f"VENV={venv}"],
-                            capture_output=True, text=True, timeout=1800)
+    result = run_make(f"workdir={work}", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     cuts = {p: load_manifest(work / "data" / "fbank" / f"synth_cuts_{p}.jsonl.gz") for p in ("train", "dev", "test")}
     assert sum(c.duration for c in cuts["train"]) >= 3600

@@ -1,0 +1,94 @@
+"""The yesno recipe's end-to-end stages (9-10) through `make`, on the real recordings.
+
+A module of its own, beside test_recipe_yesno.py's hybrid stages: stages 9-10 read only stages 0-3's outputs, and
+`make test`'s two workers run the two modules at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_shared, run_make
+
+
+def make(workdir: Path, yesno_dir: Path, stages: tuple[int, int], timeout: int) -> subprocess.CompletedProcess:
+    return run_make(f"stage={stages[0]}", f"stop_stage={stages[1]}", "corpus=yesno", f"corpus_dir={yesno_dir}",
+                    f"workdir={workdir}", timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def yesno_through_stage_3(tmp_path_factory):
+    """Stages 0-3 (manifests, fbank, lang, LMs, the character tokens): what the end-to-end stages read."""
+    yesno_dir = require_shared("corpora", "yesno", "waves_yesno")
+    work = tmp_path_factory.mktemp("yesno3") / "yesno"
+    result = make(work, yesno_dir, stages=(0, 3), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return work, yesno_dir
+
+
+@pytest.mark.timeout(2400)  # 2 cores: 383-703 s with AVX2 kernels, over 900 s with ATEN_CPU_CAPABILITY=default
+def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_3):
+    """make stage=9 stop_stage=10: Deep Speech CTC, ContextNet RNN-T and LAS train on the character tokens with
+    speed perturbation (CTC with white noise too; about 3.5 min in all on 2 cores) with falling losses, nothing left out;
+    CTC decodes over HLG into lattices that stage 8's rescoring and scoring take; every search of the recipe
+    decodes the test part and lands in RESULTS.md.
+
+    The issue's target: a CTC model at 1% or less (icefall's TDNN-CTC: 0.42%). Measured over the spread: CTC
+    over HLG 0.42-0.83% with noise augmentation, 5.83% without: 3 test files have a louder background than
+    any training file, and the model missed their first words. Greedy 0.83-96.25%: some seeds' models put E
+    and O below blank on every frame, and only a search with a lexicon spells the words. Flashlight's lexicon
+    decoder 0.42-0.83%; on the models before the noise augmentation it inserted a second NO after a NO
+    (12-26%, against 6.25% for our prefix beam search with the same LM).
+    RNN-T 10.42-12.50%, most errors an inserted NO before the first word: every training file starts with
+    NO and 29 of the 30 test files with YES, and the label encoder, a language model of the transcripts,
+    learned it. LAS 46.25-50.42% (48.75-52.50% with the beam, 65-76% with the LM's rescoring of its n-best): 24 utterances
+    are too few for its speller (its training loss levels off at a
+    sixth of the first epoch's); the bound only says it learned something (chance is about 50%, with
+    insertions more)."""
+    work, yesno_dir = yesno_through_stage_3
+    result = make(work, yesno_dir, stages=(9, 10), timeout=2300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = (work / "RESULTS.md").read_text()
+    wer = {}
+    ctc_searches = ("small", "large_lattice", "large_nbest", "nolm_greedy", "nolm_beam", "large_beam", "large_flashlight")
+    for system, loss, searches in (("ctc", "train_ctc", ctc_searches),
+                                   ("rnnt", "train_rnnt", ("nolm_greedy", "nolm_beam", "large_beam")),
+                                   ("las", "train_ce", ("nolm_greedy", "nolm_beam", "large_beam"))):
+        exp = work / "exp" / system
+        summary = json.loads((exp / "train.json").read_text())
+        losses = [e[loss] for e in summary["epochs"]]
+        assert losses[-1] < (0.3 if system == "las" else 0.1) * losses[0] and summary["left_out"] == {}
+        # held-out token error rate over the spread: CTC 0-0.27, RNN-T 0.016-0.031, LAS 0.28-0.33
+        assert summary["final"]["token_error_rate"] < {"ctc": 0.35, "rnnt": 0.15, "las": 0.5}[system]
+        for name in searches:
+            scoring = json.loads((exp / f"decode_test_{name}" / "scoring.json").read_text())
+            assert scoring["utterances"] == 30 and scoring["failed_decoding"] == []
+            assert scoring["wer_line"].replace(str(work) + "/", "") in results
+            wer[system, name] = scoring["wer"]
+    # Bounds that every run of recipes/yesno/README.md's spread (seeds 0-1 x 2 kernel settings) satisfies, the
+    # spread beside each. CTC without a lexicon (greedy 0.83-96.25, beam 1.25-16.25) has none: some seeds never
+    # put E or O above blank, and only a search with a lexicon spells the words
+    assert wer["ctc", "small"] <= 1.0, wer  # the issue's target, over HLG: 0.42-0.83
+    assert max(wer["ctc", m] for m in ("large_lattice", "large_nbest", "large_flashlight")) <= 1.25, wer  # 0.42-0.83
+    assert wer["ctc", "large_beam"] <= 2.5, wer  # 0.42-2.08
+    assert max(wer["rnnt", m] for m in ("nolm_greedy", "nolm_beam", "large_beam")) <= 15.0, wer  # 10.42-12.50
+    assert wer["las", "nolm_greedy"] <= 60.0, wer  # 46.25-50.42 (chance is about 50%, with insertions more)
+    # HLG lattices hold token ids + 1 as their alignment strings, a frame each (stride 2: half the feature frames)
+    decode = json.loads((work / "exp" / "ctc" / "decode_test_small" / "decode.json").read_text())
+    assert decode["decoded"] == 30 and decode["frames"] > 0
+    assert not (work / "exp" / "rnnt" / "decode_test_large_flashlight").exists()
+    assert not (work / "exp" / "las" / "decode_test_large_flashlight").exists()
+    assert not (work / "exp" / "rnnt" / "graph_small").exists()
+    # a CTC system and an HCLG (a monophone one) do not go together: said before anything is decoded
+    cli = [sys.executable, "-m", "asrhybrid.cli"]
+    lang_test, mono = work / "data" / "lang_test_small", work / "exp" / "mono_hclg"
+    assert subprocess.run(cli + ["init-mono", str(lang_test), str(mono)], timeout=120).returncode == 0
+    assert subprocess.run(cli + ["mkgraph", str(lang_test), str(mono), str(mono / "graph")], timeout=300).returncode == 0
+    mismatch = subprocess.run(cli + ["decode", str(mono / "graph"), str(work / "exp" / "ctc"), str(mono / "decode"),
+                                     "--cuts", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")],
+                              capture_output=True, text=True, timeout=300)
+    assert mismatch.returncode != 0 and "an HCLG graph cannot decode a CTC system" in mismatch.stderr, mismatch.stderr[-2000:]
+    assert not list((mono / "decode").glob("lat.*.gz"))
