@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import asrhybrid  # noqa: F401  before any test module loads torch: asrhybrid/kernels.py's variables are read then
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The longest modules first: `make test` runs them on two pytest-xdist workers (--dist loadfile), so they start at

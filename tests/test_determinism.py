@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from asrhybrid.kernels import AVX2_KERNELS, cpu_flags, pin_cpu_kernels
+from asrhybrid.kernels import AVX2_KERNELS, cpu_flags, pin_cpu_kernels, sleep_idle_threads
 
 
 def test_pin_sets_only_what_the_user_left_unset():
@@ -25,6 +25,13 @@ def test_pin_sets_only_what_the_user_left_unset():
 def test_pin_sets_nothing_without_avx2():
     env: dict[str, str] = {}
     assert pin_cpu_kernels(env, flags={"sse4_2", "avx"}) == {} and env == {}
+
+
+def test_idle_threads_sleep_unless_the_user_chose():
+    env: dict[str, str] = {}
+    assert sleep_idle_threads(env) == {"OMP_WAIT_POLICY": "PASSIVE"} == env
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert sleep_idle_threads(env) == {} and env == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
 def test_cpu_flags_of_a_cpuinfo(tmp_path):

@@ -115,3 +115,36 @@ def test_rnnt_model_losses_agree_and_beam_of_one_is_greedy():
     with torch.no_grad():
         enc, n = model.encode(feats, lens)
         assert modified_beam_search(model, enc[0, : n[0]], beam=1) == rnnt_greedy(model, enc[0, : n[0]], max_symbols=1)
+
+
+def reference_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int) -> list[int]:
+    """Modified beam search (one token a frame) written the plain way: every hypothesis's label-encoder output
+    recomputed from its whole token prefix, every token tried, equal token sequences merged, the best ``beam``
+    kept after each frame."""
+    enc = model.enc_proj(enc)
+    hyps: dict[tuple[int, ...], float] = {(): 0.0}
+    for t in range(enc.shape[0]):
+        grown: dict[tuple[int, ...], float] = {}
+        for k, score in hyps.items():
+            pred, _ = model.predict(torch.tensor([[BLANK, *k]]))
+            log_probs = torch.log_softmax(model.joint(enc[t], model.pred_proj(pred[0, -1])).float(), dim=-1)
+            for token, lp in enumerate(log_probs.tolist()):
+                key = k if token == BLANK else k + (token,)
+                grown[key] = float(np.logaddexp(grown.get(key, -math.inf), score + lp))
+        hyps = dict(sorted(grown.items(), key=lambda kv: -kv[1])[:beam])
+    return list(max(hyps, key=hyps.get))
+
+
+def test_modified_beam_search_matches_a_plain_reference():
+    """The search's cached, batched label-encoder steps and per-hypothesis top-k give the hypothesis of a plain
+    search that recomputes everything (beam + 1 covers the whole vocabulary here, so top-k drops nothing); an
+    untrained model emits a token on most frames, so hypotheses merge and reorder often."""
+    torch.manual_seed(3)
+    model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12).eval()
+    feats, lens = torch.randn(2, 240, 23), torch.tensor([240, 170])
+    with torch.no_grad():
+        enc, n = model.encode(feats, lens)
+        for e, frames in zip(enc, n.tolist()):
+            hyp = modified_beam_search(model, e[:frames], beam=5)
+            assert len(hyp) > frames // 3
+            assert hyp == reference_beam_search(model, e[:frames], beam=5)

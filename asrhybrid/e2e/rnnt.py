@@ -205,15 +205,15 @@ def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4,
         return ended, emitted
 
     def states(scores, known):
-        out = {}
-        for k in sorted(scores, key=lambda k: scores[k] + fused(k), reverse=True)[:beam]:
-            if k in known:
-                out[k] = (scores[k], known[k][1], known[k][2])
-            else:
-                parent = known[k[:-1]]
-                pred, state = model.predict(torch.tensor([[k[-1]]], device=enc.device), parent[2])
-                out[k] = (scores[k], pred[0, -1], state)
-        return out
+        """The best ``beam`` of ``scores`` with their label-encoder outputs: the new ones (a known hypothesis
+        and one token) through one batched label-encoder step."""
+        best = sorted(scores, key=lambda k: scores[k] + fused(k), reverse=True)[:beam]
+        new = [k for k in best if k not in known]
+        if new:
+            h, c = (torch.cat([known[k[:-1]][2][i] for k in new], dim=1) for i in (0, 1))
+            pred, (h, c) = model.predict(torch.tensor([[k[-1]] for k in new], device=enc.device), (h, c))
+            known = {**known, **{k: (None, pred[i, -1], (h[:, i : i + 1], c[:, i : i + 1])) for i, k in enumerate(new)}}
+        return {k: (scores[k], known[k][1], known[k][2]) for k in best}
 
     for t in range(enc.shape[0]):
         frame_end: dict[tuple[int, ...], float] = {}
