@@ -25,9 +25,10 @@ setup:
 	bash local/setup.sh
 
 # pytest-xdist workers, one a core (up to 4), each taking whole test modules (their shared stages stay
-# in one process); the two yesno recipe modules start first (tests/conftest.py)
+# in one process), in collection order: the two yesno recipe modules start first (tests/conftest.py), where
+# xdist's default order (most tests first) started the longest module four minutes late
 test:
-	$(VENV)/bin/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-all:
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

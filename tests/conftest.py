@@ -14,8 +14,10 @@ import asrhybrid  # noqa: F401  before any test module loads torch: asrhybrid/ke
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The longest modules first: `make test` runs them on two pytest-xdist workers (--dist loadfile), so they start at
-# once and the short modules fill in beside them
+# The longest modules first: `make test` runs modules on pytest-xdist workers in this order (--dist loadfile
+# --no-loadscope-reorder), so the two start at once and the short modules fill in beside them. xdist hands each
+# worker two modules at the start: the first worker's second module (the first of the rest) waits for the
+# longest module to end, hence a short one there (test_align_outputs.py, by name).
 LONGEST_FIRST = ("test_recipe_yesno_e2e.py", "test_recipe_yesno.py")
 
 
