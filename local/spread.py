@@ -93,6 +93,7 @@ def main() -> None:
                         "end-to-end systems read only data/)")
     args = p.parse_args()
     base_stop = args.stage - 1 if args.base_stop_stage is None else args.base_stop_stage
+    args.workdir.mkdir(parents=True, exist_ok=True)
     base = args.workdir / "base"
     if args.stage > 0 and not (base / ".spread-done").exists():
         run_recipe(args.recipe, base, 0, base_stop, args.corpus_dir, kernel_env("avx2"),
