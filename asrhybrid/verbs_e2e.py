@@ -96,7 +96,8 @@ def add_e2e_verbs(sub, add_verb, add_common) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--lm", type=Path, help="word n-gram LM for shallow fusion (ARPA or KenLM binary; flashlight: ARPA)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                   help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta")
+                   help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta, "
+                        "max_symbols (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     add_common(p)
     p.set_defaults(func=cmd_decode_e2e)

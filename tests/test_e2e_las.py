@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrhybrid.e2e.las import LAS, Listener, greedy_las, rescore_nbest
+from asrhybrid.e2e.las import LAS, Listener, _ended, greedy_las, rescore_nbest
 from asrhybrid.e2e.tokens import SOS_EOS, TokenSet
 from test_e2e_ctc import YES_NO_ARPA, yes_no_tokens  # noqa: F401  (a fixture)
 
@@ -87,6 +87,8 @@ def yesno_training_batch(tmp_path_factory):
     ("ctc", {"hidden": 64}),
     ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32}),
     ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16}),
+    ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.3,
+             "attention": "location", "label_smoothing": 0.1}),
 ])
 def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_training_batch, system, options):
     from conftest import require_k2
@@ -109,3 +111,80 @@ def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_trainin
         optimizer.zero_grad()
         losses.append(float(loss.detach()) / stats["count"])
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0] and losses[-1] < min(losses[:3]), losses
+
+
+def test_location_aware_attention_reads_the_previous_weights_and_skips_padding():
+    torch.manual_seed(0)
+    model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8,
+                attention="location").eval()
+    with torch.no_grad():
+        enc, enc_lens, mask = model.encode(torch.randn(2, 40, 23), torch.tensor([40, 17]))
+        keys, start = model.attention.keys(enc), torch.tensor([SOS_EOS, SOS_EOS])
+        _, _, _, first = model.step(start, enc.new_zeros(2, enc.shape[-1]), None, enc, keys, mask)
+        torch.testing.assert_close(first.sum(-1), torch.ones(2))
+        assert float(first[1, int(enc_lens[1]):].abs().sum()) == 0.0
+        peaked = torch.zeros_like(first)
+        peaked[:, 0] = 1.0
+        _, _, _, moved = model.step(start, enc.new_zeros(2, enc.shape[-1]), None, enc, keys, mask, peaked)
+        assert not torch.allclose(moved, first)  # the same state, other previous weights: other weights
+        one = model.beam_search(enc[0, : int(enc_lens[0])], beam=1)
+        assert one[0][0] == greedy_las(model, enc[0, : int(enc_lens[0])])
+
+
+def test_joint_beam_search_finds_the_best_joint_score_of_every_sequence():
+    """A wide beam over a tiny model (3 word tokens, 4 listener frames: CTC allows up to 4 tokens) finds the
+    sequence maximising (1 - lambda) log p_att(y <eos>) + lambda log p_ctc(y) over every sequence the search can
+    finish (up to 3 tokens), each scored here directly: the speller step by step, CTC through torch's loss."""
+    import itertools
+
+    torch.manual_seed(4)
+    V, lam = 5, 0.4
+    model = LAS(23, V, listener_hidden=8, pyramid=2, speller_hidden=8, embed_dim=4, attention_dim=4,
+                ctc_weight=lam).eval()
+    with torch.no_grad():
+        enc, n, _ = model.encode(torch.randn(1, 16, 23), torch.tensor([16]))
+        enc = enc[0, : int(n[0])]
+        assert enc.shape[0] == 4
+        ctc_lp = model.ctc_log_probs(enc[None])[0]
+
+        def joint(y: tuple[int, ...]) -> float:
+            e, mask = enc[None], torch.ones(1, enc.shape[0], dtype=torch.bool)
+            keys, context, state, weights, att = model.attention.keys(e), e.new_zeros(1, e.shape[-1]), None, None, 0.0
+            for prev, token in zip((SOS_EOS,) + y, y + (SOS_EOS,)):
+                lp, context, state, weights = model.step(torch.tensor([prev]), context, state, e, keys, mask, weights)
+                att += float(lp[0, token])
+            if not y:
+                ctc = float(ctc_lp[:, 0].sum())
+            else:
+                ctc = -float(torch.nn.functional.ctc_loss(ctc_lp[:, None].double(), torch.tensor([y]), torch.tensor([4]),
+                                                          torch.tensor([len(y)]), blank=0, reduction="sum"))
+            return (1 - lam) * att + lam * ctc
+
+        every = {y: joint(y) for k in range(4) for y in itertools.product(range(2, V), repeat=k)}
+        best = max(every, key=every.get)
+        found = model.beam_search(enc, beam=27, ctc_weight=lam)
+        assert tuple(found[0][0]) == best and found[0][1] == pytest.approx(every[best], abs=1e-4)
+        assert model.beam_search(enc, beam=27, nbest=3, ctc_weight=lam)[2][1] == pytest.approx(
+            sorted(every.values())[-3], abs=1e-4)
+
+
+def test_las_with_a_ctc_head_and_label_smoothing_trains_both_heads():
+    torch.manual_seed(0)
+    model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8,
+                ctc_weight=0.3, label_smoothing=0.1, attention="location")
+    loss, count = model.loss(torch.randn(2, 40, 23), torch.tensor([40, 30]), [[3, 4, 4], [5]])
+    assert count == 6 and torch.isfinite(loss)
+    loss.backward()
+    assert model.ctc.weight.grad.abs().sum() > 0 and model.output[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ctc_weight"):
+        LAS(23, 9, ctc_weight=1.0)
+    with pytest.raises(ValueError, match="attention"):
+        LAS(23, 9, attention="additive")
+
+
+def test_end_detection_needs_every_recent_length_far_below_the_best():
+    far = -30.0  # below the best by more than 10 ln 10 (23.03)
+    finished = [([2], -1.0), ([2, 3, 3], far), ([2, 3, 3, 3], far), ([2, 3, 3, 3, 3], far)]
+    assert _ended(finished, length=6, best=-1.0)  # lengths 6, 5, 4 (tokens + <eos>) all far below
+    assert not _ended(finished[:-1], length=6, best=-1.0)  # nothing ended at length 6
+    assert not _ended(finished[:-1] + [([2, 3, 3, 3, 3], -20.0)], length=6, best=-1.0)  # one near enough

@@ -4,8 +4,8 @@
 Searches for CTC: ``greedy``; ``beam``, our prefix beam search with optional word n-gram fusion
 (asrhybrid.e2e.search); ``flashlight``, flashlight-text's lexicon decoder over a KenLM ARPA (the words of
 the ARPA spelled in the system's tokens). For RNN-T: ``greedy`` and ``beam`` (icefall's modified beam
-search, with the same optional fusion). For LAS: ``greedy`` and ``beam`` (its n-best rescored with length
-normalisation and the optional LM). An utterance with no frames fails and is counted; the others go on.
+search, with the same optional fusion). For LAS: ``greedy`` and ``beam`` (joint CTC/attention for a model
+with a CTC head; its n-best rescored with length normalisation and the optional LM, or the LM in the search). An utterance with no frames fails and is counted; the others go on.
 """
 
 from __future__ import annotations
@@ -36,10 +36,17 @@ class E2EDecodeConfig:
     beta: float = 1.0  # word bonus, Deep Speech's beta
     max_symbols: int = 3  # RNN-T: tokens a frame (greedy and beam)
     max_duration: float = 120.0
+    ctc_weight: float | None = None  # LAS beam: CTC's share of the joint score (None: the training's ctc_weight)
+    length_bonus: float = 0.0  # LAS beam: added per token
+    lm_fusion: str = "rescore"  # LAS beam with an LM: rescore (the paper's n-best rescoring) or shallow (in the search)
 
     def __post_init__(self):
         if self.max_symbols < 1:
             raise ConfigError("max_symbols must be at least 1")
+        if self.lm_fusion not in ("rescore", "shallow"):
+            raise ConfigError(f"lm_fusion '{self.lm_fusion}': rescore or shallow")
+        if self.ctc_weight is not None and not 0.0 <= self.ctc_weight < 1.0:
+            raise ConfigError(f"ctc_weight {self.ctc_weight}: in [0, 1)")
         if self.method not in METHODS:
             raise ConfigError(f"end-to-end search '{self.method}': one of {', '.join(METHODS)}")
 
@@ -109,18 +116,27 @@ def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
 
 
 def _las_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
-    """encodings [U, C] -> words: greedy, or beam search whose n-best (``beam`` of them) is rescored with the
-    paper's length normalisation and, with an LM, lambda = ``alpha``."""
+    """encodings [U, C] -> words: greedy, or beam search (joint CTC/attention where ``ctc_weight`` > 0) whose
+    n-best (``beam`` of them) is rescored with the paper's length normalisation and, with an LM, lambda =
+    ``alpha``; or, with ``lm_fusion: shallow``, the LM (weight ``alpha``, word bonus ``beta``) in the search."""
     from asrhybrid.e2e.las import greedy_las, rescore_nbest
+    from asrhybrid.e2e.search import WordFusion
 
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: LAS decodes with greedy or beam")
     if cfg.method == "greedy":
         return lambda enc: tokens.words(greedy_las(model, enc))
+    ctc_weight = model.ctc_weight if cfg.ctc_weight is None else cfg.ctc_weight
+    if ctc_weight > 0 and model.ctc is None:
+        raise ConfigError(f"ctc_weight {ctc_weight}: this LAS was trained without a CTC head (model.ctc_weight 0)")
     scorer = _lm_scorer(lm)
 
     def search(enc: torch.Tensor) -> list[str]:
-        nbest = model.beam_search(enc, cfg.beam, nbest=cfg.beam)
+        if scorer is not None and cfg.lm_fusion == "shallow":
+            fusion = WordFusion(tokens, scorer, cfg.alpha, cfg.beta)
+            best = model.beam_search(enc, cfg.beam, 1, ctc_weight, cfg.length_bonus, fusion)
+            return tokens.words(best[0][0]) if best else []
+        nbest = model.beam_search(enc, cfg.beam, cfg.beam, ctc_weight, cfg.length_bonus)
         return tokens.words(rescore_nbest(nbest, tokens.words, scorer, cfg.alpha if scorer else 0.0))
 
     return search

@@ -11,6 +11,12 @@
   ``sampling_rate`` (the paper's scheduled sampling, 10%); cross-entropy per token, ``<sos/eos>`` included.
 - Search: beam search, a hypothesis finished at ``<sos/eos>``; the n-best rescored with the paper's length
   normalisation s = log P(y|x) / |y| + lambda log P_lm(y) (a word LM through KenLM).
+
+Joint CTC/attention (Kim, Hori, Watanabe 2017; ESPnet's): with ``ctc_weight`` lambda > 0 a CTC head (one linear
+layer) reads the listener's output and the loss is lambda CTC + (1 - lambda) cross-entropy; lambda = 0 (the
+default, for now) is the paper's LAS. ``attention: location`` swaps the paper's dot attention for Chorowski
+(2015)'s location-aware one, whose energies also read a convolution over the previous step's weights.
+``label_smoothing`` spreads that share of each token's target over the other tokens (blank excepted).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from asrhybrid.e2e.ctc_prefix import CtcPrefixScorer
 from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
 
@@ -67,9 +74,36 @@ class DotAttention(nn.Module):
     def keys(self, enc: torch.Tensor) -> torch.Tensor:
         return self.psi(enc)
 
-    def forward(self, state: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor):
-        """(context [B, C], weights [B, U]) of states [B, S] over encodings [B, U, C] (mask: True on real u)."""
+    def forward(self, state: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor,
+                previous: torch.Tensor | None = None):
+        """(context [B, C], weights [B, U]) of states [B, S] over encodings [B, U, C] (mask: True on real u);
+        ``previous`` (the last step's weights) is not read."""
         energy = torch.einsum("bd,bud->bu", self.phi(state), keys).masked_fill(~mask, -math.inf)
+        weights = torch.softmax(energy, dim=-1)
+        return torch.einsum("bu,buc->bc", weights, enc), weights
+
+
+class LocationAttention(nn.Module):
+    """Chorowski et al. (2015): e_u = w . tanh(W s + V h_u + U f_u + b), with f = F * alpha_prev, ``channels``
+    filters of width ``kernel`` over the previous step's weights (uniform over the real frames at the first)."""
+
+    def __init__(self, state_dim: int, enc_dim: int, dim: int = 128, channels: int = 10, kernel: int = 31):
+        super().__init__()
+        self.query = nn.Linear(state_dim, dim, bias=False)
+        self.key = nn.Linear(enc_dim, dim)
+        self.conv = nn.Conv1d(1, channels, kernel, padding=kernel // 2, bias=False)
+        self.location = nn.Linear(channels, dim, bias=False)
+        self.energy = nn.Linear(dim, 1, bias=False)
+
+    def keys(self, enc: torch.Tensor) -> torch.Tensor:
+        return self.key(enc)
+
+    def forward(self, state: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor,
+                previous: torch.Tensor | None = None):
+        if previous is None:
+            previous = mask.to(enc.dtype) / mask.sum(-1, keepdim=True).to(enc.dtype)
+        f = self.location(self.conv(previous[:, None]).transpose(1, 2))  # [B, U, dim]
+        energy = self.energy(torch.tanh(keys + self.query(state)[:, None] + f))[..., 0].masked_fill(~mask, -math.inf)
         weights = torch.softmax(energy, dim=-1)
         return torch.einsum("bu,buc->bc", weights, enc), weights
 
@@ -77,16 +111,26 @@ class DotAttention(nn.Module):
 class LAS(nn.Module):
     def __init__(self, feat_dim: int, num_tokens: int, listener_hidden: int = 256, pyramid: int = 3,
                  speller_hidden: int = 256, speller_layers: int = 2, embed_dim: int = 128, attention_dim: int = 128,
-                 sampling_rate: float = 0.1, max_output_ratio: float = 1.5):
+                 sampling_rate: float = 0.1, max_output_ratio: float = 1.5, ctc_weight: float = 0.0,
+                 attention: str = "dot", label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight {ctc_weight}: in [0, 1) (1 would leave the speller untrained)")
+        if attention not in ("dot", "location"):
+            raise ValueError(f"attention '{attention}': dot or location")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing {label_smoothing}: in [0, 1)")
         self.listener = Listener(feat_dim, listener_hidden, pyramid)
         enc = self.listener.output_dim
         self.embed = nn.Embedding(num_tokens, embed_dim)
         self.speller = nn.LSTM(embed_dim + enc, speller_hidden, num_layers=speller_layers, batch_first=True)
-        self.attention = DotAttention(speller_hidden, enc, attention_dim)
+        kind = DotAttention if attention == "dot" else LocationAttention
+        self.attention = kind(speller_hidden, enc, attention_dim)
         self.output = nn.Sequential(nn.Linear(speller_hidden + enc, speller_hidden), nn.Tanh(),
                                     nn.Linear(speller_hidden, num_tokens))
+        self.ctc = nn.Linear(enc, num_tokens) if ctc_weight > 0 else None
         self.sampling_rate, self.max_output_ratio, self.num_tokens = sampling_rate, max_output_ratio, num_tokens
+        self.ctc_weight, self.label_smoothing = ctc_weight, label_smoothing
 
     def output_frames(self, num_frames: int) -> int:
         return self.listener.output_frames(num_frames)
@@ -96,18 +140,27 @@ class LAS(nn.Module):
         mask = torch.arange(enc.shape[1], device=enc.device)[None] < enc_lens[:, None]
         return enc, enc_lens, mask
 
-    def step(self, token: torch.Tensor, context: torch.Tensor, state, enc, keys, mask):
-        """One speller step: (log-probabilities [B, V], new context, new state, attention weights)."""
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """The CTC head's log-probabilities [B, U, V] of the listener's output (a model with ``ctc_weight`` > 0)."""
+        if self.ctc is None:
+            raise ValueError("this LAS has no CTC head (ctc_weight 0)")
+        return torch.log_softmax(self.ctc(enc).float(), dim=-1)
+
+    def step(self, token: torch.Tensor, context: torch.Tensor, state, enc, keys, mask, previous=None):
+        """One speller step: (log-probabilities [B, V], new context, new state, attention weights);
+        ``previous``, the last step's weights, for location-aware attention."""
         out, state = self.speller(torch.cat([self.embed(token), context], dim=-1)[:, None], state)
         s = out[:, 0]
-        context, weights = self.attention(s, keys, enc, mask)
+        context, weights = self.attention(s, keys, enc, mask, previous)
         logits = self.output(torch.cat([s, context], dim=-1)).float()
         logits[:, BLANK] = -math.inf  # never predicted
         return torch.log_softmax(logits, dim=-1), context, state, weights
 
     def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]) -> tuple[torch.Tensor, int]:
-        """(summed cross-entropy over the tokens and the final <sos/eos>, their count)."""
-        enc, _, mask = self.encode(feats, lengths)
+        """(summed loss, the count of tokens and final <sos/eos>): the cross-entropy over them (label-smoothed
+        with ``label_smoothing``), or with ``ctc_weight`` lambda > 0, (1 - lambda) of it plus lambda times the
+        CTC head's summed loss."""
+        enc, enc_lens, mask = self.encode(feats, lengths)
         keys = self.attention.keys(enc)
         B, U = len(labels), max(len(y) for y in labels) + 1
         targets = torch.full((B, U), -100, dtype=torch.int64, device=feats.device)
@@ -115,52 +168,109 @@ class LAS(nn.Module):
             targets[i, : len(y) + 1] = torch.tensor(y + [SOS_EOS], dtype=torch.int64)
         token = torch.full((B,), SOS_EOS, dtype=torch.int64, device=feats.device)
         context = enc.new_zeros(B, enc.shape[-1])
-        state, total = None, feats.new_zeros((), dtype=torch.float32)
+        state, weights, total = None, None, feats.new_zeros((), dtype=torch.float32)
+        eps = self.label_smoothing
         for u in range(U):
-            log_probs, context, state, _ = self.step(token, context, state, enc, keys, mask)
-            total = total + nn.functional.nll_loss(log_probs, targets[:, u], ignore_index=-100, reduction="sum")
+            log_probs, context, state, weights = self.step(token, context, state, enc, keys, mask, weights)
+            nll = nn.functional.nll_loss(log_probs, targets[:, u], ignore_index=-100, reduction="sum")
+            if eps > 0:  # the smoothed share over every token but blank (which is never predicted)
+                spread = -log_probs[:, BLANK + 1 :].mean(-1)
+                nll = (1 - eps) * nll + eps * spread[targets[:, u] >= 0].sum()
+            total = total + nll
             teacher = targets[:, u].clamp(min=0)
             if self.training and self.sampling_rate > 0:  # scheduled sampling: the model's own token at a rate
                 sampled = torch.multinomial(log_probs.detach().exp(), 1)[:, 0]
                 use = torch.rand(B, device=feats.device) < self.sampling_rate
                 teacher = torch.where(use, sampled, teacher)
             token = teacher
+        if self.ctc is not None:
+            flat = torch.tensor([t for y in labels for t in y], dtype=torch.int64, device=feats.device)
+            ctc = nn.functional.ctc_loss(self.ctc_log_probs(enc).transpose(0, 1), flat, enc_lens,
+                                         torch.tensor([len(y) for y in labels], device=feats.device), blank=BLANK,
+                                         reduction="sum", zero_infinity=True)
+            total = (1 - self.ctc_weight) * total + self.ctc_weight * ctc
         return total, int((targets >= 0).sum())
 
-    def beam_search(self, enc: torch.Tensor, beam: int = 4, nbest: int = 1) -> list[tuple[list[int], float]]:
-        """(tokens, log P(y|x)) of the best finished hypotheses, best first, for one utterance's encodings
-        [U, C]; hypotheses end at <sos/eos> or at max_output_ratio x U + 5 tokens."""
+    def beam_search(self, enc: torch.Tensor, beam: int = 4, nbest: int = 1, ctc_weight: float = 0.0,
+                    length_bonus: float = 0.0, fusion=None) -> list[tuple[list[int], float]]:
+        """(tokens, score) of the best finished hypotheses, best first, for one utterance's encodings [U, C].
+
+        With the defaults the score is the paper's log P(y|x) (<sos/eos> included) and a hypothesis ends at
+        <sos/eos> or at max_output_ratio x U + 5 tokens. Joint decoding (Watanabe 2017): with ``ctc_weight``
+        lambda > 0 (a model with a CTC head) the score of a prefix h is (1 - lambda) log p_att(h) + lambda log
+        psi_ctc(h), CTC's prefix probability (asrhybrid.e2e.ctc_prefix; at <sos/eos>, the sequence's full CTC
+        probability), the attention's top 1.5 x ``beam`` tokens tried per hypothesis, and no hypothesis longer
+        than the U frames (CTC's limit). ``length_bonus`` per token and ``fusion`` (asrhybrid.e2e.search's
+        WordFusion: shallow fusion with a word LM, its words scored as they complete) add to the score. The
+        search stops when no live hypothesis can beat the best finished one (while every term only falls), or
+        else by ESPnet's end detection: the best hypotheses ending at each of the last 3 lengths are all far
+        (10^-10) below the best."""
+        scorer = None
+        if ctc_weight > 0:
+            scorer = CtcPrefixScorer(self.ctc_log_probs(enc[None])[0])
         enc, mask = enc[None], torch.ones(1, enc.shape[0], dtype=torch.bool, device=enc.device)
         keys = self.attention.keys(enc)
-        live = [([], 0.0, SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None)]
+        tries = min(beam if scorer is None else int(1.5 * beam), self.num_tokens - 1)
+        max_len = enc.shape[1] if scorer is not None else int(self.max_output_ratio * enc.shape[1]) + 5
+        rising = length_bonus > 0 or (fusion is not None and fusion.beta > 0)
+        # (tokens, score, attention log-prob, CTC prefix, last token, context, state, attention weights)
+        live = [([], 0.0, 0.0, scorer.initial() if scorer else None, SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None,
+                 None)]
         finished: list[tuple[list[int], float]] = []
-        for _ in range(int(self.max_output_ratio * enc.shape[1]) + 5):
+        for length in range(1, max_len + 1):
             candidates = []
-            for tokens, score, last, context, state in live:
-                lp, ctx, st, _ = self.step(torch.tensor([last], device=enc.device), context, state, enc, keys, mask)
-                top = torch.topk(lp[0], min(beam, self.num_tokens - 1))
-                for v, t in zip(top.values.tolist(), top.indices.tolist()):
-                    candidates.append((tokens, score + v, t, ctx, st))
+            for tokens, _, att, prefix, last, context, state, weights in live:
+                lp, ctx, st, w = self.step(torch.tensor([last], device=enc.device), context, state, enc, keys, mask,
+                                           weights)
+                top = torch.topk(lp[0], tries)
+                ids, att_lps = top.indices.tolist(), top.values.tolist()
+                ctc = scorer.extend(prefix, ids) if scorer is not None else [None] * len(ids)
+                for t, a, c in zip(ids, att_lps, ctc):
+                    score = (1 - ctc_weight) * (att + a) + (ctc_weight * c.score if c is not None else 0.0)
+                    if t == SOS_EOS:
+                        score += length_bonus * len(tokens) + (fusion.final_score(tuple(tokens)) if fusion else 0.0)
+                    else:
+                        score += length_bonus * (len(tokens) + 1)
+                        score += fusion.partial_score(tuple(tokens) + (t,)) if fusion else 0.0
+                    candidates.append((tokens, score, att + a, c, t, ctx, st, w))
             candidates.sort(key=lambda c: -c[1])
             live = []
-            for tokens, score, t, ctx, st in candidates:
+            for tokens, score, att, c, t, ctx, st, w in candidates:
                 if t == SOS_EOS:
                     finished.append((tokens, score))
                 elif len(live) < beam:
-                    live.append((tokens + [t], score, t, ctx, st))
-            if len(finished) >= nbest and (not live or max(f[1] for f in finished) >= live[0][1]):
-                break  # no live hypothesis can beat the best finished one (scores only fall)
+                    live.append((tokens + [t], score, att, c, t, ctx, st, w))
+            if not live:
+                break
+            if len(finished) >= nbest:
+                best = max(f[1] for f in finished)
+                if not rising and best >= live[0][1]:
+                    break  # no live hypothesis can beat the best finished one (every term only falls)
+                if rising and _ended(finished, length, best):
+                    break
         finished += [(tokens, score) for tokens, score, *_ in live] if not finished else []
         return sorted(finished, key=lambda f: -f[1])[:nbest]
+
+
+def _ended(finished: list[tuple[list[int], float]], length: int, best: float, lengths: int = 3,
+           margin: float = 10 * math.log(10)) -> bool:
+    """ESPnet's end detection: for each of the last ``lengths`` output lengths some hypothesis ended there
+    (<sos/eos> counted), the best of them ``margin`` or more below the best finished hypothesis."""
+    for m in range(lengths):
+        ended_here = [score for tokens, score in finished if len(tokens) + 1 == length - m]
+        if not ended_here or max(ended_here) - best >= -margin:
+            return False
+    return True
 
 
 def greedy_las(model: LAS, enc: torch.Tensor) -> list[int]:
     """The most likely token at every step until <sos/eos>."""
     enc, mask = enc[None], torch.ones(1, enc.shape[0], dtype=torch.bool, device=enc.device)
     keys = model.attention.keys(enc)
-    token, context, state, out = SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None, []
+    token, context, state, weights, out = SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None, None, []
     for _ in range(int(model.max_output_ratio * enc.shape[1]) + 5):
-        lp, context, state, _ = model.step(torch.tensor([token], device=enc.device), context, state, enc, keys, mask)
+        lp, context, state, weights = model.step(torch.tensor([token], device=enc.device), context, state, enc, keys,
+                                                 mask, weights)
         token = int(lp[0].argmax())
         if token == SOS_EOS:
             break
