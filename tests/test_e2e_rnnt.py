@@ -148,3 +148,31 @@ def test_modified_beam_search_matches_a_plain_reference():
             hyp = modified_beam_search(model, e[:frames], beam=5)
             assert len(hyp) > frames // 3
             assert hyp == reference_beam_search(model, e[:frames], beam=5)
+
+
+def test_rnnt_ctc_head_adds_its_share_of_the_ctc_loss():
+    """With ctc_scale 0.2 the loss is the transducer's plus 0.2 x the CTC head's, the latter checked against the
+    CTC prefix scorer's full-sequence probabilities (asrhybrid.e2e.ctc_prefix)."""
+    from asrhybrid.e2e.ctc_prefix import CtcPrefixScorer
+    from asrhybrid.e2e.tokens import SOS_EOS
+
+    _k2()
+    torch.manual_seed(0)
+    model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12, ctc_scale=0.2)
+    feats, lens, labels = torch.randn(2, 40, 23), torch.tensor([40, 33]), [[2, 3, 3], [4, 5]]
+    with_ctc, enc_lens = model.loss(feats, lens, labels)
+    model.eval()
+    with torch.no_grad():
+        enc, n = model.encode(feats, lens)
+        transducer = model._transducer_loss(enc, n, labels)
+        ctc = 0.0
+        for e, frames, y in zip(enc, n.tolist(), labels):
+            scorer = CtcPrefixScorer(torch.log_softmax(model.ctc(e[:frames]), dim=-1))
+            prefix = scorer.initial()
+            for token in y:
+                prefix, = scorer.extend(prefix, [token])
+            ctc -= scorer.extend(prefix, [SOS_EOS])[0].score
+        again, _ = model.loss(feats, lens, labels)  # eval mode too: batch norm's running statistics
+    assert float(again) == pytest.approx(float(transducer) + 0.2 * ctc, rel=1e-4)
+    with_ctc.backward()
+    assert model.ctc.weight.grad.abs().sum() > 0

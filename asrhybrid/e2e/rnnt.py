@@ -11,7 +11,9 @@ Losses (``loss``): ``full``, k2.rnnt_loss over every (frame, label) pair of the 
 ``pruned`` (the default, icefall's): a "simple" loss of encoder and label-encoder projections added (no
 joint network: cheap on all pairs) gives through its gradients the ``prune_range`` labels each frame is
 likely to be on, and the joint network runs only there (k2.rnnt_loss_pruned); the loss is
-``simple_scale`` x simple + pruned. Blank is token 0 (k2's termination symbol).
+``simple_scale`` x simple + pruned. Blank is token 0 (k2's termination symbol). With ``ctc_scale`` > 0 (icefall's
+``--ctc-loss-scale``, 0.2 there) a CTC head, one linear layer on the encoder's output, adds that share of its
+summed CTC loss (the same blank).
 """
 
 from __future__ import annotations
@@ -98,10 +100,13 @@ class ContextNet(nn.Module):
 class RnnTransducer(nn.Module):
     def __init__(self, feat_dim: int, num_tokens: int, channels: int = 256, blocks: int = 7, layers: int = 3,
                  kernel: int = 5, alpha: float = 1.0, pred_dim: int = 256, joint_dim: int = 256,
-                 loss: str = "pruned", prune_range: int = 5, simple_scale: float = 0.5, smooth_scale: float = 0.1):
+                 loss: str = "pruned", prune_range: int = 5, simple_scale: float = 0.5, smooth_scale: float = 0.1,
+                 ctc_scale: float = 0.0):
         super().__init__()
         if loss not in ("pruned", "full"):
             raise ValueError(f"loss '{loss}': pruned or full")
+        if ctc_scale < 0:
+            raise ValueError(f"ctc_scale {ctc_scale}: at least 0")
         self.encoder = ContextNet(feat_dim, channels, blocks, layers, kernel, alpha)
         self.embed = nn.Embedding(num_tokens, pred_dim)
         self.predictor = nn.LSTM(pred_dim, pred_dim, batch_first=True)
@@ -112,6 +117,8 @@ class RnnTransducer(nn.Module):
         self.simple_lm = nn.Linear(pred_dim, num_tokens)
         self.loss_kind, self.prune_range, self.simple_scale, self.smooth_scale = loss, prune_range, simple_scale, smooth_scale
         self.num_tokens = num_tokens
+        self.ctc_scale = ctc_scale
+        self.ctc = nn.Linear(self.encoder.output_dim, num_tokens) if ctc_scale > 0 else None
 
     def output_frames(self, num_frames: int) -> int:
         return self.encoder.output_frames(num_frames)
@@ -129,23 +136,35 @@ class RnnTransducer(nn.Module):
         return self.joint_out(torch.tanh(enc + pred))
 
     def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed RNN-T loss, encoder output lengths)."""
-        import k2
-
+        """(summed RNN-T loss, plus ``ctc_scale`` x the CTC head's summed loss; encoder output lengths)."""
         enc, enc_lens = self.encode(feats, lengths)
+        loss = self._transducer_loss(enc, enc_lens, labels)
+        if self.ctc is not None:
+            log_probs = torch.log_softmax(self.ctc(enc).float(), dim=-1)
+            flat = torch.tensor([t for y in labels for t in y], dtype=torch.int64, device=feats.device)
+            ctc = nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, enc_lens,
+                                         torch.tensor([len(y) for y in labels], device=feats.device), blank=BLANK,
+                                         reduction="sum", zero_infinity=True)
+            loss = loss + self.ctc_scale * ctc
+        return loss, enc_lens
+
+    def _transducer_loss(self, enc: torch.Tensor, enc_lens: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
+        """The summed transducer loss (``loss``: full or pruned) of encodings [B, T, C]."""
+        import k2  # k2 is built from source (make setup); a CTC-only install trains without it
+
         B, U = len(labels), max(len(y) for y in labels)
-        symbols = torch.zeros(B, U, dtype=torch.int64, device=feats.device)
+        symbols = torch.zeros(B, U, dtype=torch.int64, device=enc.device)
         for i, y in enumerate(labels):
             symbols[i, : len(y)] = torch.tensor(y, dtype=torch.int64)
-        pred_in = torch.cat([torch.full((B, 1), BLANK, dtype=torch.int64, device=feats.device), symbols], dim=1)
+        pred_in = torch.cat([torch.full((B, 1), BLANK, dtype=torch.int64, device=enc.device), symbols], dim=1)
         pred, _ = self.predict(pred_in)
-        boundary = torch.zeros(B, 4, dtype=torch.int64, device=feats.device)
-        boundary[:, 2] = torch.tensor([len(y) for y in labels], device=feats.device)
+        boundary = torch.zeros(B, 4, dtype=torch.int64, device=enc.device)
+        boundary[:, 2] = torch.tensor([len(y) for y in labels], device=enc.device)
         boundary[:, 3] = enc_lens
         enc, pred = enc.float(), pred.float()
         if self.loss_kind == "full":
             logits = self.joint(self.enc_proj(enc)[:, :, None], self.pred_proj(pred)[:, None])
-            return k2.rnnt_loss(logits.float(), symbols, BLANK, boundary, reduction="sum"), enc_lens
+            return k2.rnnt_loss(logits.float(), symbols, BLANK, boundary, reduction="sum")
         simple, (px_grad, py_grad) = k2.rnnt_loss_smoothed(
             lm=self.simple_lm(pred), am=self.simple_am(enc), symbols=symbols, termination_symbol=BLANK,
             lm_only_scale=self.smooth_scale, am_only_scale=self.smooth_scale, boundary=boundary, reduction="sum",
@@ -154,7 +173,7 @@ class RnnTransducer(nn.Module):
         am_pruned, lm_pruned = k2.do_rnnt_pruning(am=self.enc_proj(enc), lm=self.pred_proj(pred), ranges=ranges)
         logits = self.joint(am_pruned, lm_pruned)
         pruned = k2.rnnt_loss_pruned(logits.float(), symbols, ranges, BLANK, boundary, reduction="sum")
-        return self.simple_scale * simple + pruned, enc_lens
+        return self.simple_scale * simple + pruned
 
 
 def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -> list[int]:
