@@ -157,6 +157,11 @@ def test_train_config_rejects_unknown_systems_and_reads_yes_no():
     with pytest.raises(ConfigError, match="unknown acoustic model"):
         TrainConfig(system="tdnn")
     assert TrainConfig(lr=1e-3, final_lr=1e-4, epochs=3).lr_at(3) == pytest.approx(1e-4)
+    warm = TrainConfig(lr=1e-3, final_lr=1e-4, epochs=3, warmup_steps=4)
+    assert [warm.lr_at_step(1, s) for s in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert warm.lr_at_step(3, 100) == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        TrainConfig(warmup_steps=-1)
 
 
 def test_per_utterance_cmvn_removes_the_utterance_mean_and_keeps_the_global_std():

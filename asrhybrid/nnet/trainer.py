@@ -47,6 +47,7 @@ class FitConfig:
     optimizer: str = "adam"  # adam, or sgd (Nesterov momentum 0.9)
     lr: float = 1e-3
     final_lr: float | None = None  # decays exponentially per epoch from lr to this (Kaldi nnet3's schedule)
+    warmup_steps: int = 0  # the rate rises linearly over the first N optimizer steps (ESPnet's and icefall's warm-up)
     max_duration: float = 120.0  # seconds of speech per batch (over all workers)
     grad_clip: float = 5.0
     seed: int = 0
@@ -64,12 +65,20 @@ class FitConfig:
             raise ConfigError(f"optimizer '{self.optimizer}': adam or sgd")
         if self.epochs < 1 or self.lr <= 0 or self.max_duration <= 0 or self.average_last < 1:
             raise ConfigError("epochs, lr, max_duration and average_last must be positive")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps={self.warmup_steps}: at least 0")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (1-based)."""
         if self.final_lr is None or self.epochs == 1:
             return self.lr
         return self.lr * (self.final_lr / self.lr) ** ((epoch - 1) / (self.epochs - 1))
+
+    def lr_at_step(self, epoch: int, step: int) -> float:
+        """The rate of optimizer step ``step`` (0-based, counted over the whole training) in ``epoch``: the
+        epoch's, scaled by (step + 1) / warmup_steps while that is below 1."""
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return self.lr_at(epoch) * scale
 
 
 @dataclass
@@ -254,6 +263,9 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
         batches = objective.batches(train, generator, workers.rank, workers.world)
         for batch in tqdm(batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False,
                           disable=not leader):
+            if cfg.warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr_at_step(epoch, step)
             optimizer.zero_grad()
             loss, stats = None, {"count": 0.0}
             if batch is not None:
