@@ -80,7 +80,7 @@ def yesno_training_batch(tmp_path_factory):
     tokens = TokenSet(out / "tokens")
     normalizer = FeatureNormalizer.for_cuts("utterance", np.zeros(23), np.full(23, 3.0), cuts)
     (batch,) = [b for b in e2e_batches(cuts, tokens, normalizer, 100.0, None)]
-    return batch, tokens
+    return batch, tokens, cuts, normalizer
 
 
 @pytest.mark.parametrize("system,options", [
@@ -97,7 +97,7 @@ def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_trainin
 
     if system == "rnnt":
         require_k2()
-    batch, tokens = yesno_training_batch
+    batch, tokens, *_ = yesno_training_batch
     torch.manual_seed(0)
     model = build_e2e_model(system, 23, len(tokens), options)
     objective = _objective(system, None)
@@ -188,3 +188,14 @@ def test_end_detection_needs_every_recent_length_far_below_the_best():
     assert _ended(finished, length=6, best=-1.0)  # lengths 6, 5, 4 (tokens + <eos>) all far below
     assert not _ended(finished[:-1], length=6, best=-1.0)  # nothing ended at length 6
     assert not _ended(finished[:-1] + [([2, 3, 3, 3, 3], -20.0)], length=6, best=-1.0)  # one near enough
+
+
+def test_sortagrad_gives_the_batches_shortest_first(yesno_training_batch):
+    from asrhybrid.e2e.data import e2e_batches
+
+    _, tokens, cuts, normalizer = yesno_training_batch
+    generator = torch.Generator().manual_seed(0)
+    batches = list(e2e_batches(cuts, tokens, normalizer, 13.0, generator, by_duration=True))
+    durations = [d for b in batches for d in b.durations]
+    assert len(batches) > 1 and len(durations) == 4 and durations == sorted(durations)
+    assert len({d for d in durations}) > 1  # the order says something

@@ -99,17 +99,22 @@ class E2EBatch:
 def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
                 generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
                 augmentation: Augmentation | None = None, perturbation: WaveformPerturbation | None = None,
-                num_buckets: int = 10) -> Iterator[E2EBatch | None]:
+                num_buckets: int = 10, by_duration: bool = False) -> Iterator[E2EBatch | None]:
     """This worker's share of each global batch (None when empty). With ``generator`` (training): Lhotse's
     dynamic bucketing by duration (``num_buckets``), shuffled, and augmented as in stage 6 (a generator per
-    utterance seeded from the batch's draw); without, the cuts in order."""
+    utterance seeded from the batch's draw), or with ``by_duration`` (SortaGrad's first epoch) the batches in
+    order of duration, shortest first (the cuts sorted in memory: their metadata, not their features);
+    without ``generator``, the cuts in order."""
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
     from asrhybrid.nnet.train import pad_batch
 
     if check is not None:
         cuts = cuts.filter(partial(_keep, check=check))
-    if generator is not None:  # training: batches of similar durations (Deep Speech's), buckets shuffled
+    if generator is not None and by_duration:
+        sampler = SimpleCutSampler(cuts.to_eager().sort_by_duration(ascending=True), max_duration=max_duration,
+                                   shuffle=False, world_size=1, rank=0)
+    elif generator is not None:  # training: batches of similar durations (Deep Speech's), buckets shuffled
         seed = int(torch.randint(1 << 30, (1,), generator=generator))
         sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets,
                                           world_size=1, rank=0)

@@ -14,14 +14,14 @@ class TokenObjective:
     loss_name = count_name = ""
 
     def __init__(self, name: str, batches):
-        self.name, self._batches = name, batches  # batches(cuts, generator, rank, world)
+        self.name, self._batches = name, batches  # batches(cuts, generator, rank, world, epoch)
 
     @property
     def stat_names(self) -> tuple[str, ...]:
         return (self.loss_name, "token_errors", "ref_tokens")
 
-    def batches(self, cuts, generator, rank, world):
-        return self._batches(cuts, generator, rank, world)
+    def batches(self, cuts, generator, rank, world, epoch: int = 0):
+        return self._batches(cuts, generator, rank, world, epoch)
 
     def loss(self, model: nn.Module, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
         """(summed loss, count, what :meth:`greedy` reads)."""

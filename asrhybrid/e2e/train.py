@@ -37,6 +37,7 @@ class E2EConfig(InputOptions):
 
     system: str = "ctc"
     speed_perturb: list = field(default_factory=list)  # speeds besides 1.0 (Kaldi's and icefall's: [0.9, 1.1])
+    sortagrad: bool = False  # Deep Speech 2's SortaGrad: the first epoch's batches in order of duration, shortest first
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -106,9 +107,10 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     if cfg.speed_perturb or cfg.noise_snr:
         perturbation = WaveformPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent), cfg.noise_snr)
 
-    def batches(cuts, generator, rank, world):
+    def batches(cuts, generator, rank, world, epoch=0):
         return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
-                           cfg.augmentation if generator is not None else None, perturbation)
+                           cfg.augmentation if generator is not None else None, perturbation,
+                           by_duration=cfg.sortagrad and epoch == 1)
 
     result = fit(model, _objective(cfg.system, batches), train, valid, exp_dir, cfg, device, resume_key)
     summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],

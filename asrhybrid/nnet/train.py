@@ -214,7 +214,7 @@ class FrameObjective:
         self.name, self.cfg, self.targets, self.normalizer = cfg.system, cfg, targets, normalizer
         self.right_context, self.perturbation = right_context, perturbation
 
-    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int):
+    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int, epoch: int = 0):
         cfg = self.cfg
         if generator is None:  # held out: whole utterances, no augmentation
             batches = _batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)

@@ -122,9 +122,10 @@ class Objective(Protocol):
     stat_names: tuple[str, ...]  # the summed statistics forward() returns besides count (every worker sums
     # the same keys, so a worker without a batch still takes part in the all-reduce)
 
-    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int) -> Iterator[object | None]:
+    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int,
+                epoch: int = 0) -> Iterator[object | None]:
         """This worker's share of each global batch (None when empty); shuffled and augmented when
-        ``generator`` is given (training), in order otherwise."""
+        ``generator`` is given (training: ``epoch`` is the 1-based epoch), in order otherwise."""
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         """(the batch's summed loss; summed statistics, ``count`` among them: what the loss is averaged over)."""
@@ -260,7 +261,7 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
             group["lr"] = lr
         sums = dict.fromkeys(("count", *objective.stat_names), 0.0)
         start = time.time()
-        batches = objective.batches(train, generator, workers.rank, workers.world)
+        batches = objective.batches(train, generator, workers.rank, workers.world, epoch)
         for batch in tqdm(batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False,
                           disable=not leader):
             if cfg.warmup_steps:
