@@ -95,6 +95,15 @@ def greedy_ctc(log_probs: torch.Tensor, length: int) -> list[int]:
     return [t for i, t in enumerate(best) if t != BLANK and (i == 0 or t != best[i - 1])]
 
 
+def summed_ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
+    """The CTC loss of padded log-probabilities [B, T, V] over token sequences, summed over the batch (blank 0;
+    an impossible alignment counts 0 rather than infinity)."""
+    targets = torch.tensor([t for label in labels for t in label], dtype=torch.long, device=log_probs.device)
+    target_lens = torch.tensor([len(label) for label in labels], device=log_probs.device)
+    return nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lens, target_lens, blank=BLANK,
+                                  reduction="sum", zero_infinity=True)
+
+
 class CtcObjective(TokenObjective):
     """The CTC loss of a Deep Speech model (asrhybrid.e2e.objective); ``count`` is output frames."""
 
@@ -102,11 +111,7 @@ class CtcObjective(TokenObjective):
 
     def loss(self, model: nn.Module, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
         log_probs, out_lens = model(feats, lens)
-        targets = torch.tensor([t for label in labels for t in label], dtype=torch.long, device=feats.device)
-        target_lens = torch.tensor([len(label) for label in labels], device=feats.device)
-        loss = nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lens, target_lens, blank=BLANK,
-                                      reduction="sum", zero_infinity=True)
-        return loss, int(out_lens.sum()), (log_probs, out_lens)
+        return summed_ctc_loss(log_probs, out_lens, labels), int(out_lens.sum()), (log_probs, out_lens)
 
     def greedy(self, model: nn.Module, outputs) -> list[list[int]]:
         log_probs, out_lens = outputs

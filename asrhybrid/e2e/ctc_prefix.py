@@ -70,7 +70,7 @@ class CtcPrefixScorer:
             gamma_n[t] = torch.logaddexp(gamma_n[t - 1], phi[t - 1]) + x[t]
             gamma_b[t] = torch.logaddexp(gamma_b[t - 1], gamma_n[t - 1]) + lp[t, self.blank]
         psi = torch.logsumexp(torch.cat([gamma_n[:1], phi[:-1] + x[1:]]), dim=0)
-        full = float(torch.logaddexp(prefix.gamma_n[-1], prefix.gamma_b[-1]))
+        full = float(torch.logaddexp(prefix.gamma_n[-1], prefix.gamma_b[-1])) if self.eos in tokens else None
         return [CtcPrefix(prefix.tokens + (token,), gamma_n[:, k], gamma_b[:, k],
                           full if token == self.eos else float(psi[k]))
                 for k, token in enumerate(tokens)]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asrhybrid.e2e.search import WordFusion
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.recipe.outputs import write_text_atomic
 
@@ -78,7 +79,7 @@ def _lm_scorer(lm: Path | None):
 def _ctc_searcher(cfg: E2EDecodeConfig, tokens, lm: Path | None):
     """log-probabilities [T, V] (numpy) -> words."""
     from asrhybrid.e2e.ctc import greedy_ctc
-    from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, prefix_beam_search
+    from asrhybrid.e2e.search import FlashlightDecoder, prefix_beam_search
 
     if cfg.method == "greedy":
         return lambda lp: tokens.words(greedy_ctc(torch.from_numpy(lp), len(lp)))
@@ -100,7 +101,6 @@ def _ctc_searcher(cfg: E2EDecodeConfig, tokens, lm: Path | None):
 def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     """encodings [T, C] -> words."""
     from asrhybrid.e2e.rnnt import modified_beam_search, rnnt_greedy
-    from asrhybrid.e2e.search import WordFusion
 
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: RNN-T decodes with greedy or beam")
@@ -120,7 +120,6 @@ def _las_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     n-best (``beam`` of them) is rescored with the paper's length normalisation and, with an LM, lambda =
     ``alpha``; or, with ``lm_fusion: shallow``, the LM (weight ``alpha``, word bonus ``beta``) in the search."""
     from asrhybrid.e2e.las import greedy_las, rescore_nbest
-    from asrhybrid.e2e.search import WordFusion
 
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: LAS decodes with greedy or beam")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from asrhybrid.e2e.ctc import summed_ctc_loss
 from asrhybrid.e2e.ctc_prefix import CtcPrefixScorer
 from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
@@ -184,10 +185,7 @@ class LAS(nn.Module):
                 teacher = torch.where(use, sampled, teacher)
             token = teacher
         if self.ctc is not None:
-            flat = torch.tensor([t for y in labels for t in y], dtype=torch.int64, device=feats.device)
-            ctc = nn.functional.ctc_loss(self.ctc_log_probs(enc).transpose(0, 1), flat, enc_lens,
-                                         torch.tensor([len(y) for y in labels], device=feats.device), blank=BLANK,
-                                         reduction="sum", zero_infinity=True)
+            ctc = summed_ctc_loss(self.ctc_log_probs(enc), enc_lens, labels)
             total = (1 - self.ctc_weight) * total + self.ctc_weight * ctc
         return total, int((targets >= 0).sum())
 

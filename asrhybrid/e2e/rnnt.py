@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asrhybrid.e2e.ctc import summed_ctc_loss
 from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK
 
@@ -140,11 +141,7 @@ class RnnTransducer(nn.Module):
         enc, enc_lens = self.encode(feats, lengths)
         loss = self._transducer_loss(enc, enc_lens, labels)
         if self.ctc is not None:
-            log_probs = torch.log_softmax(self.ctc(enc).float(), dim=-1)
-            flat = torch.tensor([t for y in labels for t in y], dtype=torch.int64, device=feats.device)
-            ctc = nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, enc_lens,
-                                         torch.tensor([len(y) for y in labels], device=feats.device), blank=BLANK,
-                                         reduction="sum", zero_infinity=True)
+            ctc = summed_ctc_loss(torch.log_softmax(self.ctc(enc).float(), dim=-1), enc_lens, labels)
             loss = loss + self.ctc_scale * ctc
         return loss, enc_lens
 
