@@ -146,7 +146,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         value = raw.get(section) or {}
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: '{section}' must be a mapping, not {value!r}")
-        _check_keys(path, section, value, allowed)
+        _check_keys(path, section, value, allowed | (_e2e_names(value) if section == "e2e" else set()))
     for name, opts in (raw.get("lm") or {}).items():
         _check_keys(path, f"lm.{name}", opts or {}, {"order", "prune"})
     am = raw.get("am") or {}
@@ -171,13 +171,23 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
     e2e = raw.get("e2e") or {}
-    for name in ("common", *E2E_SYSTEMS):
+    for name in ("common", *E2E_SYSTEMS, *_e2e_names(e2e)):
         if not isinstance(e2e.get(name) or {}, dict):
             raise ConfigError(f"{path}: 'e2e.{name}' must be a mapping, not {e2e[name]!r}")
-        _check_keys(path, f"e2e.{name}", e2e.get(name) or {}, _field_names("e2e") - {"system"} | {"tokens"})
+        named = name not in ("common", *E2E_SYSTEMS)
+        _check_keys(path, f"e2e.{name}", e2e.get(name) or {},
+                    _field_names("e2e") - ({"system"} if not named else set()) | {"tokens"})
         _check_keys(path, f"e2e.{name}.tokens", (e2e.get(name) or {}).get("tokens") or {}, {"model_type", "vocab_size"})
     for system in e2e.get("systems") or []:
-        _check_keys(path, "e2e.systems", {system: None}, set(E2E_SYSTEMS))
+        if not isinstance(system, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", system):
+            raise ConfigError(f"{path}: 'e2e.systems': {system!r} is not a system name (letters, digits, _)")
+        if system in ("common", "decode", "systems", "nproc"):
+            raise ConfigError(f"{path}: 'e2e.systems': '{system}' is a key of the e2e section, not a system name")
+        kind = (e2e.get(system) or {}).get("system", system)
+        if kind not in E2E_SYSTEMS:
+            raise ConfigError(f"{path}: 'e2e.{system}' is not one of {', '.join(E2E_SYSTEMS)}: a named system says "
+                              f"which with 'system:' (e2e: {{systems: [las_paper], las_paper: {{system: las}}}})")
+    systems = list(e2e.get("systems") or [])
     _check_keys(path, "e2e.decode", e2e.get("decode") or {}, {"searches", "hlg"})
     hlg = (e2e.get("decode") or {}).get("hlg")
     if hlg is not None and not isinstance(hlg, dict):
@@ -186,7 +196,11 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for search in (e2e.get("decode") or {}).get("searches") or []:
         if not isinstance(search, dict):
             raise ConfigError(f"{path}: each of 'e2e.decode.searches' is a mapping (method, lm, ...), not {search!r}")
-        _check_keys(path, "e2e.decode.searches", search, _field_names("e2e_decode") | {"lm"})
+        _check_keys(path, "e2e.decode.searches", search, _field_names("e2e_decode") | {"lm", "name", "systems"})
+        for system in search.get("systems") or []:
+            if system not in systems:
+                raise ConfigError(f"{path}: a search of 'e2e.decode.searches' names the system '{system}', which "
+                                  f"'e2e.systems' does not train ({', '.join(map(str, systems)) or 'none'})")
     folds = raw.get("folds") or {}
     if not (isinstance(folds, dict) and len(folds) <= 1 and all(isinstance(v, list) and v for v in folds.values())):
         raise ConfigError(f"{path}: 'folds' is one data option and its values, one fold each (folds: {{test_speakers: "
@@ -216,6 +230,16 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
         folds=dict(folds),
     )
+
+
+def _e2e_names(e2e: dict) -> set[str]:
+    """The e2e section's named systems: those of ``e2e.systems`` beside the kinds (ctc, rnnt, las)."""
+    return {s for s in e2e.get("systems") or [] if isinstance(s, str)} - set(E2E_SYSTEMS)
+
+
+def e2e_kind(e2e: dict, system: str) -> str:
+    """A stage-9 system's kind (ctc, rnnt or las): its name, or its section's ``system`` for a named one."""
+    return str((e2e.get(system) or {}).get("system", system))
 
 
 def _fold_name(value: Any) -> str:

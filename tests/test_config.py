@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from asrhybrid.config import load_recipe, parse_options
+from asrhybrid.recipe.runner import RecipeRun, stage_e2e, stage_e2e_decode
 from asrhybrid.errors import ConfigError
 from conftest import REPO
 
@@ -55,3 +56,59 @@ def test_an_end_to_end_system_can_ask_for_its_own_token_model(tmp_path: Path):
     assert token_specs(run) == [{"model_type": "bpe", "vocab_size": 50}, {"model_type": "char", "vocab_size": 30}]
     assert token_dir(run).name == "lang_bpe_50"
     assert token_dir(run, {"model_type": "char", "vocab_size": 30}).name == "lang_char_30"
+
+
+class _Recorded(RecipeRun):
+    """A recipe run that records the verbs its stages would run instead of running them."""
+
+    def run_verb(self, stage, verb, args):
+        self.calls.append((stage, verb, args))
+
+    def run_verb_workers(self, stage, verb, args, nproc):
+        self.calls.append((stage, verb, args))
+
+
+def _recorded_run(tmp_path: Path, e2e: str) -> _Recorded:
+    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n")
+    run = _Recorded(load_recipe(tmp_path), tmp_path / "work", None, False)
+    run.calls = []
+    run.fbank_dir.mkdir(parents=True)
+    run.manifest_dir.mkdir(parents=True)
+    for part in ("train", "test"):
+        (run.fbank_dir / f"yesno_cuts_{part}.jsonl.gz").touch()
+        (run.manifest_dir / f"yesno_supervisions_{part}.jsonl.gz").touch()
+    return run
+
+
+def test_named_end_to_end_systems_train_their_kind_in_their_own_exp_dir(tmp_path: Path):
+    """LAS with and without its CTC head side by side: a named system says its kind; searches can be limited to
+    some systems and named, so two LAS searches that differ in ctc_weight get two decode dirs."""
+    run = _recorded_run(tmp_path, "{systems: [las, las_paper], common: {epochs: 3}, "
+                                  "las_paper: {system: las, model: {ctc_weight: 0.0}}, "
+                                  "decode: {searches: [{method: beam}, {method: flashlight, lm: large}, "
+                                  "{method: beam, ctc_weight: 0.0, name: attention, systems: [las]}]}}")
+    stage_e2e(run)
+    trained = {Path(args[2]).name: args for _, verb, args in run.calls if verb == "train-e2e"}
+    assert sorted(trained) == ["las", "las_paper"]
+    assert trained["las_paper"][trained["las_paper"].index("--system") + 1] == "las"
+    assert "ctc_weight=0.0" in trained["las_paper"] and "ctc_weight=0.0" not in trained["las"]
+    assert "system=las" not in trained["las_paper"]
+    run.calls.clear()
+    stage_e2e_decode(run)
+    decoded = sorted(f"{Path(args[0]).name}/{Path(args[2]).name}" for _, verb, args in run.calls if verb == "decode-e2e")
+    # flashlight is a CTC search: neither LAS decodes with it; the attention-only search is las's alone
+    assert decoded == ["las/decode_test_nolm_attention", "las/decode_test_nolm_beam", "las_paper/decode_test_nolm_beam"]
+
+
+@pytest.mark.parametrize("e2e, message", [
+    ("{systems: [joint]}", "'e2e.joint' is not one of ctc, rnnt, las"),
+    ("{systems: [joint], joint: {system: lass}}", "'e2e.joint' is not one of"),
+    ("{systems: [las], decode: {searches: [{method: beam, systems: [ctc]}]}}", "names the system 'ctc'"),
+    ("{systems: [las], las: {system: ctc}}", "unknown key 'e2e.las.system'"),
+    ("{systems: [decode]}", "is a key of the e2e section"),
+    ("{systems: [las], joint: {system: las}}", "unknown key 'e2e.joint'"),
+])
+def test_bad_named_systems_are_refused(tmp_path: Path, e2e, message):
+    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from asrhybrid.config import RecipeConfig, format_options, load_recipe
+from asrhybrid.config import RecipeConfig, e2e_kind, format_options, load_recipe
 from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
 from asrhybrid.recipe.results import fold_workdir
@@ -284,10 +284,11 @@ def stage_e2e(run: RecipeRun) -> None:
     e2e = run.config.e2e
     for system in e2e.get("systems") or []:
         opts = {**(e2e.get("common") or {}), **(e2e.get(system) or {})}
+        opts.pop("system", None)
         model_opts = opts.pop("model", None) or {}
         lang_dir = token_dir(run, opts.pop("tokens", None))
         args = [str(run.cuts("train")), str(lang_dir), str(run.workdir / "exp" / system), "--cmvn",
-                str(run.cmvn("train")), "--system", system, *format_options(opts),
+                str(run.cmvn("train")), "--system", e2e_kind(e2e, system), *format_options(opts),
                 *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
         run.run_verb_workers(system, "train-e2e", args, int(e2e.get("nproc", 1)))
 
@@ -315,13 +316,16 @@ def token_dir(run: RecipeRun, tokens: dict | None = None) -> Path:
 
 
 def stage_e2e_decode(run: RecipeRun) -> None:
-    """Every search of ``e2e.decode.searches`` on dev and test, scored; then RESULTS.md."""
+    """Every search of ``e2e.decode.searches`` on dev and test, scored; then RESULTS.md. A search runs for every
+    system whose kind can do it (flashlight: CTC only) or for its ``systems``; its decode dir is
+    ``decode_<part>_<lm>_<name>``, the name being the search's ``name`` or its method."""
     e2e = run.config.e2e
     exp, lm_dir = run.workdir / "exp", run.workdir / "data" / "lm"
     searches = (e2e.get("decode") or {}).get("searches") or [{"method": "greedy"}]
     hlg = (e2e.get("decode") or {}).get("hlg")  # DecodeConfig options of WFST decoding over HLG (CTC systems)
     for system in e2e.get("systems") or []:
-        if system == "ctc" and hlg is not None:
+        kind = e2e_kind(e2e, system)
+        if kind == "ctc" and hlg is not None:
             graph = exp / system / "graph_small"
             run.run_verb(system, "mkgraph-ctc", [str(exp / system / "tokens"),
                                                  str(run.workdir / "data" / "lang_test_small"), str(graph)])
@@ -330,10 +334,13 @@ def stage_e2e_decode(run: RecipeRun) -> None:
         for role in eval_parts(run):
             for search in searches:
                 search = dict(search)
-                lm = search.pop("lm", None)
-                if search["method"] == "flashlight" and system != "ctc":
+                lm, name, only = search.pop("lm", None), search.pop("name", None), search.pop("systems", None)
+                if only is not None and system not in only:
+                    continue
+                if search.get("method", "beam") == "flashlight" and kind != "ctc":
                     continue  # flashlight's decoder is a CTC search
-                out = exp / system / f"decode_{run.config.part(role)}_{lm or 'nolm'}_{search['method']}"
+                name = name or search.get("method", "beam")
+                out = exp / system / f"decode_{run.config.part(role)}_{lm or 'nolm'}_{name}"
                 args = [str(exp / system), str(run.cuts(role)), str(out), *format_options(search)]
                 if lm:
                     args += ["--lm", str(lm_dir / f"{lm}.arpa")]
