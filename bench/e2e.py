@@ -3,7 +3,9 @@
     python bench/e2e.py [--workdir work/yesno] [--part test] [--device cpu|cuda]
 
 - ``training``: frames/s of a forward and backward pass of each system (Deep Speech CTC; ContextNet RNN-T
-  with the pruned and the full loss; LAS) on random batches of 8 utterances of 6 s (23-bin fbank);
+  with the pruned and the full loss, and pruned with a CTC head (scale 0.2); LAS with dot and with
+  location-aware attention, and joint CTC/attention LAS (ctc_weight 0.3, location-aware)) on random batches of 8
+  utterances of 6 s (23-bin fbank), and ``ctc_head_cost``: the speed without the CTC head over the speed with it;
 - ``rnnt_loss``: k2's full rnnt_loss against the pruned one (rnnt_loss_smoothed, get_rnnt_prune_ranges,
   do_rnnt_pruning, rnnt_loss_pruned; prune range 5) on the same encoder and label-encoder outputs (B 8, T 150
   after 8x subsampling, U 40 labels, 500 tokens, joint dim 512): seconds for loss and backward, and peak
@@ -11,8 +13,11 @@
   mark; torch's peak allocation on CUDA), with
   the ratios full / pruned (k2's published figures against torchaudio's loss: about 6x faster, 5x smaller);
 - ``decoding`` (with ``--workdir``, a recipe workdir through stage 9): each trained system's real-time
-  factor per search on the part, as ``asrhybrid decode-e2e`` runs it, and for CTC over HLG (``graph_small``),
-  as ``asrhybrid decode`` runs it (its factor counts the search and the lattices, not the network).
+  factor per search on the part, as ``asrhybrid decode-e2e`` runs it (every exp/<system>/final.pt, named
+  systems too); for a LAS with a CTC head, its joint CTC/attention beam search against its attention-only one
+  (``<system>_joint_over_attention_only``, the ratio of their real-time factors); and for CTC over HLG
+  (``graph_small``), as ``asrhybrid decode`` runs it (its factor counts the search and the lattices, not the
+  network).
 """
 
 from __future__ import annotations
@@ -111,10 +116,15 @@ def training_speed(device: str) -> dict:
     B, T, V = 8, 600, 30
     batch = E2EBatch([f"u{i}" for i in range(B)], torch.randn(B, T, 23), torch.full((B,), T),
                      [torch.randint(3, V, (40,)).tolist() for _ in range(B)], [""] * B)
+    rnnt_ctc = RnnTransducer(23, V, channels=256, loss="pruned", ctc_scale=0.2)
+    las_ctc = LAS(23, V, ctc_weight=0.3, attention="location", label_smoothing=0.1)
     systems = {"ctc": (DeepSpeech(23, V, hidden=512), CtcObjective("ctc", None)),
                "rnnt_pruned": (RnnTransducer(23, V, channels=256, loss="pruned"), RnntObjective("rnnt", None)),
+               "rnnt_pruned_ctc_head": (rnnt_ctc, RnntObjective("rnnt", None, rnnt_ctc.loss_parts)),
                "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None)),
-               "las": (LAS(23, V), LasObjective("las", None))}
+               "las": (LAS(23, V), LasObjective("las", None)),
+               "las_location": (LAS(23, V, attention="location"), LasObjective("las", None)),
+               "las_joint": (las_ctc, LasObjective("las", None, las_ctc.loss_parts))}
     out = {}
     dev = torch.device(device)
     for name, (model, objective) in systems.items():
@@ -132,6 +142,11 @@ def training_speed(device: str) -> dict:
             times.append(time.perf_counter() - start)
         out[name] = {"frames_per_second": round(B * T / min(times[1:]), 1),
                      "parameters": sum(p.numel() for p in model.parameters())}
+    # what a CTC head costs in training: the speed without it over the speed with it
+    out["ctc_head_cost"] = {"rnnt": round(out["rnnt_pruned"]["frames_per_second"]
+                                          / out["rnnt_pruned_ctc_head"]["frames_per_second"], 3),
+                            "las": round(out["las_location"]["frames_per_second"]
+                                         / out["las_joint"]["frames_per_second"], 3)}
     return out
 
 
@@ -139,29 +154,35 @@ def decoding(workdir: Path, part: str) -> dict:
     out = {}
     corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
     lm = workdir / "data" / "lm" / "large.arpa"
-    for system in ("ctc", "rnnt", "las"):
-        exp = workdir / "exp" / system
-        if not (exp / "final.pt").is_file():
+    for exp in sorted(p.parent for p in (workdir / "exp").glob("*/final.pt")):
+        config = torch.load(exp / "final.pt", weights_only=False, map_location="cpu")["config"]
+        system, kind = exp.name, config["system"]
+        if kind not in ("ctc", "rnnt", "las"):
             continue
-        methods = ["greedy", "beam"] + (["flashlight"] if system == "ctc" else [])
-        for method in methods:
-            for with_lm in (False, True):
-                if method == "greedy" and with_lm or method == "flashlight" and not with_lm:
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    args = [sys.executable, "-m", "asrhybrid", "decode-e2e", str(exp), str(corpus), tmp,
-                            "--opt", f"method={method}"] + (["--lm", str(lm)] if with_lm else [])
-                    subprocess.run(args, check=True, capture_output=True, cwd=REPO)
-                    summary = json.loads((Path(tmp) / "decode.json").read_text())
-                out[f"{system}_{method}{'_lm' if with_lm else ''}"] = {
-                    "real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"]}
+        searches = [("greedy", False, []), ("beam", False, []), ("beam", True, [])]
+        searches += [("flashlight", True, [])] if kind == "ctc" else []
+        joint = kind == "las" and float(config["model"].get("ctc_weight", 0.0)) > 0
+        # joint CTC/attention decoding (the training's ctc_weight) against the same model's attention-only search
+        searches += [("beam_attention_only", False, ["--opt", "ctc_weight=0.0"])] if joint else []
+        for name, with_lm, extra in searches:
+            method = name.removesuffix("_attention_only")
+            with tempfile.TemporaryDirectory() as tmp:
+                args = [sys.executable, "-m", "asrhybrid", "decode-e2e", str(exp), str(corpus), tmp,
+                        "--opt", f"method={method}", *extra] + (["--lm", str(lm)] if with_lm else [])
+                subprocess.run(args, check=True, capture_output=True, cwd=REPO)
+                summary = json.loads((Path(tmp) / "decode.json").read_text())
+            out[f"{system}_{name}{'_lm' if with_lm else ''}"] = {
+                "real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"]}
+        if joint:
+            rtf = {name: out[f"{system}_{name}"]["real_time_factor"] for name in ("beam", "beam_attention_only")}
+            out[f"{system}_joint_over_attention_only"] = round(rtf["beam"] / rtf["beam_attention_only"], 2)
         graph = exp / "graph_small"
-        if system == "ctc" and (graph / "HLG.k2.pt").is_file():  # WFST decoding over HLG (stage 8's decoder)
+        if kind == "ctc" and (graph / "HLG.k2.pt").is_file():  # WFST decoding over HLG (stage 8's decoder)
             with tempfile.TemporaryDirectory() as tmp:
                 subprocess.run([sys.executable, "-m", "asrhybrid", "decode", str(graph), str(exp), tmp, "--cuts",
                                 str(corpus)], check=True, capture_output=True, cwd=REPO)
                 summary = json.loads((Path(tmp) / "decode.json").read_text())
-            out["ctc_hlg_lm"] = {"real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"],
+            out[f"{system}_hlg_lm"] = {"real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"],
                                  "lattice_arcs_per_frame": summary["lattice_arcs_per_frame"],
                                  "note": "k2's search and the word lattices; the network's forward pass not counted"}
     return out

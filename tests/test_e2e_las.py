@@ -87,10 +87,12 @@ def yesno_training_batch(tmp_path_factory):
     ("ctc", {"hidden": 64}),
     ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32}),
     ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16}),
+    ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32, "ctc_scale": 0.2}),
     ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.3,
              "attention": "location", "label_smoothing": 0.1}),
 ])
 def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_training_batch, system, options):
+    """The loss falls, and for a system with a CTC head, each of its terms (reported apart) falls too."""
     from conftest import require_k2
 
     from asrhybrid.e2e.train import _objective, build_e2e_model
@@ -100,17 +102,21 @@ def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_trainin
     batch, tokens, *_ = yesno_training_batch
     torch.manual_seed(0)
     model = build_e2e_model(system, 23, len(tokens), options)
-    objective = _objective(system, None)
+    objective = _objective(system, None, getattr(model, "loss_parts", ()))
+    assert len(objective.loss_parts) == (2 if "ctc_weight" in options or "ctc_scale" in options else 0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
+    curves: dict[str, list[float]] = {}
     for _ in range(12):
         model.train()
         loss, stats = objective.forward(model, batch, torch.device("cpu"))
         (loss / stats["count"]).backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(loss.detach()) / stats["count"])
-    assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0] and losses[-1] < min(losses[:3]), losses
+        for name in ("loss", *objective.loss_parts):
+            curves.setdefault(name, []).append((float(loss.detach()) if name == "loss" else stats[name]) / stats["count"])
+    for name, losses in curves.items():  # the total by 10% or more, each term by 5% (LAS's attention term: 8.7%)
+        fall = 0.9 if name == "loss" else 0.95
+        assert np.isfinite(losses).all() and losses[-1] < fall * losses[0] and losses[-1] < min(losses[:3]), (name, losses)
 
 
 def test_location_aware_attention_reads_the_previous_weights_and_skips_padding():
@@ -172,8 +178,10 @@ def test_las_with_a_ctc_head_and_label_smoothing_trains_both_heads():
     torch.manual_seed(0)
     model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8,
                 ctc_weight=0.3, label_smoothing=0.1, attention="location")
-    loss, count = model.loss(torch.randn(2, 40, 23), torch.tensor([40, 30]), [[3, 4, 4], [5]])
+    loss, count, parts = model.loss(torch.randn(2, 40, 23), torch.tensor([40, 30]), [[3, 4, 4], [5]])
     assert count == 6 and torch.isfinite(loss)
+    assert model.loss_parts == ("att", "ctc")
+    assert float(loss) == pytest.approx(0.7 * float(parts["att"]) + 0.3 * float(parts["ctc"]), rel=1e-6)
     loss.backward()
     assert model.ctc.weight.grad.abs().sum() > 0 and model.output[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="ctc_weight"):
@@ -199,3 +207,33 @@ def test_sortagrad_gives_the_batches_shortest_first(yesno_training_batch):
     durations = [d for b in batches for d in b.durations]
     assert len(batches) > 1 and len(durations) == 4 and durations == sorted(durations)
     assert len({d for d in durations}) > 1  # the order says something
+
+
+def test_attention_images_show_each_greedy_step_over_the_listener_frames(yesno_training_batch, tmp_path):
+    """After an epoch, LAS's objective draws the attention weights of the first held-out utterances: one row a
+    greedy step, each row a distribution over the listener's frames."""
+    from PIL import Image
+
+    from asrhybrid.e2e.data import e2e_batches
+    from asrhybrid.e2e.las import greedy_las
+    from asrhybrid.e2e.train import _objective
+
+    batch, tokens, cuts, normalizer = yesno_training_batch
+    torch.manual_seed(0)
+    model = LAS(23, len(tokens), listener_hidden=16, speller_hidden=16, embed_dim=8, attention_dim=8,
+                attention="location", ctc_weight=0.3)
+
+    def batches(cuts, generator, rank, world, epoch=0):
+        return e2e_batches(cuts, tokens, normalizer, 100.0, generator, rank=rank, world=world)
+
+    objective = _objective("las", batches, model.loss_parts)
+    png = objective.plot_epoch(model, cuts, tmp_path, 3, torch.device("cpu"), utterances=2)
+    assert png == tmp_path / "attention" / "epoch-3.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 2 * image.height
+    enc, enc_lens, _ = model.encode(batch.feats, batch.feat_lens)
+    steps: list[torch.Tensor] = []
+    hyp = greedy_las(model, enc[0, : int(enc_lens[0])], steps)
+    assert len(steps) == len(hyp) + 1 or len(hyp) == int(model.max_output_ratio * int(enc_lens[0])) + 5
+    weights = torch.stack(steps)
+    assert weights.shape[1] == int(enc_lens[0]) and torch.allclose(weights.sum(1), torch.ones(len(steps)), atol=1e-5)

@@ -108,9 +108,9 @@ def test_rnnt_model_losses_agree_and_beam_of_one_is_greedy():
     torch.manual_seed(0)
     model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12, loss="full").eval()
     feats, lens, labels = torch.randn(2, 40, 23), torch.tensor([40, 33]), [[1, 2, 3], [4, 4]]
-    full, enc_lens = model.loss(feats, lens, labels)
+    full, enc_lens, _ = model.loss(feats, lens, labels)
     model.loss_kind, model.prune_range, model.simple_scale = "pruned", 10, 0.0
-    pruned, _ = model.loss(feats, lens, labels)
+    pruned, _, _ = model.loss(feats, lens, labels)
     assert float(pruned) == pytest.approx(float(full), rel=1e-4)
     with torch.no_grad():
         enc, n = model.encode(feats, lens)
@@ -160,7 +160,7 @@ def test_rnnt_ctc_head_adds_its_share_of_the_ctc_loss():
     torch.manual_seed(0)
     model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12, ctc_scale=0.2)
     feats, lens, labels = torch.randn(2, 40, 23), torch.tensor([40, 33]), [[2, 3, 3], [4, 5]]
-    with_ctc, enc_lens = model.loss(feats, lens, labels)
+    with_ctc, enc_lens, parts = model.loss(feats, lens, labels)
     model.eval()
     with torch.no_grad():
         enc, n = model.encode(feats, lens)
@@ -172,7 +172,10 @@ def test_rnnt_ctc_head_adds_its_share_of_the_ctc_loss():
             for token in y:
                 prefix, = scorer.extend(prefix, [token])
             ctc -= scorer.extend(prefix, [SOS_EOS])[0].score
-        again, _ = model.loss(feats, lens, labels)  # eval mode too: batch norm's running statistics
+        again, _, again_parts = model.loss(feats, lens, labels)  # eval mode too: batch norm's running statistics
     assert float(again) == pytest.approx(float(transducer) + 0.2 * ctc, rel=1e-4)
+    assert set(parts) == set(model.loss_parts) == {"transducer", "ctc"}
+    assert float(again_parts["ctc"]) == pytest.approx(ctc, rel=1e-4)
+    assert float(again_parts["transducer"]) == pytest.approx(float(transducer), rel=1e-5)
     with_ctc.backward()
     assert model.ctc.weight.grad.abs().sum() > 0

@@ -111,7 +111,7 @@ class CtcObjective(TokenObjective):
 
     def loss(self, model: nn.Module, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
         log_probs, out_lens = model(feats, lens)
-        return summed_ctc_loss(log_probs, out_lens, labels), int(out_lens.sum()), (log_probs, out_lens)
+        return summed_ctc_loss(log_probs, out_lens, labels), int(out_lens.sum()), (log_probs, out_lens), {}
 
     def greedy(self, model: nn.Module, outputs) -> list[list[int]]:
         log_probs, out_lens = outputs

@@ -22,7 +22,9 @@ default, for now) is the paper's LAS. ``attention: location`` swaps the paper's 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -31,6 +33,7 @@ from asrhybrid.e2e.ctc import summed_ctc_loss
 from asrhybrid.e2e.ctc_prefix import CtcPrefixScorer
 from asrhybrid.e2e.objective import TokenObjective
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
+from asrhybrid.recipe.outputs import atomic_output
 
 
 def _blstm(module: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -157,10 +160,15 @@ class LAS(nn.Module):
         logits[:, BLANK] = -math.inf  # never predicted
         return torch.log_softmax(logits, dim=-1), context, state, weights
 
-    def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]) -> tuple[torch.Tensor, int]:
-        """(summed loss, the count of tokens and final <sos/eos>): the cross-entropy over them (label-smoothed
-        with ``label_smoothing``), or with ``ctc_weight`` lambda > 0, (1 - lambda) of it plus lambda times the
-        CTC head's summed loss."""
+    @property
+    def loss_parts(self) -> tuple[str, ...]:
+        """The terms :meth:`loss` reports apart: the attention's and the CTC head's (a model with one)."""
+        return ("att", "ctc") if self.ctc is not None else ()
+
+    def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]):
+        """(summed loss, the count of tokens and final <sos/eos>, the terms apart for :attr:`loss_parts`): the
+        cross-entropy over them (label-smoothed with ``label_smoothing``), or with ``ctc_weight`` lambda > 0,
+        (1 - lambda) of it plus lambda times the CTC head's summed loss."""
         enc, enc_lens, mask = self.encode(feats, lengths)
         keys = self.attention.keys(enc)
         B, U = len(labels), max(len(y) for y in labels) + 1
@@ -184,10 +192,11 @@ class LAS(nn.Module):
                 use = torch.rand(B, device=feats.device) < self.sampling_rate
                 teacher = torch.where(use, sampled, teacher)
             token = teacher
-        if self.ctc is not None:
-            ctc = summed_ctc_loss(self.ctc_log_probs(enc), enc_lens, labels)
-            total = (1 - self.ctc_weight) * total + self.ctc_weight * ctc
-        return total, int((targets >= 0).sum())
+        count = int((targets >= 0).sum())
+        if self.ctc is None:
+            return total, count, {}
+        ctc = summed_ctc_loss(self.ctc_log_probs(enc), enc_lens, labels)
+        return (1 - self.ctc_weight) * total + self.ctc_weight * ctc, count, {"att": total, "ctc": ctc}
 
     def beam_search(self, enc: torch.Tensor, beam: int = 4, nbest: int = 1, ctc_weight: float = 0.0,
                     length_bonus: float = 0.0, fusion=None) -> list[tuple[list[int], float]]:
@@ -261,14 +270,17 @@ def _ended(finished: list[tuple[list[int], float]], length: int, best: float, le
     return True
 
 
-def greedy_las(model: LAS, enc: torch.Tensor) -> list[int]:
-    """The most likely token at every step until <sos/eos>."""
+def greedy_las(model: LAS, enc: torch.Tensor, attention: list | None = None) -> list[int]:
+    """The most likely token at every step until <sos/eos>; each step's attention weights [U] appended to
+    ``attention`` when given."""
     enc, mask = enc[None], torch.ones(1, enc.shape[0], dtype=torch.bool, device=enc.device)
     keys = model.attention.keys(enc)
     token, context, state, weights, out = SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None, None, []
     for _ in range(int(model.max_output_ratio * enc.shape[1]) + 5):
         lp, context, state, weights = model.step(torch.tensor([token], device=enc.device), context, state, enc, keys,
                                                  mask, weights)
+        if attention is not None:
+            attention.append(weights[0].detach().float().cpu())
         token = int(lp[0].argmax())
         if token == SOS_EOS:
             break
@@ -299,9 +311,51 @@ class LasObjective(TokenObjective):
     loss_name, count_name = "ce", "tokens"
 
     def loss(self, model: LAS, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
-        loss, count = model.loss(feats, lens, labels)
-        return loss, count, (feats, lens)
+        loss, count, parts = model.loss(feats, lens, labels)
+        return loss, count, (feats, lens), parts
 
     def greedy(self, model: LAS, outputs) -> list[list[int]]:
         enc, enc_lens, _ = model.encode(*outputs)
         return [greedy_las(model, e[: int(n)]) for e, n in zip(enc, enc_lens)]
+
+    def plot_epoch(self, model: LAS, valid, exp_dir: Path, epoch: int, device: torch.device,
+                   utterances: int = 3) -> Path | None:
+        """The speller's attention weights over the listener's frames, step by step of greedy decoding, for the
+        first ``utterances`` held-out utterances: ``exp_dir/attention/epoch-N.png``. A speller that learned to
+        attend draws a diagonal; one that did not, vertical bands or a blur."""
+        images = []
+        model.eval()
+        with torch.no_grad():
+            for batch in self.batches(valid, None, 0, 1):
+                if batch is None:
+                    continue
+                enc, enc_lens, _ = model.encode(batch.feats.to(device), batch.feat_lens.to(device))
+                for utt, text, e, n in zip(batch.ids, batch.texts, enc, enc_lens):
+                    weights: list[torch.Tensor] = []
+                    greedy_las(model, e[: int(n)], weights)
+                    images.append((utt, text, torch.stack(weights).numpy()))
+                if len(images) >= utterances:
+                    break
+        return plot_attention(images[:utterances], exp_dir / "attention" / f"epoch-{epoch}.png",
+                              f"{self.name} epoch {epoch}") if images else None
+
+
+def plot_attention(images: list[tuple[str, str, np.ndarray]], png: Path, title: str) -> Path:
+    """(utterance, reference text, weights [steps, frames]) per panel, as one PNG."""
+    import matplotlib  # heavy, and only training draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 3.4), squeeze=False)
+    for ax, (utt, text, weights) in zip(axes[0], images):
+        ax.imshow(weights, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+        ax.set(xlabel="listener frame", ylabel="output step (greedy)", title=f"{utt}\n{text[:40]}")
+        ax.title.set_fontsize(8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return png

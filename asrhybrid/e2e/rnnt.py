@@ -42,13 +42,15 @@ class SqueezeExcite(nn.Module):
 
 
 class ContextNetBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, layers: int, kernel: int, stride: int, residual: bool = True):
+    def __init__(self, c_in: int, c_out: int, layers: int, kernel: int, stride: int, residual: bool = True,
+                 padding: str = "zeros"):
         super().__init__()
         convs = []
         for i in range(layers):
             c = c_in if i == 0 else c_out
             s = stride if i == layers - 1 else 1  # the block's last layer strides (the paper's choice)
-            convs.append(nn.ModuleList([nn.Conv1d(c, c, kernel, stride=s, padding=kernel // 2, groups=c),
+            convs.append(nn.ModuleList([nn.Conv1d(c, c, kernel, stride=s, padding=kernel // 2, groups=c,
+                                                  padding_mode=padding),
                                         nn.Conv1d(c, c_out, 1), nn.BatchNorm1d(c_out)]))
         self.convs = nn.ModuleList(convs)
         self.se = SqueezeExcite(c_out)
@@ -69,11 +71,16 @@ class ContextNetBlock(nn.Module):
 
 
 class ContextNet(nn.Module):
-    """Fbank [B, T, D] -> encodings [B, T', C] with T' = ceil(T / 8) (three stride-2 blocks)."""
+    """Fbank [B, T, D] -> encodings [B, T', C] with T' = ceil(T / 8) (three stride-2 blocks). ``padding``:
+    the depthwise convolutions' padding at the utterance's edges, zeros (the paper's) or replicate (the edge
+    frame repeated: the edges look like more of what is there, so the encoder cannot find them by the padding)."""
 
     def __init__(self, feat_dim: int, channels: int = 256, blocks: int = 7, layers: int = 3, kernel: int = 5,
-                 alpha: float = 1.0, out_channels: int | None = None, stride_blocks: tuple[int, ...] | None = None):
+                 alpha: float = 1.0, out_channels: int | None = None, stride_blocks: tuple[int, ...] | None = None,
+                 padding: str = "zeros"):
         super().__init__()
+        if padding not in ("zeros", "replicate"):
+            raise ValueError(f"padding '{padding}': zeros or replicate")
         width = max(8, int(round(channels * alpha)))
         strides = set(stride_blocks if stride_blocks is not None else (1, blocks // 3 + 1, 2 * blocks // 3 + 1))
         specs = []
@@ -81,7 +88,7 @@ class ContextNet(nn.Module):
             first, last = i == 0, i == blocks - 1
             specs.append((feat_dim if first else width, int(round((out_channels or channels) * alpha)) if last else width,
                           1 if first or last else layers, 2 if i in strides else 1, not first))
-        self.blocks = nn.ModuleList(ContextNetBlock(a, b, n, kernel, s, r) for a, b, n, s, r in specs)
+        self.blocks = nn.ModuleList(ContextNetBlock(a, b, n, kernel, s, r, padding) for a, b, n, s, r in specs)
         self.output_dim = specs[-1][1]
         self.subsampling = 2 ** sum(s == 2 for *_, s, _ in specs)
 
@@ -102,13 +109,13 @@ class RnnTransducer(nn.Module):
     def __init__(self, feat_dim: int, num_tokens: int, channels: int = 256, blocks: int = 7, layers: int = 3,
                  kernel: int = 5, alpha: float = 1.0, pred_dim: int = 256, joint_dim: int = 256,
                  loss: str = "pruned", prune_range: int = 5, simple_scale: float = 0.5, smooth_scale: float = 0.1,
-                 ctc_scale: float = 0.0):
+                 ctc_scale: float = 0.0, padding: str = "zeros"):
         super().__init__()
         if loss not in ("pruned", "full"):
             raise ValueError(f"loss '{loss}': pruned or full")
         if ctc_scale < 0:
             raise ValueError(f"ctc_scale {ctc_scale}: at least 0")
-        self.encoder = ContextNet(feat_dim, channels, blocks, layers, kernel, alpha)
+        self.encoder = ContextNet(feat_dim, channels, blocks, layers, kernel, alpha, padding=padding)
         self.embed = nn.Embedding(num_tokens, pred_dim)
         self.predictor = nn.LSTM(pred_dim, pred_dim, batch_first=True)
         self.enc_proj = nn.Linear(self.encoder.output_dim, joint_dim)
@@ -136,14 +143,20 @@ class RnnTransducer(nn.Module):
         """Logits of projected encodings and label encodings broadcast against each other."""
         return self.joint_out(torch.tanh(enc + pred))
 
-    def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed RNN-T loss, plus ``ctc_scale`` x the CTC head's summed loss; encoder output lengths)."""
+    @property
+    def loss_parts(self) -> tuple[str, ...]:
+        """The terms :meth:`loss` reports apart: the transducer's and the CTC head's (a model with one)."""
+        return ("transducer", "ctc") if self.ctc is not None else ()
+
+    def loss(self, feats: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]]):
+        """(summed RNN-T loss, plus ``ctc_scale`` x the CTC head's summed loss; encoder output lengths; the
+        terms apart, unscaled, for :attr:`loss_parts`)."""
         enc, enc_lens = self.encode(feats, lengths)
         loss = self._transducer_loss(enc, enc_lens, labels)
-        if self.ctc is not None:
-            ctc = summed_ctc_loss(torch.log_softmax(self.ctc(enc).float(), dim=-1), enc_lens, labels)
-            loss = loss + self.ctc_scale * ctc
-        return loss, enc_lens
+        if self.ctc is None:
+            return loss, enc_lens, {}
+        ctc = summed_ctc_loss(torch.log_softmax(self.ctc(enc).float(), dim=-1), enc_lens, labels)
+        return loss + self.ctc_scale * ctc, enc_lens, {"transducer": loss, "ctc": ctc}
 
     def _transducer_loss(self, enc: torch.Tensor, enc_lens: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
         """The summed transducer loss (``loss``: full or pruned) of encodings [B, T, C]."""
@@ -283,8 +296,8 @@ class RnntObjective(TokenObjective):
     loss_name, count_name = "rnnt", "frames"
 
     def loss(self, model: RnnTransducer, feats: torch.Tensor, lens: torch.Tensor, labels: list[list[int]]):
-        loss, _ = model.loss(feats, lens, labels)
-        return loss, int(lens.sum()), (feats, lens)
+        loss, _, parts = model.loss(feats, lens, labels)
+        return loss, int(lens.sum()), (feats, lens), parts
 
     def greedy(self, model: RnnTransducer, outputs) -> list[list[int]]:
         enc, enc_lens = model.encode(*outputs)

@@ -58,12 +58,12 @@ def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) 
         raise ConfigError(f"{system}: bad model option: {e}") from None
 
 
-def _objective(system: str, batches):
+def _objective(system: str, batches, parts: tuple[str, ...] = ()):
     from asrhybrid.e2e.ctc import CtcObjective
     from asrhybrid.e2e.las import LasObjective
     from asrhybrid.e2e.rnnt import RnntObjective
 
-    return {"ctc": CtcObjective, "rnnt": RnntObjective, "las": LasObjective}[system](system, batches)
+    return {"ctc": CtcObjective, "rnnt": RnntObjective, "las": LasObjective}[system](system, batches, parts)
 
 
 def _one_frame(ids: list[int]) -> int:
@@ -112,7 +112,8 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
                            cfg.augmentation if generator is not None else None, perturbation,
                            by_duration=cfg.sortagrad and epoch == 1)
 
-    result = fit(model, _objective(cfg.system, batches), train, valid, exp_dir, cfg, device, resume_key)
+    objective = _objective(cfg.system, batches, getattr(model, "loss_parts", ()))  # Deep Speech has one term
+    result = fit(model, objective, train, valid, exp_dir, cfg, device, resume_key)
     summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],
                "averaged_epochs": result["averaged_epochs"], "parameters": sum(p.numel() for p in model.parameters()),
                "left_out": dict(check.counts), "left_out_examples": check.examples, "workers": result["workers"],

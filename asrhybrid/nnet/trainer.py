@@ -10,7 +10,8 @@ statistics, and summed statistics into metrics. :func:`fit` does the rest, the s
 - a checkpoint after every epoch (model, optimiser, RNG states, the log so far): a killed run resumes after
   its last epoch when its checkpoints were made under the same ``resume_key``, and a run that starts over
   removes an earlier one's files;
-- the metrics on held-out cuts after every epoch, TensorBoard events, ``curves.png``;
+- the metrics on held-out cuts after every epoch, TensorBoard events, ``curves.png`` (and the objective's own
+  figures, e.g. LAS's attention weights);
 - the average of the last ``average_last`` epochs' weights (icefall's --avg);
 - data parallel under torchrun: every worker draws the same global batch from the same sampler state and
   takes its share; the loss is each worker's sum divided by the global count of what it is averaged over,
@@ -118,6 +119,8 @@ class Objective(Protocol):
     name: str  # what the curves call the model
     loss_name: str  # the loss's key in the history (train_<loss_name>, valid_<loss_name>)
     metric_name: str | None  # a second metric plotted beside the loss (e.g. frame_accuracy), or None
+    # optional: loss_parts, the loss's terms that forward() also reports apart (plotted beside it); and
+    # plot_epoch(model, valid, exp_dir, epoch, device), figures drawn after each epoch (LAS: attention weights)
     count_name: str  # what ``count`` counts (frames, tokens): the history's valid_<count_name>
     stat_names: tuple[str, ...]  # the summed statistics forward() returns besides count (every worker sums
     # the same keys, so a worker without a batch still takes part in the all-reduce)
@@ -303,7 +306,10 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
                     writer.add_scalar(f"valid/{k}", v, epoch)
             writer.add_scalar("train/lr", lr, epoch)
             writer.flush()
-            plot_curves(history, exp_dir / "curves.png", objective.name, key, objective.metric_name)
+            plot_curves(history, exp_dir / "curves.png", objective.name, key, objective.metric_name,
+                        getattr(objective, "loss_parts", ()))
+            if hasattr(objective, "plot_epoch"):  # e.g. LAS's attention weights on held-out utterances
+                objective.plot_epoch(model, valid, exp_dir, epoch, device)
             with atomic_output(exp_dir / f"epoch-{epoch}.pt") as tmp:  # written last: the epoch is finished
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "step": step, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -336,7 +342,8 @@ def remove_old_run(exp_dir: Path) -> None:
     import shutil
 
     old = sorted(exp_dir.glob("epoch-*.pt")) + [p for p in (exp_dir / "tensorboard", exp_dir / "curves.png",
-                                                            exp_dir / "final.pt", exp_dir / "train.json") if p.exists()]
+                                                            exp_dir / "attention", exp_dir / "final.pt",
+                                                            exp_dir / "train.json") if p.exists()]
     if old:
         log.info("%s: starting over: removing %d files of an earlier run", exp_dir, len(old))
     for path in old:
@@ -349,15 +356,16 @@ def _tensorboard(exp_dir: Path):
     return SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
 
 
-def plot_curves(history: list[dict], png: Path, title: str, loss: str = "ce", metric: str | None = "frame_accuracy") -> Path:
-    """The loss and a second metric per epoch, training and held-out, as a PNG."""
+def plot_curves(history: list[dict], png: Path, title: str, loss: str = "ce", metric: str | None = "frame_accuracy",
+                parts: tuple[str, ...] = ()) -> Path:
+    """The loss, its terms apart (``parts``) and a second metric per epoch, training and held-out, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [e["epoch"] for e in history]
-    names = [loss] + ([metric] if metric else [])
+    names = [loss, *parts] + ([metric] if metric else [])
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         scale = 100 if "accuracy" in name or "error" in name else 1
