@@ -179,3 +179,20 @@ def test_rnnt_ctc_head_adds_its_share_of_the_ctc_loss():
     assert float(again_parts["transducer"]) == pytest.approx(float(transducer), rel=1e-5)
     with_ctc.backward()
     assert model.ctc.weight.grad.abs().sum() > 0
+
+
+def test_replicate_padding_hides_the_utterance_edges_from_the_encoder():
+    """With replicate padding, frames repeated in front of an utterance of constant frames change nothing the
+    encoder sees at the start (the edge looks like more of the same); with zero padding, they do."""
+    torch.manual_seed(0)
+    for padding, same in (("replicate", True), ("zeros", False)):
+        torch.manual_seed(0)
+        model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12, padding=padding).eval()
+        frame = torch.randn(1, 1, 23)
+        with torch.no_grad():
+            short = model.encode(frame.repeat(1, 40, 1), torch.tensor([40]))[0]
+            long = model.encode(frame.repeat(1, 80, 1), torch.tensor([80]))[0]
+        # the middle of the longer input is as far from both edges as the receptive field reaches
+        assert torch.allclose(short[0, 0], long[0, 5], atol=1e-5) == same
+    with pytest.raises(ValueError, match="padding"):
+        RnnTransducer(23, 6, channels=16, blocks=4, padding="reflect")
