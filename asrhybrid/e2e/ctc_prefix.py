@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
@@ -28,27 +29,29 @@ from asrhybrid.e2e.tokens import BLANK, SOS_EOS
 
 @dataclass
 class CtcPrefix:
-    """A prefix's forward variables ([T] each, log) and its log prefix probability."""
+    """A prefix's forward variables ([T] each, log, float64 numpy) and its log prefix probability."""
 
     tokens: tuple[int, ...]
-    gamma_n: torch.Tensor
-    gamma_b: torch.Tensor
+    gamma_n: np.ndarray
+    gamma_b: np.ndarray
     score: float
 
 
 class CtcPrefixScorer:
-    """Prefix scores over one utterance's CTC log-probabilities ``log_probs`` [T, V] (T >= 1)."""
+    """Prefix scores over one utterance's CTC log-probabilities ``log_probs`` [T, V] (T >= 1). The recursion
+    runs in numpy: its arrays are a few candidates wide, where a torch call's overhead is most of the work."""
 
-    def __init__(self, log_probs: torch.Tensor, blank: int = BLANK, eos: int = SOS_EOS):
-        if log_probs.dim() != 2 or log_probs.shape[0] < 1:
+    def __init__(self, log_probs: torch.Tensor | np.ndarray, blank: int = BLANK, eos: int = SOS_EOS):
+        if log_probs.ndim != 2 or log_probs.shape[0] < 1:
             raise ValueError(f"log_probs of shape {tuple(log_probs.shape)}: [T >= 1, V]")
-        self.log_probs, self.blank, self.eos = log_probs.double(), blank, eos
+        if isinstance(log_probs, torch.Tensor):
+            log_probs = log_probs.detach().cpu().double().numpy()
+        self.log_probs, self.blank, self.eos = np.asarray(log_probs, dtype=np.float64), blank, eos
 
     def initial(self) -> CtcPrefix:
         """The empty prefix: all blanks so far; its prefix probability is 1."""
         T = self.log_probs.shape[0]
-        return CtcPrefix((), torch.full((T,), -torch.inf, dtype=torch.float64),
-                         torch.cumsum(self.log_probs[:, self.blank], dim=0), 0.0)
+        return CtcPrefix((), np.full(T, -np.inf), np.cumsum(self.log_probs[:, self.blank]), 0.0)
 
     def extend(self, prefix: CtcPrefix, tokens: list[int]) -> list[CtcPrefix]:
         """``prefix + (c,)`` for every c of ``tokens`` (blank excluded), with its log prefix probability
@@ -57,20 +60,21 @@ class CtcPrefixScorer:
             raise ValueError("the blank is no token of a prefix")
         lp = self.log_probs
         T = lp.shape[0]
-        c = torch.tensor(tokens, dtype=torch.long)
+        c = np.asarray(tokens, dtype=np.int64)
         x = lp[:, c]  # [T, K]
         last = prefix.tokens[-1] if prefix.tokens else None
-        repeat = (c == last)[None] if last is not None else torch.zeros(1, len(tokens), dtype=torch.bool)
-        phi = torch.where(repeat, prefix.gamma_b[:, None], torch.logaddexp(prefix.gamma_b, prefix.gamma_n)[:, None])
-        gamma_n = torch.full((T, len(tokens)), -torch.inf, dtype=torch.float64)
-        gamma_b = torch.full((T, len(tokens)), -torch.inf, dtype=torch.float64)
+        repeat = (c == last)[None] if last is not None else np.zeros((1, len(tokens)), dtype=bool)
+        phi = np.where(repeat, prefix.gamma_b[:, None], np.logaddexp(prefix.gamma_b, prefix.gamma_n)[:, None])
+        gamma_n = np.full((T, len(tokens)), -np.inf)
+        gamma_b = np.full((T, len(tokens)), -np.inf)
         if not prefix.tokens:
             gamma_n[0] = x[0]
+        blank = lp[:, self.blank]
         for t in range(1, T):
-            gamma_n[t] = torch.logaddexp(gamma_n[t - 1], phi[t - 1]) + x[t]
-            gamma_b[t] = torch.logaddexp(gamma_b[t - 1], gamma_n[t - 1]) + lp[t, self.blank]
-        psi = torch.logsumexp(torch.cat([gamma_n[:1], phi[:-1] + x[1:]]), dim=0)
-        full = float(torch.logaddexp(prefix.gamma_n[-1], prefix.gamma_b[-1])) if self.eos in tokens else None
+            gamma_n[t] = np.logaddexp(gamma_n[t - 1], phi[t - 1]) + x[t]
+            gamma_b[t] = np.logaddexp(gamma_b[t - 1], gamma_n[t - 1]) + blank[t]
+        psi = np.logaddexp.reduce(np.concatenate([gamma_n[:1], phi[:-1] + x[1:]]), axis=0)
+        full = float(np.logaddexp(prefix.gamma_n[-1], prefix.gamma_b[-1])) if self.eos in tokens else None
         return [CtcPrefix(prefix.tokens + (token,), gamma_n[:, k], gamma_b[:, k],
                           full if token == self.eos else float(psi[k]))
                 for k, token in enumerate(tokens)]

@@ -198,6 +198,19 @@ class LAS(nn.Module):
         ctc = summed_ctc_loss(self.ctc_log_probs(enc), enc_lens, labels)
         return (1 - self.ctc_weight) * total + self.ctc_weight * ctc, count, {"att": total, "ctc": ctc}
 
+    def _step_all(self, live: list, enc: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> list:
+        """:meth:`step` for every hypothesis of ``live`` (beam_search's tuples) in one batch: per hypothesis
+        (log-probabilities [V], context [1, C], state, attention weights [1, U])."""
+        H = len(live)
+        last = torch.tensor([h[4] for h in live], device=enc.device)
+        context = torch.cat([h[5] for h in live])
+        previous = torch.cat([h[7] for h in live]) if live[0][7] is not None else None
+        state = _stack_states([h[6] for h in live])
+        lp, context, (hs, cs), weights = self.step(last, context, state, enc.expand(H, -1, -1), keys.expand(H, -1, -1),
+                                                   mask.expand(H, -1), previous)
+        return [(lp[i], context[i : i + 1], (hs[:, i : i + 1], cs[:, i : i + 1]), weights[i : i + 1])
+                for i in range(H)]
+
     def beam_search(self, enc: torch.Tensor, beam: int = 4, nbest: int = 1, ctc_weight: float = 0.0,
                     length_bonus: float = 0.0, fusion=None) -> list[tuple[list[int], float]]:
         """(tokens, score) of the best finished hypotheses, best first, for one utterance's encodings [U, C].
@@ -226,10 +239,9 @@ class LAS(nn.Module):
         finished: list[tuple[list[int], float]] = []
         for length in range(1, max_len + 1):
             candidates = []
-            for tokens, _, att, prefix, last, context, state, weights in live:
-                lp, ctx, st, w = self.step(torch.tensor([last], device=enc.device), context, state, enc, keys, mask,
-                                           weights)
-                top = torch.topk(lp[0], tries)
+            stepped = self._step_all(live, enc, keys, mask)  # one batched speller step for every live hypothesis
+            for (tokens, _, att, prefix, *_), (lp, ctx, st, w) in zip(live, stepped):
+                top = torch.topk(lp, tries)
                 ids, att_lps = top.indices.tolist(), top.values.tolist()
                 ctc = scorer.extend(prefix, ids) if scorer is not None else [None] * len(ids)
                 for t, a, c in zip(ids, att_lps, ctc):
@@ -257,6 +269,12 @@ class LAS(nn.Module):
                     break
         finished += [(tokens, score) for tokens, score, *_ in live] if not finished else []
         return sorted(finished, key=lambda f: -f[1])[:nbest]
+
+
+def _stack_states(states: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if states[0] is None:
+        return None
+    return torch.cat([h for h, _ in states], dim=1), torch.cat([c for _, c in states], dim=1)
 
 
 def _ended(finished: list[tuple[list[int], float]], length: int, best: float, lengths: int = 3,
