@@ -122,8 +122,8 @@ def training_speed(device: str) -> dict:
                "rnnt_pruned": (RnnTransducer(23, V, channels=256, loss="pruned"), RnntObjective("rnnt", None)),
                "rnnt_pruned_ctc_head": (rnnt_ctc, RnntObjective("rnnt", None, rnnt_ctc.loss_parts)),
                "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None)),
-               "las": (LAS(23, V), LasObjective("las", None)),
-               "las_location": (LAS(23, V, attention="location"), LasObjective("las", None)),
+               "las": (LAS(23, V, ctc_weight=0.0), LasObjective("las", None)),   # the paper's
+               "las_location": (LAS(23, V, ctc_weight=0.0, attention="location"), LasObjective("las", None)),
                "las_joint": (las_ctc, LasObjective("las", None, las_ctc.loss_parts))}
     out = {}
     dev = torch.device(device)

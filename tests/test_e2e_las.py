@@ -86,7 +86,7 @@ def yesno_training_batch(tmp_path_factory):
 @pytest.mark.parametrize("system,options", [
     ("ctc", {"hidden": 64}),
     ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32}),
-    ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16}),
+    ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.0}),
     ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32, "ctc_scale": 0.2}),
     ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.3,
              "attention": "location", "label_smoothing": 0.1}),
@@ -103,7 +103,8 @@ def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_trainin
     torch.manual_seed(0)
     model = build_e2e_model(system, 23, len(tokens), options)
     objective = _objective(system, None, getattr(model, "loss_parts", ()))
-    assert len(objective.loss_parts) == (2 if "ctc_weight" in options or "ctc_scale" in options else 0)
+    heads = options.get("ctc_weight", 0.3) if system == "las" else options.get("ctc_scale", 0.0)  # the defaults
+    assert len(objective.loss_parts) == (2 if heads else 0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     curves: dict[str, list[float]] = {}
     for _ in range(12):
@@ -237,3 +238,23 @@ def test_attention_images_show_each_greedy_step_over_the_listener_frames(yesno_t
     assert len(steps) == len(hyp) + 1 or len(hyp) == int(model.max_output_ratio * int(enc_lens[0])) + 5
     weights = torch.stack(steps)
     assert weights.shape[1] == int(enc_lens[0]) and torch.allclose(weights.sum(1), torch.ones(len(steps)), atol=1e-5)
+
+
+def test_a_las_trained_before_the_joint_default_loads_as_the_papers(tmp_path):
+    """final.pt of a LAS trained when the default was ctc_weight 0 (its options do not name it, its weights have no
+    CTC head) loads as that model; one trained with the default CTC head loads with it."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from asrhybrid.e2e.train import E2EConfig, load_e2e
+
+    small = {"listener_hidden": 8, "pyramid": 2, "speller_hidden": 8, "embed_dim": 4, "attention_dim": 4}
+    for weight, head in ((0.0, False), (0.3, True)):
+        model = LAS(23, 9, ctc_weight=weight, **small)
+        exp = tmp_path / str(weight)
+        exp.mkdir()
+        torch.save({"model": model.state_dict(), "config": asdict(E2EConfig(system="las", model=small)),
+                    "num_tokens": 9, "feat_mean": np.zeros(23), "feat_std": np.ones(23)}, exp / "final.pt")
+        loaded, _ = load_e2e(exp)
+        assert (loaded.ctc is not None) == head and loaded.ctc_weight == weight

@@ -13,8 +13,8 @@
   normalisation s = log P(y|x) / |y| + lambda log P_lm(y) (a word LM through KenLM).
 
 Joint CTC/attention (Kim, Hori, Watanabe 2017; ESPnet's): with ``ctc_weight`` lambda > 0 a CTC head (one linear
-layer) reads the listener's output and the loss is lambda CTC + (1 - lambda) cross-entropy; lambda = 0 (the
-default, for now) is the paper's LAS. ``attention: location`` swaps the paper's dot attention for Chorowski
+layer) reads the listener's output and the loss is lambda CTC + (1 - lambda) cross-entropy (default 0.3,
+espnet2's); lambda = 0 is the paper's LAS. ``attention: location`` swaps the paper's dot attention for Chorowski
 (2015)'s location-aware one, whose energies also read a convolution over the previous step's weights.
 ``label_smoothing`` spreads that share of each token's target over the other tokens (blank excepted).
 """
@@ -115,7 +115,7 @@ class LocationAttention(nn.Module):
 class LAS(nn.Module):
     def __init__(self, feat_dim: int, num_tokens: int, listener_hidden: int = 256, pyramid: int = 3,
                  speller_hidden: int = 256, speller_layers: int = 2, embed_dim: int = 128, attention_dim: int = 128,
-                 sampling_rate: float = 0.1, max_output_ratio: float = 1.5, ctc_weight: float = 0.0,
+                 sampling_rate: float = 0.1, max_output_ratio: float = 1.5, ctc_weight: float = 0.3,
                  attention: str = "dot", label_smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= ctc_weight < 1.0:

@@ -137,6 +137,9 @@ def load_e2e(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[n
     """(model in eval mode, its final.pt) of a trained end-to-end system."""
     ckpt = torch.load(Path(exp_dir) / "final.pt", weights_only=False, map_location="cpu")
     cfg = E2EConfig(**ckpt["config"])
-    model = build_e2e_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_tokens"], cfg.model)
+    options = dict(cfg.model)
+    if cfg.system == "las" and "ctc_weight" not in options and not any(k.startswith("ctc.") for k in ckpt["model"]):
+        options["ctc_weight"] = 0.0  # trained when LAS's default was the paper's (no CTC head)
+    model = build_e2e_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_tokens"], options)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
