@@ -174,17 +174,16 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for name in ("common", *E2E_SYSTEMS, *_e2e_names(e2e)):
         if not isinstance(e2e.get(name) or {}, dict):
             raise ConfigError(f"{path}: 'e2e.{name}' must be a mapping, not {e2e[name]!r}")
-        named = name not in ("common", *E2E_SYSTEMS)
+        kinds = ("common", *E2E_SYSTEMS)  # their kind is their name: only a named system says `system:`
         _check_keys(path, f"e2e.{name}", e2e.get(name) or {},
-                    _field_names("e2e") - ({"system"} if not named else set()) | {"tokens"})
+                    _field_names("e2e") - ({"system"} if name in kinds else set()) | {"tokens"})
         _check_keys(path, f"e2e.{name}.tokens", (e2e.get(name) or {}).get("tokens") or {}, {"model_type", "vocab_size"})
     for system in e2e.get("systems") or []:
         if not isinstance(system, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", system):
             raise ConfigError(f"{path}: 'e2e.systems': {system!r} is not a system name (letters, digits, _)")
         if system in ("common", "decode", "systems", "nproc"):
             raise ConfigError(f"{path}: 'e2e.systems': '{system}' is a key of the e2e section, not a system name")
-        kind = (e2e.get(system) or {}).get("system", system)
-        if kind not in E2E_SYSTEMS:
+        if e2e_kind(e2e, system) not in E2E_SYSTEMS:
             raise ConfigError(f"{path}: 'e2e.{system}' is not one of {', '.join(E2E_SYSTEMS)}: a named system says "
                               f"which with 'system:' (e2e: {{systems: [las_paper], las_paper: {{system: las}}}})")
     systems = list(e2e.get("systems") or [])

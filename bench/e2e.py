@@ -155,17 +155,17 @@ def decoding(workdir: Path, part: str) -> dict:
     corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
     lm = workdir / "data" / "lm" / "large.arpa"
     for exp in sorted(p.parent for p in (workdir / "exp").glob("*/final.pt")):
-        config = torch.load(exp / "final.pt", weights_only=False, map_location="cpu")["config"]
-        system, kind = exp.name, config["system"]
+        final = torch.load(exp / "final.pt", weights_only=False, map_location="cpu")
+        system, kind = exp.name, final["config"]["system"]
         if kind not in ("ctc", "rnnt", "las"):
             continue
-        searches = [("greedy", False, []), ("beam", False, []), ("beam", True, [])]
-        searches += [("flashlight", True, [])] if kind == "ctc" else []
-        joint = kind == "las" and float(config["model"].get("ctc_weight", 0.0)) > 0
+        # (its name in the report, method, with the LM, more options)
+        searches = [("greedy", "greedy", False, []), ("beam", "beam", False, []), ("beam", "beam", True, [])]
+        searches += [("flashlight", "flashlight", True, [])] if kind == "ctc" else []
+        joint = kind == "las" and any(k.startswith("ctc.") for k in final["model"])  # a LAS with a CTC head
         # joint CTC/attention decoding (the training's ctc_weight) against the same model's attention-only search
-        searches += [("beam_attention_only", False, ["--opt", "ctc_weight=0.0"])] if joint else []
-        for name, with_lm, extra in searches:
-            method = name.removesuffix("_attention_only")
+        searches += [("beam_attention_only", "beam", False, ["--opt", "ctc_weight=0.0"])] if joint else []
+        for name, method, with_lm, extra in searches:
             with tempfile.TemporaryDirectory() as tmp:
                 args = [sys.executable, "-m", "asrhybrid", "decode-e2e", str(exp), str(corpus), tmp,
                         "--opt", f"method={method}", *extra] + (["--lm", str(lm)] if with_lm else [])

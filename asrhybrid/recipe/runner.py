@@ -334,12 +334,13 @@ def stage_e2e_decode(run: RecipeRun) -> None:
         for role in eval_parts(run):
             for search in searches:
                 search = dict(search)
-                lm, name, only = search.pop("lm", None), search.pop("name", None), search.pop("systems", None)
+                lm, only = search.pop("lm", None), search.pop("systems", None)
+                method = search.get("method", "beam")  # E2EDecodeConfig's default
+                name = search.pop("name", None) or method
                 if only is not None and system not in only:
                     continue
-                if search.get("method", "beam") == "flashlight" and kind != "ctc":
+                if method == "flashlight" and kind != "ctc":
                     continue  # flashlight's decoder is a CTC search
-                name = name or search.get("method", "beam")
                 out = exp / system / f"decode_{run.config.part(role)}_{lm or 'nolm'}_{name}"
                 args = [str(exp / system), str(run.cuts(role)), str(out), *format_options(search)]
                 if lm:
