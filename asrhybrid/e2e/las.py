@@ -348,13 +348,13 @@ class LasObjective(TokenObjective):
                 if batch is None:
                     continue
                 enc, enc_lens, _ = model.encode(batch.feats.to(device), batch.feat_lens.to(device))
-                for utt, text, e, n in zip(batch.ids, batch.texts, enc, enc_lens):
+                for utt, text, e, n in list(zip(batch.ids, batch.texts, enc, enc_lens))[: utterances - len(images)]:
                     weights: list[torch.Tensor] = []
                     greedy_las(model, e[: int(n)], weights)
                     images.append((utt, text, torch.stack(weights).numpy()))
-                if len(images) >= utterances:
+                if len(images) == utterances:
                     break
-        return plot_attention(images[:utterances], exp_dir / "attention" / f"epoch-{epoch}.png",
+        return plot_attention(images, exp_dir / "attention" / f"epoch-{epoch}.png",
                               f"{self.name} epoch {epoch}") if images else None
 
 
