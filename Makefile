@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 ASRHYBRID := $(VENV)/bin/asrhybrid
 
-.PHONY: recipe setup test test-all bench help
+.PHONY: recipe setup lint test test-all bench help
 recipe:
 	$(ASRHYBRID) run-recipe recipes/$(corpus) --stage $(stage) --stop-stage $(stop_stage) \
 	  --workdir $(workdir) $(if $(corpus_dir),--corpus-dir $(corpus_dir)) $(if $(filter 1 yes true,$(force)),--force) \
@@ -24,10 +24,15 @@ recipe:
 setup:
 	bash local/setup.sh
 
+# the layers of pyproject.toml's import-linter contracts, and no unused, undefined or unsorted import
+lint:
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check --select F,I asrhybrid tests bench local
+
 # pytest-xdist workers, one a core (up to 4), each taking whole test modules (their shared stages stay
 # in one process), in collection order: the two yesno recipe modules start first (tests/conftest.py), where
 # xdist's default order (most tests first) started the longest module four minutes late
-test:
+test: lint
 	$(VENV)/bin/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-all:
@@ -43,7 +48,8 @@ help:
 	@echo "asrhybrid: Kaldi-style recipes (see README.md)"
 	@echo "targets:"
 	@echo "  make setup        create $(VENV) with the pinned dependencies (builds kaldifeat, k2, KenLM's tools)"
-	@echo "  make test         the test suite on CPU, without the slow end-to-end checks"
+	@echo "  make lint         the import layers (import-linter) and ruff's import and name checks"
+	@echo "  make test         make lint, then the test suite on CPU, without the slow end-to-end checks"
 	@echo "  make test-all     every test, the slow ones too"
 	@echo "  make bench        the benchmarks (JSON with ratios against the reference implementations)"
 	@echo "  make [recipe]     run stages stage..stop_stage of recipes/\$$corpus (the default target)"

@@ -1,8 +1,16 @@
 """asrhybrid: Kaldi-style speech recognition recipes in Python.
 
-The package layout follows the pipeline: ``data -> features -> lang -> lm ->
-align -> tree -> nnet/train -> graph -> decode -> score``, with ``recipe``
-running numbered stages and ``cli`` exposing each stage as an ``asrhybrid`` verb.
+The packages are the pipeline's layers, each importing only from those below it (pyproject.toml's import-linter
+contracts, checked by ``make lint``), top to bottom:
+
+- ``cli`` (the ``asrhybrid`` command), ``recipe`` (the stage runner behind ``make``; it reads recipes),
+- ``verbs``: one ``asrhybrid <verb>`` per step; a verb decides paths, skipping, forcing and markers,
+- ``e2e`` (stages 9-10), ``score``; ``decode`` (stages 7-8), ``tree`` (5); ``align`` (4);
+  ``nnet`` (the hybrid networks, 6), ``graph`` (HCLG and its k2 form);
+  ``features``, ``lm``, ``model`` (the HMM model dir); ``data``, ``lang``, ``kaldi_io``,
+- shared ground: ``fsa`` (FSA algorithms on k2 or torch), ``outputs`` (atomic files, completion markers),
+  ``options``, ``determinism``, ``logs``, ``install``; ``errors``, ``kernels``, ``jobs``, ``kaldi`` (the Kaldi
+  wrappers, imported in their one safe order).
 """
 
 __version__ = "0.1.0"

@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 
 from asrhybrid.errors import AsrHybridError
-from asrhybrid.recipe.logs import setup_logging
-from asrhybrid.verbs import add_verb, add_verbs, run_verb
+from asrhybrid.logs import setup_logging
+from asrhybrid.recipe.runner import run_recipe
+from asrhybrid.verbs import add_verbs, run_verb
+from asrhybrid.verbs.common import add_verb
 
 log = logging.getLogger("asrhybrid")
 
 
 def cmd_run_recipe(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.runner import run_recipe
-
     run_recipe(args.recipe, args.workdir, args.stage, args.stop_stage, args.corpus_dir, args.force,
                args.fold.split(",") if args.fold else None)
 

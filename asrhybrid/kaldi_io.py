@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import kaldi_native_io as kio
 import numpy as np
 
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import atomic_output, temporary_sibling
+from asrhybrid.outputs import atomic_output, temporary_sibling
 
 
 def _require(path: Path) -> Path:
@@ -25,16 +26,12 @@ def _require(path: Path) -> Path:
 
 def write_matrices(path: Path, matrices: dict[str, np.ndarray]) -> None:
     """A double-matrix archive, keys sorted (no scp: it would name the temporary file)."""
-    import kaldi_native_io as kio
-
     with atomic_output(path) as tmp, kio.DoubleMatrixWriter(f"ark:{tmp}") as writer:
         for key in sorted(matrices):
             writer.write(key, matrices[key])
 
 
 def read_matrices(path: Path) -> dict[str, np.ndarray]:
-    import kaldi_native_io as kio
-
     out = {}
     with kio.SequentialDoubleMatrixReader(f"ark:{_require(path)}") as reader:
         for key, mat in reader:
@@ -46,8 +43,6 @@ def read_matrices(path: Path) -> dict[str, np.ndarray]:
 def _table_writer(ark: Path, writer_class: str, convert) -> Iterator:
     """Stream a Kaldi table: yields ``write(key, value)``; on success ``ark`` and its ``.scp`` land together
     (written under temporary names first), so later steps can read entries by key."""
-    import kaldi_native_io as kio
-
     ark = Path(ark)
     scp = ark.with_suffix(".scp")
     tmp_ark, tmp_scp = temporary_sibling(ark), temporary_sibling(scp)
@@ -75,8 +70,6 @@ def matrix_table_writer(ark: Path):
 
 def iter_matrices(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(key, matrix) of a float-matrix archive, in file order, one at a time."""
-    import kaldi_native_io as kio
-
     with kio.SequentialFloatMatrixReader(f"ark:{_require(path)}") as reader:
         for key, value in reader:
             yield key, np.array(value, copy=True)  # the reader reuses its buffer
@@ -86,8 +79,6 @@ class AlignmentTable:
     """Random access by utterance to an int32-vector table written with its .scp (nothing held in memory)."""
 
     def __init__(self, ark: Path):
-        import kaldi_native_io as kio
-
         self._reader = kio.RandomAccessInt32VectorReader(f"scp:{_require(Path(ark).with_suffix('.scp'))}")
 
     def __contains__(self, utt: str) -> bool:
@@ -102,8 +93,6 @@ class AlignmentTable:
 
 def iter_alignments(path: Path) -> Iterator[tuple[str, list[int]]]:
     """(utterance, values) of an int32-vector archive, in file order, one at a time."""
-    import kaldi_native_io as kio
-
     with kio.SequentialInt32VectorReader(f"ark:{_require(path)}") as reader:
         for key, value in reader:
             yield key, list(value)

@@ -8,14 +8,13 @@ import pickle
 from pathlib import Path
 
 from asrhybrid.errors import DataError
+from asrhybrid.kaldi import khg
 from asrhybrid.lang.io import read_topo
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 
 def init_mono_model(lang_dir: Path | str, model_dir: Path | str):
     """A monophone tree and transition model for ``lang_dir``'s topology; returns (tree, trans_model)."""
-    from asrhybrid.kaldi import khg
-
     lang_dir, model_dir = Path(lang_dir), Path(model_dir)
     topo_text = read_topo(lang_dir)
     topo = khg.HmmTopology()
@@ -40,8 +39,6 @@ def save_model(model_dir: Path, topo_text: str, tree, trans_model) -> None:
 
 def load_model(model_dir: Path | str):
     """(tree, trans_model) of a model dir."""
-    import asrhybrid.kaldi  # noqa: F401  (the Kaldi wrappers must be loaded in their safe order)
-
     model_dir = Path(model_dir)
     for name in ("tree", "trans.pkl"):
         if not (model_dir / name).is_file():

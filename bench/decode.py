@@ -30,7 +30,7 @@ import torch
 def scores_of(workdir: Path, system: str, part: str, limit: int):
     from lhotse import load_manifest
 
-    from asrhybrid.nnet.train import iter_loglikes, load_am
+    from asrhybrid.nnet.inference import iter_loglikes, load_am
 
     corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
     cuts = load_manifest(corpus).subset(first=limit) if limit else load_manifest(corpus)
@@ -62,8 +62,8 @@ def main() -> None:
 
     from asrhybrid.decode.corpus import frame_batches
     from asrhybrid.decode.decoder import DecodeConfig, KaldiDecoder, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
     from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice, rescore_nbest
+    from asrhybrid.graph.k2graph import DecodingGraph
     from asrhybrid.lm.train import arpa_to_g
 
     graph = DecodingGraph.load(args.workdir / "exp" / "tree" / "graph_small")

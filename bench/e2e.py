@@ -110,7 +110,7 @@ def training_speed(device: str) -> dict:
     from asrhybrid.e2e.ctc import CtcObjective, DeepSpeech
     from asrhybrid.e2e.data import E2EBatch
     from asrhybrid.e2e.las import LAS, LasObjective
-    from asrhybrid.e2e.rnnt import RnnTransducer, RnntObjective
+    from asrhybrid.e2e.rnnt import RnntObjective, RnnTransducer
 
     torch.manual_seed(0)
     B, T, V = 8, 600, 30

@@ -46,7 +46,9 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 def step_rate(system: str, model_opts: dict, feat_dim: int, num_pdfs: int, batch: int, frames: int,
               device: torch.device, repeats: int) -> dict:
-    from asrhybrid.nnet.train import TrainConfig, _autocast, _losses, build_model
+    from asrhybrid.nnet.models import build_model
+    from asrhybrid.nnet.train import TrainConfig, _losses
+    from asrhybrid.nnet.trainer import autocast as _autocast
 
     torch.manual_seed(0)
     model = build_model(system, feat_dim, num_pdfs, model_opts).to(device)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from asrhybrid.config import load_recipe, parse_options
-from asrhybrid.recipe.runner import RecipeRun, stage_e2e, stage_e2e_decode
-from asrhybrid.errors import ConfigError
 from conftest import REPO
+
+from asrhybrid.errors import ConfigError
+from asrhybrid.options import parse_options
+from asrhybrid.recipe.config import load_recipe
+from asrhybrid.recipe.runner import RecipeRun, stage_e2e, stage_e2e_decode
 
 
 @pytest.mark.parametrize("recipe", sorted(p.parent.name for p in (REPO / "recipes").glob("*/config.yaml")))

@@ -82,7 +82,7 @@ def test_rerun_is_noop_and_changed_options_need_force(tmp_path):
     """Through the verb (markers are the verb layer's): a re-run is a no-op, other options need --force."""
     from dataclasses import asdict
 
-    from asrhybrid.config import format_options
+    from asrhybrid.options import format_options
     from asrhybrid.verbs import run_verb
 
     corpus = tmp_path / "s"

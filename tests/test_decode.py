@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import require_k2, require_shared
 
 
@@ -47,7 +46,7 @@ def planted_pdf_scores(lang, tree, trans_model, words, sentences, seed=0, frames
 
 def test_planted_scores_decode_to_the_planted_words_with_k2_and_kaldi(yesno_graph):
     from asrhybrid.decode.decoder import DecodeConfig, KaldiDecoder, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
+    from asrhybrid.graph.k2graph import DecodingGraph
 
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
     graph = DecodingGraph.load(graph_dir)
@@ -74,7 +73,7 @@ def test_planted_scores_decode_to_the_planted_words_with_k2_and_kaldi(yesno_grap
 
 def test_bad_utterances_fail_alone(yesno_graph):
     from asrhybrid.decode.decoder import DecodeConfig, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
+    from asrhybrid.graph.k2graph import DecodingGraph
 
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
     graph = DecodingGraph.load(graph_dir)
@@ -89,13 +88,14 @@ def test_bad_utterances_fail_alone(yesno_graph):
 
 def _decode_dir(tmp_path, graph_dir, scores: dict[str, np.ndarray], cfg):
     from asrhybrid.decode.corpus import decode_corpus
+    from asrhybrid.decode.scores import LoglikeArchive
     from asrhybrid.kaldi_io import matrix_table_writer
 
     ark = tmp_path / "loglikes.ark"
     with matrix_table_writer(ark) as write:
         for utt, m in scores.items():
             write(utt, m)
-    decode_corpus(graph_dir, ark, tmp_path / "decode", cfg=cfg, nj=2)
+    decode_corpus(graph_dir, LoglikeArchive(ark), tmp_path / "decode", cfg=cfg, nj=2)
     return tmp_path / "decode"
 
 
@@ -162,8 +162,8 @@ def test_cuda_decoding_equals_cpu(yesno_graph):
     import torch
 
     from asrhybrid.decode.decoder import DecodeConfig, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
     from asrhybrid.fsa.k2_engine import with_cuda
+    from asrhybrid.graph.k2graph import DecodingGraph
 
     if not (torch.cuda.is_available() and with_cuda()):
         pytest.skip("no CUDA device, or k2 built without CUDA (make setup builds it for CPU)")

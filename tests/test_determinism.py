@@ -59,7 +59,8 @@ def _train_dnn(tmp_path, name, num_threads, yesno_fbank_cuts):
     import numpy as np
 
     from asrhybrid.kaldi_io import alignment_table_writer
-    from asrhybrid.nnet.train import TrainConfig, load_am, train_am
+    from asrhybrid.nnet.inference import load_am
+    from asrhybrid.nnet.train import TrainConfig, train_am
 
     cuts_path = tmp_path / "cuts.jsonl.gz"
     if not cuts_path.exists():

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrhybrid.e2e.search import (FlashlightDecoder, WordFusion, ctc_log_prob, exhaustive_search,
-                                  prefix_beam_search)
+from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, ctc_log_prob, exhaustive_search, prefix_beam_search
 from asrhybrid.e2e.tokens import BLANK, TokenSet
 from asrhybrid.lm.bpe import train_tokens
 
@@ -79,7 +78,7 @@ def _ambiguous_yes_no(tokens: TokenSet) -> np.ndarray:
 
 
 def test_kenlm_fusion_flips_a_planted_ambiguity_and_matches_exhaustive_search(yes_no_tokens, yes_no_lm):
-    tokens, (path, lm) = yes_no_tokens, yes_no_lm
+    tokens, (_path, lm) = yes_no_tokens, yes_no_lm
     lp = _ambiguous_yes_no(tokens)
     plain = prefix_beam_search(lp, WordFusion(tokens, lm, alpha=0.0), beam=64)
     assert tokens.words(list(plain[0][0])) == ["NO"]

@@ -29,11 +29,11 @@ def _bigram_arpa() -> str:
 
 @pytest.fixture(scope="module")
 def hlg_setup(tmp_path_factory):
+    from conftest import require_k2
+
     from asrhybrid.decode.rescore import open_lm
     from asrhybrid.e2e.hlg import make_hlg_graph
     from asrhybrid.lm.train import arpa_to_g
-
-    from conftest import require_k2
 
     require_k2()
     root = tmp_path_factory.mktemp("hlg")
@@ -89,7 +89,7 @@ def test_hlg_spells_the_words_and_leaves_out_the_unspellable(hlg_setup):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_hlg_decoding_best_path_and_lattice_equal_brute_force(hlg_setup, seed):
     from asrhybrid.decode.decoder import DecodeConfig, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
+    from asrhybrid.graph.k2graph import DecodingGraph
 
     tokens, graph_dir, lm, ids, _ = hlg_setup
     graph = DecodingGraph.load(graph_dir)
@@ -116,8 +116,8 @@ def test_hlg_decoding_best_path_and_lattice_equal_brute_force(hlg_setup, seed):
 
 
 def test_a_corrupt_hlg_is_named(hlg_setup, tmp_path):
-    from asrhybrid.decode.graph import DecodingGraph
     from asrhybrid.errors import DataError
+    from asrhybrid.graph.k2graph import DecodingGraph
 
     _, graph_dir, _, _, _ = hlg_setup
     bad = tmp_path / "graph"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_e2e_ctc import YES_NO_ARPA, yes_no_tokens  # noqa: F401  (a fixture)
 
 from asrhybrid.e2e.las import LAS, Listener, _ended, greedy_las, rescore_nbest
 from asrhybrid.e2e.tokens import SOS_EOS, TokenSet
-from test_e2e_ctc import YES_NO_ARPA, yes_no_tokens  # noqa: F401  (a fixture)
 
 
 def test_pyramid_halves_time_three_times():

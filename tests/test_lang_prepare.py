@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import require_shared
 
 from asrhybrid.errors import DataError
 from asrhybrid.lang.lexicon import Lexicon, corpus_dict_dir, write_dict_dir
 from asrhybrid.lang.prepare_lang import add_lex_disambig, position_dependent, prepare_lang
-from conftest import require_shared
 
 
 @pytest.fixture

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import math
-
 import pytest
+from conftest import require_shared
 
 from asrhybrid.errors import DataError
 from asrhybrid.lm.arpa import read_arpa
 from asrhybrid.lm.train import arpa_to_g, prepare_lm_text, train_lm
-from conftest import require_shared
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from asrhybrid.nnet.adapt import (
     adapt_speakers,
     lhuc_layers,
 )
-from asrhybrid.nnet.train import build_model, iter_loglikes, load_am, pad_batch
+from asrhybrid.nnet.batches import pad_batch
+from asrhybrid.nnet.inference import iter_loglikes, load_am
+from asrhybrid.nnet.models import build_model
 
 MODELS = {
     "dnn": {"context": 2, "hidden": 32, "layers": 2},

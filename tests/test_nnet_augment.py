@@ -76,7 +76,8 @@ def test_training_batches_are_augmented_reproducibly_and_keep_their_targets(yesn
     """The trainer's batches of real yesno cuts: with an augmentation the features change and repeat with the
     generator's seed, the targets stay the alignment's."""
     from asrhybrid.features.cmvn import FeatureNormalizer
-    from asrhybrid.nnet.train import IGNORE, _batches
+    from asrhybrid.nnet.batches import IGNORE
+    from asrhybrid.nnet.batches import frame_batches as _batches
 
     cuts = yesno_fbank_cuts
     targets = planted_targets(cuts, tmp_path / "ali_pdf.ark")
@@ -105,7 +106,7 @@ def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
     from asrhybrid.features.cmvn import FeatureNormalizer
     from asrhybrid.features.fbank import KaldiFbankConfig
     from asrhybrid.nnet.augment import WaveformPerturbation
-    from asrhybrid.nnet.train import _batches
+    from asrhybrid.nnet.batches import frame_batches as _batches
 
     cuts = yesno_fbank_cuts
     config = KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)

@@ -112,7 +112,7 @@ def test_fast_slow_looks_exactly_lookahead_frames_ahead(fast_output):
 
 def test_chunks_cover_every_target_once_with_their_context():
     """Kaldi-style chunks: targets tile the utterance exactly; inputs add left context and the model's right."""
-    from asrhybrid.nnet.train import chunk_spans
+    from asrhybrid.nnet.batches import chunk_spans
 
     assert chunk_spans(37, 0, 40, 5) == [(0, 0, 37, 37)]
     spans = chunk_spans(370, 150, 40, 5)
@@ -129,7 +129,8 @@ def test_a_chunk_with_its_right_context_scores_its_targets_as_the_whole_utteranc
     """The models with a bounded window (DNN splice; Fast/Slow fast path and the LSTMP output layer only see
     the right context given): a mid-utterance chunk's targets get the same scores as in the whole utterance
     once the chunk starts at frame 0 (the recurrent state then matches too)."""
-    from asrhybrid.nnet.train import build_model, chunk_spans
+    from asrhybrid.nnet.batches import chunk_spans
+    from asrhybrid.nnet.models import build_model
 
     torch.manual_seed(3)
     model = build_model(system, 6, 11, options).eval()
@@ -140,7 +141,7 @@ def test_a_chunk_with_its_right_context_scores_its_targets_as_the_whole_utteranc
 
 
 def test_checkpoint_average_is_the_mean_of_the_weights(tmp_path):
-    from asrhybrid.nnet.train import average_models
+    from asrhybrid.nnet.trainer import average_models
 
     layers = [torch.nn.Linear(3, 2) for _ in range(3)]
     for k, layer in enumerate(layers):
@@ -215,7 +216,7 @@ def test_speaker_cmvn_normalises_each_speakers_frames_to_zero_mean_unit_variance
 
 
 def test_the_slow_model_alone_is_fast_slow_without_its_fast_path():
-    from asrhybrid.nnet.train import build_model
+    from asrhybrid.nnet.models import build_model
 
     slow = build_model("slow", 6, 11, {"hidden": 8, "slow_layers": 2})
     full = build_model("fast_slow", 6, 11, {"hidden": 8, "slow_layers": 2, "fast_hidden": 4, "lookahead": 2})

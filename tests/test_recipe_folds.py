@@ -8,11 +8,11 @@ import pytest
 from conftest import REPO
 from lhotse import load_manifest
 
-from asrhybrid.config import load_recipe
 from asrhybrid.errors import ConfigError
-from asrhybrid.recipe.results import fold_workdir, folds_summary, write_folds_results
+from asrhybrid.recipe.config import load_recipe
 from asrhybrid.recipe.runner import run_recipe
 from asrhybrid.score.grid import score_hypotheses
+from asrhybrid.score.results import fold_workdir, folds_summary, write_folds_results
 
 
 def test_fsdd_folds_leave_each_speaker_out_once():

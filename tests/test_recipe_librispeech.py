@@ -8,10 +8,10 @@ from pathlib import Path
 
 import soundfile as sf
 import yaml
+from conftest import REPO
 from lhotse import load_manifest
 
 from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus
-from conftest import REPO
 
 
 def librispeech_tree(root: Path, synth_dir: Path) -> Path:

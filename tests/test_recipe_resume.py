@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lhotse import load_manifest
-
 from conftest import asrhybrid_cmd
+from lhotse import load_manifest
 from test_data_bad_input import make_kaldi_dir, write_wav
 
 
@@ -110,7 +109,7 @@ def test_completion_markers_compare_paths_not_their_spelling(tmp_path, monkeypat
     import pytest
 
     from asrhybrid.errors import StaleOutputError
-    from asrhybrid.recipe.outputs import Completion
+    from asrhybrid.outputs import Completion
 
     (tmp_path / "words.txt").write_text("a 1\n")
     (tmp_path / "other.txt").write_text("b 1\n")
@@ -127,7 +126,7 @@ def test_markers_redo_a_step_whose_inputs_changed(tmp_path, caplog):
     plain file redoes when its content changed; its own re-run with nothing changed is a no-op."""
     import logging
 
-    from asrhybrid.recipe.outputs import Completion, input_stamp
+    from asrhybrid.outputs import Completion, input_stamp
 
     caplog.set_level(logging.INFO)
     up, down, text = tmp_path / "up", tmp_path / "down", tmp_path / "text.txt"
@@ -159,7 +158,7 @@ def test_partial_work_of_other_options_is_cleared(tmp_path, caplog):
     """resume_or_clear keeps a folder's partial work only under the key it was made with."""
     import logging
 
-    from asrhybrid.recipe.outputs import Completion, resume_or_clear
+    from asrhybrid.outputs import Completion, resume_or_clear
 
     caplog.set_level(logging.INFO)
     work = tmp_path / "chunks"
@@ -187,7 +186,7 @@ def test_stale_temporaries_of_a_live_run_are_kept(tmp_path):
     """Two runs in one directory: temporaries of a process still alive are not deleted, a dead one's are."""
     import subprocess
 
-    from asrhybrid.recipe.outputs import TMP_PREFIX, remove_stale_temporaries
+    from asrhybrid.outputs import TMP_PREFIX, remove_stale_temporaries
 
     alive = subprocess.Popen(["sleep", "30"])
     dead = subprocess.Popen(["true"])

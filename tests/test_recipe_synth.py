@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from lhotse import load_manifest
-
 from conftest import run_make
+from lhotse import load_manifest
 
 
 @pytest.mark.slow

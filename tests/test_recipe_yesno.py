@@ -126,7 +126,7 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
 
     from praatio import textgrid
 
-    from asrhybrid.align.outputs import cut_entries, read_ctm
+    from asrhybrid.align.generation import cut_entries, read_ctm
     from asrhybrid.align.plot import plot_word_boundaries
 
     test = load_manifest(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")
@@ -350,8 +350,9 @@ def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stag
     from asrhybrid.features.cmvn import global_mean_std
     from asrhybrid.lang.io import read_int_list
     from asrhybrid.model import load_model
+    from asrhybrid.nnet.inference import load_am
     from asrhybrid.nnet.priors import silence_pdfs
-    from asrhybrid.nnet.train import TrainConfig, load_am, train_am
+    from asrhybrid.nnet.train import TrainConfig, train_am
 
     work, _ = yesno_through_stage_4
     _, trans_model = load_model(work / "exp" / "tree")
@@ -379,10 +380,10 @@ def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
     """`asrhybrid train-am` then `compute-loglikes`: one [frames, pdfs] matrix per test utterance, whose rows are
     posteriors over priors (exp(loglike + log prior) sums to 1 at acwt 1); a re-run is a no-op."""
     import torch
+    from conftest import asrhybrid_cmd
 
     from asrhybrid.kaldi_io import iter_matrices
     from asrhybrid.model import load_model
-    from conftest import asrhybrid_cmd
 
     work, _ = yesno_through_stage_4
     fbank, exp = work / "data" / "fbank", tmp_path / "dnn"

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asrhybrid.tree.build import (CENTER, LEFT, Leaf, Split, build_tree, context_questions,
-                                  kaldi_tree_bytes, load_context_dependency)
+from asrhybrid.tree.build import (
+    CENTER,
+    LEFT,
+    Leaf,
+    Split,
+    build_tree,
+    context_questions,
+    kaldi_tree_bytes,
+    load_context_dependency,
+)
 
 
 def planted_stats(rng, dim=4, frames=400):

@@ -39,7 +39,7 @@ from asrhybrid.lang.io import read_int_list
 from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.nnet.priors import log_priors
-from asrhybrid.recipe.outputs import atomic_output, last_checkpoint, write_text_atomic
+from asrhybrid.outputs import atomic_output, last_checkpoint, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,10 @@ import numpy as np
 import torch
 
 from asrhybrid.align import BACKENDS
+from asrhybrid.fsa import DenseFsaVec, from_kaldi, shortest_path
+from asrhybrid.fsa.k2_engine import with_cuda
+from asrhybrid.kaldi import kaldifst, khg
+from asrhybrid.lang.io import read_int_list, read_symbol_table
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,6 @@ log = logging.getLogger(__name__)
 # So the torch engine on CPU; on CUDA too, unless k2 was built with CUDA (not measured here: no GPU).
 def default_backend(device: str) -> str:
     """The exact FSA engine that aligns fastest on ``device`` (k2 or torch), given what is installed."""
-    from asrhybrid.fsa.k2_engine import with_cuda
-
     return "k2" if str(device).startswith("cuda") and with_cuda() else "torch"
 
 
@@ -49,8 +51,6 @@ class TrainingGraph:
     @property
     def fsa(self):
         if self._fsa is None:
-            from asrhybrid.fsa import from_kaldi
-
             self._fsa = from_kaldi(self.fst)
         return self._fsa
 
@@ -66,9 +66,6 @@ class GraphCompiler:
     trans_model: object
 
     def __post_init__(self):
-        from asrhybrid.kaldi import kaldifst, khg
-        from asrhybrid.lang.io import read_int_list, read_symbol_table
-
         self.words = read_symbol_table(self.lang_dir / "words.txt")
         self.disambig = read_int_list(self.lang_dir / "phones" / "disambig.int")
         self.oov = (self.lang_dir / "oov.txt").read_text().strip()
@@ -83,8 +80,6 @@ class GraphCompiler:
         return [self.words.get(w, self.words[self.oov]) for w in text.split()]
 
     def compile(self, text: str):
-        from asrhybrid.kaldi import khg
-
         graph = self._compiler.compile_graph_from_text(self.word_ids(text))
         khg.add_transition_probs(trans_model=self.trans_model, disambig_syms=self.disambig, transition_scale=1.0,
                                  self_loop_scale=0.1, fst=graph)
@@ -129,8 +124,6 @@ def equal_alignment(graph, num_frames: int, seed: int, prefer=None, tries: int =
     With ``prefer`` (a test on an alignment), up to ``tries`` paths are drawn
     and the first that passes is kept (the last drawn if none does).
     """
-    from asrhybrid.kaldi import kaldifst
-
     tids = None
     for k in range(tries if prefer else 1):
         ok, aligned = kaldifst.equal_align(graph, num_frames, seed + k * 7919)
@@ -147,8 +140,6 @@ def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.nda
     """Kaldi's aligner per utterance: (transition ids, score) or None when it fails.
 
     ``graphs``: Kaldi FSTs or :class:`TrainingGraph`s (as for every aligner here)."""
-    from asrhybrid.kaldi import khg
-
     out = []
     for graph, ll in zip(graphs, pdf_loglikes):
         r = khg.align_utterance_wrapper(
@@ -169,8 +160,6 @@ def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarr
     similar lengths), at most ``batch`` of them and at most ``max_cells``
     (graph states x frames: the torch engine keeps a byte of back-pointer each) per batch.
     """
-    from asrhybrid.fsa import DenseFsaVec, shortest_path
-
     graphs = [_graph(g) for g in graphs]
     engine = engine or default_backend(device)
     label_to_column = torch.as_tensor(tid_to_pdf, dtype=torch.int64)  # tid -> pdf column

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 from lhotse import load_manifest
 
-from asrhybrid.align.outputs import cut_entries, read_ctm
-from asrhybrid.recipe.outputs import atomic_output
+from asrhybrid.align.generation import cut_entries, read_ctm
+from asrhybrid.outputs import atomic_output
 
 
 def plot_word_boundaries(cuts_path: Path | str, word_ctm: Path | str, png: Path | str, max_utterances: int = 30) -> Path:
     """One row per utterance: frame energy (dB, 10 ms) with the aligned words shaded and named."""
-    import matplotlib
+    import matplotlib  # heavy, and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

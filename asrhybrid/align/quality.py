@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from lhotse import load_manifest
 
-from asrhybrid.align.outputs import cut_entries, read_ctm
+from asrhybrid.align.generation import cut_entries, read_ctm
 
 SILENCE = {"SIL", "SPN", "sil", "<eps>"}
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from lhotse.recipes import prepare_librispeech as lhotse_prepare
 from lhotse.supervision import AlignmentItem
 
 from asrhybrid.data.kaldi_dir import read_kaldi_data_dir
@@ -177,8 +178,6 @@ def prepare_kaldi(corpus_dir: Path, parts: list[str] | None = None) -> Parts:
 
 def prepare_librispeech(corpus_dir: Path, parts: list[str] | str = "auto") -> Parts:
     """LibriSpeech or mini_librispeech already on disk, read through Lhotse's recipe."""
-    from lhotse.recipes import prepare_librispeech as lhotse_prepare
-
     manifests = lhotse_prepare(corpus_dir, dataset_parts=parts)
     if not manifests:
         raise DataError([f"{corpus_dir}: no LibriSpeech parts found"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lhotse.recipes
+
 from asrhybrid.errors import AsrHybridError, ConfigError
 
 # corpus -> (Lhotse download function, its keyword arguments, the corpus folder it unpacks)
@@ -26,7 +28,6 @@ def downloaded_corpus_dir(name: str, target_dir: Path | str) -> Path:
 def download_corpus(name: str, target_dir: Path | str, force: bool = False) -> Path:
     """Download ``name`` into ``target_dir`` (Lhotse skips a finished download); returns the corpus dir."""
     corpus_dir = downloaded_corpus_dir(name, target_dir)
-    import lhotse.recipes
 
     function, kwargs, _ = DOWNLOADS[name]
     try:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import soundfile as sf
-from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse import AudioSource, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest_lazy
 from lhotse.supervision import AlignmentItem
 from tqdm import tqdm
 
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import atomic_output
+from asrhybrid.outputs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,6 @@ def write_manifests(
 def load_cuts(path: Path | str):
     """A cuts manifest for a stage that reads it, lazily (read from disk as it is iterated, so a corpus of any
     size fits); a missing file or an empty set is an error naming it."""
-    from lhotse import load_manifest_lazy
-
     path = Path(path)
     if not path.is_file():
         raise DataError([f"{path} not found (asrhybrid compute-fbank writes the cuts with features)"])

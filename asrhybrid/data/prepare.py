@@ -9,7 +9,7 @@ from typing import Any
 from asrhybrid.data.corpora import prepare_corpus
 from asrhybrid.data.manifests import build_manifests, manifest_paths, write_manifests
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import remove_stale_temporaries
+from asrhybrid.outputs import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -24,79 +24,25 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import time
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from asrhybrid.decode.decoder import DecodeConfig, Hypothesis, KaldiDecoder, decode_batch
-from asrhybrid.decode.graph import DecodingGraph
 from asrhybrid.decode.lattice import read_kaldi_lattices, write_kaldi_lattices
+from asrhybrid.decode.scores import ScoreSource
 from asrhybrid.errors import DataError
+from asrhybrid.graph.k2graph import DecodingGraph
+from asrhybrid.logs import setup_logging
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def job_of(utt: str, nj: int) -> int:
-    """The job (1..nj) an utterance is decoded in."""
-    return zlib.crc32(utt.encode("utf-8")) % nj + 1
-
-
-def _in_job(cut, job: int, nj: int) -> bool:  # a named function: Lhotse warns on lambdas
-    return job_of(cut.id, nj) == job
-
-
-def model_kind(source: Path) -> tuple[str | None, dict | None]:
-    """("am", final.pt) for a stage-6 acoustic model dir, ("e2e", final.pt) for a stage-9 system's, (None, None)
-    for neither."""
-    if not (Path(source) / "final.pt").is_file():
-        return None, None
-    import torch
-
-    final = torch.load(Path(source) / "final.pt", weights_only=False, map_location="cpu")
-    return ("e2e" if "num_tokens" in final else "am"), final
-
-
-def iter_scores(source: Path, cuts_path: Path | None, prior_scale: float, job: int, nj: int,
-                device: str = "cpu", acwt: float = 1.0) -> Iterator[tuple[str, np.ndarray, float]]:
-    """(utt, unscaled log-likelihoods, seconds of audio or 0) of a job's utterances: from an acoustic model's
-    directory (``final.pt``; the network runs here, on the cuts), a CTC system's (its log-posteriors divided
-    by ``acwt``: the search sees them at scale 1, see asrhybrid.e2e.hlg) or a compute-loglikes archive (acwt 1)."""
-    from functools import partial
-
-    source = Path(source)
-    kind, _ = model_kind(source)
-    if kind is not None and cuts_path is None:
-        raise DataError([f"{source} is a trained model: decoding it needs the cuts (--cuts)"])
-    if kind == "e2e":
-        from asrhybrid.e2e.decode import iter_ctc_log_probs
-
-        for utt, log_probs, seconds in iter_ctc_log_probs(source, cuts_path, job, nj, device):
-            yield utt, log_probs / acwt, seconds
-        return
-    if kind == "am":
-        from asrhybrid.data.manifests import load_cuts
-        from asrhybrid.nnet.train import feature_normalizer, iter_loglikes, load_am
-
-        model, final = load_am(source, device)
-        normalizer = feature_normalizer(final, load_cuts(cuts_path), cuts_path)  # speakers' statistics of all jobs
-        cuts = load_cuts(cuts_path).filter(partial(_in_job, job=job, nj=nj))
-        for cut, ll in iter_loglikes(model, final, cuts, acwt=1.0, prior_scale=prior_scale, device=device,
-                                     normalizer=normalizer):
-            yield cut.id, ll, float(cut.duration)
-        return
-    if source.suffix not in (".ark", ".scp") or not source.is_file():
-        raise DataError([f"{source}: neither an acoustic model directory (with final.pt) nor a log-likelihood archive (.ark)"])
-    from asrhybrid.kaldi_io import iter_matrices
-
-    ark = source.with_suffix(".ark")
-    for utt, ll in iter_matrices(ark):
-        if job_of(utt, nj) == job:
-            yield utt, ll, 0.0
 
 
 def frame_batches(scores: Iterator[tuple], max_frames: int):
@@ -113,13 +59,9 @@ def frame_batches(scores: Iterator[tuple], max_frames: int):
         yield batch
 
 
-def decode_job(graph_dir: Path, source: Path, cuts_path: Path | None, out_dir: Path, cfg: DecodeConfig, job: int,
-               nj: int, device: str = "cpu", compare_kaldi: bool = False) -> dict:
+def decode_job(graph_dir: Path, source: ScoreSource, out_dir: Path, cfg: DecodeConfig, job: int, nj: int,
+               device: str = "cpu", compare_kaldi: bool = False) -> dict:
     """Decode job ``job`` of ``nj`` into ``out_dir/lat.job.gz`` and ``best.job.jsonl``; returns its counts."""
-    import torch
-
-    from asrhybrid.recipe.outputs import atomic_output
-
     if device == "cpu" and nj > 1:
         torch.set_num_threads(1)
     graph = DecodingGraph.load(graph_dir)
@@ -133,7 +75,7 @@ def decode_job(graph_dir: Path, source: Path, cuts_path: Path | None, out_dir: P
         with open(best_tmp, "w", encoding="utf-8") as best_file:
 
             def results():
-                for batch in frame_batches(iter_scores(source, cuts_path, cfg.prior_scale, job, nj, device, cfg.acwt), cfg.batch_frames):
+                for batch in frame_batches(source.scores(job, nj, device), cfg.batch_frames):
                     start = time.perf_counter()
                     hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
                     stats["decode_seconds"] += time.perf_counter() - start
@@ -180,47 +122,39 @@ def _compare(stats: dict, hyp: Hypothesis, kaldi: KaldiDecoder, ll: np.ndarray) 
 
 
 def _run_job(kwargs: dict) -> dict:
-    from asrhybrid.recipe.logs import setup_logging
-
     setup_logging(logging.WARNING)  # a spawned worker: its warnings and errors to stderr
     return decode_job(**kwargs)
 
 
-def decode_corpus(graph_dir: Path | str, source: Path | str, out_dir: Path | str, cuts_path: Path | str | None = None,
-                  cfg: DecodeConfig | None = None, nj: int = 1, device: str = "cpu",
-                  compare_kaldi: bool = False) -> dict:
-    """Decode every utterance into ``out_dir`` (see the module's doc) with ``nj`` jobs (processes on CPU); the jobs
-    already complete there (same options: the verb clears the folder otherwise) are kept. Returns decode.json."""
-    from asrhybrid.recipe.outputs import write_text_atomic
-
+def decode_corpus(graph_dir: Path | str, source: ScoreSource, out_dir: Path | str, cfg: DecodeConfig | None = None,
+                  nj: int = 1, device: str = "cpu", compare_kaldi: bool = False) -> dict:
+    """Decode every utterance of ``source`` (asrhybrid.decode.scores) into ``out_dir`` (see the module's doc) with
+    ``nj`` jobs (processes on CPU); the jobs already complete there (same options: the verb clears the folder
+    otherwise) are kept. Returns decode.json."""
     cfg = cfg or DecodeConfig()
-    graph_dir, source, out_dir = Path(graph_dir), Path(source), Path(out_dir)
-    cuts_path = Path(cuts_path) if cuts_path is not None else None
+    graph_dir, out_dir = Path(graph_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = DecodingGraph.load(graph_dir)  # errors before any job starts; caches the k2 form for the jobs
-    kind, final = model_kind(source)
-    if kind is not None:
-        if (kind == "e2e") != graph.is_hlg:
-            what = "a CTC system" if kind == "e2e" else "an acoustic model"
+    if source.kind != "archive":
+        if (source.kind == "ctc") != graph.is_hlg:
+            what = "a CTC system" if source.kind == "ctc" else "an acoustic model"
             raise DataError([f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
-                             f"({source}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"])
-        if kind == "e2e" and final["num_tokens"] != graph.num_pdfs:
-            raise DataError([f"{source}: the CTC system has {final['num_tokens']} tokens, the graph {graph_dir} was "
-                             f"built for {graph.num_pdfs}: they come from different token sets"])
-        if kind == "am" and final["num_pdfs"] != graph.num_pdfs:
-            raise DataError([f"{source}: the acoustic model has {final['num_pdfs']} pdfs, the graph {graph_dir} was built for "
-                             f"a model of {graph.num_pdfs}: they come from different trees"])
+                             f"({source.path}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"])
+        width, unit = source.num_outputs(), ("tokens" if source.kind == "ctc" else "pdfs")
+        if width != graph.num_pdfs:
+            what = "the CTC system" if source.kind == "ctc" else "the acoustic model"
+            why = "token sets" if source.kind == "ctc" else "trees"
+            raise DataError([f"{source.path}: {what} has {width} {unit}, the graph {graph_dir} was built for "
+                             f"{graph.num_pdfs}: they come from different {why}"])
     if compare_kaldi and graph.is_hlg:
         raise DataError([f"{graph_dir}: Kaldi's decoder needs an HCLG and its model; an HLG has no Kaldi reference"])
-    jobs = [dict(graph_dir=graph_dir, source=source, cuts_path=cuts_path, out_dir=out_dir, cfg=cfg, job=j, nj=nj,
+    jobs = [dict(graph_dir=graph_dir, source=source, out_dir=out_dir, cfg=cfg, job=j, nj=nj,
                  device=device, compare_kaldi=compare_kaldi) for j in range(1, nj + 1)]
     todo = [k for k in jobs if not _job_done(out_dir, k["job"])]
     if len(todo) < len(jobs):
         log.info("%s: %d of %d jobs already decoded", out_dir, len(jobs) - len(todo), len(jobs))
     start = time.perf_counter()
     if nj > 1 and device == "cpu" and len(todo) > 1:
-        import multiprocessing
-
         with multiprocessing.get_context("spawn").Pool(min(len(todo), os.cpu_count() or 1)) as pool:
             results = pool.map(_run_job, todo)
     else:
@@ -228,7 +162,7 @@ def decode_corpus(graph_dir: Path | str, source: Path | str, out_dir: Path | str
     wall = time.perf_counter() - start
     for k, stats in zip(todo, results):
         write_text_atomic(out_dir / f".job.{k['job']}.json", json.dumps(stats) + "\n")
-    summary = _summary(out_dir, nj, cfg, graph_dir, source, cuts_path, device, wall)
+    summary = _summary(out_dir, nj, cfg, graph_dir, source, device, wall)
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
     (out_dir / "words.txt").write_bytes((graph_dir / "words.txt").read_bytes())
     return summary
@@ -238,15 +172,16 @@ def _job_done(out_dir: Path, job: int) -> bool:
     return all((out_dir / name).is_file() for name in (f".job.{job}.json", f"lat.{job}.gz", f"best.{job}.jsonl"))
 
 
-def _summary(out_dir: Path, nj: int, cfg: DecodeConfig, graph_dir: Path, source: Path, cuts_path, device: str,
+def _summary(out_dir: Path, nj: int, cfg: DecodeConfig, graph_dir: Path, source: ScoreSource, device: str,
              wall: float) -> dict:
     jobs = [json.loads((out_dir / f".job.{j}.json").read_text()) for j in range(1, nj + 1)]
     total = {key: sum(j[key] for j in jobs) for key in ("utterances", "frames", "audio_seconds", "decode_seconds",
                                                         "state_lattice_arcs", "lattice_arcs")}
     failed = [f for j in jobs for f in j["failed"]]
     frames = max(1, total["frames"])
-    summary = {"config": asdict(cfg), "graph": str(graph_dir), "scores": str(source),
-               "cuts": str(cuts_path) if cuts_path else None, "nj": nj, "device": device,
+    cuts = getattr(source, "cuts", None)
+    summary = {"config": asdict(cfg), "graph": str(graph_dir), "scores": str(source.path),
+               "cuts": str(cuts) if cuts else None, "nj": nj, "device": device,
                "utterances": total["utterances"], "decoded": total["utterances"] - len(failed),
                "failed": failed, "frames": total["frames"],
                "decode_frames_per_second": round(total["frames"] / max(1e-9, total["decode_seconds"]), 1),

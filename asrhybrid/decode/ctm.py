@@ -12,19 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asrhybrid.align.generation import phone_segments, read_align_lexicon, word_segments
+from asrhybrid.align.graphs import transition_arrays
+from asrhybrid.decode.corpus import iter_lattices
 from asrhybrid.errors import DataError
+from asrhybrid.lang.io import read_symbol_table
+from asrhybrid.model import load_model
+from asrhybrid.outputs import atomic_output
 
 
 def lattice_ctm(decode_dir: Path | str, graph_dir: Path | str, out_ctm: Path | str, lmwt: float = 10.0,
                 wip: float = 0.0, frame_shift: float = 0.01) -> dict:
     """Write ``utt 1 start duration word`` lines (Kaldi's CTM, the utterance as the recording); returns counts."""
-    from asrhybrid.align.graphs import transition_arrays
-    from asrhybrid.align.outputs import phone_segments, read_align_lexicon, word_segments
-    from asrhybrid.decode.corpus import iter_lattices
-    from asrhybrid.lang.io import read_symbol_table
-    from asrhybrid.model import load_model
-    from asrhybrid.recipe.outputs import atomic_output
-
     graph_dir = Path(graph_dir)
     _, trans_model = load_model(graph_dir)
     arrays = transition_arrays(trans_model)

@@ -1,8 +1,8 @@
 """Stage 8: lattice decoding over HCLG with k2, and Kaldi's decoder on the same graph and scores as the reference.
 
-The network's scaled log-likelihoods (:func:`asrhybrid.nnet.train.iter_loglikes`,
+The network's scaled log-likelihoods (:func:`asrhybrid.nnet.inference.iter_loglikes`,
 or a compute-loglikes archive) times the acoustic scale ``acwt`` are k2's dense
-scores, one column per pdf; the k2 form of HCLG (:mod:`asrhybrid.decode.graph`)
+scores, one column per pdf; the k2 form of HCLG (:mod:`asrhybrid.graph.k2graph`)
 reads the pdf of each arc's transition id. ``k2.intersect_dense_pruned`` over
 a batch of utterances gives a state-level lattice per utterance (search beam,
 output beam, min/max active states); its best path gives the words and the
@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 from asrhybrid.decode.determinize import arrays_to_state_lattice, determinize
-from asrhybrid.decode.graph import DecodingGraph
 from asrhybrid.decode.lattice import WordLattice
+from asrhybrid.fsa.k2_engine import k2_module
+from asrhybrid.graph.k2graph import DecodingGraph
+from asrhybrid.graph.mkgraph import load_hclg
+from asrhybrid.kaldi import khg
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,6 @@ def check_scores(utt: str, loglikes: np.ndarray, num_pdfs: int) -> str | None:
 def decode_batch(graph: DecodingGraph, batch: list[tuple[str, np.ndarray]], cfg: DecodeConfig,
                  device: torch.device | str = "cpu", lattices: bool = True) -> list[Hypothesis]:
     """k2 lattice decoding of ``(utt, log-likelihoods [T, num_pdfs])`` pairs (unscaled: ``cfg.acwt`` applies here)."""
-    from asrhybrid.fsa.k2_engine import k2_module
-
     k2 = k2_module()
     results = {utt: Hypothesis(utt) for utt, _ in batch}
     good = []
@@ -162,9 +163,6 @@ class KaldiDecoder:
     The decoder keeps a pointer to the FST, not a reference: the FST is held here for the decoder's life."""
 
     def __init__(self, graph: DecodingGraph, cfg: DecodeConfig):
-        from asrhybrid.graph.mkgraph import load_hclg
-        from asrhybrid.kaldi import khg
-
         opts = khg.LatticeFasterDecoderConfig()
         opts.beam, opts.max_active, opts.min_active, opts.lattice_beam = (cfg.search_beam, cfg.max_active,
                                                                           cfg.min_active, cfg.lattice_beam)
@@ -173,8 +171,6 @@ class KaldiDecoder:
 
     def decode(self, utt: str, loglikes: np.ndarray) -> Hypothesis:
         """The 1-best of one utterance: words, transition ids and cost (graph + acwt x acoustic)."""
-        from asrhybrid.kaldi import khg
-
         graph, cfg = self.graph, self.cfg
         error = check_scores(utt, loglikes, graph.num_pdfs)
         if error:

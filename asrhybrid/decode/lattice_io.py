@@ -18,7 +18,7 @@ from pathlib import Path
 
 from asrhybrid.decode.lattice import WordLattice, read_kaldi_lattices, write_kaldi_lattices
 from asrhybrid.lang.io import read_symbol_table
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 
 def lattice_problem(lattice: WordLattice, words: dict[int, str]) -> str | None:

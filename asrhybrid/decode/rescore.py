@@ -23,15 +23,25 @@ with the new). Costs are natural-log, as in Kaldi's G.fst.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import kenlm
 import numpy as np
 import torch
 
-from asrhybrid.decode.lattice import Arc, WordLattice, paths_lattice
+from asrhybrid.decode.corpus import lattice_files
+from asrhybrid.decode.lattice import Arc, WordLattice, paths_lattice, read_kaldi_lattices, write_kaldi_lattices
 from asrhybrid.errors import DataError
+from asrhybrid.fsa.fsa import from_kaldi
+from asrhybrid.kaldi import kaldifst
+from asrhybrid.lang.io import read_symbol_table
+from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
+from asrhybrid.lm.train import arpa_to_g
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 LN10 = math.log(10.0)
 
@@ -40,8 +50,6 @@ class KenLmScorer:
     """Natural-log LM costs of words given KenLM states; words are ids of ``words`` (id -> word)."""
 
     def __init__(self, path: Path | str, words: dict[int, str]):
-        import kenlm
-
         path = Path(path)
         if not path.is_file():
             raise DataError([f"{path}: no such LM (an ARPA file or a KenLM binary)"])
@@ -79,8 +87,6 @@ class ArpaScorer:
     reader's scores are KenLM's, back-offs and ``<unk>`` alike); states are histories."""
 
     def __init__(self, path: Path | str, words: dict[int, str]):
-        from asrhybrid.lm.arpa import read_arpa
-
         self.path, self.words, self.model = Path(path), words, read_arpa(path)
         self._keep = max(0, self.model.order - 1)
 
@@ -126,8 +132,6 @@ def _arpa_order(path: Path) -> int:
 
 def check_lm_words(lm: Path, words: dict[int, str]) -> None:
     """An ARPA LM whose words are not all in the lattices' words.txt is a mismatch: an error naming them."""
-    from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
-
     if lm.suffix != ".arpa":
         return  # a KenLM binary: its vocabulary is not listed here; unknown lattice words score as <unk>
     known = set(words.values())
@@ -173,10 +177,8 @@ class K2LanguageModel:
 
     @classmethod
     def from_g_fst(cls, g_fst: Path | str, words: dict[int, str]) -> "K2LanguageModel":
-        import k2
+        import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-        from asrhybrid.fsa.fsa import from_kaldi
-        from asrhybrid.kaldi import kaldifst
 
         g = from_kaldi(kaldifst.StdVectorFst.read(str(g_fst)))
         label = g.label.clone()
@@ -192,7 +194,7 @@ class K2LanguageModel:
 def _to_k2(lattice: WordLattice):
     """The lattice as a k2 acceptor over words (scores 0): ``arc_index`` is each arc's index + 1 in the lattice,
     and a final arc's is minus (its state + 1), which names the final weight it stands for."""
-    import k2
+    import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
     final_state = lattice.num_states
     rows = [(a.src, a.dst, a.word, i + 1) for i, a in enumerate(lattice.arcs)]
@@ -207,7 +209,7 @@ def _to_k2(lattice: WordLattice):
 
 def k2_apply_lm(lattice: WordLattice, lm: K2LanguageModel, scale: float = 1.0) -> WordLattice:
     """Compose with the k2 LM (icefall's whole-lattice rescoring) and add ``scale`` x its cost to the graph costs."""
-    import k2
+    import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
     if not lattice.final:
         return WordLattice([], {})
@@ -255,13 +257,6 @@ def rescore_decode_dir(decode_dir: Path | str, old_lm: Path | str, new_lm: Path 
     """Rescore every lattice of a decode directory into ``out_dir`` (a decode directory again: lat.N.gz per
     job, words.txt, decode.json with the rescoring's counts). ``new_lm`` for ``lattice`` is an ARPA file
     (compiled to ``out_dir/G.fst`` over words.txt) or a G.fst; for ``nbest`` an ARPA file or a KenLM binary."""
-    import json
-    import time
-
-    from asrhybrid.decode.corpus import lattice_files
-    from asrhybrid.decode.lattice import read_kaldi_lattices, write_kaldi_lattices
-    from asrhybrid.lang.io import read_symbol_table
-    from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
 
     decode_dir, out_dir, old_lm, new_lm = Path(decode_dir), Path(out_dir), Path(old_lm), Path(new_lm)
     if method not in ("lattice", "nbest"):
@@ -274,8 +269,6 @@ def rescore_decode_dir(decode_dir: Path | str, old_lm: Path | str, new_lm: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "lattice":
         if new_lm.suffix == ".arpa":
-            from asrhybrid.lm.train import arpa_to_g
-
             arpa_to_g(new_lm, words_txt, out_dir / "G.fst")
             g_fst = out_dir / "G.fst"
         else:

@@ -20,9 +20,18 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from lhotse import Recording, load_manifest
 
+from asrhybrid.data.kaldi_dir import read_table
+from asrhybrid.decode.decoder import DecodeConfig, decode_batch
+from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice
 from asrhybrid.errors import DataError
 from asrhybrid.features.compute import fbank_config_of
+from asrhybrid.features.fbank import KaldiFbank
+from asrhybrid.graph.k2graph import DecodingGraph
+from asrhybrid.lm.train import arpa_to_g
+from asrhybrid.nnet.inference import feature_normalizer, load_am
+from asrhybrid.nnet.priors import scaled_loglikes
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +45,6 @@ class AudioItem:
 
 def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:
     """Audio files, ``wav.scp`` files (``utt path``) or cuts manifests, as mono audio at ``sample_rate``."""
-    from lhotse import Recording, load_manifest
-
     for source in sources:
         source = Path(source)
         if not source.exists():
@@ -48,8 +55,6 @@ def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:
                 yield AudioItem(cut.id, cut.load_audio()[0], sample_rate)
             continue
         if source.name == "wav.scp" or source.suffix == ".scp":
-            from asrhybrid.data.kaldi_dir import read_table
-
             problems: list[str] = []
             table = read_table(source, 1, problems)
             problems += [f"{source}:{n}: '{' '.join(rest)}': one audio file expected (commands ending in | are not read)"
@@ -94,13 +99,6 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
                new_lm: Path | str | None = None, old_lm: Path | str | None = None, cfg=None,
                max_segment: float = 30.0, device: str = "cpu") -> Iterator[tuple[str, str]]:
     """(utt, words) per input utterance (see the module's doc)."""
-    from asrhybrid.decode.decoder import DecodeConfig, decode_batch
-    from asrhybrid.decode.graph import DecodingGraph
-    from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice
-    from asrhybrid.features.fbank import KaldiFbank
-    from asrhybrid.nnet.priors import scaled_loglikes
-    from asrhybrid.nnet.train import feature_normalizer, load_am
-
     exp_dir = Path(exp_dir)
     workdir = exp_dir.parent.parent
     graph_dir = Path(graph_dir) if graph_dir else workdir / "exp" / "tree" / "graph_small"
@@ -120,8 +118,6 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
         old = open_lm(old_lm or workdir / "data" / "lm" / "small.arpa", words)
         g_fst = Path(new_lm)
         if g_fst.suffix == ".arpa":
-            from asrhybrid.lm.train import arpa_to_g
-
             g_fst = graph_dir / f"G_{Path(new_lm).stem}.fst"
             if not g_fst.is_file():
                 arpa_to_g(Path(new_lm), graph_dir / "words.txt", g_fst)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asrhybrid.e2e.objective import TokenObjective
+from asrhybrid.e2e.rnn import bidirectional
 from asrhybrid.e2e.tokens import BLANK
 
 
@@ -80,9 +80,7 @@ class DeepSpeech(nn.Module):
         out_lens = (lengths + self.stride - 1) // self.stride
         h = self.front(x)
         if self.rnn is not None:
-            packed = pack_padded_sequence(h, out_lens.cpu(), batch_first=True, enforce_sorted=False)
-            h, _ = self.rnn(packed)
-            h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+            h = bidirectional(self.rnn, h, out_lens)
             h = h[..., : h.shape[-1] // 2] + h[..., h.shape[-1] // 2 :]  # h_f + h_b
             if self.clip_rnn:
                 h = h.clamp(max=self.clip)

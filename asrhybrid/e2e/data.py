@@ -22,10 +22,12 @@ from functools import partial
 from typing import Callable, Iterator
 
 import torch
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
+from asrhybrid.nnet.batches import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,6 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
     utterance seeded from the batch's draw), or with ``by_duration`` (SortaGrad's first epoch) the batches in
     order of duration, shortest first (the cuts sorted in memory: their metadata, not their features);
     without ``generator``, the cuts in order."""
-    from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
-
-    from asrhybrid.nnet.train import pad_batch
 
     if check is not None:
         cuts = cuts.filter(partial(_keep, check=check))

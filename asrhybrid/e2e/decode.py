@@ -19,9 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrhybrid.e2e.search import WordFusion
+from asrhybrid.data.manifests import load_cuts
+from asrhybrid.decode.rescore import open_lm
+from asrhybrid.decode.scores import Scores
+from asrhybrid.e2e.ctc import greedy_ctc
+from asrhybrid.e2e.data import e2e_batches
+from asrhybrid.e2e.las import greedy_las, rescore_nbest
+from asrhybrid.e2e.rnnt import modified_beam_search, rnnt_greedy
+from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, prefix_beam_search
+from asrhybrid.e2e.tokens import TokenSet
+from asrhybrid.e2e.train import load_e2e
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.recipe.outputs import write_text_atomic
+from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.jobs import InJob
+from asrhybrid.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +82,11 @@ def arpa_words(path: Path) -> list[str]:
 def _lm_scorer(lm: Path | None):
     if lm is None:
         return None
-    from asrhybrid.decode.rescore import open_lm
-
     return open_lm(lm, {})
 
 
 def _ctc_searcher(cfg: E2EDecodeConfig, tokens, lm: Path | None):
     """log-probabilities [T, V] (numpy) -> words."""
-    from asrhybrid.e2e.ctc import greedy_ctc
-    from asrhybrid.e2e.search import FlashlightDecoder, prefix_beam_search
-
     if cfg.method == "greedy":
         return lambda lp: tokens.words(greedy_ctc(torch.from_numpy(lp), len(lp)))
     if cfg.method == "flashlight":
@@ -100,8 +106,6 @@ def _ctc_searcher(cfg: E2EDecodeConfig, tokens, lm: Path | None):
 
 def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     """encodings [T, C] -> words."""
-    from asrhybrid.e2e.rnnt import modified_beam_search, rnnt_greedy
-
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: RNN-T decodes with greedy or beam")
     if cfg.method == "greedy":
@@ -119,8 +123,6 @@ def _las_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     """encodings [U, C] -> words: greedy, or beam search (joint CTC/attention where ``ctc_weight`` > 0) whose
     n-best (``beam`` of them) is rescored with the paper's length normalisation and, with an LM, lambda =
     ``alpha``; or, with ``lm_fusion: shallow``, the LM (weight ``alpha``, word bonus ``beta``) in the search."""
-    from asrhybrid.e2e.las import greedy_las, rescore_nbest
-
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: LAS decodes with greedy or beam")
     if cfg.method == "greedy":
@@ -157,11 +159,6 @@ def _outputs(model, system: str, batch, device) -> list:
 def _load_system(exp_dir: Path, cuts_path: Path | str, device: str):
     """(model, final.pt, tokens, cuts, normalizer) of a trained system over a cuts manifest (the speakers'
     statistics, with ``cmvn: speaker``, span all the cuts)."""
-    from asrhybrid.data.manifests import load_cuts
-    from asrhybrid.e2e.tokens import TokenSet
-    from asrhybrid.e2e.train import load_e2e
-    from asrhybrid.features.cmvn import FeatureNormalizer
-
     model, final = load_e2e(exp_dir, device)
     cuts = load_cuts(cuts_path)
     normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
@@ -169,33 +166,38 @@ def _load_system(exp_dir: Path, cuts_path: Path | str, device: str):
     return model, final, TokenSet(exp_dir / "tokens"), cuts, normalizer
 
 
-def iter_ctc_log_probs(exp_dir: Path | str, cuts_path: Path | str, job: int = 1, nj: int = 1, device: str = "cpu",
-                       max_duration: float = 120.0):
-    """(utt, log-posteriors [T, V] (float32 numpy), seconds) of a CTC system for job ``job`` of ``nj``'s share
-    of the cuts (stage 8's decoder over HLG reads them); an utterance without frames gets a [0, V] matrix,
-    which the decoder reports. The speakers' statistics, with ``cmvn: speaker``, span all the cuts."""
-    from functools import partial
+@dataclass(frozen=True)
+class CtcSystemScores:
+    """A CTC system's log-posteriors [T, V] of the cuts, divided by ``acwt`` (the search over HLG sees them at
+    scale 1, see asrhybrid.e2e.hlg): a score source of asrhybrid.decode.scores. An utterance without frames gets a
+    [0, V] matrix, which the decoder reports. The speakers' statistics, with ``cmvn: speaker``, span all the cuts."""
 
-    from asrhybrid.decode.corpus import _in_job
-    from asrhybrid.e2e.data import e2e_batches
+    path: Path
+    cuts: Path
+    acwt: float = 1.0
+    max_duration: float = 120.0
+    kind = "ctc"
 
-    exp_dir = Path(exp_dir)
-    model, final, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
-    if final["config"]["system"] != "ctc":
-        raise DataError([f"{exp_dir}: a {final['config']['system']} system; WFST decoding over HLG needs a CTC system"])
-    mine = cuts.filter(partial(_in_job, job=job, nj=nj))
-    for cut in mine:
-        if not cut.num_frames:
-            yield cut.id, np.zeros((0, final["num_tokens"]), dtype=np.float32), float(cut.duration)
-    with torch.no_grad():
-        for batch in e2e_batches(mine.filter(_has_frames), tokens, normalizer, max_duration, None):
-            for utt, lp, seconds in zip(batch.ids, _outputs(model, "ctc", batch, device), batch.durations):
-                yield utt, lp.astype(np.float32), seconds
+    def num_outputs(self) -> int:
+        return int(torch.load(Path(self.path) / "final.pt", weights_only=False, map_location="cpu")["num_tokens"])
+
+    def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
+        model, final, tokens, cuts, normalizer = _load_system(Path(self.path), self.cuts, device)
+        if final["config"]["system"] != "ctc":
+            raise DataError([f"{self.path}: a {final['config']['system']} system; WFST decoding over HLG needs a CTC "
+                             "system"])
+        mine = cuts.filter(InJob(job, nj))
+        for cut in mine:
+            if not cut.num_frames:
+                yield cut.id, np.zeros((0, final["num_tokens"]), dtype=np.float32), float(cut.duration)
+        with torch.no_grad():
+            for batch in e2e_batches(mine.filter(_has_frames), tokens, normalizer, self.max_duration, None):
+                for utt, lp, seconds in zip(batch.ids, _outputs(model, "ctc", batch, device), batch.durations):
+                    yield utt, lp.astype(np.float32) / self.acwt, seconds
 
 
 def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, cfg: E2EDecodeConfig,
                lm: Path | str | None = None, device: str = "cpu") -> dict:
-    from asrhybrid.e2e.data import e2e_batches
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     model, final, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)

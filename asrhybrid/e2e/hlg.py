@@ -26,8 +26,12 @@ from pathlib import Path
 
 import torch
 
-from asrhybrid.decode.graph import HLG_FILE
+from asrhybrid.e2e.tokens import UNK, WORD_START, TokenSet
 from asrhybrid.errors import DataError
+from asrhybrid.fsa.fsa import from_kaldi
+from asrhybrid.graph.k2graph import HLG_FILE
+from asrhybrid.kaldi import kaldifst
+from asrhybrid.lang.io import read_symbol_table
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,6 @@ log = logging.getLogger(__name__)
 def lexicon(tokens, words: dict[str, int]) -> tuple[dict[int, list[int]], list[str]]:
     """(word id -> token ids, the words left out) for the words of ``words.txt`` the tokens spell
     (not <eps>, #N, <s>, </s>, nor a word with a character no piece holds)."""
-    from asrhybrid.e2e.tokens import UNK, WORD_START
-
     spelled, left_out = {}, []
     for word, wid in words.items():
         if wid == 0 or word.startswith("#") or word in ("<s>", "</s>"):
@@ -52,7 +54,7 @@ def lexicon(tokens, words: dict[str, int]) -> tuple[dict[int, list[int]], list[s
 
 def lexicon_fsa(spelled: dict[int, list[int]], token_disambig: int, word_disambig: int):
     """L as a k2 transducer (tokens : words) from one loop state, with the ``#0:#0`` self-loop."""
-    import k2
+    import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
     rows, next_state = [], 1
     for wid, ids in sorted(spelled.items()):
@@ -75,10 +77,8 @@ def lexicon_fsa(spelled: dict[int, list[int]], token_disambig: int, word_disambi
 
 def grammar_fsa(g_fst: Path):
     """G.fst as a k2 transducer: labels are its input words (``#0`` on back-off arcs), aux_labels its outputs."""
-    import k2
+    import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-    from asrhybrid.fsa.fsa import from_kaldi
-    from asrhybrid.kaldi import kaldifst
 
     g = from_kaldi(kaldifst.StdVectorFst.read(str(g_fst)), output_labels=True)
     order = torch.argsort(g.src, stable=True)
@@ -92,9 +92,8 @@ def grammar_fsa(g_fst: Path):
 def compile_hlg(tokens, lang_dir: Path):
     """HLG (see the module's doc) for the token set and a lang dir with ``G.fst`` and ``words.txt``;
     returns (HLG, statistics)."""
-    import k2
+    import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-    from asrhybrid.lang.io import read_symbol_table
 
     start = time.perf_counter()
     words = read_symbol_table(lang_dir / "words.txt")
@@ -128,8 +127,6 @@ def compile_hlg(tokens, lang_dir: Path):
 
 def make_hlg_graph(tokens_dir: Path | str, lang_dir: Path | str, graph_dir: Path | str) -> dict:
     """``graph_dir/HLG.k2.pt`` and ``words.txt`` for a CTC system's tokens and a lang dir with G.fst."""
-    from asrhybrid.e2e.tokens import TokenSet
-
     lang_dir, graph_dir = Path(lang_dir), Path(graph_dir)
     HLG, stats = compile_hlg(TokenSet(tokens_dir), lang_dir)
     if stats["left_out"]:

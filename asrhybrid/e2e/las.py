@@ -27,19 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asrhybrid.e2e.ctc import summed_ctc_loss
 from asrhybrid.e2e.ctc_prefix import CtcPrefixScorer
 from asrhybrid.e2e.objective import TokenObjective
+from asrhybrid.e2e.rnn import bidirectional
 from asrhybrid.e2e.tokens import BLANK, SOS_EOS
-from asrhybrid.recipe.outputs import atomic_output
-
-
-def _blstm(module: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, _ = module(packed)
-    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+from asrhybrid.outputs import atomic_output
 
 
 class Listener(nn.Module):
@@ -56,14 +50,14 @@ class Listener(nn.Module):
         return num_frames
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = _blstm(self.first, feats, lengths)
+        h = bidirectional(self.first, feats, lengths)
         for layer in self.pyramid:
             if h.shape[1] % 2:  # an odd last frame is paired with itself
                 h = torch.cat([h, h[:, -1:]], dim=1)
             B, T, D = h.shape
             h = h.reshape(B, T // 2, 2 * D)
             lengths = (lengths + 1) // 2
-            h = _blstm(layer, h, lengths)
+            h = bidirectional(layer, h, lengths)
         return h, lengths
 
 

@@ -3,6 +3,7 @@ asrhybrid.e2e.data, a summed loss, and on held-out batches the token error rate 
 
 from __future__ import annotations
 
+import kaldialign
 import torch
 from torch import nn
 
@@ -33,8 +34,6 @@ class TokenObjective:
         raise NotImplementedError
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        import kaldialign
-
         loss, count, outputs, parts = self.loss(model, batch.feats.to(device), batch.feat_lens.to(device), batch.labels)
         stats = {"count": float(count), self.loss_name: float(loss.detach())}
         stats.update({name: float(parts[name].detach()) for name in self.loss_parts})

@@ -18,6 +18,7 @@ summed CTC loss (the same blank).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -270,8 +271,6 @@ def brute_force_rnnt_log_prob(log_probs: np.ndarray, labels: list[int]) -> float
     """The reference for tiny cases: log of the sum over every alignment of ``labels`` through [T, U+1, V]
     joint-network log-probabilities (symbols keep the frame, blank moves to the next; the last step is a
     blank out of the last frame), the alignments enumerated one by one."""
-    import itertools
-
     T, U = log_probs.shape[0], len(labels)
     total = -math.inf
     for positions in itertools.combinations(range(T + U - 1), U):  # where the symbols go among the steps

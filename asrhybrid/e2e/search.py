@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
+from flashlight.lib.text.decoder.kenlm import KenLM
+from flashlight.lib.text.dictionary import Dictionary
 
 from asrhybrid.e2e.tokens import BLANK, TokenSet
 
@@ -142,11 +145,6 @@ class FlashlightDecoder:
 
     def __init__(self, tokens: TokenSet, lm_path, lexicon_words: list[str], alpha: float, beta: float,
                  beam: int = 50, beam_threshold: float = 25.0, unk_score: float = -math.inf):
-        from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
-                                                 Trie)
-        from flashlight.lib.text.decoder.kenlm import KenLM
-        from flashlight.lib.text.dictionary import Dictionary
-
         self.tokens = tokens
         token_dict = Dictionary()
         for piece in tokens.pieces:
@@ -172,8 +170,6 @@ class FlashlightDecoder:
         self.decoder = LexiconDecoder(options, trie, self.lm, BLANK, BLANK, word_dict.get_index("<unk>"), [], False)
 
     def __call__(self, log_probs: np.ndarray) -> list[str]:
-        import ctypes  # noqa: F401  (flashlight reads the emissions through a raw pointer)
-
         emissions = np.ascontiguousarray(log_probs, dtype=np.float32)
         T, V = emissions.shape
         best = self.decoder.decode(emissions.ctypes.data, T, V)[0]

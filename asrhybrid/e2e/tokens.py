@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sentencepiece as spm
+
 from asrhybrid.errors import DataError
 
 BLANK, SOS_EOS, UNK = 0, 1, 2
@@ -14,8 +16,6 @@ WORD_START = "\u2581"
 
 class TokenSet:
     def __init__(self, lang_dir: Path | str):
-        import sentencepiece as spm
-
         self.lang_dir = Path(lang_dir)
         models = sorted(self.lang_dir.glob("*.model"))
         if len(models) != 1:

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from asrhybrid.e2e.data import TrainingCheck, e2e_batches
+from asrhybrid.data.manifests import load_cuts
+from asrhybrid.e2e.ctc import CtcObjective, DeepSpeech
+from asrhybrid.e2e.data import TrainingCheck, ctc_frames_needed, e2e_batches
+from asrhybrid.e2e.las import LAS, LasObjective
+from asrhybrid.e2e.rnnt import RnntObjective, RnnTransducer
 from asrhybrid.e2e.tokens import TokenSet
-from asrhybrid.config import E2E_SYSTEMS
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.features.cmvn import FeatureNormalizer
+from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.nnet.augment import WaveformPerturbation
+from asrhybrid.nnet.batches import HeldOut
 from asrhybrid.nnet.trainer import InputOptions, Workers, default_device, fit
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.options import E2E_SYSTEMS
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,6 @@ class E2EConfig(InputOptions):
 
 
 def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) -> nn.Module:
-    from asrhybrid.e2e.ctc import DeepSpeech
-    from asrhybrid.e2e.las import LAS
-    from asrhybrid.e2e.rnnt import RnnTransducer
-
     classes = {"ctc": DeepSpeech, "rnnt": RnnTransducer, "las": LAS}
     try:
         return classes[system](feat_dim, num_tokens, **options)
@@ -59,10 +60,6 @@ def build_e2e_model(system: str, feat_dim: int, num_tokens: int, options: dict) 
 
 
 def _objective(system: str, batches, parts: tuple[str, ...] = ()):
-    from asrhybrid.e2e.ctc import CtcObjective
-    from asrhybrid.e2e.las import LasObjective
-    from asrhybrid.e2e.rnnt import RnntObjective
-
     return {"ctc": CtcObjective, "rnnt": RnntObjective, "las": LasObjective}[system](system, batches, parts)
 
 
@@ -74,16 +71,8 @@ def _no_frame(ids: list[int]) -> int:
     return 0
 
 
-def _held_out(cut, fraction: float, keep: bool) -> bool:
-    from asrhybrid.nnet.train import held_out
-
-    return held_out(cut.id, fraction) == keep
-
-
 def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: np.ndarray, exp_dir: Path,
               cfg: E2EConfig, resume_key: str | None = None, device: torch.device | str | None = None) -> dict:
-    from asrhybrid.data.manifests import load_cuts
-
     exp_dir = Path(exp_dir)
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(cfg.seed)
@@ -91,15 +80,14 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     cuts = load_cuts(cuts_path)
     normalizer = FeatureNormalizer.for_cuts(cfg.cmvn, cmvn_mean, cmvn_std, cuts, cuts_path)
     model = build_e2e_model(cfg.system, int(cmvn_mean.shape[0]), len(tokens), cfg.model).to(device)
-    from asrhybrid.e2e.data import ctc_frames_needed
 
     # CTC needs a frame per token (and one between repeats); RNN-T emits any number of tokens a frame; LAS
     # attends to any frame from any step
     needed = {"ctc": ctc_frames_needed, "rnnt": _one_frame, "las": _no_frame}[cfg.system]
     check = TrainingCheck(tokens, model.output_frames, needed)
     kept = check.survey(cuts)
-    train = cuts.filter(partial(_held_out, fraction=cfg.valid_fraction, keep=False))
-    valid = cuts.filter(partial(_held_out, fraction=cfg.valid_fraction, keep=True))
+    train = cuts.filter(HeldOut(cfg.valid_fraction, keep=False))
+    valid = cuts.filter(HeldOut(cfg.valid_fraction, keep=True))
     log.info("%s: %d parameters, %d tokens (%s), %s; %d utterances usable", cfg.system,
              sum(p.numel() for p in model.parameters()), len(tokens), tokens.model_path.name, device, kept)
 
@@ -119,8 +107,6 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
                "left_out": dict(check.counts), "left_out_examples": check.examples, "workers": result["workers"],
                "device": result["device"], "kernels": result["kernels"]}
     if result["leader"]:
-        import shutil
-
         with atomic_output(exp_dir / "tokens") as tmp:  # the token model travels with the system (replaced whole:
             tmp.mkdir()                                   # a retrained system's old model must not stay beside it)
             for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from asrhybrid.kaldi_io import read_matrices, write_matrices
 
@@ -128,8 +129,6 @@ class FeatureNormalizer:
 
     def __call__(self, cut, feats: np.ndarray | None = None):
         """A cut's features (``feats``: given instead of loaded, e.g. augmented) as the torch tensor [T, D]."""
-        import torch
-
         return torch.from_numpy(self.array(cut.load_features() if feats is None else feats, speaker_of(cut)))
 
 

@@ -27,7 +27,7 @@ from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import CmvnStats, speaker_of, write_cmvn
 from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
-from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
+from asrhybrid.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import kaldi_native_fbank as knf
 import numpy as np
 import torch
 from lhotse.features.base import FeatureExtractor, register_extractor
@@ -128,7 +129,7 @@ class KaldiFbank(FeatureExtractor):
         self.backend = self.config.resolved_backend()
         self._device = torch.device(self.config.resolved_device())
         if self.backend == "kaldifeat":
-            import kaldifeat
+            import kaldifeat  # optional: kaldi-native-fbank is the fallback backend
 
             opts = _fill_options(kaldifeat.FbankOptions(), self.config)
             opts.device = self._device
@@ -136,7 +137,6 @@ class KaldiFbank(FeatureExtractor):
         else:
             if self._device.type != "cpu":
                 raise ValueError("kaldi-native-fbank runs on CPU only; install kaldifeat for CUDA")
-            import kaldi_native_fbank as knf
 
             self._knf_opts = _fill_options(knf.FbankOptions(), self.config)
 
@@ -164,7 +164,6 @@ class KaldiFbank(FeatureExtractor):
             with torch.inference_mode():
                 feats = self._kaldifeat([w.to(self._device, torch.float32) for w in waves])
             return [f.cpu() for f in feats]
-        import kaldi_native_fbank as knf
 
         out = []
         for w in waves:

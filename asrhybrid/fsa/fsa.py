@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from asrhybrid.kaldi import kaldifst
+
 _OPENFST_MAGIC = 2125659606
 
 
@@ -138,8 +140,6 @@ def _renumbered(start, finals, src, dst, label, olabel, cost) -> Fsa:
 
 def from_kaldi_arcs(fst, output_labels: bool = False) -> Fsa:
     """:func:`from_kaldi` through kaldifst's arc iterator (the reference, and the path for FSTs with symbol tables)."""
-    from asrhybrid.kaldi import kaldifst
-
     if fst.start < 0:
         raise ValueError("the FST has no start state")
     n = fst.num_states

@@ -57,7 +57,7 @@ def with_cuda() -> bool:
 
 def k2_module():
     try:
-        import k2
+        import k2  # optional (make setup builds it): k2_module says how to get it
     except ImportError as e:
         raise RuntimeError(f"k2 is not installed ({e}); run `make setup`, or use the torch engine") from None
     return k2

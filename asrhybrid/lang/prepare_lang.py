@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asrhybrid.errors import DataError
+from asrhybrid.kaldi import kaldifst
 from asrhybrid.lang.lexicon import Lexicon, read_lexicon
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,6 @@ def _write_phone_list(phones_dir: Path, name: str, lines: list[list[str]], ids: 
 
 def compile_fst(text: str, isymbols: dict[str, int], osymbols: dict[str, int]):
     """fstcompile with symbol tables (states renumbered in order of appearance, as fstcompile does)."""
-    from asrhybrid.kaldi import kaldifst
-
     numeric = []
     for line in text.splitlines():
         f = line.split("\t")
@@ -225,8 +224,6 @@ def prepare_lang(
     sil_prob: float = 0.5,
 ) -> Path:
     """Build ``lang_dir`` from a Kaldi dict dir."""
-    from asrhybrid.kaldi import kaldifst
-
     dict_dir, lang_dir = Path(dict_dir), Path(lang_dir)
     d = read_dict_dir(dict_dir)
     if oov_word not in d.lexicon.words():

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import sentencepiece as spm
+
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
 def train_tokens(texts: list[str], out_dir: Path, vocab_size: int, model_type: str = "bpe") -> Path:
     """Train ``out_dir/{model_type}.model`` on the transcripts; writes ``tokens.txt`` (piece id) beside it."""
-    import sentencepiece as spm
-
     if model_type not in ("bpe", "unigram", "char"):
         raise ConfigError(f"token model_type must be bpe, unigram or char, not '{model_type}'")
     lines = [t for t in texts if t.strip()]

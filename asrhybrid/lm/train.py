@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kenlm
+
 from asrhybrid.errors import AsrHybridError, DataError
+from asrhybrid.kaldi import kaldifst, kaldilm
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,6 @@ def perplexity(model_path: Path, sentences: list[str]) -> float:
     if arpa is not None and arpa.order == 1:
         score = lambda s: arpa.sentence_log10(s.split())  # noqa: E731  (KenLM needs order >= 2)
     else:
-        import kenlm
-
         score = kenlm.Model(str(model_path)).score
     total, tokens = 0.0, 0
     for s in sentences:
@@ -151,8 +152,6 @@ def arpa_to_g(arpa: Path, words_txt: Path, g_fst: Path, allowed_oov: tuple[str, 
     word must be in words.txt, except lmplz's own ``<unk>`` whose n-grams
     arpa2fst skips. Returns the FST.
     """
-    from asrhybrid.kaldi import kaldifst, kaldilm
-
     model = read_arpa(arpa)
     table = read_symbol_table(words_txt)
     missing = sorted(w for w in model.vocabulary if w not in table and w not in allowed_oov and w not in (BOS, EOS))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +33,11 @@ from torch import nn
 
 from asrhybrid.determinism import fix_training_threads
 from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.features.cmvn import speaker_of
+from asrhybrid.nnet.batches import IGNORE, pad_batch, pad_targets, sampler
+from asrhybrid.nnet.fast_slow import FastSlowAM
+from asrhybrid.nnet.lstmp import LstmpAM
+from asrhybrid.nnet.models import FrameDNN
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,6 @@ class AdaptConfig:
 
 def lhuc_layers(model: nn.Module) -> list[nn.Linear]:
     """The affine layers whose inputs are hidden units, which LHUC scales."""
-    from asrhybrid.nnet.fast_slow import FastSlowAM
-    from asrhybrid.nnet.lstmp import LstmpAM
-    from asrhybrid.nnet.train import FrameDNN
-
     if isinstance(model, FrameDNN):
         return [m for m in model.mlp.body if isinstance(m, nn.Linear)][1:]
     if isinstance(model, LstmpAM):
@@ -83,8 +83,6 @@ class SpeakerAdaptedAM(nn.Module):
     speaker key per sequence of the batch. The base model's parameters are not trained here."""
 
     def __init__(self, base: nn.Module, feat_dim: int, speakers: list[str], transforms: list[str]):
-        from asrhybrid.nnet.train import FrameDNN
-
         super().__init__()
         self.base, self.transforms = base, list(transforms)
         self.speakers = {s: i for i, s in enumerate(speakers)}
@@ -170,9 +168,6 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
     speaker keeps the transforms of its best epoch (the identity when none beat it): adaptation never leaves a
     speaker worse on its own first pass. Returns the adapted model (eval mode) and a report: per speaker its
     frames, cross-entropy before and after, and the epoch kept."""
-    from asrhybrid.features.cmvn import speaker_of
-    from asrhybrid.nnet.train import IGNORE, _sampler, pad_batch, pad_targets
-
     aligned = cuts.filter(partial(_has_target, targets=targets))
     speakers = sorted({speaker_of(c) for c in aligned})
     if not speakers:
@@ -188,7 +183,7 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
     model.eval()  # no dropout: the network is fixed, only the transforms learn
 
     def batches(shuffle: bool):
-        for batch in _sampler(aligned, cfg.max_duration, generator if shuffle else None):
+        for batch in sampler(aligned, cfg.max_duration, generator if shuffle else None):
             feats, ys, spk, utts = [], [], [], []
             for cut in batch:
                 f = normalizer(cut)
@@ -248,59 +243,3 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
         s: {"frames": int(frames[s]), "ce_before": round(before[s], 4), "ce_after": round(best[s], 4),
             "epoch": best_epoch[s]} for s in speakers}}
     return model.eval(), report
-
-
-def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str, out_dir: Path | str,
-             cfg: AdaptConfig | None = None, graph_dir: Path | str | None = None,
-             device: torch.device | str = "cpu") -> dict:
-    """adapt-am: the speakers of ``cuts_path`` adapted on the best paths of ``decode_dir`` (a decode of those
-    cuts by ``exp_dir``'s system) into the model directory ``out_dir`` (final.pt, adapt.json, and the first
-    pass's pdf targets first_pass_pdf.ark/.scp). ``exp_dir`` may itself be adapted: its base model is what is
-    adapted again (iterations start over from the base, on better targets). The transition model comes from
-    ``graph_dir``, by default the graph the decode recorded in its decode.json. Returns adapt.json."""
-    import json
-
-    from asrhybrid.data.manifests import load_cuts
-    from asrhybrid.decode.corpus import read_best
-    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
-    from asrhybrid.model import load_model
-    from asrhybrid.nnet.train import feature_normalizer, load_am
-    from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
-
-    cfg = cfg or AdaptConfig()
-    exp_dir, decode_dir, out_dir = Path(exp_dir), Path(decode_dir), Path(out_dir)
-    if not (decode_dir / "decode.json").is_file():
-        raise DataError([f"{decode_dir}: no decode.json: not a decode directory (asrhybrid decode makes one)"])
-    decoded = json.loads((decode_dir / "decode.json").read_text())
-    graph_dir = Path(graph_dir or decoded.get("graph") or "")
-    if not (graph_dir / "trans.pkl").is_file():
-        raise DataError([f"{decode_dir}: its graph {graph_dir} has no trans.pkl (give the graph or tree dir: --graph)"])
-    model, final = load_am(exp_dir, device)
-    base_dir = str(exp_dir)
-    if isinstance(model, SpeakerAdaptedAM):
-        base_dir = final["adaptation"].get("base", base_dir)
-        model, final = model.base, {k: v for k, v in final.items() if k != "adaptation"}
-    _, trans_model = load_model(graph_dir)
-    if trans_model.num_pdfs != final["num_pdfs"]:
-        raise DataError([f"{exp_dir}: the model has {final['num_pdfs']} pdfs, {graph_dir}'s transition model "
-                         f"{trans_model.num_pdfs}: the decode is not this system's"])
-    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    targets_ark = out_dir / "first_pass_pdf.ark"
-    with alignment_table_writer(targets_ark) as write:
-        for utt, pdfs in first_pass_targets(read_best(decode_dir), tid_to_pdf):
-            write(utt, pdfs)
-    cuts = load_cuts(cuts_path)
-    targets = AlignmentTable(targets_ark)
-    try:
-        adapted, report = adapt_speakers(model, final, cuts, targets, feature_normalizer(final, cuts, cuts_path),
-                                         cfg, device)
-    finally:
-        targets.close()
-    report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path),
-                   "graph": str(graph_dir)})
-    with atomic_output(out_dir / "final.pt") as tmp:
-        torch.save({**final, "adaptation": {**adapted.transforms_state(), "first_pass": str(decode_dir),
-                                          "base": base_dir}}, tmp)
-    write_text_atomic(out_dir / "adapt.json", json.dumps(report, indent=1) + "\n")
-    return report

@@ -40,36 +40,37 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from asrhybrid.config import SYSTEMS
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
-from asrhybrid.features.cmvn import FeatureNormalizer, speaker_of
+from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
-from asrhybrid.nnet.adapt import SpeakerAdaptedAM
-from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
-from asrhybrid.nnet.trainer import InputOptions, Workers, average_models, default_device, fit  # noqa: F401
-from asrhybrid.nnet.trainer import autocast as _autocast  # noqa: F401
-from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
-from asrhybrid.nnet.lstmp import LstmpAM
-from asrhybrid.nnet.mlp import SplicedMLP, splice
-from asrhybrid.nnet.priors import log_priors, scaled_loglikes
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.nnet.augment import WaveformPerturbation
+from asrhybrid.nnet.batches import (
+    IGNORE,
+    HeldOut,
+    frame_batches,
+)
+from asrhybrid.nnet.fast_slow import FastSlowAM
+from asrhybrid.nnet.models import build_model
+from asrhybrid.nnet.priors import log_priors
+from asrhybrid.nnet.trainer import (
+    InputOptions,
+    Workers,
+    default_device,
+    fit,
+)
+from asrhybrid.options import SYSTEMS
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-IGNORE = -100  # targets of padding and context frames
 
 
 @dataclass
@@ -87,103 +88,6 @@ class TrainConfig(InputOptions):
         super().__post_init__()
         if self.system not in SYSTEMS:
             raise ConfigError(f"unknown acoustic model '{self.system}' (systems: {', '.join(SYSTEMS)})")
-
-
-class FrameDNN(nn.Module):
-    """The DNN baseline over padded batches: each frame spliced with +-``context`` frames, an MLP on each."""
-
-    def __init__(self, feat_dim: int, num_pdfs: int, context: int = 5, hidden: int = 512, layers: int = 4):
-        super().__init__()
-        self.mlp = SplicedMLP(feat_dim, num_pdfs, context, hidden, layers)
-
-    @property
-    def right_context(self) -> int:
-        return self.mlp.context
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.mlp(splice(x, self.mlp.context)) for x in feats])
-
-
-def build_model(system: str, feat_dim: int, num_pdfs: int, options: dict) -> nn.Module:
-    classes = {"dnn": FrameDNN, "lstmp": LstmpAM, "fast_slow": FastSlowAM, "slow": SlowAM}
-    if system not in classes:
-        raise ConfigError(f"unknown acoustic model '{system}' (systems: {', '.join(SYSTEMS)})")
-    try:
-        return classes[system](feat_dim, num_pdfs, **options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{system}: bad model option: {e}") from None
-
-
-def held_out(utt: str, fraction: float) -> bool:
-    """Whether an utterance is in the validation share (a hash of its id: stable, no list kept)."""
-    return zlib.crc32(utt.encode("utf-8")) % 10_000 < fraction * 10_000
-
-
-def _cut_held_out(cut, fraction: float, keep: bool) -> bool:  # a named function: Lhotse warns on lambdas
-    return held_out(cut.id, fraction) == keep
-
-
-def _cut_aligned(cut, targets: AlignmentTable) -> bool:
-    return cut.id in targets
-
-
-def chunk_spans(num_frames: int, chunk: int, left: int, right: int) -> list[tuple[int, int, int, int]]:
-    """(input start, target start, target end, input end) per chunk of an utterance; one span when chunk <= 0."""
-    if chunk <= 0:
-        return [(0, 0, num_frames, num_frames)]
-    return [(max(0, s - left), s, min(s + chunk, num_frames), min(num_frames, s + chunk + right))
-            for s in range(0, num_frames, chunk)]
-
-
-def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
-    """[B, T_max, D], each sequence padded by repeating its last frame."""
-    T = max(f.shape[0] for f in feats)
-    return torch.stack([torch.cat([f, f[-1:].expand(T - f.shape[0], -1)]) for f in feats])
-
-
-def pad_targets(ys: list[torch.Tensor]) -> torch.Tensor:
-    """[B, T] targets of a batch, padded with IGNORE."""
-    T = max(len(y) for y in ys)
-    return torch.stack([torch.cat([y, y.new_full((T - len(y),), IGNORE)]) for y in ys])
-
-
-def _sampler(cuts, max_duration: float, generator: torch.Generator | None):
-    from lhotse.dataset import SimpleCutSampler
-
-    seed = int(torch.randint(1 << 30, (1,), generator=generator)) if generator is not None else 0
-    # world_size=1: every worker draws the same global batches and shards them itself (see the module's doc)
-    return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed,
-                            world_size=1, rank=0)
-
-
-def _batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, max_duration: float,
-             generator: torch.Generator | None, chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0,
-             world: int = 1, augmentation: Augmentation | None = None,
-             perturbation: WaveformPerturbation | None = None):
-    """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
-    each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With a
-    ``perturbation`` (training: noise added to the waveform, features computed again) and an active
-    ``augmentation``, each utterance is warped before and masked after the normalisation, with draws
-    from its own generator, seeded by the batch's draw from ``generator`` and the utterance's id (every worker
-    draws the batch's seed, so the generators stay in step whatever each one's share)."""
-    augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
-    perturbation = perturbation if generator is not None else None
-    for batch in _sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
-        batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
-                      if augmentation is not None or perturbation is not None else 0)
-        xs, ys = [], []
-        for cut in list(batch)[rank::world]:
-            f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)
-            ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
-            for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
-                y = torch.full((b - a,), IGNORE, dtype=torch.int64)
-                y[s - a : e - a] = ali[s:e]
-                xs.append(f[a:b])
-                ys.append(y)
-        if not xs:
-            yield None, None
-            continue
-        yield pad_batch(xs), pad_targets(ys)
 
 
 def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -217,9 +121,9 @@ class FrameObjective:
     def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int, epoch: int = 0):
         cfg = self.cfg
         if generator is None:  # held out: whole utterances, no augmentation
-            batches = _batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)
+            batches = frame_batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)
         else:
-            batches = _batches(cuts, self.targets, self.normalizer, cfg.max_duration, generator, cfg.chunk_frames,
+            batches = frame_batches(cuts, self.targets, self.normalizer, cfg.max_duration, generator, cfg.chunk_frames,
                                cfg.chunk_left_context, self.right_context, rank, world, cfg.augmentation,
                                self.perturbation)
         return (None if x is None else (x, y) for x, y in batches)
@@ -241,8 +145,8 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(cfg.seed)
     cuts = load_cuts(cuts_path)
-    train = cuts.filter(partial(_cut_held_out, fraction=cfg.valid_fraction, keep=False))
-    valid = cuts.filter(partial(_cut_held_out, fraction=cfg.valid_fraction, keep=True))
+    train = cuts.filter(HeldOut(cfg.valid_fraction, keep=False))
+    valid = cuts.filter(HeldOut(cfg.valid_fraction, keep=True))
     targets = AlignmentTable(ali_pdf)
     normalizer = FeatureNormalizer.for_cuts(cfg.cmvn, cmvn_mean, cmvn_std, cuts, cuts_path)
     model = build_model(cfg.system, int(cmvn_mean.shape[0]), num_pdfs, cfg.model).to(device)
@@ -271,66 +175,3 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     Workers().barrier()
     return summary
 
-
-def load_am(exp_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, its final.pt) of a trained system."""
-    ckpt = torch.load(Path(exp_dir) / "final.pt", weights_only=False, map_location="cpu")
-    cfg = TrainConfig(**ckpt["config"])
-    model = build_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_pdfs"], cfg.model)
-    model.load_state_dict(ckpt["model"])
-    if ckpt.get("adaptation"):  # adapt-am's per-speaker transforms (asrhybrid.nnet.adapt)
-        model = SpeakerAdaptedAM.from_state(model, int(ckpt["feat_mean"].shape[0]), ckpt["adaptation"])
-    return model.to(device).eval(), ckpt
-
-
-def feature_normalizer(final: dict, cuts=None, cuts_path: Path | str | None = None) -> FeatureNormalizer:
-    """How a trained system's input is normalised (TrainConfig.cmvn), for ``cuts`` (the whole set, for the
-    speakers' statistics; see FeatureNormalizer.for_cuts) or, with none, for single files (transcribe)."""
-    mode = final["config"].get("cmvn", "global")
-    if cuts is None:
-        return FeatureNormalizer(mode, final["feat_mean"], final["feat_std"])
-    return FeatureNormalizer.for_cuts(mode, final["feat_mean"], final["feat_std"], cuts, cuts_path)
-
-
-def iter_loglikes(model: nn.Module, final: dict, cuts, acwt: float = 1.0, prior_scale: float = 1.0,
-                  max_duration: float = 120.0, device: torch.device | str = "cpu",
-                  normalizer: FeatureNormalizer | None = None) -> Iterator[tuple[object, np.ndarray]]:
-    """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut, in the
-    cuts' order: what the decoder reads, in memory (decoding, transcribe) or from compute-loglikes' archive.
-    ``normalizer``: built over ``cuts`` when not given (give it when ``cuts`` are a share of a set whose
-    speakers' statistics span the whole set)."""
-    from lhotse import CutSet
-    from lhotse.dataset import SimpleCutSampler
-
-    cuts = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
-    normalizer = normalizer or feature_normalizer(final, cuts)
-    model.eval()
-    with torch.no_grad():
-        for batch in SimpleCutSampler(cuts, max_duration=max_duration, world_size=1, rank=0):
-            feats = [normalizer(c) for c in batch]
-            x = pad_batch(feats).to(device)
-            if isinstance(model, SpeakerAdaptedAM):  # each cut's speaker's transforms
-                logits = model(x, [speaker_of(c) for c in batch], [c.id for c in batch])
-            else:
-                logits = model(x)
-            log_post = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for cut, f, lp in zip(batch, feats, log_post):
-                yield cut, scaled_loglikes(lp[: f.shape[0]].numpy(), final["log_prior"], acwt, prior_scale)
-
-
-def compute_loglikes(cuts_path: Path, exp_dir: Path, out_ark: Path, acwt: float = 1.0, prior_scale: float = 1.0,
-                     max_duration: float = 120.0, device: torch.device | str | None = None) -> int:
-    """Every cut's scaled log-likelihoods (:func:`iter_loglikes`) into a Kaldi float-matrix table ``out_ark``
-    (+ .scp); returns the count."""
-    from asrhybrid.kaldi_io import matrix_table_writer
-
-    device = torch.device(device) if device is not None else default_device()
-    model, final = load_am(exp_dir, device)
-    done = 0
-    cuts = load_cuts(cuts_path)
-    normalizer = feature_normalizer(final, cuts, cuts_path)
-    with matrix_table_writer(out_ark) as write:
-        for cut, loglikes in iter_loglikes(model, final, cuts, acwt, prior_scale, max_duration, device, normalizer):
-            write(cut.id, loglikes)
-            done += 1
-    return done

@@ -24,18 +24,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from asrhybrid.determinism import cpu_kernels, fix_training_threads
 from asrhybrid.errors import ConfigError
-from asrhybrid.recipe.outputs import atomic_output, last_checkpoint
+from asrhybrid.features.cmvn import CMVN_MODES
+from asrhybrid.nnet.augment import Augmentation
+from asrhybrid.outputs import atomic_output, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +100,6 @@ class InputOptions(FitConfig):
     noise_snr: list = field(default_factory=list)  # [lo, hi] dB: white noise on half the utterances (waveform)
 
     def __post_init__(self):
-        from asrhybrid.features.cmvn import CMVN_MODES
-
         super().__post_init__()
         if self.cmvn not in CMVN_MODES:
             raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
@@ -108,8 +111,6 @@ class InputOptions(FitConfig):
 
     @property
     def augmentation(self):
-        from asrhybrid.nnet.augment import Augmentation
-
         return Augmentation(self.vtlp, self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width)
 
 
@@ -141,8 +142,6 @@ class Workers:
     """This process's rank among the data-parallel workers (torch.distributed, set up by the verb), or alone."""
 
     def __init__(self):
-        import torch.distributed as dist
-
         self.dist = dist if dist.is_available() and dist.is_initialized() else None
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
@@ -339,8 +338,6 @@ def _format(metrics: dict) -> str:
 
 def remove_old_run(exp_dir: Path) -> None:
     """A run that starts over leaves nothing of an earlier one (its checkpoints, events, curves)."""
-    import shutil
-
     old = sorted(exp_dir.glob("epoch-*.pt")) + [p for p in (exp_dir / "tensorboard", exp_dir / "curves.png",
                                                             exp_dir / "attention", exp_dir / "final.pt",
                                                             exp_dir / "train.json") if p.exists()]
@@ -351,15 +348,13 @@ def remove_old_run(exp_dir: Path) -> None:
 
 
 def _tensorboard(exp_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
     return SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
 
 
 def plot_curves(history: list[dict], png: Path, title: str, loss: str = "ce", metric: str | None = "frame_accuracy",
                 parts: tuple[str, ...] = ()) -> Path:
     """The loss, its terms apart (``parts``) and a second metric per epoch, training and held-out, as a PNG."""
-    import matplotlib
+    import matplotlib  # heavy, and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -24,15 +24,19 @@ import contextlib
 import fcntl
 import logging
 import os
+import shlex
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from asrhybrid.config import RecipeConfig, e2e_kind, format_options, load_recipe
 from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
-from asrhybrid.recipe.results import fold_workdir
+from asrhybrid.options import e2e_kind, format_options
+from asrhybrid.recipe.config import RecipeConfig, load_recipe
+from asrhybrid.score.results import fold_workdir
 from asrhybrid.verbs import run_verb
 
 log = logging.getLogger(__name__)
@@ -99,9 +103,6 @@ class RecipeRun:
         """``run_verb`` over ``nproc`` data-parallel workers: ``torchrun -m asrhybrid VERB ARGS`` (its own processes)."""
         if nproc <= 1:
             return self.run_verb(stage, verb, args)
-        import shlex
-        import subprocess
-        import sys
 
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                 "-m", "asrhybrid", *self._verb_argv(stage, verb, args)]

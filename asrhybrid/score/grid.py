@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from asrhybrid.data.manifests import load_cuts
+from asrhybrid.decode.corpus import iter_lattices
+from asrhybrid.lang.io import read_symbol_table
+from asrhybrid.outputs import write_text_atomic
 from asrhybrid.score.wer import ErrorCounts, UtteranceScore, errs_text, recogs_text, score
 
 log = logging.getLogger(__name__)
@@ -53,9 +57,6 @@ def grid_hypotheses(decode_dir: Path, lmwts: Sequence[float], wips: Sequence[flo
                     bad: list[str] | None = None) -> dict[tuple[float, float], dict[str, list[str]]]:
     """{(lmwt, wip): {utt: words}} over the decode directory's lattices (each lattice read once; corrupt ones
     are skipped, their errors appended to ``bad``)."""
-    from asrhybrid.decode.corpus import iter_lattices
-    from asrhybrid.lang.io import read_symbol_table
-
     words = {i: w for w, i in read_symbol_table(Path(decode_dir) / "words.txt").items()}
     hyps: dict[tuple[float, float], dict[str, list[str]]] = {(l, w): {} for l in lmwts for w in wips}
     for utt, lattice in iter_lattices(decode_dir, bad if bad is not None else []):
@@ -71,8 +72,6 @@ def grid_hypotheses(decode_dir: Path, lmwts: Sequence[float], wips: Sequence[flo
 def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Sequence[float] = DEFAULT_LMWTS,
                      wips: Sequence[float] = DEFAULT_WIPS, params: dict | None = None) -> dict:
     """Score every setting of the grid; write the files of the module's doc; return scoring.json's content."""
-    from asrhybrid.recipe.outputs import write_text_atomic
-
     decode_dir = Path(decode_dir)
     if (decode_dir / "hyp.txt").is_file() and not any(decode_dir.glob("lat.*.gz")):
         return score_hypotheses(decode_dir, refs)
@@ -113,8 +112,6 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
 def score_hypotheses(decode_dir: Path, refs: Mapping[str, str]) -> dict:
     """An end-to-end decode directory's ``hyp.txt`` (one search setting, in its decode.json): ``wer``,
     ``best_wer``, ``errs-hyp.txt``, ``recogs-hyp.txt`` and ``scoring.json`` (with the search instead of LMWT/WIP)."""
-    from asrhybrid.recipe.outputs import write_text_atomic
-
     hyps = {}
     for line in (decode_dir / "hyp.txt").read_text(encoding="utf-8").splitlines():
         utt, _, words = line.partition(" ")
@@ -149,6 +146,4 @@ def _failed(decode_dir: Path) -> list[dict]:
 
 def refs_from_cuts(cuts_path: Path | str) -> dict[str, str]:
     """{utt: reference text} of a cuts manifest (one supervision per cut), in order."""
-    from asrhybrid.data.manifests import load_cuts
-
     return {cut.id: " ".join(s.text for s in cut.supervisions) for cut in load_cuts(cuts_path)}

@@ -28,15 +28,24 @@ and decoding all use it unchanged.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 from asrhybrid.align.graphs import phone_instances, transition_arrays
+from asrhybrid.data.manifests import load_cuts
+from asrhybrid.features.cmvn import global_mean_std
+from asrhybrid.kaldi import khg
+from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
+from asrhybrid.model import load_model, save_model
+from asrhybrid.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -481,8 +490,6 @@ def kaldi_tree_bytes(tree: SenoneTree, context_width: int = 3, central_position:
 
 def load_context_dependency(data: bytes):
     """A kaldi-hmm-gmm ContextDependency from Kaldi's binary tree bytes (through its pickle hook)."""
-    from asrhybrid.kaldi import khg
-
     tree = khg.ContextDependency.__new__(khg.ContextDependency)
     tree.__setstate__(([b if b < 128 else b - 256 for b in data],))
     return tree
@@ -535,16 +542,6 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     ``ali.ark`` holds the flat-start alignments converted to the new model's
     transition ids (Kaldi's convert-ali), ``ali_pdf.ark`` their senones.
     """
-    import json
-    from pathlib import Path
-
-    from asrhybrid.data.manifests import load_cuts
-    from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.kaldi import khg
-    from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
-    from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
-    from asrhybrid.model import load_model, save_model
-    from asrhybrid.recipe.outputs import write_text_atomic
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
     ci_tree, ci_tm = load_model(ci_dir)

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from lhotse.augmentation.resample import Resample
 from tqdm import tqdm
 
 from asrhybrid.data.synth.espeak import FreshSynthesizer, Synthesis
 from asrhybrid.data.synth.grammar import generate_sentence
-from asrhybrid.recipe.outputs import atomic_output, remove_stale_temporaries, resume_or_clear, write_text_atomic
+from asrhybrid.outputs import atomic_output, remove_stale_temporaries, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def make_speakers(cfg: SynthConfig) -> dict[str, list[Speaker]]:
 
 @functools.lru_cache(maxsize=4)
 def _resampler(source_rate: int, target_rate: int):
-    from lhotse.augmentation.resample import Resample  # torchaudio's sinc resampler, kept in lhotse
-
     return Resample(source_rate, target_rate)
 
 

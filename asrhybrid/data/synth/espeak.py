@@ -11,9 +11,11 @@ Constants are from ``speak_lib.h`` of eSpeak NG 1.52.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import threading
 from dataclasses import dataclass
 
+import espeakng_loader
 import numpy as np
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -58,8 +60,6 @@ class Espeak:
     _lock = threading.Lock()
 
     def __init__(self) -> None:
-        import espeakng_loader
-
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
@@ -139,8 +139,6 @@ class FreshSynthesizer:
     """
 
     def __enter__(self) -> "FreshSynthesizer":
-        import multiprocessing
-
         self._pool = multiprocessing.get_context("spawn").Pool(1)
         return self
 

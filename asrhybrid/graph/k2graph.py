@@ -23,6 +23,12 @@ import numpy as np
 import torch
 
 from asrhybrid.errors import DataError
+from asrhybrid.fsa.fsa import from_kaldi
+from asrhybrid.fsa.k2_engine import to_k2
+from asrhybrid.kaldi import kaldifst
+from asrhybrid.lang.io import read_symbol_table
+from asrhybrid.model import load_model
+from asrhybrid.outputs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +38,6 @@ HLG_FILE = "HLG.k2.pt"  # asrhybrid.e2e.hlg's
 
 def k2_graph(hclg_fst, trans_model):
     """The k2 form of a kaldifst HCLG (see the module's doc)."""
-    from asrhybrid.fsa.fsa import from_kaldi
-    from asrhybrid.fsa.k2_engine import to_k2
-
     hclg = from_kaldi(hclg_fst, output_labels=True)
     tid_to_pdf = torch.as_tensor(np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64))
     graph = to_k2(hclg, tid_to_pdf).clone()
@@ -46,8 +49,6 @@ def k2_graph(hclg_fst, trans_model):
 
 
 def write_k2_graph(graph_dir: Path | str, hclg_fst, trans_model) -> Path:
-    from asrhybrid.recipe.outputs import atomic_output
-
     graph = k2_graph(hclg_fst, trans_model)
     path = Path(graph_dir) / K2_GRAPH
     with atomic_output(path) as tmp:
@@ -75,11 +76,8 @@ class DecodingGraph:
     @classmethod
     def load(cls, graph_dir: Path | str) -> "DecodingGraph":
         """The graph of a graph dir (mkgraph's output); the k2 form is made and cached when missing or stale."""
-        import k2
+        import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-        from asrhybrid.kaldi import kaldifst
-        from asrhybrid.lang.io import read_symbol_table
-        from asrhybrid.model import load_model
 
         graph_dir = Path(graph_dir)
         if (graph_dir / HLG_FILE).is_file():
@@ -109,9 +107,8 @@ class DecodingGraph:
 
     @classmethod
     def _load_hlg(cls, graph_dir: Path) -> "DecodingGraph":
-        import k2
+        import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-        from asrhybrid.lang.io import read_symbol_table
 
         path = graph_dir / HLG_FILE
         try:

@@ -43,6 +43,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 from asrhybrid.errors import StaleOutputError
 
 log = logging.getLogger(__name__)
@@ -282,8 +284,6 @@ def resume_or_clear(folder: Path, key: str | None) -> None:
 def last_checkpoint(paths: list[tuple[int, Path]], resume_key: str | None) -> tuple[int, dict | None]:
     """(N, checkpoint) of the highest-numbered existing checkpoint among ``paths`` [(N, path)] when it was
     written under ``resume_key`` (its "resume_key" entry), else (0, None): other options or inputs start over."""
-    import torch
-
     if resume_key is None:
         return 0, None
     for number, path in sorted(paths, reverse=True):

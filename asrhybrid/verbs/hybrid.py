@@ -1,47 +1,50 @@
-"""The verb table: one ``asrhybrid <verb>`` per step, explicit inputs and outputs (Kaldi's one tool, one job).
-
-Both the command line (asrhybrid.cli) and the recipe runner run verbs through
-:func:`run_verb`, which logs the full command line first (to the terminal and
-to the verb's ``--log-file``), so any step can be re-run by hand. A verb
-decides paths, skipping and forcing (completion markers); the library
-functions it calls compute.
-"""
+"""The verbs of stages 0-6: corpus, features, lang, LMs, tokens, flat-start alignment, the tree, the hybrid
+acoustic models, and alignment generation (align, plot-alignment)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import logging
-import os
-import shlex
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
+from lhotse import load_manifest
+
 from asrhybrid.align import BACKENDS
-from asrhybrid.config import parse_options
-from asrhybrid.errors import ConfigError
-from asrhybrid.recipe.logs import log_to_file
+from asrhybrid.align.flat_start import FlatStartConfig, flat_start
+from asrhybrid.align.generation import align_corpus
+from asrhybrid.align.plot import plot_word_boundaries
+from asrhybrid.align.quality import boundary_errors
+from asrhybrid.data.download import download_corpus
+from asrhybrid.data.manifests import manifest_paths
+from asrhybrid.data.prepare import manifest_parts, prepare_data
+from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus
+from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.features.cmvn import global_mean_std
+from asrhybrid.features.compute import compute_fbank, fbank_outputs
+from asrhybrid.features.fbank import KaldiFbankConfig
+from asrhybrid.graph.mkgraph import mkgraph
+from asrhybrid.install import check_install
+from asrhybrid.lang.dicts import prepare_dict
+from asrhybrid.lang.io import read_int_list, read_symbol_table
+from asrhybrid.lang.prepare_lang import prepare_lang
+from asrhybrid.lm.bpe import train_tokens
+from asrhybrid.lm.train import arpa_to_g, train_lm
+from asrhybrid.model import MODEL_FILES, init_mono_model, load_model
+from asrhybrid.nnet.inference import compute_loglikes
+from asrhybrid.nnet.priors import silence_pdfs
+from asrhybrid.nnet.train import TrainConfig, train_am
+from asrhybrid.options import parse_options
+from asrhybrid.outputs import atomic_output, run_once, write_text_atomic
+from asrhybrid.tree.build import build_senone_tree
+from asrhybrid.verbs.common import add_common, add_verb, run_training, train_config
 
 log = logging.getLogger("asrhybrid")
 
 
-def add_verb(sub, name: str, what: str) -> argparse.ArgumentParser:
-    """A verb's parser; ``what`` (what it does, what it writes) is both its line in the list and its --help.
-
-    argparse %-formats a subcommand's ``help`` (for ``%(prog)s``), so a literal ``%`` (as in ``%WER``) is doubled
-    there; ``description`` is formatted only when it names ``%(prog)``."""
-    return sub.add_parser(name, help=what.replace("%", "%%"), description=what)
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-file", type=Path, help="also write the log here (the recipe runner sets exp/.../log/)")
-    p.add_argument("--force", action="store_true", help="redo the work even if it finished before")
-
-
 def cmd_synth_corpus(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus
-    from asrhybrid.recipe.outputs import run_once
 
     options = parse_options(args.opt)
     if "snr_db" in options:
@@ -55,9 +58,6 @@ def cmd_synth_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from asrhybrid.data.prepare import prepare_data
-    from asrhybrid.recipe.outputs import run_once
-
     options, resample, verify = parse_options(args.opt), not args.no_resample, not args.no_verify_audio
     params = {"preparer": args.preparer or args.corpus, "sample_rate": args.sample_rate, "options": options,
               "resample": resample, "verify_audio": verify}
@@ -69,14 +69,6 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
 
 def cmd_compute_fbank(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.data.manifests import manifest_paths
-    from asrhybrid.data.prepare import manifest_parts
-    from asrhybrid.errors import DataError
-    from asrhybrid.features.compute import compute_fbank, fbank_outputs
-    from asrhybrid.features.fbank import KaldiFbankConfig
-    from asrhybrid.recipe.outputs import run_once
 
     try:
         config = KaldiFbankConfig(**parse_options(args.opt))
@@ -97,16 +89,11 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from asrhybrid.data.download import download_corpus
-
     log.info("%s is in %s", args.corpus, download_corpus(args.corpus, args.target_dir, force=args.force))
 
 
 def read_texts(sources: list[Path]) -> list[str]:
     """Sentences from Lhotse supervision manifests (.jsonl[.gz]) or plain text files (one a line)."""
-    from lhotse import load_manifest
-
-    from asrhybrid.errors import DataError
 
     texts: list[str] = []
     for src in sources or []:
@@ -128,9 +115,6 @@ def text_inputs(sources: list[Path] | None, role: str = "text") -> dict[str, Pat
 
 
 def cmd_prepare_dict(args: argparse.Namespace) -> None:
-    from asrhybrid.lang.dicts import prepare_dict
-    from asrhybrid.recipe.outputs import atomic_output, run_once
-
     source_dir = Path(args.lexicon) if Path(args.lexicon).is_dir() else None
     params = {"lexicon": "dict dir" if source_dir else args.lexicon, "stress": not args.no_stress}
     inputs = {**text_inputs(args.text), **({"lexicon": source_dir} if source_dir else {})}
@@ -146,9 +130,6 @@ def cmd_prepare_dict(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_lang(args: argparse.Namespace) -> None:
-    from asrhybrid.lang.prepare_lang import prepare_lang
-    from asrhybrid.recipe.outputs import run_once
-
     params = {"oov": args.oov, "position_dependent": not args.no_position_dependent, "sil_prob": args.sil_prob}
     run_once(args.lang_dir, "prepare-lang", params, args.force,
              lambda done: prepare_lang(args.dict_dir, args.lang_dir, args.oov, sil_prob=args.sil_prob,
@@ -157,11 +138,6 @@ def cmd_prepare_lang(args: argparse.Namespace) -> None:
 
 
 def cmd_train_lm(args: argparse.Namespace) -> None:
-    import json
-
-    from asrhybrid.lang.io import read_symbol_table
-    from asrhybrid.lm.train import train_lm
-    from asrhybrid.recipe.outputs import run_once, write_text_atomic
 
     params = {"order": args.order, "prune": args.prune, "binary": args.binary, "oov": args.oov}
     inputs = {**text_inputs(args.text), **text_inputs(args.dev, "dev"), **({"words": args.words} if args.words else {})}
@@ -177,17 +153,11 @@ def cmd_train_lm(args: argparse.Namespace) -> None:
 
 
 def cmd_arpa2fst(args: argparse.Namespace) -> None:
-    from asrhybrid.lm.train import arpa_to_g
-
     arpa_to_g(args.arpa, args.words, args.g_fst)
 
 
 def cmd_format_lm(args: argparse.Namespace) -> None:
     """Kaldi's utils/format_lm.sh: a copy of the lang dir with G.fst from the ARPA."""
-    import shutil
-
-    from asrhybrid.lm.train import arpa_to_g
-    from asrhybrid.recipe.outputs import atomic_output, run_once
 
     def work(done):
         with atomic_output(args.out_dir) as tmp:  # swapped in whole: no file of an earlier run survives
@@ -198,9 +168,6 @@ def cmd_format_lm(args: argparse.Namespace) -> None:
 
 
 def cmd_train_bpe(args: argparse.Namespace) -> None:
-    from asrhybrid.lm.bpe import train_tokens
-    from asrhybrid.recipe.outputs import run_once
-
     params = {"vocab_size": args.vocab_size, "model_type": args.model_type}
     run_once(args.out_dir, f"train-bpe-{args.model_type}", params, args.force,
              lambda done: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
@@ -208,17 +175,11 @@ def cmd_train_bpe(args: argparse.Namespace) -> None:
 
 
 def cmd_init_mono(args: argparse.Namespace) -> None:
-    from asrhybrid.model import MODEL_FILES, init_mono_model
-    from asrhybrid.recipe.outputs import run_once
-
     run_once(args.model_dir, "init-mono", {}, args.force, lambda done: init_mono_model(args.lang_dir, args.model_dir),
              {"lang": args.lang_dir}, outputs=MODEL_FILES)
 
 
 def cmd_mkgraph(args: argparse.Namespace) -> None:
-    from asrhybrid.graph.mkgraph import mkgraph
-    from asrhybrid.recipe.outputs import atomic_output, run_once
-
     def work(done):
         with atomic_output(args.graph_dir) as tmp:  # swapped in whole: no file of an earlier graph survives
             stats = mkgraph(args.lang_dir, args.model_dir, tmp, self_loop_scale=args.self_loop_scale)
@@ -230,10 +191,6 @@ def cmd_mkgraph(args: argparse.Namespace) -> None:
 
 
 def cmd_align_flat_start(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.align.flat_start import FlatStartConfig, flat_start
-    from asrhybrid.recipe.outputs import run_once
 
     options = parse_options(args.opt)
     if args.backend:
@@ -250,19 +207,12 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> None:
-    from asrhybrid.align.outputs import align_corpus
-    from asrhybrid.recipe.outputs import run_once
-
     run_once(args.out_dir, "align", {"backend": args.backend}, args.force,
              lambda done: align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend),
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "model": args.model_dir})
 
 
 def cmd_align_quality(args: argparse.Namespace) -> None:
-    import json
-
-    from asrhybrid.align.quality import boundary_errors
-    from asrhybrid.recipe.outputs import write_text_atomic
 
     report = json.dumps(boundary_errors(args.cuts, args.align_dir), indent=1)
     write_text_atomic(args.align_dir / "quality.json", report + "\n")
@@ -270,9 +220,6 @@ def cmd_align_quality(args: argparse.Namespace) -> None:
 
 
 def cmd_build_tree(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.outputs import run_once
-    from asrhybrid.tree.build import build_senone_tree
-
     def work(done):
         log.info("tree: %s", build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
                                                num_leaves=args.num_leaves, min_count=args.min_count,
@@ -283,41 +230,7 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
              inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn})
 
 
-def train_config(cls, args: argparse.Namespace, verb: str):
-    """A training verb's config: ``--opt`` fields, ``--system`` and ``--model-opt`` model options."""
-    options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise ConfigError(f"{verb}: bad option: {e}") from None
-
-
-def run_training(args: argparse.Namespace, verb: str, cfg, inputs: dict, train) -> None:
-    """The training verbs' frame: ``train(device, resume_key)`` under torchrun or alone, unless ``verb`` already
-    finished in EXP_DIR with ``cfg`` and ``inputs``. The first worker decides (and alone writes the marker);
-    checkpoints resume into more epochs."""
-    from dataclasses import asdict
-
-    from asrhybrid.recipe.outputs import Completion
-
-    done = Completion(args.exp_dir, verb, asdict(cfg), inputs=inputs)
-    with _data_parallel(args.device) as (rank, device):
-        skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
-        if skip:
-            log.info("%s: '%s' already done", args.exp_dir, verb)
-            return
-        train(device, resume_key)
-        if rank == 0:
-            done.mark_done()
-
-
 def cmd_train_am(args: argparse.Namespace) -> None:
-    from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.lang.io import read_int_list
-    from asrhybrid.model import load_model
-    from asrhybrid.nnet.priors import silence_pdfs
-    from asrhybrid.nnet.train import TrainConfig, train_am
-
     cfg = train_config(TrainConfig, args, "train-am")
 
     def train(device, resume_key):
@@ -331,49 +244,7 @@ def cmd_train_am(args: argparse.Namespace) -> None:
                  {"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn}, train)
 
 
-@contextlib.contextmanager
-def _data_parallel(device_arg: str):
-    """(rank, device) of this process; under torchrun (WORLD_SIZE > 1) inside a process group: gloo on CPU,
-    NCCL on CUDA, one GPU per worker (workers after the first log warnings only: run_verb)."""
-    import torch
-
-    from asrhybrid.nnet.train import default_device
-
-    device = default_device() if device_arg == "auto" else torch.device(device_arg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield 0, device
-        return
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank()
-    log.info("data-parallel training: %d workers (%s)", world, dist.get_backend())
-    try:
-        yield rank, device
-    finally:
-        dist.destroy_process_group()
-
-
-def _first_worker_decides(decide):
-    """``decide()`` on the first worker, its answer broadcast to all (or just ``decide()`` alone)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return decide()
-    box = [decide() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cmd_align_am(args: argparse.Namespace) -> None:
-    import shutil
-
-    from asrhybrid.align.outputs import align_corpus
-    from asrhybrid.model import MODEL_FILES
-    from asrhybrid.recipe.outputs import run_once
 
     def work(done):
         for name in MODEL_FILES:  # the tree's model beside its alignments: train-am reads OUT_DIR as a tree dir
@@ -387,9 +258,6 @@ def cmd_align_am(args: argparse.Namespace) -> None:
 
 
 def cmd_compute_loglikes(args: argparse.Namespace) -> None:
-    from asrhybrid.nnet.train import compute_loglikes
-    from asrhybrid.recipe.outputs import run_once
-
     device = None if args.device == "auto" else args.device
     run_once(args.out_ark.parent, f"loglikes-{args.out_ark.stem}", {"acwt": args.acwt, "prior_scale": args.prior_scale},
              args.force, lambda done: log.info("%d utterances", compute_loglikes(
@@ -399,30 +267,26 @@ def cmd_compute_loglikes(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_alignment(args: argparse.Namespace) -> None:
-    from asrhybrid.align.plot import plot_word_boundaries
-
     log.info("wrote %s", plot_word_boundaries(args.cuts, args.word_ctm, args.png, args.max_utterances))
 
 
 def cmd_check_install(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.install import check_install
-
     check_install()
 
 
-def add_verbs(sub) -> None:
-    """Every verb's parser on ``sub`` (argparse subparsers)."""
+def add_hybrid_verbs(sub) -> None:
+    """The verbs of stages 0-6 (and alignment generation) on ``sub`` (argparse subparsers)."""
 
     p = add_verb(sub, "synth-corpus", "generate the synthetic corpus: OUT_DIR/wav/<part>/*.wav, metadata.jsonl")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="SynthConfig field (seed, train_hours, ...)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_synth_corpus)
 
     p = add_verb(sub, "download", "download a corpus through Lhotse into TARGET_DIR (needs a network)")
     p.add_argument("corpus", help="yesno or mini_librispeech")
     p.add_argument("target_dir", type=Path)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_download)
 
     p = add_verb(sub, "prepare-data", "stage 0: Lhotse manifests MANIFEST_DIR/<corpus>_{recordings,supervisions}_<part>.jsonl.gz")
@@ -434,7 +298,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="preparer option, e.g. split=upstream")
     p.add_argument("--no-resample", action="store_true", help="refuse audio at another sample rate")
     p.add_argument("--no-verify-audio", action="store_true", help="read headers only, do not decode every file")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_prepare_data)
 
     p = add_verb(sub, "compute-fbank", "stage 1: Kaldi fbank into FBANK_DIR: <corpus>_cuts_<part>.jsonl.gz, lilcom features, CMVN arks")
@@ -445,7 +309,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="fbank option, e.g. num_mel_bins=40")
     p.add_argument("--num-jobs", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=500, help="cuts per resumable chunk")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_compute_fbank)
 
     p = add_verb(sub, "prepare-dict", "stage 2: a Kaldi dict dir DICT_DIR (lexicon.txt, phone lists) for a corpus's words")
@@ -453,7 +317,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--lexicon", required=True, help="yesno, cmudict, or a Kaldi dict dir to copy")
     p.add_argument("--text", type=Path, nargs="+", required=True, help="transcripts: supervisions manifests or text files")
     p.add_argument("--no-stress", action="store_true", help="strip CMUdict's stress marks")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_prepare_dict)
 
     p = add_verb(sub, "prepare-lang", "stage 2: Kaldi's prepare_lang.sh into LANG_DIR (phones, words, topo, L.fst, L_disambig.fst)")
@@ -462,7 +326,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--oov", required=True, help="the word OOVs map to (e.g. <UNK>)")
     p.add_argument("--no-position-dependent", action="store_true", help="no _B/_E/_I/_S word-position phones")
     p.add_argument("--sil-prob", type=float, default=0.5)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_prepare_lang)
 
     p = add_verb(sub, "train-lm", "stage 3: an n-gram LM with KenLM's lmplz: OUT_DIR/NAME.arpa (and .bin), NAME.json (perplexity)")
@@ -475,21 +339,21 @@ def add_verbs(sub) -> None:
     p.add_argument("--dev", type=Path, nargs="*", help="text for the perplexity report")
     p.add_argument("--words", type=Path, help="words.txt: other words map to --oov")
     p.add_argument("--oov", help="the OOV word (with --words)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_train_lm)
 
     p = add_verb(sub, "arpa2fst", "G_FST from an ARPA LM (Kaldi's arpa2fst, #0 on back-off arcs)")
     p.add_argument("arpa", type=Path)
     p.add_argument("words", type=Path)
     p.add_argument("g_fst", type=Path)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_arpa2fst)
 
     p = add_verb(sub, "format-lm", "Kaldi's format_lm.sh: OUT_DIR, a copy of LANG_DIR with G.fst from the ARPA")
     p.add_argument("lang_dir", type=Path)
     p.add_argument("arpa", type=Path)
     p.add_argument("out_dir", type=Path)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_format_lm)
 
     p = add_verb(sub, "train-bpe", "stage 3: SentencePiece tokens for end-to-end models: OUT_DIR/<type>.model, tokens.txt")
@@ -497,13 +361,13 @@ def add_verbs(sub) -> None:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--vocab-size", type=int, default=500)
     p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram", "char"])
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_train_bpe)
 
     p = add_verb(sub, "init-mono", "a monophone model for a lang dir: MODEL_DIR/{topo,tree,trans.pkl}")
     p.add_argument("lang_dir", type=Path)
     p.add_argument("model_dir", type=Path)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_init_mono)
 
     p = add_verb(sub, "mkgraph", "Kaldi's mkgraph.sh: GRAPH_DIR/HCLG.fst, words.txt, phones/ for a lang dir with G.fst and a model")
@@ -511,7 +375,7 @@ def add_verbs(sub) -> None:
     p.add_argument("model_dir", type=Path)
     p.add_argument("graph_dir", type=Path)
     p.add_argument("--self-loop-scale", type=float, default=0.1)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_mkgraph)
 
     p = add_verb(sub, "align-flat-start", "stage 4: GMM-free flat start into EXP_DIR: ali.N.ark per iteration, ali.ark, final.pt")
@@ -521,7 +385,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats (Kaldi ark) of the training features")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
     p.add_argument("--backend", choices=BACKENDS, help="aligner for the realignments (default: the device's; see README)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
 
     p = add_verb(sub, "align", "alignments into OUT_DIR: Kaldi ali.{ark,scp}, word/phone CTM, a Praat TextGrid per recording")
@@ -531,7 +395,7 @@ def add_verbs(sub) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="kaldi (C++ aligner, beams), k2 or torch (exact FSA engines); auto: the device's default")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_align)
 
     p = add_verb(sub, "align-quality", "word/phone boundary errors against reference times: ALIGN_DIR/quality.json")
@@ -549,7 +413,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--min-count", type=float, default=100.0, help="frames each side of a split must keep")
     p.add_argument("--questions", default="auto", choices=["auto", "arpabet", "both"],
                    help="automatic phone clustering (any phone set), ARPAbet classes, or both")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_build_tree)
 
     p = add_verb(sub, "train-am", "stage 6: a hybrid acoustic model on the tree's senone alignments: EXP_DIR/final.pt "
@@ -564,7 +428,7 @@ def add_verbs(sub) -> None:
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
                                                    "torchrun --nproc-per-node N -m asrhybrid train-am ...")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_train_am)
 
     p = add_verb(sub, "align-am", "realign with a trained hybrid AM through the tree's training graphs (Kaldi's "
@@ -576,7 +440,7 @@ def add_verbs(sub) -> None:
     p.add_argument("am_dir", type=Path, help="train-am's EXP_DIR (final.pt)")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_align_am)
 
     p = add_verb(sub, "compute-loglikes", "scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) "
@@ -587,16 +451,8 @@ def add_verbs(sub) -> None:
     p.add_argument("--acwt", type=float, default=1.0)
     p.add_argument("--prior-scale", type=float, default=1.0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_compute_loglikes)
-
-    from asrhybrid.verbs_decode import add_decode_verbs
-
-    add_decode_verbs(sub, add_verb, _add_common)
-
-    from asrhybrid.verbs_e2e import add_e2e_verbs
-
-    add_e2e_verbs(sub, add_verb, _add_common)
 
     p = add_verb(sub, "plot-alignment", "PNG of the aligned words over each utterance's energy envelope")
     p.add_argument("cuts", type=Path)
@@ -609,23 +465,3 @@ def add_verbs(sub) -> None:
     p.set_defaults(func=cmd_check_install, log_file=None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asrhybrid", description=__doc__.splitlines()[0])
-    add_verbs(parser.add_subparsers(dest="verb", required=True, metavar="VERB"))
-    return parser
-
-
-def run_verb(argv: list[str]) -> None:
-    """Run ``asrhybrid ARGV`` in this process: its command line first in the log (and its --log-file).
-
-    Errors propagate (AsrHybridError, KeyboardInterrupt); bad arguments are a ConfigError, not an exit.
-    """
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise ConfigError(f"asrhybrid {shlex.join(argv)}: bad arguments (see the message above)") from None
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun's other workers: warnings only, the first one logs
-        logging.getLogger().setLevel(logging.WARNING)
-    with log_to_file(args.log_file):
-        log.info("asrhybrid %s", shlex.join(argv))
-        args.func(args)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrhybrid.recipe.outputs import write_text_atomic
+from asrhybrid.outputs import write_text_atomic
 
 VERBS = ("train-am", "align-am", "mkgraph", "decode", "rescore", "score", "train-e2e", "mkgraph-ctc", "decode-e2e")
 E2E_METHODS = ("greedy", "beam", "flashlight")
@@ -25,21 +25,34 @@ _COMMAND = re.compile(r"\[asrhybrid\] (asrhybrid (\S+) .*)$")
 
 
 def _describe(decode_dir: Path) -> tuple[str, str, str]:
-    """(part, lm, method) of ``decode_<part>_<lm>[_<method>]``."""
+    """(part, lm, method) of ``decode_<part>_<lm>[_<method or search name>]`` (the last ``_<lm>`` decides: a part's
+    own name may hold underscores; a named search's name stands where the method would)."""
     rest = decode_dir.name[len("decode_"):]
+    found = []
     for lm in ("nolm", "small", "large"):
-        for method in ("lattice", "nbest", *E2E_METHODS, ""):
-            suffix = f"_{lm}_{method}" if method else f"_{lm}"
-            if rest.endswith(suffix):
-                return rest[: -len(suffix)], lm, method or "1st pass"
-    return rest, "?", "?"
+        if rest.endswith(f"_{lm}"):
+            found.append((len(rest) - len(lm) - 1, lm, "1st pass"))
+        at = rest.rfind(f"_{lm}_")
+        if at > 0:
+            found.append((at, lm, rest[at + len(lm) + 2:]))
+    if not found:
+        return rest, "?", "?"
+    at, lm, method = max(found)
+    return rest[:at], lm, method
 
 
 def _search_setting(search: dict) -> str:
     if search["method"] == "greedy":
         return "greedy"
-    fused = f", LM weight {search['alpha']:g}, word bonus {search['beta']:g}" if search.get("lm") else ""
-    return f"{search['method']} {search['beam']}{fused}"
+    parts = [f"{search['method']} {search['beam']}"]
+    if search.get("ctc_weight") is not None:
+        parts.append(f"CTC weight {search['ctc_weight']:g}")
+    if search.get("length_bonus"):
+        parts.append(f"length bonus {search['length_bonus']:g}")
+    if search.get("lm"):
+        fusion = " in the search" if search.get("lm_fusion") == "shallow" else ""
+        parts.append(f"LM weight {search['alpha']:g}{fusion}, word bonus {search['beta']:g}")
+    return ", ".join(parts)
 
 
 @dataclass

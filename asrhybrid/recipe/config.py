@@ -1,4 +1,5 @@
-"""Recipe configuration: the one place that reads ``recipes/<corpus>/config.yaml``.
+"""Recipe configuration: the one place that reads ``recipes/<corpus>/config.yaml``, and checks each section's
+keys against the options of the stage it feeds (their dataclasses live with their stages).
 
 A recipe config names the corpus and gives each stage's options::
 
@@ -57,28 +58,24 @@ A recipe config names the corpus and gives each stage's options::
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from asrhybrid.align.flat_start import FlatStartConfig
+from asrhybrid.data.synth.corpus import SynthConfig
+from asrhybrid.decode.decoder import DecodeConfig
+from asrhybrid.e2e.decode import E2EDecodeConfig
+from asrhybrid.e2e.train import E2EConfig
 from asrhybrid.errors import ConfigError
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e-3 as a string (its floats need a dot); configs mean a number (as YAML 1.2 does)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+from asrhybrid.features.fbank import KaldiFbankConfig
+from asrhybrid.nnet.adapt import AdaptConfig
+from asrhybrid.nnet.train import TrainConfig
+from asrhybrid.options import E2E_SYSTEMS, SYSTEMS, e2e_kind, load_yaml
 
 
 @dataclass
@@ -236,42 +233,21 @@ def _e2e_names(e2e: dict) -> set[str]:
     return {s for s in e2e.get("systems") or [] if isinstance(s, str)} - set(E2E_SYSTEMS)
 
 
-def e2e_kind(e2e: dict, system: str) -> str:
-    """A stage-9 system's kind (ctc, rnnt or las): its name, or its section's ``system`` for a named one."""
-    return str((e2e.get(system) or {}).get("system", system))
-
-
 def _fold_name(value: Any) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
             "decode", "e2e", "parts", "folds", "description"}
-SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
-E2E_SYSTEMS = ("ctc", "rnnt", "las")  # stage 9's end-to-end systems
+
+
+_OPTION_CLASSES = {"fbank": KaldiFbankConfig, "synth": SynthConfig, "train": TrainConfig, "decode": DecodeConfig,
+                   "e2e": E2EConfig, "adapt": AdaptConfig, "e2e_decode": E2EDecodeConfig, "align": FlatStartConfig}
 
 
 def _field_names(kind: str) -> set[str]:
-    """Fields of the config dataclass a section feeds (imported here: they live with their stages)."""
-    from dataclasses import fields
-
-    if kind == "fbank":
-        from asrhybrid.features.fbank import KaldiFbankConfig as cls
-    elif kind == "synth":
-        from asrhybrid.data.synth.corpus import SynthConfig as cls
-    elif kind == "train":
-        from asrhybrid.nnet.train import TrainConfig as cls
-    elif kind == "decode":
-        from asrhybrid.decode.decoder import DecodeConfig as cls
-    elif kind == "e2e":
-        from asrhybrid.e2e.train import E2EConfig as cls
-    elif kind == "adapt":
-        from asrhybrid.nnet.adapt import AdaptConfig as cls
-    elif kind == "e2e_decode":
-        from asrhybrid.e2e.decode import E2EDecodeConfig as cls
-    else:
-        from asrhybrid.align.flat_start import FlatStartConfig as cls
-    return {f.name for f in fields(cls)}
+    """Fields of the option dataclass a section feeds."""
+    return {f.name for f in fields(_OPTION_CLASSES[kind])}
 
 
 def _section_keys() -> dict[str, set[str]]:
@@ -293,36 +269,9 @@ def _section_keys() -> dict[str, set[str]]:
 
 def _check_keys(path: Path, section: str, values: dict, allowed: set[str]) -> None:
     """Unknown keys are errors naming the nearest valid one (a typo must not be silently ignored)."""
-    import difflib
-
     for key in values:
         if key not in allowed:
             where = f"{section}.{key}" if section else key
             near = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else f"; valid: {', '.join(sorted(allowed))}"
             raise ConfigError(f"{path}: unknown key '{where}'{hint}")
-
-
-# YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words (split=no is a split's name)
-_WORDS = {"yes", "no", "on", "off", "y", "n"}
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["num_mel_bins=40", "dev_speakers=[theo]"]`` -> dict; values are YAML scalars or lists."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"option '{pair}' is not KEY=VALUE")
-        out[key.strip()] = value.strip() if value.strip().lower() in _WORDS else load_yaml(value)
-    return out
-
-
-def format_options(options: dict[str, Any]) -> list[str]:
-    """The inverse of parse_options, for command lines that can be re-run by hand."""
-    args = []
-    for key, value in options.items():
-        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-        text = text.removesuffix("\n...").removesuffix("...").strip()
-        args += ["--opt", f"{key}={text}"]
-    return args

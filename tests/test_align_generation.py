@@ -6,7 +6,7 @@ import pytest
 from lhotse import MonoCut, Recording
 from lhotse.audio import AudioSource
 
-from asrhybrid.align.outputs import ctm_line, cut_entries, read_ctm, write_textgrid
+from asrhybrid.align.generation import ctm_line, cut_entries, read_ctm, write_textgrid
 from asrhybrid.errors import DataError
 
 

@@ -6,17 +6,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from asrhybrid.config import parse_options
-from asrhybrid.errors import ConfigError
+import torch
+
+from asrhybrid.decode.adapt import adapt_am
+from asrhybrid.decode.corpus import decode_corpus, iter_lattices
+from asrhybrid.decode.ctm import lattice_ctm
+from asrhybrid.decode.decoder import DecodeConfig
+from asrhybrid.decode.lattice import write_kaldi_lattices
+from asrhybrid.decode.lattice_io import import_kaldi_lattices
+from asrhybrid.decode.rescore import rescore_decode_dir
+from asrhybrid.decode.scores import AcousticModelScores, LoglikeArchive, ScoreSource
+from asrhybrid.decode.transcribe import transcribe
+from asrhybrid.e2e.decode import CtcSystemScores
+from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.graph.k2graph import HLG_FILE
+from asrhybrid.nnet.adapt import AdaptConfig
+from asrhybrid.nnet.trainer import default_device
+from asrhybrid.options import parse_options
+from asrhybrid.outputs import Completion, atomic_output, resume_or_clear, run_once
+from asrhybrid.score.grid import refs_from_cuts, score_decode_dir
+from asrhybrid.score.results import write_folds_results, write_results
+from asrhybrid.score.wer import read_text
+from asrhybrid.verbs.common import add_common, add_verb
 
 log = logging.getLogger("asrhybrid")
 
 
 def _decode_config(pairs: list[str] | None):
-    from asrhybrid.decode.decoder import DecodeConfig
-
     try:
         return DecodeConfig(**parse_options(pairs))
     except TypeError as e:
@@ -27,16 +46,22 @@ def _scores_input(path: Path) -> Path:
     return path / "final.pt" if (path / "final.pt").is_file() else path
 
 
+def score_source(path: Path, cuts: Path | None, cfg: DecodeConfig) -> ScoreSource:
+    """What ``asrhybrid decode SCORES`` decodes: an acoustic model dir (train-am's), a CTC system dir (train-e2e's)
+    or a compute-loglikes archive; a model needs the cuts."""
+    final = path / "final.pt"
+    if not final.is_file():
+        return LoglikeArchive(path)
+    if cuts is None:
+        raise DataError([f"{path} is a trained model: decoding it needs the cuts (--cuts)"])
+    if "num_tokens" in torch.load(final, weights_only=False, map_location="cpu"):  # a stage-9 system's final.pt
+        return CtcSystemScores(path, cuts, acwt=cfg.acwt)
+    return AcousticModelScores(path, cuts, prior_scale=cfg.prior_scale)
+
+
 def cmd_decode(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.decode.corpus import decode_corpus
-    from asrhybrid.nnet.train import default_device
-    from asrhybrid.recipe.outputs import Completion, resume_or_clear
-
     cfg = _decode_config(args.opt)
     device = str(default_device()) if args.device == "auto" else args.device
-    from asrhybrid.decode.graph import HLG_FILE
 
     hlg = args.graph_dir / HLG_FILE
     inputs = {"graph": hlg if hlg.is_file() else args.graph_dir / "HCLG.fst", "scores": _scores_input(args.scores)}
@@ -48,7 +73,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
         log.info("%s: 'decode' already done", args.out_dir)
         return
     resume_or_clear(args.out_dir, done.resume_key())  # finished jobs of the same decode are kept
-    summary = decode_corpus(args.graph_dir, args.scores, args.out_dir, args.cuts, cfg, args.nj, device,
+    source = score_source(args.scores, args.cuts, cfg)
+    summary = decode_corpus(args.graph_dir, source, args.out_dir, cfg, args.nj, device,
                             compare_kaldi=args.kaldi_reference)
     log.info("decoded %d of %d utterances (%d failed), %.0f frames/s, lattices %.2f arcs/frame", summary["decoded"],
              summary["utterances"], len(summary["failed"]), summary["decode_frames_per_second"],
@@ -61,11 +87,6 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt_am(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.nnet.adapt import AdaptConfig, adapt_am
-    from asrhybrid.nnet.train import default_device
-    from asrhybrid.recipe.outputs import run_once
 
     try:
         cfg = AdaptConfig(**parse_options(args.opt))
@@ -86,9 +107,6 @@ def cmd_adapt_am(args: argparse.Namespace) -> None:
 
 
 def _references(source: Path) -> dict[str, str]:
-    from asrhybrid.score.grid import refs_from_cuts
-    from asrhybrid.score.wer import read_text
-
     return read_text(source) if source.name == "text" or source.suffix == ".txt" else refs_from_cuts(source)
 
 
@@ -104,9 +122,6 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.outputs import run_once
-    from asrhybrid.score.grid import score_decode_dir
-
     params = None
     if args.params_from:
         chosen = json.loads((args.params_from / "scoring.json").read_text())
@@ -126,9 +141,6 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
-    from asrhybrid.decode.rescore import rescore_decode_dir
-    from asrhybrid.recipe.outputs import run_once
-
     def work(done):
         summary = rescore_decode_dir(args.lat_dir, args.old_lm, args.new_lm, args.out_dir, args.method, args.n,
                                      args.nbest_lmwt)
@@ -140,10 +152,6 @@ def cmd_rescore(args: argparse.Namespace) -> None:
 
 
 def cmd_lattice_to_kaldi(args: argparse.Namespace) -> None:
-    from asrhybrid.decode.corpus import iter_lattices
-    from asrhybrid.decode.lattice import write_kaldi_lattices
-    from asrhybrid.recipe.outputs import atomic_output
-
     with atomic_output(args.out) as tmp:
         count = write_kaldi_lattices(tmp, iter_lattices(args.decode_dir))
     log.info("%d lattices to %s (Kaldi text CompactLattice: lattice-copy 'ark:%s' ark:lat.ark makes it binary)",
@@ -151,15 +159,11 @@ def cmd_lattice_to_kaldi(args: argparse.Namespace) -> None:
 
 
 def cmd_lattice_from_kaldi(args: argparse.Namespace) -> None:
-    from asrhybrid.decode.lattice_io import import_kaldi_lattices
-
     summary = import_kaldi_lattices(args.archives, args.words_txt, args.out_dir, args.acoustic_scale)
     log.info("%d lattices from %d archive(s) into %s", summary["utterances"], len(args.archives), args.out_dir)
 
 
 def cmd_lattice_ctm(args: argparse.Namespace) -> None:
-    from asrhybrid.decode.ctm import lattice_ctm
-
     summary = lattice_ctm(args.decode_dir, args.graph_dir, args.out, args.lmwt, args.wip)
     for problem in summary["failed"]:
         log.error("%s", problem)
@@ -167,8 +171,6 @@ def cmd_lattice_ctm(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from asrhybrid.recipe.results import write_folds_results, write_results
-
     corpus = args.corpus or args.workdir.name
     if args.folds:
         path = write_folds_results(args.workdir, corpus, args.folds.split(","), args.fold_option)
@@ -178,14 +180,12 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
-    from asrhybrid.decode.transcribe import transcribe
-
     for utt, words in transcribe(args.exp_dir, args.audio, args.graph, args.rescore, args.old_lm,
                                  _decode_config(args.opt), args.max_segment, args.device):
         print(f"{utt} {words}".rstrip(), flush=True)
 
 
-def add_decode_verbs(sub, add_verb, add_common) -> None:
+def add_decode_verbs(sub) -> None:
     p = add_verb(sub, "decode", "stage 8: lattices of every utterance over HCLG with k2 (Kaldi's decode.sh): OUT_DIR/lat.N.gz "
                                 "(Kaldi text CompactLattice), best.N.jsonl (1-best words, alignment), decode.json")
     p.add_argument("graph_dir", type=Path, help="mkgraph's GRAPH_DIR (HCLG.fst, its k2 form, words.txt, the model), "

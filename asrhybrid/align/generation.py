@@ -16,13 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from praatio import textgrid
+from praatio.data_classes.interval_tier import IntervalTier
 from tqdm import tqdm
 
-from asrhybrid.align.graphs import phone_instances
+from asrhybrid.align.flat_start import load_flat_start_model
+from asrhybrid.align.graphs import GraphCompiler, align, phone_instances, transition_arrays
 from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import DataError
+from asrhybrid.features.cmvn import normalized_features
 from asrhybrid.kaldi_io import alignment_table_writer
-from asrhybrid.recipe.outputs import atomic_output, write_text_atomic
+from asrhybrid.model import load_model
+from asrhybrid.nnet.inference import feature_normalizer, iter_loglikes, load_am
+from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +109,6 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
     """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM
     (normalised as it was trained, over the whole of ``cuts_path``: a speaker's statistics span the blocks)."""
     if am_dir is not None:
-        from asrhybrid.data.manifests import load_cuts
-        from asrhybrid.nnet.train import feature_normalizer, iter_loglikes, load_am
-
         model, final = load_am(am_dir)
         if final["num_pdfs"] != num_pdfs:
             raise ValueError(f"{am_dir} has {final['num_pdfs']} outputs but the model in {model_dir} has {num_pdfs} "
@@ -116,8 +119,6 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
             return [loglikes for _, loglikes in iter_loglikes(model, final, block, normalizer=normalizer)]
 
         return score
-    from asrhybrid.align.flat_start import load_flat_start_model
-    from asrhybrid.features.cmvn import normalized_features
 
     model, mean, std, log_prior = load_flat_start_model(model_dir)
 
@@ -137,9 +138,6 @@ def ctm_line(cut, start: float, end: float, label: str) -> str:
 
 def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]) -> None:
     """A Praat TextGrid (long format, through praatio) with one interval tier each; gaps stay empty."""
-    from praatio import textgrid
-    from praatio.data_classes.interval_tier import IntervalTier
-
     duration = round(duration, 3)  # milliseconds throughout: praatio compares the tiers' ends with the grid's
     grid = textgrid.Textgrid(minTimestamp=0.0, maxTimestamp=duration)
     for name, items in tiers.items():
@@ -161,9 +159,6 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
     recording and time when, as in every manifest asrhybrid writes, a recording's cuts are together and in
     order), so memory does not grow with the corpus.
     """
-    from asrhybrid.align.graphs import GraphCompiler, align, transition_arrays
-    from asrhybrid.model import load_model
-
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
     tree, trans_model = load_model(model_dir)
     score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs, cuts_path)

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from asrhybrid.config import parse_options
+from asrhybrid.e2e.decode import E2EDecodeConfig, decode_e2e
+from asrhybrid.e2e.hlg import make_hlg_graph
+from asrhybrid.e2e.train import E2EConfig, train_e2e
 from asrhybrid.errors import ConfigError
+from asrhybrid.features.cmvn import global_mean_std
+from asrhybrid.options import parse_options
+from asrhybrid.outputs import atomic_output, run_once
+from asrhybrid.verbs.common import add_common, add_verb, run_training, train_config
 
 log = logging.getLogger(__name__)
 
 
 def cmd_train_e2e(args: argparse.Namespace) -> None:
-    from asrhybrid.e2e.train import E2EConfig, train_e2e
-    from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.verbs import run_training, train_config
-
     cfg = train_config(E2EConfig, args, "train-e2e")
 
     def train(device, resume_key):
@@ -30,10 +33,6 @@ def cmd_train_e2e(args: argparse.Namespace) -> None:
 
 
 def cmd_decode_e2e(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from asrhybrid.e2e.decode import E2EDecodeConfig, decode_e2e
-    from asrhybrid.recipe.outputs import run_once
 
     try:
         cfg = E2EDecodeConfig(**parse_options(args.opt))
@@ -52,9 +51,6 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
 
 
 def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
-    from asrhybrid.e2e.hlg import make_hlg_graph
-    from asrhybrid.recipe.outputs import atomic_output, run_once
-
     def work(_):
         with atomic_output(args.graph_dir) as tmp:  # swapped in whole
             stats = make_hlg_graph(args.tokens_dir, args.lang_dir, tmp)
@@ -64,7 +60,7 @@ def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
              inputs={"tokens": args.tokens_dir, "G": args.lang_dir / "G.fst", "words": args.lang_dir / "words.txt"})
 
 
-def add_e2e_verbs(sub, add_verb, add_common) -> None:
+def add_e2e_verbs(sub) -> None:
     p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T; las: Listen, "
                                    "Attend and Spell) on stage 3's "
                                    "tokens: "

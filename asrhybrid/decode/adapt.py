@@ -1,0 +1,67 @@
+"""adapt-am: a hybrid system's speakers adapted on its own first pass (a decode dir's best paths), into a new model
+directory whose final.pt the decoder takes like any other (asrhybrid.nnet.adapt has the transforms and their
+training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asrhybrid.data.manifests import load_cuts
+from asrhybrid.decode.corpus import read_best
+from asrhybrid.errors import DataError
+from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+from asrhybrid.model import load_model
+from asrhybrid.nnet.adapt import AdaptConfig, SpeakerAdaptedAM, adapt_speakers, first_pass_targets
+from asrhybrid.nnet.inference import feature_normalizer, load_am
+from asrhybrid.outputs import atomic_output, write_text_atomic
+
+
+def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str, out_dir: Path | str,
+             cfg: AdaptConfig | None = None, graph_dir: Path | str | None = None,
+             device: torch.device | str = "cpu") -> dict:
+    """adapt-am: the speakers of ``cuts_path`` adapted on the best paths of ``decode_dir`` (a decode of those
+    cuts by ``exp_dir``'s system) into the model directory ``out_dir`` (final.pt, adapt.json, and the first
+    pass's pdf targets first_pass_pdf.ark/.scp). ``exp_dir`` may itself be adapted: its base model is what is
+    adapted again (iterations start over from the base, on better targets). The transition model comes from
+    ``graph_dir``, by default the graph the decode recorded in its decode.json. Returns adapt.json."""
+    cfg = cfg or AdaptConfig()
+    exp_dir, decode_dir, out_dir = Path(exp_dir), Path(decode_dir), Path(out_dir)
+    if not (decode_dir / "decode.json").is_file():
+        raise DataError([f"{decode_dir}: no decode.json: not a decode directory (asrhybrid decode makes one)"])
+    decoded = json.loads((decode_dir / "decode.json").read_text())
+    graph_dir = Path(graph_dir or decoded.get("graph") or "")
+    if not (graph_dir / "trans.pkl").is_file():
+        raise DataError([f"{decode_dir}: its graph {graph_dir} has no trans.pkl (give the graph or tree dir: --graph)"])
+    model, final = load_am(exp_dir, device)
+    base_dir = str(exp_dir)
+    if isinstance(model, SpeakerAdaptedAM):
+        base_dir = final["adaptation"].get("base", base_dir)
+        model, final = model.base, {k: v for k, v in final.items() if k != "adaptation"}
+    _, trans_model = load_model(graph_dir)
+    if trans_model.num_pdfs != final["num_pdfs"]:
+        raise DataError([f"{exp_dir}: the model has {final['num_pdfs']} pdfs, {graph_dir}'s transition model "
+                         f"{trans_model.num_pdfs}: the decode is not this system's"])
+    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets_ark = out_dir / "first_pass_pdf.ark"
+    with alignment_table_writer(targets_ark) as write:
+        for utt, pdfs in first_pass_targets(read_best(decode_dir), tid_to_pdf):
+            write(utt, pdfs)
+    cuts = load_cuts(cuts_path)
+    targets = AlignmentTable(targets_ark)
+    try:
+        adapted, report = adapt_speakers(model, final, cuts, targets, feature_normalizer(final, cuts, cuts_path),
+                                         cfg, device)
+    finally:
+        targets.close()
+    report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path),
+                   "graph": str(graph_dir)})
+    with atomic_output(out_dir / "final.pt") as tmp:
+        torch.save({**final, "adaptation": {**adapted.transforms_state(), "first_pass": str(decode_dir),
+                                          "base": base_dir}}, tmp)
+    write_text_atomic(out_dir / "adapt.json", json.dumps(report, indent=1) + "\n")
+    return report
