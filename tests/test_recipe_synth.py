@@ -23,7 +23,7 @@ def test_default_recipe_runs_offline(tmp_path):
     assert any(c.supervisions[0].custom.get("noise") for c in cuts["train"])
     assert cuts["dev"][0].load_features().shape[1] == 80
     # Stages 2-5 ran too: the flat start converged, and its alignments of the held-out test
-    # speakers meet the quality measured when its defaults were chosen (README, Alignment).
+    # speakers meet the quality measured when its defaults were chosen (docs/alignment.md).
     import json
 
     flat = json.loads((work / "exp" / "mono_flat" / "flat_start.json").read_text())["iterations"]

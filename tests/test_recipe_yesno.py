@@ -415,11 +415,11 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
     with final.pt, train.json, curves.png and TensorBoard events of the same numbers; a re-run is a no-op.
 
     Held-out senone frame accuracy (Sak 2014's metric, 6 held-out utterances, 8 senones: the recipe's tree ties
-    3 of the 11 HMM states; why ties: README, stage 6), the DNN on the realigned targets, the LSTMP on the DNN's
+    3 of the 11 HMM states; why ties: docs/hybrid.md), the DNN on the realigned targets, the LSTMP on the DNN's
     realignment. The bounds hold for every run of recipes/yesno/README.md's spread (5 seeds x 2 kernel settings):
     DNN 89.1-95.9%, LSTMP 79.6-90.0%. They are lower than before the noise augmentation of stage 6 (DNN
     95.3-96.1%, seeds 0-2), which is measured on clean held-out utterances but took seed 2's test WER from 6.67%
-    to 0.83% (README, stage 6)."""
+    to 0.83% (docs/hybrid.md)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     work, yesno_dir = yesno_through_stage_4

@@ -55,12 +55,13 @@ def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_3):
     ctc_searches = ("small", "large_lattice", "large_nbest", "nolm_greedy", "nolm_beam", "large_beam", "large_flashlight")
     for system, loss, searches in (("ctc", "train_ctc", ctc_searches),
                                    ("rnnt", "train_rnnt", ("nolm_greedy", "nolm_beam", "large_beam")),
-                                   ("las", "train_ce", ("nolm_greedy", "nolm_beam", "large_beam"))):
+                                   ("las", "train_ce", ("nolm_greedy", "nolm_beam", "large_beam", "nolm_ctc05"))):
         exp = work / "exp" / system
         summary = json.loads((exp / "train.json").read_text())
         losses = [e[loss] for e in summary["epochs"]]
         assert losses[-1] < (0.3 if system == "las" else 0.1) * losses[0] and summary["left_out"] == {}
-        # held-out token error rate over the spread: CTC 0-0.31, RNN-T 0-0.047, LAS 0.24-0.33
+        # held-out token error rate over the spreads: CTC 0-0.31, RNN-T 0-0.047, joint LAS 0.29-0.35 (its speller's
+        # greedy output, which the first-word NO costs; the paper's LAS: 0.24-0.33)
         assert summary["final"]["token_error_rate"] < {"ctc": 0.35, "rnnt": 0.15, "las": 0.5}[system]
         for name in searches:
             scoring = json.loads((exp / f"decode_test_{name}" / "scoring.json").read_text())
@@ -76,7 +77,14 @@ def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_3):
     assert wer["ctc", "large_flashlight"] <= 20.0, wer  # 0.42-17.50
     assert wer["ctc", "large_beam"] <= 13.0, wer  # 0.42-12.08
     assert max(wer["rnnt", m] for m in ("nolm_greedy", "nolm_beam", "large_beam")) <= 15.0, wer  # 10.42-13.33
-    assert wer["las", "nolm_greedy"] <= 60.0, wer  # 46.25-52.92 (chance is about 50%, with insertions more)
+    # The joint CTC/attention LAS (recipes/yesno/README.md: 4 runs, seeds 0-1, before and after the padded-batch
+    # RNNs): the 1% with CTC weight 0.5 in the search (0.42 in every run: the YES every system inserts);
+    # at the training's 0.3 the speller's first-word NO stays (11.25-12.08), and greedy it starts every hypothesis
+    # with NO (36.67-37.50). The paper's LAS (ctc_weight 0) made 46-53% over 10 runs.
+    assert wer["las", "nolm_ctc05"] <= 1.0, wer
+    assert wer["las", "nolm_beam"] <= 16.0, wer
+    assert wer["las", "large_beam"] <= 20.0, wer  # 15.00-16.25
+    assert wer["las", "nolm_greedy"] <= 45.0, wer
     # HLG lattices hold token ids + 1 as their alignment strings, a frame each (stride 2: half the feature frames)
     decode = json.loads((work / "exp" / "ctc" / "decode_test_small" / "decode.json").read_text())
     assert decode["decoded"] == 30 and decode["frames"] > 0

@@ -8,7 +8,7 @@ posteriors minus log priors). Three back-ends give the same best path
 (tests/test_fsa_intersect.py, tests/test_fsa_k2.py) except where Kaldi's beam
 loses it: ``kaldi`` (the C++ aligner, pruned by its beams), ``k2`` and
 ``torch`` (asrhybrid.fsa's two engines, exact). The default per device comes
-from bench/align.py (README, "FSA engines and alignment back-ends"): see :func:`default_backend`.
+from bench/align.py (docs/alignment.md, "FSA engines and alignment back-ends"): see :func:`default_backend`.
 What Kaldi's beams lose, an exact FSA engine aligns.
 """
 

@@ -384,7 +384,7 @@ def add_hybrid_verbs(sub) -> None:
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats (Kaldi ark) of the training features")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
-    p.add_argument("--backend", choices=BACKENDS, help="aligner for the realignments (default: the device's; see README)")
+    p.add_argument("--backend", choices=BACKENDS, help="aligner for the realignments (default: the device's; see docs/alignment.md)")
     add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
 
