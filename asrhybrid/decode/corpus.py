@@ -140,7 +140,7 @@ def decode_corpus(graph_dir: Path | str, source: ScoreSource, out_dir: Path | st
             what = "a CTC system" if source.kind == "ctc" else "an acoustic model"
             raise DataError([f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
                              f"({source.path}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"])
-        width, unit = source.num_outputs(), ("tokens" if source.kind == "ctc" else "pdfs")
+        width, unit = source.num_outputs, ("tokens" if source.kind == "ctc" else "pdfs")
         if width != graph.num_pdfs:
             what = "the CTC system" if source.kind == "ctc" else "the acoustic model"
             why = "token sets" if source.kind == "ctc" else "trees"

@@ -5,7 +5,8 @@ A score source is picklable (a decode job gets it in a worker process) and names
 one (asrhybrid.verbs.decode), the decoder only iterates it: ``source.scores(job, nj, device)`` yields
 ``(utt, unscaled log-likelihoods [T, C], seconds of audio or 0)`` for the utterances of job ``job`` of ``nj``.
 ``kind`` is ``"am"`` (HCLG over pdfs), ``"ctc"`` (HLG over tokens) or ``"archive"`` (either: the graph decides),
-``num_outputs()`` the width of its matrices (None: unknown before reading)."""
+``num_outputs`` the width of its matrices (None: unknown before reading; the verb reads a model's from the
+checkpoint it already opened)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
-import torch
 
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import DataError
@@ -29,7 +29,7 @@ class ScoreSource(Protocol):
     path: Path
     kind: str
 
-    def num_outputs(self) -> int | None: ...
+    num_outputs: int | None
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores: ...
 
@@ -40,13 +40,11 @@ class LoglikeArchive:
 
     path: Path
     kind = "archive"
+    num_outputs = None
 
     def __post_init__(self):
         if Path(self.path).suffix not in (".ark", ".scp") or not Path(self.path).is_file():
             raise DataError([f"{self.path}: neither a model directory (with final.pt) nor a log-likelihood archive (.ark)"])
-
-    def num_outputs(self) -> int | None:
-        return None
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         for utt, ll in iter_matrices(Path(self.path).with_suffix(".ark")):
@@ -60,11 +58,9 @@ class AcousticModelScores:
 
     path: Path
     cuts: Path
+    num_outputs: int  # its pdfs
     prior_scale: float = 1.0
     kind = "am"
-
-    def num_outputs(self) -> int:
-        return int(torch.load(Path(self.path) / "final.pt", weights_only=False, map_location="cpu")["num_pdfs"])
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         model, final = load_am(self.path, device)

@@ -174,12 +174,10 @@ class CtcSystemScores:
 
     path: Path
     cuts: Path
+    num_outputs: int  # its tokens
     acwt: float = 1.0
     max_duration: float = 120.0
     kind = "ctc"
-
-    def num_outputs(self) -> int:
-        return int(torch.load(Path(self.path) / "final.pt", weights_only=False, map_location="cpu")["num_tokens"])
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         model, final, tokens, cuts, normalizer = _load_system(Path(self.path), self.cuts, device)

@@ -4,7 +4,6 @@ its targets ignored), and the validation share chosen by a hash of the utterance
 
 from __future__ import annotations
 
-import logging
 import zlib
 from functools import partial
 
@@ -14,9 +13,6 @@ from lhotse.dataset import SimpleCutSampler
 from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.kaldi_io import AlignmentTable
 from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
-
-log = logging.getLogger(__name__)
-
 
 IGNORE = -100  # targets of padding and context frames
 

@@ -3,7 +3,6 @@ for the decoder or into a Kaldi matrix table (compute-loglikes)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -24,8 +23,6 @@ from asrhybrid.nnet.train import TrainConfig
 from asrhybrid.nnet.trainer import (
     default_device,
 )
-
-log = logging.getLogger(__name__)
 
 
 def load_am(exp_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
@@ -13,8 +11,6 @@ from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.options import SYSTEMS
-
-log = logging.getLogger(__name__)
 
 
 class FrameDNN(nn.Module):

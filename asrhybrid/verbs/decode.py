@@ -54,9 +54,10 @@ def score_source(path: Path, cuts: Path | None, cfg: DecodeConfig) -> ScoreSourc
         return LoglikeArchive(path)
     if cuts is None:
         raise DataError([f"{path} is a trained model: decoding it needs the cuts (--cuts)"])
-    if "num_tokens" in torch.load(final, weights_only=False, map_location="cpu"):  # a stage-9 system's final.pt
-        return CtcSystemScores(path, cuts, acwt=cfg.acwt)
-    return AcousticModelScores(path, cuts, prior_scale=cfg.prior_scale)
+    ckpt = torch.load(final, weights_only=False, map_location="cpu")
+    if "num_tokens" in ckpt:  # a stage-9 system's final.pt
+        return CtcSystemScores(path, cuts, int(ckpt["num_tokens"]), acwt=cfg.acwt)
+    return AcousticModelScores(path, cuts, int(ckpt["num_pdfs"]), prior_scale=cfg.prior_scale)
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
