@@ -7,10 +7,11 @@ contracts, checked by ``make lint``), top to bottom:
 - ``verbs``: one ``asrhybrid <verb>`` per step; a verb decides paths, skipping, forcing and markers,
 - ``e2e`` (stages 9-10), ``score``; ``decode`` (stages 7-8), ``tree`` (5); ``align`` (4);
   ``nnet`` (the hybrid networks, 6), ``graph`` (HCLG and its k2 form);
-  ``features``, ``lm``, ``model`` (the HMM model dir); ``data``, ``lang``, ``kaldi_io``,
+  ``features``, ``lm``, ``hmm`` (the HMM model dir: topology, tree, transition model); ``data``, ``lang``,
+  ``kaldi_tables`` (Kaldi archives and scp tables),
 - shared ground: ``fsa`` (FSA algorithms on k2 or torch), ``outputs`` (atomic files, completion markers),
-  ``options``, ``determinism``, ``logs``, ``install``; ``errors``, ``kernels``, ``jobs``, ``kaldi`` (the Kaldi
-  wrappers, imported in their one safe order).
+  ``options``, ``determinism``, ``logs``, ``install``; ``errors``, ``kernels``, ``jobs``, ``kaldi_wrappers`` (the
+  Kaldi wrappers, imported in their one safe order).
 """
 
 __version__ = "0.1.0"

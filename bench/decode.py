@@ -30,9 +30,10 @@ import torch
 def scores_of(workdir: Path, system: str, part: str, limit: int):
     from lhotse import load_manifest
 
+    from asrhybrid.features.layout import FeatureSet
     from asrhybrid.nnet.inference import iter_loglikes, load_am
 
-    corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
+    corpus = FeatureSet.in_dir(workdir / "data" / "fbank", part).cuts
     cuts = load_manifest(corpus).subset(first=limit) if limit else load_manifest(corpus)
     model, final = load_am(workdir / "exp" / system)
     return [(c.id, ll, float(c.duration)) for c, ll in iter_loglikes(model, final, cuts, acwt=1.0)]

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 
+from asrhybrid.features.layout import FeatureSet
+from asrhybrid.nnet.checkpoint import TrainedSystem
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"B": 8, "T": 150, "U": 40, "V": 500, "D": 512}
 
@@ -152,17 +155,17 @@ def training_speed(device: str) -> dict:
 
 def decoding(workdir: Path, part: str) -> dict:
     out = {}
-    corpus = next((workdir / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))
+    corpus = FeatureSet.in_dir(workdir / "data" / "fbank", part).cuts
     lm = workdir / "data" / "lm" / "large.arpa"
     for exp in sorted(p.parent for p in (workdir / "exp").glob("*/final.pt")):
-        final = torch.load(exp / "final.pt", weights_only=False, map_location="cpu")
-        system, kind = exp.name, final["config"]["system"]
+        trained = TrainedSystem.load(exp)
+        system, kind = exp.name, trained.system
         if kind not in ("ctc", "rnnt", "las"):
             continue
         # (its name in the report, method, with the LM, more options)
         searches = [("greedy", "greedy", False, []), ("beam", "beam", False, []), ("beam", "beam", True, [])]
         searches += [("flashlight", "flashlight", True, [])] if kind == "ctc" else []
-        joint = kind == "las" and any(k.startswith("ctc.") for k in final["model"])  # a LAS with a CTC head
+        joint = kind == "las" and any(k.startswith("ctc.") for k in trained.weights)  # a LAS with a CTC head
         # joint CTC/attention decoding (the training's ctc_weight) against the same model's attention-only search
         searches += [("beam_attention_only", "beam", False, ["--opt", "ctc_weight=0.0"])] if joint else []
         for name, method, with_lm, extra in searches:

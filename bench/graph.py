@@ -26,11 +26,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from asrhybrid.graph.mkgraph import count_arcs, make_hclg
-    from asrhybrid.kaldi import kaldifst
+    from asrhybrid.hmm import init_mono_model
+    from asrhybrid.kaldi_wrappers import kaldifst
     from asrhybrid.lang.lexicon import _cmudict, corpus_dict_dir
     from asrhybrid.lang.prepare_lang import prepare_lang
     from asrhybrid.lm.train import arpa_to_g, train_lm
-    from asrhybrid.model import init_mono_model
 
     candidates = sorted(w.upper() for w in _cmudict() if w.isalpha())
     results = []

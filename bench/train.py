@@ -97,12 +97,12 @@ def epoch_rate(workdir: Path, system: str, model_opts: dict, chunk: int, device:
     """One epoch of train_am on a recipe's training cuts: frames/s of the whole loop (reading included)."""
     from asrhybrid.data.manifests import load_cuts
     from asrhybrid.features.cmvn import global_mean_std
-    from asrhybrid.model import load_model
+    from asrhybrid.features.layout import FeatureSet
+    from asrhybrid.hmm import load_model
     from asrhybrid.nnet.train import TrainConfig, train_am
 
-    fbank = workdir / "data" / "fbank"
-    cuts = next(fbank.glob("*_cuts_train.jsonl.gz"))
-    cmvn = next(fbank.glob("*_cmvn_global_train.ark"))
+    features = FeatureSet.in_dir(workdir / "data" / "fbank", "train")
+    cuts, cmvn = features.cuts, features.global_cmvn
     _, trans_model = load_model(workdir / "exp" / "tree")
     mean, std = global_mean_std(cmvn)
     cfg = TrainConfig(system=system, epochs=1, max_duration=60.0, chunk_frames=chunk if system != "dnn" else 0,

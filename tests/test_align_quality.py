@@ -7,8 +7,9 @@ import pytest
 from asrhybrid.align.quality import boundary_errors
 from asrhybrid.data.prepare import prepare_data
 from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus
-from asrhybrid.features.compute import compute_fbank, cuts_path
+from asrhybrid.features.compute import compute_fbank
 from asrhybrid.features.fbank import KaldiFbankConfig
+from asrhybrid.features.layout import FeatureSet
 
 
 def write_ctms(cuts, out, shift_s: float):
@@ -33,7 +34,7 @@ def synth_cuts(tmp_path_factory):
     generate_corpus(root / "corpus", cfg)
     prepare_data("synth", "synth", root / "corpus", root / "m", 16000)
     compute_fbank(root / "m", root / "f", "synth", "train", KaldiFbankConfig(num_mel_bins=40))
-    return cuts_path(root / "f", "synth", "train"), root
+    return FeatureSet(root / "f", "synth", "train").cuts, root
 
 
 def test_reference_against_itself_is_exact(synth_cuts):

@@ -9,8 +9,9 @@ from lhotse import load_manifest
 
 from asrhybrid.data.prepare import prepare_data
 from asrhybrid.errors import DataError
-from asrhybrid.features.compute import compute_fbank, cuts_path
+from asrhybrid.features.compute import compute_fbank
 from asrhybrid.features.fbank import KaldiFbankConfig
+from asrhybrid.features.layout import FeatureSet
 
 
 def write_wav(path, seconds=0.5, rate=16000, channels=1, seed=0):
@@ -114,7 +115,7 @@ def test_mixed_sample_rates_are_resampled_to_the_recipe_rate(tmp_path):
     corpus = make_kaldi_dir(tmp_path / "c", utts)
     prepare(corpus, tmp_path / "m")
     compute_fbank(tmp_path / "m", tmp_path / "f", "t", "train", KaldiFbankConfig(num_mel_bins=40))
-    cuts = load_manifest(cuts_path(tmp_path / "f", "t", "train"))
+    cuts = load_manifest(FeatureSet(tmp_path / "f", "t", "train").cuts)
     odd = cuts["spk1-u1"]
     assert odd.sampling_rate == 16000
     assert odd.load_audio().shape[1] == 8000  # 0.5 s at 16 kHz
@@ -186,7 +187,7 @@ def test_segments_give_one_cut_per_utterance(tmp_path):
     corpus = segmented_dir(tmp_path, 2.0, [("rec1-a", 0.0, 0.8, "FIRST PART"), ("rec1-b", 1.0, -1, "SECOND PART")])
     prepare(corpus, tmp_path / "m")
     compute_fbank(tmp_path / "m", tmp_path / "f", "t", "train", KaldiFbankConfig(num_mel_bins=40))
-    cuts = load_manifest(cuts_path(tmp_path / "f", "t", "train"))
+    cuts = load_manifest(FeatureSet(tmp_path / "f", "t", "train").cuts)
     assert sorted(cuts.ids) == ["rec1-a", "rec1-b"]
     assert cuts["rec1-a"].load_features().shape == (80, 40)
     assert cuts["rec1-b"].load_features().shape == (100, 40)  # end -1: to the end of the recording
@@ -253,9 +254,9 @@ def test_cuts_need_exactly_one_supervision_and_a_cut_set_must_not_be_empty(tmp_p
 
 @pytest.mark.parametrize("what", ["topo", "arpa", "ali"])
 def test_a_missing_upstream_file_is_an_error_naming_it(tmp_path, what):
-    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.hmm import init_mono_model
+    from asrhybrid.kaldi_tables import read_alignments
     from asrhybrid.lm.train import arpa_to_g
-    from asrhybrid.model import init_mono_model
 
     (tmp_path / "lang").mkdir()
     (tmp_path / "lang" / "words.txt").write_text("<eps> 0\nA 1\n")

@@ -89,7 +89,7 @@ def test_bad_utterances_fail_alone(yesno_graph):
 def _decode_dir(tmp_path, graph_dir, scores: dict[str, np.ndarray], cfg):
     from asrhybrid.decode.corpus import decode_corpus
     from asrhybrid.decode.scores import LoglikeArchive
-    from asrhybrid.kaldi_io import matrix_table_writer
+    from asrhybrid.kaldi_tables import matrix_table_writer
 
     ark = tmp_path / "loglikes.ark"
     with matrix_table_writer(ark) as write:

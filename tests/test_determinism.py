@@ -58,7 +58,7 @@ def _train_dnn(tmp_path, name, num_threads, yesno_fbank_cuts):
     """A small DNN of stage 6 on planted targets of real features, a few epochs; its final weights."""
     import numpy as np
 
-    from asrhybrid.kaldi_io import alignment_table_writer
+    from asrhybrid.kaldi_tables import alignment_table_writer
     from asrhybrid.nnet.inference import load_am
     from asrhybrid.nnet.train import TrainConfig, train_am
 

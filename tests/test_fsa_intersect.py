@@ -149,8 +149,8 @@ def test_epsilon_cycles_are_refused():
 def yesno_training_graphs(tmp_path_factory):
     """100 real training graphs (Kaldi's compile-train-graphs + transition probs) with random scores per pdf."""
     from asrhybrid.align.graphs import GraphCompiler
+    from asrhybrid.hmm import init_mono_model
     from asrhybrid.lang.prepare_lang import prepare_lang
-    from asrhybrid.model import init_mono_model
 
     tutorial = require_shared("testdata", "kaldi_formats", "yesno_tutorial")
     work = tmp_path_factory.mktemp("graphs")
@@ -166,7 +166,7 @@ def yesno_training_graphs(tmp_path_factory):
 
 def test_binary_reader_equals_arc_iterator(yesno_training_graphs):
     from asrhybrid.fsa.fsa import from_kaldi_arcs
-    from asrhybrid.kaldi import kaldifst
+    from asrhybrid.kaldi_wrappers import kaldifst
 
     _, graphs, _ = yesno_training_graphs
     for graph in graphs[:20]:

@@ -170,7 +170,7 @@ def decode_planted_with_k2(graph_dir, lang, tree, trans_model, sentences):
     from asrhybrid.fsa.fsa import from_kaldi_arcs
     from asrhybrid.fsa.k2_engine import best_path_words, decode_pruned, to_k2
     from asrhybrid.graph.mkgraph import load_hclg
-    from asrhybrid.kaldi import kaldifst
+    from asrhybrid.kaldi_wrappers import kaldifst
     from asrhybrid.lang.io import read_symbol_table
 
     words = read_symbol_table(lang / "words.txt")

@@ -6,11 +6,11 @@ import numpy as np
 from conftest import require_shared
 
 from asrhybrid.graph.mkgraph import load_hclg, mkgraph
+from asrhybrid.hmm import init_mono_model
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lang.lexicon import corpus_dict_dir
 from asrhybrid.lang.prepare_lang import prepare_lang
 from asrhybrid.lm.train import arpa_to_g, train_lm
-from asrhybrid.model import init_mono_model
 
 
 def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_word=30, seed=0):
@@ -26,7 +26,7 @@ def planted_loglikes(lang_dir, tree, trans_model, words, sentence, frames_per_wo
 
 
 def decode_words(hclg, loglikes, words):
-    from asrhybrid.kaldi import kaldifst, kd
+    from asrhybrid.kaldi_wrappers import kaldifst, kd
 
     decoder = kd.FasterDecoder(hclg, kd.FasterDecoderOptions(beam=20.0))
     decoder.decode(kd.DecodableCtc(loglikes))

@@ -1,4 +1,4 @@
-"""The pinned Kaldi wrappers import together, in asrhybrid.kaldi's order, and share FST objects."""
+"""The pinned Kaldi wrappers import together, in asrhybrid.kaldi_wrappers's order, and share FST objects."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TOPO = """<Topology>
 """
 
 PROBE = f"""
-from asrhybrid.kaldi import khg, kaldifst, kd, kaldilm
+from asrhybrid.kaldi_wrappers import khg, kaldifst, kd, kaldilm
 topo = khg.HmmTopology()
 topo.read({TOPO!r})
 tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
@@ -52,11 +52,11 @@ print(k2.with_cuda, float(lattice.get_tot_scores(use_double_scores=True, log_sem
 
 
 def test_k2_imports_beside_the_kaldi_wrappers_kaldifeat_and_lhotse():
-    """k2 before and after the pinned wrappers (in asrhybrid.kaldi's order), kaldifeat and lhotse: no deadlock."""
+    """k2 before and after the pinned wrappers (in asrhybrid.kaldi_wrappers's order), kaldifeat and lhotse: no deadlock."""
     from conftest import require_k2
 
     require_k2()
-    for order in (["k2", "asrhybrid.kaldi", "kaldifeat", "lhotse"], ["lhotse", "kaldifeat", "asrhybrid.kaldi", "k2"]):
+    for order in (["k2", "asrhybrid.kaldi_wrappers", "kaldifeat", "lhotse"], ["lhotse", "kaldifeat", "asrhybrid.kaldi_wrappers", "k2"]):
         out = subprocess.run([sys.executable, "-c", K2_PROBE.format(order=order)], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr

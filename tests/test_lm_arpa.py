@@ -45,7 +45,7 @@ def test_kaldilm_test_arpa_matches_kenlm_python_values(arpa_dir):
 
 def _sentence_cost(G, word_ids, words, disambig_id):
     """Tropical cost of a word sequence through G, #0 back-off arcs taken as epsilon (Kaldi's ScoringTest)."""
-    from asrhybrid.kaldi import kaldifst
+    from asrhybrid.kaldi_wrappers import kaldifst
 
     g = kaldifst.StdVectorFst()
     for _ in range(G.num_states):
@@ -77,7 +77,7 @@ def test_g_fst_scores_kaldis_cases(tmp_path, arpa_dir):
     assert _sentence_cost(G, ids, ["b", "b", "b", "a"], 3) == pytest.approx(59.2649, rel=1e-3)
     expected = (arpa_dir / "kaldilm_input_G_fst.expected.txt").read_text()
     # The same arcs as kaldilm's documented output (our compile renumbers states by first appearance).
-    from asrhybrid.kaldi import kaldifst
+    from asrhybrid.kaldi_wrappers import kaldifst
 
     assert str(kaldifst.compile(s=expected, acceptor=False)) == str(kaldifst.StdVectorFst.read(str(tmp_path / "G.fst")))
 

@@ -18,6 +18,7 @@ from asrhybrid.nnet.adapt import (
     lhuc_layers,
 )
 from asrhybrid.nnet.batches import pad_batch
+from asrhybrid.nnet.checkpoint import AM, TrainedSystem
 from asrhybrid.nnet.inference import iter_loglikes, load_am
 from asrhybrid.nnet.models import build_model
 
@@ -116,36 +117,34 @@ def test_adaptation_fits_each_speakers_first_pass_and_round_trips_through_final_
     with torch.no_grad():
         lhuc_layers(base)[-1].weight.mul_(5.0)  # the output layer: posteriors as peaked as a trained model's
     targets = _first_pass(base, cuts, normalizer, shift=1)
-    final = {"feat_mean": np.zeros(23, np.float32), "feat_std": np.ones(23, np.float32) * 5.0,
-             "num_pdfs": NUM_PDFS, "log_prior": np.full(NUM_PDFS, -np.log(NUM_PDFS)),
-             "config": {"system": system, "model": MODELS[system], "cmvn": "global"}}
-    adapted, report = adapt_speakers(base, final, cuts, targets, normalizer, AdaptConfig(epochs=15, lr=0.05))
+    trained = TrainedSystem(AM, {"system": system, "model": MODELS[system], "cmvn": "global"}, base.state_dict(),
+                            np.zeros(23, np.float32), np.ones(23, np.float32) * 5.0, NUM_PDFS,
+                            np.full(NUM_PDFS, -np.log(NUM_PDFS)))
+    adapted, report = adapt_speakers(base, trained.feat_dim, cuts, targets, normalizer, AdaptConfig(epochs=15, lr=0.05))
     assert sorted(report["speakers"]) == ["a", "b"]
     for r in report["speakers"].values():
         assert r["frames"] > 0
         assert r["ce_after"] < 0.9 * r["ce_before"], report
     # the two speakers learnt different transforms from their own utterances
     assert not torch.allclose(adapted.lin_weight[0], adapted.lin_weight[1])
-    torch.save({**final, "model": base.state_dict(), "adaptation": adapted.transforms_state()},
-               tmp_path / "final.pt")
+    trained.adapted(adapted.transforms_state()).save(tmp_path)
     loaded, saved = load_am(tmp_path)
     assert isinstance(loaded, SpeakerAdaptedAM)
     for cut, ll in iter_loglikes(loaded, saved, cuts, normalizer=normalizer):
         with torch.no_grad():
             expected = torch.log_softmax(adapted(torch.as_tensor(normalizer(cut))[None], [speaker_of(cut)]), -1)
-        np.testing.assert_allclose(ll, expected[0].numpy() - saved["log_prior"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ll, expected[0].numpy() - saved.log_prior, rtol=1e-4, atol=1e-4)
 
 
 def test_a_first_pass_of_other_features_is_named(yesno_fbank_cuts):
     cuts = yesno_fbank_cuts
     normalizer = FeatureNormalizer("global", np.zeros(23, np.float32), np.ones(23, np.float32))
     targets = {c.id: np.zeros(c.num_frames - 3, dtype=np.int64) for c in cuts}
-    final = {"feat_mean": np.zeros(23, np.float32)}
     named = "|".join(re.escape(i) for i in cuts.ids)
     with pytest.raises(DataError, match=rf"({named}): the first-pass best path has \d+ frames, the features \d+"):
-        adapt_speakers(_model("dnn"), final, cuts, targets, normalizer, AdaptConfig(epochs=1))
+        adapt_speakers(_model("dnn"), 23, cuts, targets, normalizer, AdaptConfig(epochs=1))
     with pytest.raises(DataError, match="no utterance"):
-        adapt_speakers(_model("dnn"), final, cuts, {}, normalizer, AdaptConfig(epochs=1))
+        adapt_speakers(_model("dnn"), 23, cuts, {}, normalizer, AdaptConfig(epochs=1))
 
 
 @pytest.mark.parametrize("options, message", [({"transforms": ["fmllr"]}, "transforms"), ({"epochs": 0}, "epochs"),

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer
 from asrhybrid.nnet.augment import Augmentation, mel, mel_centers, warp_log_mel
 
 

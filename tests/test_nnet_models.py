@@ -182,7 +182,8 @@ def test_speaker_cmvn_normalises_each_speakers_frames_to_zero_mean_unit_variance
     normalised frames have mean 0 and variance 1; stage 1's statistics file beside the cuts gives the same
     result as a pass over the cuts, and is not used when it lacks a speaker."""
     from asrhybrid.errors import ConfigError
-    from asrhybrid.features.cmvn import CmvnStats, FeatureNormalizer, speaker_cmvn_path, speaker_of, write_cmvn
+    from asrhybrid.features.cmvn import CmvnStats, FeatureNormalizer, speaker_of, write_cmvn
+    from asrhybrid.features.layout import FeatureSet
     from asrhybrid.nnet.train import TrainConfig
 
     cuts = yesno_fbank_cuts
@@ -198,16 +199,16 @@ def test_speaker_cmvn_normalises_each_speakers_frames_to_zero_mean_unit_variance
     assert not np.allclose(own, accumulated(cut).numpy(), atol=1e-2)
 
     cuts_path = tmp_path / "x_cuts_dev.jsonl.gz"
-    assert speaker_cmvn_path(cuts_path) == tmp_path / "x_cmvn_dev.ark"
+    assert FeatureSet.of_cuts(cuts_path).speaker_cmvn == tmp_path / "x_cmvn_dev.ark"
     stats = {}
     for c in cuts:
         stats.setdefault(speaker_of(c), CmvnStats(23)).accumulate(c.load_features() + (speaker_of(c) == "a"))
-    write_cmvn(speaker_cmvn_path(cuts_path), stats)  # speaker a's statistics shifted by 1: visibly read
+    write_cmvn(FeatureSet.of_cuts(cuts_path).speaker_cmvn, stats)  # speaker a's statistics shifted by 1: visibly read
     from_file = FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)
     a_cut = next(c for c in cuts if speaker_of(c) == "a")
     np.testing.assert_allclose(from_file(a_cut).numpy(), accumulated(a_cut).numpy() - 1 / from_file._mean_std(
         a_cut.load_features(), "a")[1], atol=1e-4)
-    write_cmvn(speaker_cmvn_path(cuts_path), {"a": stats["a"]})  # speaker b missing: a pass over the cuts
+    write_cmvn(FeatureSet.of_cuts(cuts_path).speaker_cmvn, {"a": stats["a"]})  # speaker b missing: a pass over the cuts
     np.testing.assert_allclose(FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)(a_cut).numpy(),
                                accumulated(a_cut).numpy(), atol=1e-5)
     assert TrainConfig(system="dnn", cmvn="speaker").cmvn == "speaker"

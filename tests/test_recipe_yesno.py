@@ -97,7 +97,7 @@ def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
     assert flat[0]["changed_phone_frames"] > 0.2  # equal alignment is far from the truth
     assert max(it["changed_phone_frames"] for it in flat[-3:]) < 0.015
     assert flat[-1]["frame_accuracy"] > 0.85
-    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.kaldi_tables import read_alignments
 
     alignments = read_alignments(work / "exp" / "mono_flat" / "ali.ark")
     train = load_manifest(data / "fbank" / "yesno_cuts_train.jsonl.gz")
@@ -157,9 +157,9 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(tmp_path, yesno_throug
     from test_graph_hclg import decode_words, planted_loglikes
 
     from asrhybrid.graph.mkgraph import load_hclg, mkgraph
-    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.hmm import load_model
+    from asrhybrid.kaldi_tables import read_alignments
     from asrhybrid.lang.io import read_symbol_table
-    from asrhybrid.model import load_model
     from asrhybrid.tree.build import build_senone_tree
 
     work, _ = yesno_through_stage_4
@@ -189,8 +189,8 @@ def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
     finds a path of the same pdfs and phones through the tree model's training graphs when only those pdfs score
     (the same path where no HMM states are tied; the recipe's tree ties some, whose order then has no score)."""
     from asrhybrid.align.graphs import GraphCompiler, align_kaldi
-    from asrhybrid.kaldi_io import read_alignments
-    from asrhybrid.model import load_model
+    from asrhybrid.hmm import load_model
+    from asrhybrid.kaldi_tables import read_alignments
 
     work, _ = yesno_through_stage_4
     tree_dir, mono_dir = work / "exp" / "tree", work / "exp" / "mono_flat"
@@ -225,7 +225,7 @@ def real_network_scores(work: Path, part: str):
 
     from asrhybrid.align.flat_start import load_flat_start_model
     from asrhybrid.align.graphs import GraphCompiler
-    from asrhybrid.model import load_model
+    from asrhybrid.hmm import load_model
 
     model_dir = work / "exp" / "mono_flat"
     tree, trans_model = load_model(model_dir)
@@ -327,9 +327,9 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
 def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_stage_4):
     """Iteration 0 keeps equal-alignment paths with silence at both edges; a single draw often has none."""
     from asrhybrid.align.graphs import GraphCompiler, equal_alignment, transition_arrays
-    from asrhybrid.kaldi_io import read_alignments
+    from asrhybrid.hmm import load_model
+    from asrhybrid.kaldi_tables import read_alignments
     from asrhybrid.lang.io import read_int_list
-    from asrhybrid.model import load_model
 
     work, _ = yesno_through_stage_4
     tree, trans_model = load_model(work / "exp" / "mono_flat")
@@ -348,8 +348,8 @@ def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stag
     """Stage 6's trainer on the tree's senone alignments: the loss falls, and a run stopped after epoch 2 and
     resumed ends exactly as an uninterrupted one (the next-step losses equal)."""
     from asrhybrid.features.cmvn import global_mean_std
+    from asrhybrid.hmm import load_model
     from asrhybrid.lang.io import read_int_list
-    from asrhybrid.model import load_model
     from asrhybrid.nnet.inference import load_am
     from asrhybrid.nnet.priors import silence_pdfs
     from asrhybrid.nnet.train import TrainConfig, train_am
@@ -372,7 +372,7 @@ def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stag
     losses = [e["train_ce"] for e in whole["epochs"]]
     assert losses[-1] < losses[0] and whole["epochs"][-1]["valid_frames"] > 0
     model, final = load_am(tmp_path / "whole")
-    prior = np.exp(final["log_prior"])
+    prior = np.exp(final.log_prior)
     assert prior.sum() == pytest.approx(1.0) and len(prior) == trans_model.num_pdfs
 
 
@@ -382,8 +382,8 @@ def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
     import torch
     from conftest import asrhybrid_cmd
 
-    from asrhybrid.kaldi_io import iter_matrices
-    from asrhybrid.model import load_model
+    from asrhybrid.hmm import load_model
+    from asrhybrid.kaldi_tables import iter_matrices
 
     work, _ = yesno_through_stage_4
     fbank, exp = work / "data" / "fbank", tmp_path / "dnn"

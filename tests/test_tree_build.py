@@ -52,7 +52,7 @@ def test_no_split_without_enough_frames_or_gain():
 
 def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
     """Our writer against Kaldi's own ContextDependency::Write of the same (monophone) tree."""
-    from asrhybrid.kaldi import khg
+    from asrhybrid.kaldi_wrappers import khg
 
     topo_text = """<Topology>
 <TopologyEntry>

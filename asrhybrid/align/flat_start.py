@@ -34,9 +34,9 @@ from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.determinism import fix_training_threads
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std, normalized_features
-from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer, iter_alignments
+from asrhybrid.hmm import init_mono_model
+from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer, iter_alignments
 from asrhybrid.lang.io import read_int_list
-from asrhybrid.model import init_mono_model
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.nnet.priors import log_priors
 from asrhybrid.outputs import atomic_output, last_checkpoint, write_text_atomic

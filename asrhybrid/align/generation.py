@@ -25,9 +25,9 @@ from asrhybrid.align.graphs import GraphCompiler, align, phone_instances, transi
 from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import normalized_features
-from asrhybrid.kaldi_io import alignment_table_writer
-from asrhybrid.model import load_model
-from asrhybrid.nnet.inference import feature_normalizer, iter_loglikes, load_am
+from asrhybrid.hmm import load_model
+from asrhybrid.kaldi_tables import alignment_table_writer
+from asrhybrid.nnet.inference import iter_loglikes, load_am
 from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,14 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
     """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM
     (normalised as it was trained, over the whole of ``cuts_path``: a speaker's statistics span the blocks)."""
     if am_dir is not None:
-        model, final = load_am(am_dir)
-        if final["num_pdfs"] != num_pdfs:
-            raise ValueError(f"{am_dir} has {final['num_pdfs']} outputs but the model in {model_dir} has {num_pdfs} "
+        model, trained = load_am(am_dir)
+        if trained.num_outputs != num_pdfs:
+            raise ValueError(f"{am_dir} has {trained.num_outputs} outputs but the model in {model_dir} has {num_pdfs} "
                              "pdfs: not an acoustic model of this tree")
-        normalizer = feature_normalizer(final, load_cuts(cuts_path), cuts_path)
+        normalizer = trained.normalizer(load_cuts(cuts_path), cuts_path)
 
         def score(block):  # in the block's order
-            return [loglikes for _, loglikes in iter_loglikes(model, final, block, normalizer=normalizer)]
+            return [loglikes for _, loglikes in iter_loglikes(model, trained, block, normalizer=normalizer)]
 
         return score
 

@@ -24,7 +24,7 @@ import torch
 from asrhybrid.align import BACKENDS
 from asrhybrid.fsa import DenseFsaVec, from_kaldi, shortest_path
 from asrhybrid.fsa.k2_engine import with_cuda
-from asrhybrid.kaldi import kaldifst, khg
+from asrhybrid.kaldi_wrappers import kaldifst, khg
 from asrhybrid.lang.io import read_int_list, read_symbol_table
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from lhotse.recipes import prepare_librispeech as lhotse_prepare
 from lhotse.supervision import AlignmentItem
 
-from asrhybrid.data.kaldi_dir import read_kaldi_data_dir
+from asrhybrid.data.kaldi_data_dir import read_kaldi_data_dir
 from asrhybrid.data.manifests import Utterance
 from asrhybrid.errors import ConfigError, DataError
 

@@ -13,11 +13,11 @@ import torch
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.decode.corpus import read_best
 from asrhybrid.errors import DataError
-from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
-from asrhybrid.model import load_model
+from asrhybrid.hmm import load_model
+from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer
 from asrhybrid.nnet.adapt import AdaptConfig, SpeakerAdaptedAM, adapt_speakers, first_pass_targets
-from asrhybrid.nnet.inference import feature_normalizer, load_am
-from asrhybrid.outputs import atomic_output, write_text_atomic
+from asrhybrid.nnet.inference import load_am
+from asrhybrid.outputs import write_text_atomic
 
 
 def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str, out_dir: Path | str,
@@ -36,14 +36,14 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
     graph_dir = Path(graph_dir or decoded.get("graph") or "")
     if not (graph_dir / "trans.pkl").is_file():
         raise DataError([f"{decode_dir}: its graph {graph_dir} has no trans.pkl (give the graph or tree dir: --graph)"])
-    model, final = load_am(exp_dir, device)
+    model, trained = load_am(exp_dir, device)
     base_dir = str(exp_dir)
     if isinstance(model, SpeakerAdaptedAM):
-        base_dir = final["adaptation"].get("base", base_dir)
-        model, final = model.base, {k: v for k, v in final.items() if k != "adaptation"}
+        base_dir = trained.adaptation.get("base", base_dir)
+        model, trained = model.base, trained.base()
     _, trans_model = load_model(graph_dir)
-    if trans_model.num_pdfs != final["num_pdfs"]:
-        raise DataError([f"{exp_dir}: the model has {final['num_pdfs']} pdfs, {graph_dir}'s transition model "
+    if trans_model.num_pdfs != trained.num_outputs:
+        raise DataError([f"{exp_dir}: the model has {trained.num_outputs} pdfs, {graph_dir}'s transition model "
                          f"{trans_model.num_pdfs}: the decode is not this system's"])
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,14 +54,12 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
     cuts = load_cuts(cuts_path)
     targets = AlignmentTable(targets_ark)
     try:
-        adapted, report = adapt_speakers(model, final, cuts, targets, feature_normalizer(final, cuts, cuts_path),
+        adapted, report = adapt_speakers(model, trained.feat_dim, cuts, targets, trained.normalizer(cuts, cuts_path),
                                          cfg, device)
     finally:
         targets.close()
     report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path),
                    "graph": str(graph_dir)})
-    with atomic_output(out_dir / "final.pt") as tmp:
-        torch.save({**final, "adaptation": {**adapted.transforms_state(), "first_pass": str(decode_dir),
-                                          "base": base_dir}}, tmp)
+    trained.adapted({**adapted.transforms_state(), "first_pass": str(decode_dir), "base": base_dir}).save(out_dir)
     write_text_atomic(out_dir / "adapt.json", json.dumps(report, indent=1) + "\n")
     return report

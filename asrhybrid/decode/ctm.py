@@ -16,8 +16,8 @@ from asrhybrid.align.generation import phone_segments, read_align_lexicon, word_
 from asrhybrid.align.graphs import transition_arrays
 from asrhybrid.decode.corpus import iter_lattices
 from asrhybrid.errors import DataError
+from asrhybrid.hmm import load_model
 from asrhybrid.lang.io import read_symbol_table
-from asrhybrid.model import load_model
 from asrhybrid.outputs import atomic_output
 
 

@@ -31,7 +31,7 @@ from asrhybrid.decode.lattice import WordLattice
 from asrhybrid.fsa.k2_engine import k2_module
 from asrhybrid.graph.k2graph import DecodingGraph
 from asrhybrid.graph.mkgraph import load_hclg
-from asrhybrid.kaldi import khg
+from asrhybrid.kaldi_wrappers import khg
 
 log = logging.getLogger(__name__)
 

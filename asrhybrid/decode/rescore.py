@@ -37,7 +37,7 @@ from asrhybrid.decode.corpus import lattice_files
 from asrhybrid.decode.lattice import Arc, WordLattice, paths_lattice, read_kaldi_lattices, write_kaldi_lattices
 from asrhybrid.errors import DataError
 from asrhybrid.fsa.fsa import from_kaldi
-from asrhybrid.kaldi import kaldifst
+from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
 from asrhybrid.lm.train import arpa_to_g

@@ -19,8 +19,8 @@ import numpy as np
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import DataError
 from asrhybrid.jobs import InJob, job_of
-from asrhybrid.kaldi_io import iter_matrices
-from asrhybrid.nnet.inference import feature_normalizer, iter_loglikes, load_am
+from asrhybrid.kaldi_tables import iter_matrices
+from asrhybrid.nnet.inference import iter_loglikes, load_am
 
 Scores = Iterator[tuple[str, np.ndarray, float]]
 
@@ -63,8 +63,8 @@ class AcousticModelScores:
     kind = "am"
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
-        model, final = load_am(self.path, device)
-        normalizer = feature_normalizer(final, load_cuts(self.cuts), self.cuts)  # speakers' statistics of all jobs
-        for cut, ll in iter_loglikes(model, final, load_cuts(self.cuts).filter(InJob(job, nj)), acwt=1.0,
+        model, trained = load_am(self.path, device)
+        normalizer = trained.normalizer(load_cuts(self.cuts), self.cuts)  # speakers' statistics of all jobs
+        for cut, ll in iter_loglikes(model, trained, load_cuts(self.cuts).filter(InJob(job, nj)), acwt=1.0,
                                      prior_scale=self.prior_scale, device=device, normalizer=normalizer):
             yield cut.id, ll, float(cut.duration)

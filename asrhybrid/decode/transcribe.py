@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from lhotse import Recording, load_manifest
 
-from asrhybrid.data.kaldi_dir import read_table
+from asrhybrid.data.kaldi_data_dir import read_table
 from asrhybrid.decode.decoder import DecodeConfig, decode_batch
 from asrhybrid.decode.rescore import K2LanguageModel, open_lm, rescore_lattice
 from asrhybrid.errors import DataError
-from asrhybrid.features.compute import fbank_config_of
 from asrhybrid.features.fbank import KaldiFbank
+from asrhybrid.features.layout import fbank_config
 from asrhybrid.graph.k2graph import DecodingGraph
 from asrhybrid.lm.train import arpa_to_g
-from asrhybrid.nnet.inference import feature_normalizer, load_am
+from asrhybrid.nnet.inference import load_am
 from asrhybrid.nnet.priors import scaled_loglikes
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,14 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
     workdir = exp_dir.parent.parent
     graph_dir = Path(graph_dir) if graph_dir else workdir / "exp" / "tree" / "graph_small"
     cfg = cfg or DecodeConfig()
-    model, final = load_am(exp_dir, device)
-    if final.get("adaptation"):
+    model, trained = load_am(exp_dir, device)
+    if trained.adaptation:
         raise DataError([f"{exp_dir}: a speaker-adapted system (adapt-am) holds transforms for the speakers of one "
-                         f"set only; transcribe with its base system ({final['adaptation'].get('base')})"])
+                         f"set only; transcribe with its base system ({trained.adaptation.get('base')})"])
     graph = DecodingGraph.load(graph_dir)
-    if final["num_pdfs"] != graph.num_pdfs:
-        raise DataError([f"{exp_dir}: {final['num_pdfs']} pdfs, the graph {graph_dir} has {graph.num_pdfs}"])
-    fbank_cfg = fbank_config_of(workdir)
+    if trained.num_outputs != graph.num_pdfs:
+        raise DataError([f"{exp_dir}: {trained.num_outputs} pdfs, the graph {graph_dir} has {graph.num_pdfs}"])
+    fbank_cfg = fbank_config(workdir / "data" / "fbank")
     extractor = KaldiFbank(fbank_cfg)
     rescorer = None
     if new_lm is not None:
@@ -123,7 +123,7 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
                 arpa_to_g(Path(new_lm), graph_dir / "words.txt", g_fst)
         new_k2 = K2LanguageModel.from_g_fst(g_fst, words)
         rescorer = lambda lat: rescore_lattice(lat, old, new_k2)  # noqa: E731
-    normalizer = feature_normalizer(final)  # speaker CMVN: each segment is its own speaker
+    normalizer = trained.normalizer()  # speaker CMVN: each segment is its own speaker
     for item in iter_audio(sources, fbank_cfg.sampling_rate):
         words: list[str] = []
         for a, b in segments(item.samples, item.sample_rate, max_segment):
@@ -133,7 +133,7 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
             x = torch.from_numpy(normalizer.array(feats))[None].to(device)
             with torch.no_grad():
                 log_post = torch.log_softmax(model(x).float(), dim=-1)[0].cpu().numpy()
-            ll = scaled_loglikes(log_post, final["log_prior"], 1.0, cfg.prior_scale)
+            ll = scaled_loglikes(log_post, trained.log_prior, 1.0, cfg.prior_scale)
             hyp = decode_batch(graph, [(item.utt, ll)], cfg, device, lattices=rescorer is not None)[0]
             if not hyp.ok:
                 log.error("%s", hyp.error)

@@ -30,7 +30,6 @@ from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, prefix_beam_sear
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.e2e.train import load_e2e
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.jobs import InJob
 from asrhybrid.outputs import write_text_atomic
 
@@ -157,13 +156,11 @@ def _outputs(model, system: str, batch, device) -> list:
 
 
 def _load_system(exp_dir: Path, cuts_path: Path | str, device: str):
-    """(model, final.pt, tokens, cuts, normalizer) of a trained system over a cuts manifest (the speakers'
+    """(model, trained system, tokens, cuts, normalizer) of a trained system over a cuts manifest (the speakers'
     statistics, with ``cmvn: speaker``, span all the cuts)."""
-    model, final = load_e2e(exp_dir, device)
+    model, trained = load_e2e(exp_dir, device)
     cuts = load_cuts(cuts_path)
-    normalizer = FeatureNormalizer.for_cuts(final["config"].get("cmvn", "global"), final["feat_mean"],
-                                            final["feat_std"], cuts, cuts_path)
-    return model, final, TokenSet(exp_dir / "tokens"), cuts, normalizer
+    return model, trained, TokenSet(exp_dir / "tokens"), cuts, trained.normalizer(cuts, cuts_path)
 
 
 @dataclass(frozen=True)
@@ -180,14 +177,14 @@ class CtcSystemScores:
     kind = "ctc"
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
-        model, final, tokens, cuts, normalizer = _load_system(Path(self.path), self.cuts, device)
-        if final["config"]["system"] != "ctc":
-            raise DataError([f"{self.path}: a {final['config']['system']} system; WFST decoding over HLG needs a CTC "
+        model, trained, tokens, cuts, normalizer = _load_system(Path(self.path), self.cuts, device)
+        if trained.system != "ctc":
+            raise DataError([f"{self.path}: a {trained.system} system; WFST decoding over HLG needs a CTC "
                              "system"])
         mine = cuts.filter(InJob(job, nj))
         for cut in mine:
             if not cut.num_frames:
-                yield cut.id, np.zeros((0, final["num_tokens"]), dtype=np.float32), float(cut.duration)
+                yield cut.id, np.zeros((0, trained.num_outputs), dtype=np.float32), float(cut.duration)
         with torch.no_grad():
             for batch in e2e_batches(mine.filter(_has_frames), tokens, normalizer, self.max_duration, None):
                 for utt, lp, seconds in zip(batch.ids, _outputs(model, "ctc", batch, device), batch.durations):
@@ -198,8 +195,8 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
                lm: Path | str | None = None, device: str = "cpu") -> dict:
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    model, final, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
-    system = final["config"]["system"]
+    model, trained, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
+    system = trained.system
     lm = Path(lm) if lm else None
     if system == "ctc":
         search = _ctc_searcher(cfg, tokens, lm)

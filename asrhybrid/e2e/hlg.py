@@ -30,7 +30,7 @@ from asrhybrid.e2e.tokens import UNK, WORD_START, TokenSet
 from asrhybrid.errors import DataError
 from asrhybrid.fsa.fsa import from_kaldi
 from asrhybrid.graph.k2graph import HLG_FILE
-from asrhybrid.kaldi import kaldifst
+from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.io import read_symbol_table
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,12 @@ from asrhybrid.e2e.data import TrainingCheck, ctc_frames_needed, e2e_batches
 from asrhybrid.e2e.las import LAS, LasObjective
 from asrhybrid.e2e.rnnt import RnntObjective, RnnTransducer
 from asrhybrid.e2e.tokens import TokenSet
-from asrhybrid.errors import ConfigError
+from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import FeatureNormalizer
-from asrhybrid.features.compute import fbank_config_of
+from asrhybrid.features.layout import FeatureSet
 from asrhybrid.nnet.augment import WaveformPerturbation
 from asrhybrid.nnet.batches import HeldOut
+from asrhybrid.nnet.checkpoint import E2E, TrainedSystem, cpu_weights
 from asrhybrid.nnet.trainer import InputOptions, Workers, default_device, fit
 from asrhybrid.options import E2E_SYSTEMS
 from asrhybrid.outputs import atomic_output, write_text_atomic
@@ -93,7 +94,7 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
 
     perturbation = None
     if cfg.speed_perturb or cfg.noise_snr:
-        perturbation = WaveformPerturbation(cfg.speed_perturb, fbank_config_of(Path(cuts_path).parent), cfg.noise_snr)
+        perturbation = WaveformPerturbation(cfg.speed_perturb, FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr)
 
     def batches(cuts, generator, rank, world, epoch=0):
         return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
@@ -111,21 +112,21 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
             tmp.mkdir()                                   # a retrained system's old model must not stay beside it)
             for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):
                 shutil.copyfile(path, tmp / path.name)
-        with atomic_output(exp_dir / "final.pt") as tmp:
-            torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(cfg),
-                        "num_tokens": len(tokens), "feat_mean": cmvn_mean, "feat_std": cmvn_std}, tmp)
+        TrainedSystem(E2E, asdict(cfg), cpu_weights(model), cmvn_mean, cmvn_std, len(tokens)).save(exp_dir)
         write_text_atomic(exp_dir / "train.json", json.dumps(summary, indent=1) + "\n")
     Workers().barrier()
     return summary
 
 
-def load_e2e(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, its final.pt) of a trained end-to-end system."""
-    ckpt = torch.load(Path(exp_dir) / "final.pt", weights_only=False, map_location="cpu")
-    cfg = E2EConfig(**ckpt["config"])
+def load_e2e(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainedSystem]:
+    """(model in eval mode, the trained system) of an end-to-end system's directory."""
+    trained = TrainedSystem.load(exp_dir)
+    if trained.kind != E2E:
+        raise DataError([f"{exp_dir}: a hybrid acoustic model ({trained.system}), not an end-to-end system"])
+    cfg = E2EConfig(**trained.config)
     options = dict(cfg.model)
-    if cfg.system == "las" and "ctc_weight" not in options and not any(k.startswith("ctc.") for k in ckpt["model"]):
+    if cfg.system == "las" and "ctc_weight" not in options and not any(k.startswith("ctc.") for k in trained.weights):
         options["ctc_weight"] = 0.0  # trained when LAS's default was the paper's (no CTC head)
-    model = build_e2e_model(cfg.system, int(ckpt["feat_mean"].shape[0]), ckpt["num_tokens"], options)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    model = build_e2e_model(cfg.system, trained.feat_dim, trained.num_outputs, options)
+    model.load_state_dict(trained.weights)
+    return model.to(device).eval(), trained

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrhybrid.kaldi_io import read_matrices, write_matrices
+from asrhybrid.features.layout import FeatureSet
+from asrhybrid.kaldi_tables import read_matrices, write_matrices
 
 
 class CmvnStats:
@@ -65,12 +66,6 @@ def speaker_of(cut) -> str:
     return speaker or cut.id
 
 
-def speaker_cmvn_path(cuts_path: Path | str) -> Path:
-    """Stage 1's per-speaker statistics of a cuts manifest: ``X_cuts_P.jsonl.gz`` -> ``X_cmvn_P.ark`` beside it."""
-    cuts_path = Path(cuts_path)
-    return cuts_path.with_name(cuts_path.name.replace("_cuts_", "_cmvn_", 1).removesuffix(".jsonl.gz") + ".ark")
-
-
 class FeatureNormalizer:
     """Features as the networks read them, ``(x - mean) / std`` as float32, with ``mode``:
 
@@ -98,7 +93,8 @@ class FeatureNormalizer:
         if mode != "speaker":
             return cls(mode, mean, std)
         speakers = {speaker_of(cut) for cut in cuts}
-        ark = speaker_cmvn_path(cuts_path) if cuts_path is not None else None
+        features = FeatureSet.find(cuts_path) if cuts_path is not None else None
+        ark = features.speaker_cmvn if features is not None else None
         if ark is not None and ark.is_file():
             stats = read_cmvn(ark)
             if speakers <= stats.keys():

@@ -6,12 +6,12 @@ under temporary names renamed when complete, so a killed run resumes at the
 first unfinished chunk and redoes nothing else. Chunks run in ``num_jobs``
 processes on CPU; on CUDA one process feeds kaldifeat batches of
 ``batch_duration`` seconds. The chunks are then joined into icefall's
-``<corpus>_cuts_<part>.jsonl.gz`` and CMVN statistics are written beside it.
+``<corpus>_cuts_<part>.jsonl.gz`` and CMVN statistics are written beside it
+(asrhybrid.features.layout has the layout).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict
@@ -27,24 +27,10 @@ from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import CmvnStats, speaker_of, write_cmvn
 from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
+from asrhybrid.features.layout import FeatureSet
 from asrhybrid.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
 log = logging.getLogger(__name__)
-
-
-def fbank_config_of(where: Path) -> KaldiFbankConfig:
-    """The fbank options stage 1 used for the training features (from its completion marker), of a recipe
-    workdir or its fbank dir."""
-    fbank_dir = where if where.name == "fbank" and not (where / "data").is_dir() else where / "data" / "fbank"
-    markers = sorted(fbank_dir.glob(".done.fbank-*-train.json")) or sorted(fbank_dir.glob(".done.fbank-*.json"))
-    if not markers:
-        raise DataError([f"{fbank_dir}: no record of the fbank options (stage 1's marker); is {where} a "
-                         "recipe workdir?"])
-    return KaldiFbankConfig(**json.loads(markers[0].read_text())["params"]["config"])
-
-
-def cuts_path(fbank_dir: Path, corpus: str, part: str) -> Path:
-    return fbank_dir / f"{corpus}_cuts_{part}.jsonl.gz"
 
 
 def cuts_from_manifests(manifest_dir: Path, corpus: str, part: str) -> CutSet:
@@ -133,12 +119,6 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def fbank_outputs(fbank_dir: Path, corpus: str, part: str) -> list[str]:
-    """What :func:`compute_fbank` writes for a part, relative to ``fbank_dir``."""
-    return [cuts_path(Path(fbank_dir), corpus, part).name, f"{corpus}_feats_{part}", f"{corpus}_cmvn_{part}.ark",
-            f"{corpus}_cmvn_global_{part}.ark"]
-
-
 def compute_fbank(
     manifest_dir: Path | str,
     fbank_dir: Path | str,
@@ -150,15 +130,16 @@ def compute_fbank(
     batch_duration: float | None = None,
     resume_key: str | None = None,
 ) -> None:
-    """Features of one part: ``<corpus>_cuts_<part>.jsonl.gz`` (lilcom chunks in ``<corpus>_feats_<part>/``)
-    and its CMVN stats. Chunks of a killed run are kept when it ran under ``resume_key`` (None: start over)."""
+    """Features of one part laid out as asrhybrid.features.layout says: the cuts, their lilcom chunks and the
+    CMVN statistics. Chunks of a killed run are kept when it ran under ``resume_key`` (None: start over)."""
     manifest_dir, fbank_dir = Path(manifest_dir), Path(fbank_dir)
     fbank_dir.mkdir(parents=True, exist_ok=True)
+    features = FeatureSet(fbank_dir, corpus, part)
     device = config.resolved_device()
     # kaldifeat on CPU is fastest on about a minute of audio at a time (cache-sized
     # intermediates; 600 s batches ran at under half the speed); a GPU wants more.
     batch_duration = batch_duration or (60.0 if device == "cpu" else 600.0)
-    feats_dir = fbank_dir / f"{corpus}_feats_{part}"
+    feats_dir = features.feats_dir
     cuts = list(cuts_from_manifests(manifest_dir, corpus, part))
     resume_or_clear(feats_dir, resume_key)  # chunks of other options or inputs (or a forced run) go
     remove_stale_temporaries(feats_dir)
@@ -183,14 +164,14 @@ def compute_fbank(
     bar.close()
 
     # gzip members concatenate into one valid gzip file: join the chunk manifests as bytes.
-    with atomic_output(cuts_path(fbank_dir, corpus, part)) as tmp, open(tmp, "wb") as out:
+    with atomic_output(features.cuts) as tmp, open(tmp, "wb") as out:
         for _, m in paths:
             out.write(m.read_bytes())
     total = CmvnStats(next(iter(speakers.values())).stats.shape[1] - 1)
     for st in speakers.values():
         total.stats += st.stats
-    write_cmvn(fbank_dir / f"{corpus}_cmvn_{part}.ark", speakers)
-    write_cmvn(fbank_dir / f"{corpus}_cmvn_global_{part}.ark", {"global": total})
+    write_cmvn(features.speaker_cmvn, speakers)
+    write_cmvn(features.global_cmvn, {"global": total})
     log.info("fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
              corpus, part, len(cuts), int(total.count), total.stats.shape[1] - 1, config.resolved_backend(), device)
 

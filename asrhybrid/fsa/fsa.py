@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrhybrid.kaldi import kaldifst
+from asrhybrid.kaldi_wrappers import kaldifst
 
 _OPENFST_MAGIC = 2125659606
 

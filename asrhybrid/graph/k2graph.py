@@ -25,9 +25,9 @@ import torch
 from asrhybrid.errors import DataError
 from asrhybrid.fsa.fsa import from_kaldi
 from asrhybrid.fsa.k2_engine import to_k2
-from asrhybrid.kaldi import kaldifst
+from asrhybrid.hmm import load_model
+from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.io import read_symbol_table
-from asrhybrid.model import load_model
 from asrhybrid.outputs import atomic_output
 
 log = logging.getLogger(__name__)

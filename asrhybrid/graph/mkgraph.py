@@ -1,4 +1,4 @@
-"""Kaldi's utils/mkgraph.sh in Python: HCLG = H o C o L o G for a model dir (asrhybrid.model: the HMM
+"""Kaldi's utils/mkgraph.sh in Python: HCLG = H o C o L o G for a model dir (asrhybrid.hmm: the HMM
 ``topo``, the decision tree and the transition model; the monophone one of ``init_mono_model`` or the
 senone tree of stage 5).
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from asrhybrid.errors import DataError
 from asrhybrid.fsa.k2_engine import available as k2_available
 from asrhybrid.graph.k2graph import write_k2_graph
-from asrhybrid.kaldi import kaldifst, khg
+from asrhybrid.hmm import MODEL_FILES, load_model
+from asrhybrid.kaldi_wrappers import kaldifst, khg
 from asrhybrid.lang.io import read_int_list, read_symbol_table
-from asrhybrid.model import MODEL_FILES, load_model
 from asrhybrid.outputs import atomic_output
 
 log = logging.getLogger(__name__)

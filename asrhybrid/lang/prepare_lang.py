@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asrhybrid.errors import DataError
-from asrhybrid.kaldi import kaldifst
+from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.lexicon import Lexicon, read_lexicon
 from asrhybrid.outputs import atomic_output, write_text_atomic
 

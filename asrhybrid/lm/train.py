@@ -18,7 +18,7 @@ from pathlib import Path
 import kenlm
 
 from asrhybrid.errors import AsrHybridError, DataError
-from asrhybrid.kaldi import kaldifst, kaldilm
+from asrhybrid.kaldi_wrappers import kaldifst, kaldilm
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
 from asrhybrid.outputs import atomic_output, write_text_atomic

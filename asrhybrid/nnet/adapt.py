@@ -161,7 +161,7 @@ def _has_target(cut, targets) -> bool:  # a named function: Lhotse warns on lamb
     return cut.id in targets
 
 
-def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg: AdaptConfig,
+def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cfg: AdaptConfig,
                    device: torch.device | str = "cpu") -> tuple[SpeakerAdaptedAM, dict]:
     """Train every speaker's transforms on ``targets`` (utt -> pdf ids, a mapping or AlignmentTable) with the
     base model fixed. After each epoch the frame cross-entropy on the targets is measured per speaker, and each
@@ -172,7 +172,6 @@ def adapt_speakers(base: nn.Module, final: dict, cuts, targets, normalizer, cfg:
     speakers = sorted({speaker_of(c) for c in aligned})
     if not speakers:
         raise DataError(["no utterance of the cuts has a first-pass best path to adapt on"])
-    feat_dim = int(final["feat_mean"].shape[0])
     model = SpeakerAdaptedAM(base, feat_dim, speakers, cfg.transforms).to(device)
     for p in model.base.parameters():
         p.requires_grad_(False)

@@ -11,7 +11,7 @@ import torch
 from lhotse.dataset import SimpleCutSampler
 
 from asrhybrid.features.cmvn import FeatureNormalizer
-from asrhybrid.kaldi_io import AlignmentTable
+from asrhybrid.kaldi_tables import AlignmentTable
 from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
 
 IGNORE = -100  # targets of padding and context frames

@@ -50,14 +50,15 @@ from torch import nn
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import FeatureNormalizer
-from asrhybrid.features.compute import fbank_config_of
-from asrhybrid.kaldi_io import AlignmentTable, iter_alignments
+from asrhybrid.features.layout import FeatureSet
+from asrhybrid.kaldi_tables import AlignmentTable, iter_alignments
 from asrhybrid.nnet.augment import WaveformPerturbation
 from asrhybrid.nnet.batches import (
     IGNORE,
     HeldOut,
     frame_batches,
 )
+from asrhybrid.nnet.checkpoint import AM, TrainedSystem, cpu_weights
 from asrhybrid.nnet.fast_slow import FastSlowAM
 from asrhybrid.nnet.models import build_model
 from asrhybrid.nnet.priors import log_priors
@@ -68,7 +69,7 @@ from asrhybrid.nnet.trainer import (
     fit,
 )
 from asrhybrid.options import SYSTEMS
-from asrhybrid.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
              f"{cfg.chunk_frames} frames, left context {cfg.chunk_left_context}, right {context}"
              if cfg.chunk_frames > 0 else "whole utterances")
     # noise only (no speed perturbation): the frames stay where the alignments put them
-    perturbation = WaveformPerturbation([], fbank_config_of(Path(cuts_path).parent), cfg.noise_snr) if cfg.noise_snr else None
+    perturbation = WaveformPerturbation([], FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr) if cfg.noise_snr else None
     result = fit(model, FrameObjective(cfg, targets, normalizer, context, perturbation), train, valid, exp_dir, cfg, device,
                  resume_key)
     targets.close()
@@ -168,9 +169,7 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
         for _, pdfs in iter_alignments(ali_pdf):  # the training alignments' state frequencies
             counts += np.bincount(pdfs, minlength=num_pdfs)
         log_prior = log_priors(counts, silence_pdfs, cfg.silence_scale)
-        with atomic_output(exp_dir / "final.pt") as tmp:
-            torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(cfg),
-                        "num_pdfs": num_pdfs, "feat_mean": cmvn_mean, "feat_std": cmvn_std, "log_prior": log_prior}, tmp)
+        TrainedSystem(AM, asdict(cfg), cpu_weights(model), cmvn_mean, cmvn_std, num_pdfs, log_prior).save(exp_dir)
         write_text_atomic(exp_dir / "train.json", json.dumps(summary, indent=1) + "\n")
     Workers().barrier()
     return summary

@@ -34,6 +34,7 @@ from typing import Callable
 
 from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.errors import AsrHybridError, ConfigError
+from asrhybrid.features.layout import FeatureSet
 from asrhybrid.options import e2e_kind, format_options
 from asrhybrid.recipe.config import RecipeConfig, load_recipe
 from asrhybrid.score.results import fold_workdir
@@ -81,7 +82,7 @@ class RecipeRun:
         return path
 
     def cmvn(self, role: str) -> Path:
-        return self.fbank_dir / f"{self.config.corpus}_cmvn_global_{self.config.part(role)}.ark"
+        return FeatureSet(self.fbank_dir, self.config.corpus, self.config.part(role)).global_cmvn
 
     def log_file(self, stage: str, verb: str) -> Path:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"

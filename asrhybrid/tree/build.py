@@ -41,10 +41,10 @@ import numpy as np
 from asrhybrid.align.graphs import phone_instances, transition_arrays
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.features.cmvn import global_mean_std
-from asrhybrid.kaldi import khg
-from asrhybrid.kaldi_io import AlignmentTable, alignment_table_writer
+from asrhybrid.hmm import load_model, save_model
+from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer
+from asrhybrid.kaldi_wrappers import khg
 from asrhybrid.lang.io import read_int_list, read_symbol_table, read_topo
-from asrhybrid.model import load_model, save_model
 from asrhybrid.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)

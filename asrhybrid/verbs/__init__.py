@@ -15,19 +15,33 @@ import os
 import shlex
 
 from asrhybrid.errors import ConfigError
+from asrhybrid.install import check_install
 from asrhybrid.logs import log_to_file
+from asrhybrid.verbs.align import add_align_verbs
+from asrhybrid.verbs.am import add_am_verbs
+from asrhybrid.verbs.common import add_verb
+from asrhybrid.verbs.data import add_data_verbs
 from asrhybrid.verbs.decode import add_decode_verbs
 from asrhybrid.verbs.e2e import add_e2e_verbs
-from asrhybrid.verbs.hybrid import add_hybrid_verbs
+from asrhybrid.verbs.lang import add_lang_verbs
 
 log = logging.getLogger("asrhybrid")
 
 
+def cmd_check_install(args: argparse.Namespace) -> None:
+    check_install()
+
+
 def add_verbs(sub) -> None:
-    """Every verb's parser on ``sub`` (argparse subparsers)."""
-    add_hybrid_verbs(sub)
-    add_decode_verbs(sub)
-    add_e2e_verbs(sub)
+    """Every verb's parser on ``sub`` (argparse subparsers), in the pipeline's order."""
+    add_data_verbs(sub)  # stages 0-1
+    add_lang_verbs(sub)  # 2-3
+    add_align_verbs(sub)  # 4-5, alignment generation
+    add_am_verbs(sub)  # 6
+    add_decode_verbs(sub)  # 7-8
+    add_e2e_verbs(sub)  # 9-10
+    p = add_verb(sub, "check-install", "import every dependency in a fresh process and print the versions (writes nothing)")
+    p.set_defaults(func=cmd_check_install, log_file=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""The verbs of decoding (stages 7-8): decode, adapt-am, score, rescore, lattice-to-kaldi, lattice-from-kaldi,
-transcribe."""
+"""Stages 7-8 verbs: the graph (mkgraph) and decoding: decode, adapt-am, score, rescore, lattice-to-kaldi,
+lattice-from-kaldi, transcribe."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-
-import torch
 
 from asrhybrid.decode.adapt import adapt_am
 from asrhybrid.decode.corpus import decode_corpus, iter_lattices
@@ -23,7 +21,9 @@ from asrhybrid.decode.transcribe import transcribe
 from asrhybrid.e2e.decode import CtcSystemScores
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.graph.k2graph import HLG_FILE
+from asrhybrid.graph.mkgraph import mkgraph
 from asrhybrid.nnet.adapt import AdaptConfig
+from asrhybrid.nnet.checkpoint import E2E, FINAL, TrainedSystem, is_trained_system
 from asrhybrid.nnet.trainer import default_device
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import Completion, atomic_output, resume_or_clear, run_once
@@ -43,21 +43,20 @@ def _decode_config(pairs: list[str] | None):
 
 
 def _scores_input(path: Path) -> Path:
-    return path / "final.pt" if (path / "final.pt").is_file() else path
+    return path / FINAL if is_trained_system(path) else path
 
 
 def score_source(path: Path, cuts: Path | None, cfg: DecodeConfig) -> ScoreSource:
     """What ``asrhybrid decode SCORES`` decodes: an acoustic model dir (train-am's), a CTC system dir (train-e2e's)
     or a compute-loglikes archive; a model needs the cuts."""
-    final = path / "final.pt"
-    if not final.is_file():
+    if not is_trained_system(path):
         return LoglikeArchive(path)
     if cuts is None:
         raise DataError([f"{path} is a trained model: decoding it needs the cuts (--cuts)"])
-    ckpt = torch.load(final, weights_only=False, map_location="cpu")
-    if "num_tokens" in ckpt:  # a stage-9 system's final.pt
-        return CtcSystemScores(path, cuts, int(ckpt["num_tokens"]), acwt=cfg.acwt)
-    return AcousticModelScores(path, cuts, int(ckpt["num_pdfs"]), prior_scale=cfg.prior_scale)
+    trained = TrainedSystem.load(path)
+    if trained.kind == E2E:
+        return CtcSystemScores(path, cuts, trained.num_outputs, acwt=cfg.acwt)
+    return AcousticModelScores(path, cuts, trained.num_outputs, prior_scale=cfg.prior_scale)
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
@@ -186,7 +185,28 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         print(f"{utt} {words}".rstrip(), flush=True)
 
 
+def cmd_mkgraph(args: argparse.Namespace) -> None:
+    def work(done):
+        with atomic_output(args.graph_dir) as tmp:  # swapped in whole: no file of an earlier graph survives
+            stats = mkgraph(args.lang_dir, args.model_dir, tmp, self_loop_scale=args.self_loop_scale)
+        print(f"HCLG: {stats['states']} states, {stats['arcs']} arcs, {stats['seconds']} s")
+
+    model = args.model_dir
+    run_once(args.graph_dir, "mkgraph", {"self_loop_scale": args.self_loop_scale}, args.force, work,
+             inputs={"lang": args.lang_dir, "G": args.lang_dir / "G.fst", "tree": model / "tree", "trans": model / "trans.pkl"})
+
+
 def add_decode_verbs(sub) -> None:
+    """Stages 7-8's verbs on ``sub`` (argparse subparsers)."""
+
+    p = add_verb(sub, "mkgraph", "Kaldi's mkgraph.sh: GRAPH_DIR/HCLG.fst, words.txt, phones/ for a lang dir with G.fst and a model")
+    p.add_argument("lang_dir", type=Path)
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("graph_dir", type=Path)
+    p.add_argument("--self-loop-scale", type=float, default=0.1)
+    add_common(p)
+    p.set_defaults(func=cmd_mkgraph)
+
     p = add_verb(sub, "decode", "stage 8: lattices of every utterance over HCLG with k2 (Kaldi's decode.sh): OUT_DIR/lat.N.gz "
                                 "(Kaldi text CompactLattice), best.N.jsonl (1-best words, alignment), decode.json")
     p.add_argument("graph_dir", type=Path, help="mkgraph's GRAPH_DIR (HCLG.fst, its k2 form, words.txt, the model), "

@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 from asrhybrid.errors import DataError
-from asrhybrid.kaldi import khg
+from asrhybrid.kaldi_wrappers import khg
 from asrhybrid.lang.io import read_topo
 from asrhybrid.outputs import atomic_output, write_text_atomic
 
