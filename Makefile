@@ -24,10 +24,11 @@ recipe:
 setup:
 	bash local/setup.sh
 
-# the layers of pyproject.toml's import-linter contracts, and no unused, undefined or unsorted import
+# the layers of pyproject.toml's import-linter contracts; no unused, undefined or unsorted import; ruff's format
 lint:
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check --select F,I asrhybrid tests bench local
+	$(VENV)/bin/ruff format --check asrhybrid tests bench local
 
 # pytest-xdist workers, one a core (up to 4), each taking whole test modules (their shared stages stay
 # in one process), in collection order: the two yesno recipe modules start first (tests/conftest.py), where

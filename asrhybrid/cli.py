@@ -22,8 +22,15 @@ log = logging.getLogger("asrhybrid")
 
 
 def cmd_run_recipe(args: argparse.Namespace) -> None:
-    run_recipe(args.recipe, args.workdir, args.stage, args.stop_stage, args.corpus_dir, args.force,
-               args.fold.split(",") if args.fold else None)
+    run_recipe(
+        args.recipe,
+        args.workdir,
+        args.stage,
+        args.stop_stage,
+        args.corpus_dir,
+        args.force,
+        args.fold.split(",") if args.fold else None,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,5 +25,8 @@ def fix_training_threads(num_threads: int) -> None:
 
 def cpu_kernels() -> dict[str, str]:
     """What this process runs, for a training's summary: torch's ATen capability, its threads, the variables."""
-    return {"aten": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()),
-            **{name: os.environ.get(name, "") for name in AVX2_KERNELS}}
+    return {
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "threads": str(torch.get_num_threads()),
+        **{name: os.environ.get(name, "") for name in AVX2_KERNELS},
+    }

@@ -19,7 +19,9 @@ def init_mono_model(lang_dir: Path | str, model_dir: Path | str):
     topo_text = read_topo(lang_dir)
     topo = khg.HmmTopology()
     topo.read(topo_text)
-    tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
+    tree = khg.monophone_context_dependency(
+        phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes()
+    )
     trans_model = khg.TransitionModel(ctx_dep=tree, hmm_topo=topo)
     save_model(model_dir, topo_text, tree, trans_model)
     return tree, trans_model

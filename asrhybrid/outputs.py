@@ -73,7 +73,7 @@ def remove_stale_temporaries(directory: Path) -> None:
     if not directory.is_dir():
         return
     for p in directory.glob(f"{TMP_PREFIX}*.*"):
-        pid = p.name[len(TMP_PREFIX):].split(".", 1)[0]
+        pid = p.name[len(TMP_PREFIX) :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue
         if p.is_dir():
@@ -159,8 +159,11 @@ def _claiming_marker(path: Path) -> dict | None:
                 continue
             for out in marker.get("outputs", []):
                 target = (directory / out).resolve()
-                if path == target or target in path.parents or (
-                        path.parent == directory.resolve() and fnmatch.fnmatchcase(path.name, out)):
+                if (
+                    path == target
+                    or target in path.parents
+                    or (path.parent == directory.resolve() and fnmatch.fnmatchcase(path.name, out))
+                ):
                     return marker
     return None
 
@@ -174,8 +177,11 @@ def input_stamp(path: Path | str) -> str:
     if path.is_file():
         return f"file:{_file_digest(path)}"
     if path.is_dir():
-        listing = sorted(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                         for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        listing = sorted(
+            f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
         return f"dir:{_digest(*listing)}"
     return "missing"
 
@@ -188,8 +194,14 @@ class Completion:
     relative to ``directory`` ("." for everything in it).
     """
 
-    def __init__(self, directory: Path | str, step: str, params: dict[str, Any],
-                 inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)):
+    def __init__(
+        self,
+        directory: Path | str,
+        step: str,
+        params: dict[str, Any],
+        inputs: dict[str, Path | str] | None = None,
+        outputs: list[str] | tuple[str, ...] = (".",),
+    ):
         self.directory = Path(directory)
         self.step = step
         self.params = json.loads(json.dumps({k: _canonical(v) for k, v in params.items()}, sort_keys=True, default=str))
@@ -234,20 +246,36 @@ class Completion:
         old_inputs = previous.get("inputs", {})
         if old_inputs != self.inputs:
             changed = sorted(k for k in set(old_inputs) | set(self.inputs) if old_inputs.get(k) != self.inputs.get(k))
-            log.info("%s: inputs of '%s' changed since it ran (%s): redoing it", self.directory, self.step,
-                     ", ".join(changed))
+            log.info(
+                "%s: inputs of '%s' changed since it ran (%s): redoing it",
+                self.directory,
+                self.step,
+                ", ".join(changed),
+            )
             self.path.unlink()
             return False
         return True
 
     def mark_done(self) -> None:
-        marker = {"step": self.step, "params": self.params, "inputs": self.inputs, "outputs": self.outputs,
-                  "stamp": uuid.uuid4().hex}
+        marker = {
+            "step": self.step,
+            "params": self.params,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "stamp": uuid.uuid4().hex,
+        }
         write_text_atomic(self.path, json.dumps(marker, indent=1, sort_keys=True) + "\n")
 
 
-def run_once(directory: Path | str, step: str, params: dict[str, Any], force: bool, work: Callable[[Completion], Any],
-             inputs: dict[str, Path | str] | None = None, outputs: list[str] | tuple[str, ...] = (".",)) -> bool:
+def run_once(
+    directory: Path | str,
+    step: str,
+    params: dict[str, Any],
+    force: bool,
+    work: Callable[[Completion], Any],
+    inputs: dict[str, Path | str] | None = None,
+    outputs: list[str] | tuple[str, ...] = (".",),
+) -> bool:
     """The verb layer's one way to run a step: ``work(done)`` unless ``step`` already finished in ``directory``
     with ``params`` and ``inputs`` (``done.resume_key()`` is what resumable work must share); True if it ran."""
     done = Completion(directory, step, params, inputs, outputs)

@@ -136,10 +136,15 @@ def main() -> None:
     kaldi = align_kaldi(graphs, scores, tid_to_pdf, beam=beam, retry_beam=retry)
     kaldi_s = time.perf_counter() - start
 
-    result = {"workload": str(args.workdir or "random"), "utterances": len(graphs), "frames": frames,
-              "mean_graph_states": round(float(np.mean([g.num_states for g in graphs])), 1),
-              "kaldi_beam": [beam, retry], "kaldi_frames_per_s": round(frames / kaldi_s),
-              "kaldi_failed": sum(k is None for k in kaldi)}
+    result = {
+        "workload": str(args.workdir or "random"),
+        "utterances": len(graphs),
+        "frames": frames,
+        "mean_graph_states": round(float(np.mean([g.num_states for g in graphs])), 1),
+        "kaldi_beam": [beam, retry],
+        "kaldi_frames_per_s": round(frames / kaldi_s),
+        "kaldi_failed": sum(k is None for k in kaldi),
+    }
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         batch = 256 if device == "cpu" else args.cuda_batch
         result[device] = {"batch": batch}
@@ -164,7 +169,8 @@ def main() -> None:
             }
         if {"k2", "torch"} <= set(result[device]):
             result[device]["ratio_k2_vs_torch_viterbi"] = round(
-                result[device]["k2"]["viterbi_frames_per_s"] / result[device]["torch"]["viterbi_frames_per_s"], 3)
+                result[device]["k2"]["viterbi_frames_per_s"] / result[device]["torch"]["viterbi_frames_per_s"], 3
+            )
     result["torch_threads"] = args.threads
     print(json.dumps(result, indent=1))
 

@@ -68,8 +68,14 @@ def main() -> None:
     from asrhybrid.lm.train import arpa_to_g
 
     graph = DecodingGraph.load(args.workdir / "exp" / "tree" / "graph_small")
-    cfg = DecodeConfig(acwt=args.acwt, batch_frames=args.batch_frames, search_beam=args.search_beam,
-                       output_beam=args.output_beam, lattice_beam=args.lattice_beam, max_active=args.max_active)
+    cfg = DecodeConfig(
+        acwt=args.acwt,
+        batch_frames=args.batch_frames,
+        search_beam=args.search_beam,
+        output_beam=args.output_beam,
+        lattice_beam=args.lattice_beam,
+        max_active=args.max_active,
+    )
     items = scores_of(args.workdir, args.system, args.part, args.utterances)
     frames = sum(ll.shape[0] for _, ll, _ in items)
     audio = sum(d for _, _, d in items)
@@ -81,20 +87,36 @@ def main() -> None:
     full, full_s = timed(lambda: [h for b in batches for h in decode_batch(graph, b, cfg, lattices=True)])
 
     def speed(seconds):
-        return {"seconds": round(seconds, 3), "frames_per_second": round(frames / seconds, 1),
-                "real_time_factor": round(seconds / audio, 5)}
+        return {
+            "seconds": round(seconds, 3),
+            "frames_per_second": round(frames / seconds, 1),
+            "real_time_factor": round(seconds / audio, 5),
+        }
 
     same = sum(k.words == h.words for k, h in zip(kaldi_hyps, search))
     not_worse = sum(h.cost <= k.cost + 1e-3 * max(1.0, abs(k.cost)) for k, h in zip(kaldi_hyps, search))
     report = {
-        "workdir": str(args.workdir), "system": args.system, "part": args.part, "utterances": len(items),
-        "frames": frames, "audio_seconds": round(audio, 2), "threads": args.threads,
-        "beams": {"search_beam": cfg.search_beam, "output_beam": cfg.output_beam, "lattice_beam": cfg.lattice_beam,
-                  "max_active": cfg.max_active, "acwt": cfg.acwt},
-        "kaldi": speed(kaldi_s), "k2_search": speed(search_s), "k2_with_lattices": speed(full_s),
+        "workdir": str(args.workdir),
+        "system": args.system,
+        "part": args.part,
+        "utterances": len(items),
+        "frames": frames,
+        "audio_seconds": round(audio, 2),
+        "threads": args.threads,
+        "beams": {
+            "search_beam": cfg.search_beam,
+            "output_beam": cfg.output_beam,
+            "lattice_beam": cfg.lattice_beam,
+            "max_active": cfg.max_active,
+            "acwt": cfg.acwt,
+        },
+        "kaldi": speed(kaldi_s),
+        "k2_search": speed(search_s),
+        "k2_with_lattices": speed(full_s),
         "ratio_k2_search_to_kaldi": round(kaldi_s / search_s, 3),
         "ratio_k2_with_lattices_to_kaldi": round(kaldi_s / full_s, 3),
-        "same_1best_words_as_kaldi": f"{same}/{len(items)}", "k2_path_at_least_as_good": f"{not_worse}/{len(items)}",
+        "same_1best_words_as_kaldi": f"{same}/{len(items)}",
+        "k2_path_at_least_as_good": f"{not_worse}/{len(items)}",
         "state_lattice_arcs_per_frame": round(sum(h.lattice_arcs for h in full) / frames, 2),
         "word_lattice_arcs_per_frame": round(sum(len(h.lattice.arcs) for h in full if h.ok) / frames, 4),
     }
@@ -109,14 +131,18 @@ def main() -> None:
         lats = [h.lattice for h in full if h.ok]
         _, lat_s = timed(lambda: [rescore_lattice(lat, old, new_k2) for lat in lats])
         _, nbest_s = timed(lambda: [rescore_nbest(lat, old, new, 100) for lat in lats])
-        report["rescoring_seconds_per_utterance"] = {"lattice_k2": round(lat_s / len(lats), 5),
-                                                     "nbest_kenlm_100": round(nbest_s / len(lats), 5)}
+        report["rescoring_seconds_per_utterance"] = {
+            "lattice_k2": round(lat_s / len(lats), 5),
+            "nbest_kenlm_100": round(nbest_s / len(lats), 5),
+        }
     from asrhybrid.fsa.k2_engine import with_cuda
 
     if torch.cuda.is_available() and with_cuda():
         decode_batch(graph, batches[0], cfg, device="cuda", lattices=False)  # warm-up
         torch.cuda.synchronize()
-        _, cuda_s = timed(lambda: [h for b in batches for h in decode_batch(graph, b, cfg, device="cuda", lattices=False)])
+        _, cuda_s = timed(
+            lambda: [h for b in batches for h in decode_batch(graph, b, cfg, device="cuda", lattices=False)]
+        )
         report["cuda"] = {**speed(cuda_s), "ratio_to_kaldi_one_core": round(kaldi_s / cuda_s, 2)}
     else:
         report["cuda"] = "not run: no GPU here, or k2 built without CUDA"

@@ -76,14 +76,22 @@ def loss_run(kind: str, device: str) -> dict:
         logits = joint(torch.tanh(am[:, :, None] + lm[:, None]))
         loss = k2.rnnt_loss(logits, symbols, 0, boundary, reduction="sum")
     else:
-        simple, (px_grad, py_grad) = k2.rnnt_loss_smoothed(lm=simple_lm(lm), am=simple_am(am), symbols=symbols,
-                                                           termination_symbol=0, lm_only_scale=0.1,
-                                                           am_only_scale=0.1, boundary=boundary, reduction="sum",
-                                                           return_grad=True)
+        simple, (px_grad, py_grad) = k2.rnnt_loss_smoothed(
+            lm=simple_lm(lm),
+            am=simple_am(am),
+            symbols=symbols,
+            termination_symbol=0,
+            lm_only_scale=0.1,
+            am_only_scale=0.1,
+            boundary=boundary,
+            reduction="sum",
+            return_grad=True,
+        )
         ranges = k2.get_rnnt_prune_ranges(px_grad, py_grad, boundary, 5)
         am_p, lm_p = k2.do_rnnt_pruning(am=am, lm=lm, ranges=ranges)
-        loss = 0.5 * simple + k2.rnnt_loss_pruned(joint(torch.tanh(am_p + lm_p)), symbols, ranges, 0, boundary,
-                                                  reduction="sum")
+        loss = 0.5 * simple + k2.rnnt_loss_pruned(
+            joint(torch.tanh(am_p + lm_p)), symbols, ranges, 0, boundary, reduction="sum"
+        )
     loss.backward()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -100,12 +108,18 @@ def rnnt_losses(device: str) -> dict:
     for kind in ("full", "pruned"):
         runs = []
         for _ in range(3):
-            proc = subprocess.run([sys.executable, __file__, "--loss-run", kind, "--device", device],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--loss-run", kind, "--device", device],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         out[kind] = {"seconds": min(r["seconds"] for r in runs), "peak_mib": min(r["peak_mib"] for r in runs)}
-    out["full_over_pruned"] = {"time": round(out["full"]["seconds"] / out["pruned"]["seconds"], 2),
-                               "memory": round(out["full"]["peak_mib"] / max(out["pruned"]["peak_mib"], 1e-3), 2)}
+    out["full_over_pruned"] = {
+        "time": round(out["full"]["seconds"] / out["pruned"]["seconds"], 2),
+        "memory": round(out["full"]["peak_mib"] / max(out["pruned"]["peak_mib"], 1e-3), 2),
+    }
     return out
 
 
@@ -117,17 +131,24 @@ def training_speed(device: str) -> dict:
 
     torch.manual_seed(0)
     B, T, V = 8, 600, 30
-    batch = E2EBatch([f"u{i}" for i in range(B)], torch.randn(B, T, 23), torch.full((B,), T),
-                     [torch.randint(3, V, (40,)).tolist() for _ in range(B)], [""] * B)
+    batch = E2EBatch(
+        [f"u{i}" for i in range(B)],
+        torch.randn(B, T, 23),
+        torch.full((B,), T),
+        [torch.randint(3, V, (40,)).tolist() for _ in range(B)],
+        [""] * B,
+    )
     rnnt_ctc = RnnTransducer(23, V, channels=256, loss="pruned", ctc_scale=0.2)
     las_ctc = LAS(23, V, ctc_weight=0.3, attention="location", label_smoothing=0.1)
-    systems = {"ctc": (DeepSpeech(23, V, hidden=512), CtcObjective("ctc", None)),
-               "rnnt_pruned": (RnnTransducer(23, V, channels=256, loss="pruned"), RnntObjective("rnnt", None)),
-               "rnnt_pruned_ctc_head": (rnnt_ctc, RnntObjective("rnnt", None, rnnt_ctc.loss_parts)),
-               "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None)),
-               "las": (LAS(23, V, ctc_weight=0.0), LasObjective("las", None)),   # the paper's
-               "las_location": (LAS(23, V, ctc_weight=0.0, attention="location"), LasObjective("las", None)),
-               "las_joint": (las_ctc, LasObjective("las", None, las_ctc.loss_parts))}
+    systems = {
+        "ctc": (DeepSpeech(23, V, hidden=512), CtcObjective("ctc", None)),
+        "rnnt_pruned": (RnnTransducer(23, V, channels=256, loss="pruned"), RnntObjective("rnnt", None)),
+        "rnnt_pruned_ctc_head": (rnnt_ctc, RnntObjective("rnnt", None, rnnt_ctc.loss_parts)),
+        "rnnt_full": (RnnTransducer(23, V, channels=256, loss="full"), RnntObjective("rnnt", None)),
+        "las": (LAS(23, V, ctc_weight=0.0), LasObjective("las", None)),  # the paper's
+        "las_location": (LAS(23, V, ctc_weight=0.0, attention="location"), LasObjective("las", None)),
+        "las_joint": (las_ctc, LasObjective("las", None, las_ctc.loss_parts)),
+    }
     out = {}
     dev = torch.device(device)
     for name, (model, objective) in systems.items():
@@ -143,13 +164,15 @@ def training_speed(device: str) -> dict:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-        out[name] = {"frames_per_second": round(B * T / min(times[1:]), 1),
-                     "parameters": sum(p.numel() for p in model.parameters())}
+        out[name] = {
+            "frames_per_second": round(B * T / min(times[1:]), 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
     # what a CTC head costs in training: the speed without it over the speed with it
-    out["ctc_head_cost"] = {"rnnt": round(out["rnnt_pruned"]["frames_per_second"]
-                                          / out["rnnt_pruned_ctc_head"]["frames_per_second"], 3),
-                            "las": round(out["las_location"]["frames_per_second"]
-                                         / out["las_joint"]["frames_per_second"], 3)}
+    out["ctc_head_cost"] = {
+        "rnnt": round(out["rnnt_pruned"]["frames_per_second"] / out["rnnt_pruned_ctc_head"]["frames_per_second"], 3),
+        "las": round(out["las_location"]["frames_per_second"] / out["las_joint"]["frames_per_second"], 3),
+    }
     return out
 
 
@@ -170,24 +193,43 @@ def decoding(workdir: Path, part: str) -> dict:
         searches += [("beam_attention_only", "beam", False, ["--opt", "ctc_weight=0.0"])] if joint else []
         for name, method, with_lm, extra in searches:
             with tempfile.TemporaryDirectory() as tmp:
-                args = [sys.executable, "-m", "asrhybrid", "decode-e2e", str(exp), str(corpus), tmp,
-                        "--opt", f"method={method}", *extra] + (["--lm", str(lm)] if with_lm else [])
+                args = [
+                    sys.executable,
+                    "-m",
+                    "asrhybrid",
+                    "decode-e2e",
+                    str(exp),
+                    str(corpus),
+                    tmp,
+                    "--opt",
+                    f"method={method}",
+                    *extra,
+                ] + (["--lm", str(lm)] if with_lm else [])
                 subprocess.run(args, check=True, capture_output=True, cwd=REPO)
                 summary = json.loads((Path(tmp) / "decode.json").read_text())
             out[f"{system}_{name}{'_lm' if with_lm else ''}"] = {
-                "real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"]}
+                "real_time_factor": summary["real_time_factor"],
+                "utterances": summary["utterances"],
+            }
         if joint:
             rtf = {name: out[f"{system}_{name}"]["real_time_factor"] for name in ("beam", "beam_attention_only")}
             out[f"{system}_joint_over_attention_only"] = round(rtf["beam"] / rtf["beam_attention_only"], 2)
         graph = exp / "graph_small"
         if kind == "ctc" and (graph / "HLG.k2.pt").is_file():  # WFST decoding over HLG (stage 8's decoder)
             with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run([sys.executable, "-m", "asrhybrid", "decode", str(graph), str(exp), tmp, "--cuts",
-                                str(corpus)], check=True, capture_output=True, cwd=REPO)
+                subprocess.run(
+                    [sys.executable, "-m", "asrhybrid", "decode", str(graph), str(exp), tmp, "--cuts", str(corpus)],
+                    check=True,
+                    capture_output=True,
+                    cwd=REPO,
+                )
                 summary = json.loads((Path(tmp) / "decode.json").read_text())
-            out[f"{system}_hlg_lm"] = {"real_time_factor": summary["real_time_factor"], "utterances": summary["utterances"],
-                                 "lattice_arcs_per_frame": summary["lattice_arcs_per_frame"],
-                                 "note": "k2's search and the word lattices; the network's forward pass not counted"}
+            out[f"{system}_hlg_lm"] = {
+                "real_time_factor": summary["real_time_factor"],
+                "utterances": summary["utterances"],
+                "lattice_arcs_per_frame": summary["lattice_arcs_per_frame"],
+                "note": "k2's search and the word lattices; the network's forward pass not counted",
+            }
     return out
 
 
@@ -203,8 +245,12 @@ def main() -> None:
     if args.loss_run:
         print(json.dumps(loss_run(args.loss_run, args.device)))
         return
-    report = {"device": args.device, "threads": args.threads, "training": training_speed(args.device),
-              "rnnt_loss": rnnt_losses(args.device)}
+    report = {
+        "device": args.device,
+        "threads": args.threads,
+        "training": training_speed(args.device),
+        "rnnt_loss": rnnt_losses(args.device),
+    }
     if args.workdir:
         report["decoding"] = decoding(args.workdir, args.part)
     print(json.dumps(report, indent=1))

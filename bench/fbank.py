@@ -131,8 +131,15 @@ def stage_figures(tmp: Path, waves: list[np.ndarray], num_jobs: int) -> dict:
     (data / "utt2spk").write_text("".join(utt2spk))
     prepare_data("bench", "kaldi", tmp / "corpus", tmp / "m", RATE)
     start = time.perf_counter()
-    compute_fbank(tmp / "m", tmp / "f", "bench", "bench", KaldiFbankConfig(sampling_rate=RATE, device="cpu"),
-                  num_jobs=num_jobs, chunk_size=max(1, len(waves) // (2 * num_jobs)))
+    compute_fbank(
+        tmp / "m",
+        tmp / "f",
+        "bench",
+        "bench",
+        KaldiFbankConfig(sampling_rate=RATE, device="cpu"),
+        num_jobs=num_jobs,
+        chunk_size=max(1, len(waves) // (2 * num_jobs)),
+    )
     wall = time.perf_counter() - start
     seconds = sum(len(w) for w in waves) / RATE
     return {"stage_num_jobs": num_jobs, "stage_wall_s": round(wall, 2), "stage_real_time_factor": round(seconds / wall)}
@@ -149,8 +156,12 @@ def cuda_figures(waves: list[np.ndarray], frames: int, per_batch: int) -> dict:
 
     run()
     t = best_of(run, 5)
-    return {"cuda_device": torch.cuda.get_device_name(), "cuda_batch": big,
-            "cuda_frames_per_s": round(frames / t), "cuda_real_time_factor": round(len(waves) * len(waves[0]) / RATE / t)}
+    return {
+        "cuda_device": torch.cuda.get_device_name(),
+        "cuda_batch": big,
+        "cuda_frames_per_s": round(frames / t),
+        "cuda_real_time_factor": round(len(waves) * len(waves[0]) / RATE / t),
+    }
 
 
 if __name__ == "__main__":

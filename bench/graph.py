@@ -54,15 +54,21 @@ def main() -> None:
             HCLG = make_hclg(lang, G, tree, trans_model)
             hclg_seconds = time.perf_counter() - start
             L = kaldifst.StdVectorFst.read(str(lang / "L_disambig.fst"))
-            results.append({
-                "words": size,
-                "lexicon_entries": sum(1 for _ in open(tmp / "dict" / "lexicon.txt")),
-                "L_states": L.num_states, "G_states": G.num_states, "G_arcs": count_arcs(G),
-                "HCLG_states": HCLG.num_states, "HCLG_arcs": count_arcs(HCLG),
-                "prepare_lang_s": round(t1 - t0, 3), "lm_and_G_s": round(t2 - t1, 3),
-                "HCLG_build_s": round(hclg_seconds, 3),
-                "HCLG_states_per_s": round(HCLG.num_states / hclg_seconds),
-            })
+            results.append(
+                {
+                    "words": size,
+                    "lexicon_entries": sum(1 for _ in open(tmp / "dict" / "lexicon.txt")),
+                    "L_states": L.num_states,
+                    "G_states": G.num_states,
+                    "G_arcs": count_arcs(G),
+                    "HCLG_states": HCLG.num_states,
+                    "HCLG_arcs": count_arcs(HCLG),
+                    "prepare_lang_s": round(t1 - t0, 3),
+                    "lm_and_G_s": round(t2 - t1, 3),
+                    "HCLG_build_s": round(hclg_seconds, 3),
+                    "HCLG_states_per_s": round(HCLG.num_states / hclg_seconds),
+                }
+            )
     print(json.dumps({"bigram_hclg": results}, indent=1))
 
 

@@ -27,8 +27,19 @@ STAGES = {1: "fbank", 4: "flat start", 5: "tree"}
 
 def run_stage(recipe: Path, workdir: Path, stage: int) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one stage in a process of its own."""
-    cmd = [sys.executable, "-m", "asrhybrid.cli", "run-recipe", str(recipe), "--workdir", str(workdir),
-           "--stage", str(stage), "--stop-stage", str(stage)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asrhybrid.cli",
+        "run-recipe",
+        str(recipe),
+        "--workdir",
+        str(workdir),
+        "--stage",
+        str(stage),
+        "--stop-stage",
+        str(stage),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -62,13 +73,19 @@ def main() -> None:
         results[f"{hours}h"] = figures
         print(f"{hours} h: {figures}", file=sys.stderr)
     small, large = results[f"{args.hours[0]}h"], results[f"{args.hours[-1]}h"]
-    out = {"train_hours": args.hours, "stages": results,
-           "ratio_largest_to_smallest": {
-               name: {"peak_rss": round(large[name]["peak_rss_mib"] / small[name]["peak_rss_mib"], 2),
-                      "time": round(large[name]["seconds"] / small[name]["seconds"], 2)}
-               for name in STAGES.values()},
-           "size_ratio": round(args.hours[-1] / args.hours[0], 2),
-           "workdir": str(root)}
+    out = {
+        "train_hours": args.hours,
+        "stages": results,
+        "ratio_largest_to_smallest": {
+            name: {
+                "peak_rss": round(large[name]["peak_rss_mib"] / small[name]["peak_rss_mib"], 2),
+                "time": round(large[name]["seconds"] / small[name]["seconds"], 2),
+            }
+            for name in STAGES.values()
+        },
+        "size_ratio": round(args.hours[-1] / args.hours[0], 2),
+        "workdir": str(root),
+    }
     print(json.dumps(out, indent=1))
 
 

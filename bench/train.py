@@ -44,8 +44,16 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def step_rate(system: str, model_opts: dict, feat_dim: int, num_pdfs: int, batch: int, frames: int,
-              device: torch.device, repeats: int) -> dict:
+def step_rate(
+    system: str,
+    model_opts: dict,
+    feat_dim: int,
+    num_pdfs: int,
+    batch: int,
+    frames: int,
+    device: torch.device,
+    repeats: int,
+) -> dict:
     from asrhybrid.nnet.models import build_model
     from asrhybrid.nnet.train import TrainConfig, _losses
     from asrhybrid.nnet.trainer import autocast as _autocast
@@ -68,8 +76,11 @@ def step_rate(system: str, model_opts: dict, feat_dim: int, num_pdfs: int, batch
     seconds = timed(step, repeats, device)
     with torch.no_grad():
         flops = forward_flops(model, x[:1])
-    return {"frames_per_s": round(batch * frames / seconds), "parameters": sum(p.numel() for p in model.parameters()),
-            "forward_mflops_per_frame": round(flops / frames / 1e6, 3)}
+    return {
+        "frames_per_s": round(batch * frames / seconds),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "forward_mflops_per_frame": round(flops / frames / 1e6, 3),
+    }
 
 
 def forward_flops(model, x) -> float:
@@ -82,8 +93,9 @@ def forward_flops(model, x) -> float:
 
 
 def bare_lstm_rate(opts: dict, feat_dim: int, batch: int, frames: int, device: torch.device, repeats: int) -> float:
-    lstm = torch.nn.LSTM(feat_dim, opts["cells"], num_layers=opts["layers"], proj_size=opts["proj"],
-                         batch_first=True).to(device)
+    lstm = torch.nn.LSTM(
+        feat_dim, opts["cells"], num_layers=opts["layers"], proj_size=opts["proj"], batch_first=True
+    ).to(device)
     x = torch.randn(batch, frames, feat_dim, device=device)
 
     def step():
@@ -105,13 +117,28 @@ def epoch_rate(workdir: Path, system: str, model_opts: dict, chunk: int, device:
     cuts, cmvn = features.cuts, features.global_cmvn
     _, trans_model = load_model(workdir / "exp" / "tree")
     mean, std = global_mean_std(cmvn)
-    cfg = TrainConfig(system=system, epochs=1, max_duration=60.0, chunk_frames=chunk if system != "dnn" else 0,
-                      valid_fraction=0.0, model=model_opts)
+    cfg = TrainConfig(
+        system=system,
+        epochs=1,
+        max_duration=60.0,
+        chunk_frames=chunk if system != "dnn" else 0,
+        valid_fraction=0.0,
+        model=model_opts,
+    )
     frames = sum(c.num_frames for c in load_cuts(cuts))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        train_am(cuts, workdir / "exp" / "tree" / "ali_pdf.ark", trans_model.num_pdfs, set(), mean, std, Path(tmp),
-                 cfg, device=device)
+        train_am(
+            cuts,
+            workdir / "exp" / "tree" / "ali_pdf.ark",
+            trans_model.num_pdfs,
+            set(),
+            mean,
+            std,
+            Path(tmp),
+            cfg,
+            device=device,
+        )
         seconds = time.perf_counter() - start
     return {"frames_per_s": round(frames / seconds), "frames": frames, "num_pdfs": trans_model.num_pdfs}
 
@@ -132,13 +159,21 @@ def main() -> None:
     lstmp = {"cells": 800, "proj": 512, "layers": 2} if args.large else {"cells": 320, "proj": 128, "layers": 2}
     systems = {"dnn": {}, "lstmp": lstmp, "fast_slow": {}}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    report = {"batch": args.batch, "frames": args.frames, "feat_dim": args.feat_dim, "num_pdfs": args.num_pdfs,
-              "threads": torch.get_num_threads(), "lstmp": lstmp, "devices": {}}
+    report = {
+        "batch": args.batch,
+        "frames": args.frames,
+        "feat_dim": args.feat_dim,
+        "num_pdfs": args.num_pdfs,
+        "threads": torch.get_num_threads(),
+        "lstmp": lstmp,
+        "devices": {},
+    }
     for device in devices:
         rows = {}
         for system, opts in systems.items():
-            rows[system] = step_rate(system, opts, args.feat_dim, args.num_pdfs, args.batch, args.frames, device,
-                                     args.repeats)
+            rows[system] = step_rate(
+                system, opts, args.feat_dim, args.num_pdfs, args.batch, args.frames, device, args.repeats
+            )
         bare = bare_lstm_rate(lstmp, args.feat_dim, args.batch, args.frames, device, args.repeats)
         rows["bare_lstm"] = {"frames_per_s": round(bare)}
         rows["lstmp"]["step_over_bare_lstm"] = round(rows["lstmp"]["frames_per_s"] / bare, 3)

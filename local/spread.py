@@ -42,8 +42,10 @@ def seeded_recipe(recipe: Path, seed: int, out: Path) -> Path:
 
 # a kernel setting -> the variables that make this machine compute as one with that instruction set does
 # (torch's ATen dispatch, oneDNN's convolutions; MKL's GEMM path did not change with its ISA on an AVX2 EPYC)
-KERNELS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2"},
-           "default": {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41"}}
+KERNELS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41"},
+}
 
 
 def kernel_env(setting: str) -> dict[str, str]:
@@ -53,9 +55,26 @@ def kernel_env(setting: str) -> dict[str, str]:
 def run_recipe(recipe: Path, workdir: Path, stage: int, stop: int, corpus_dir: Path, env: dict, log: Path) -> float:
     start = time.time()
     with log.open("w") as out:
-        result = subprocess.run([sys.executable, "-m", "asrhybrid", "run-recipe", str(recipe), "--workdir", str(workdir),
-                                 "--stage", str(stage), "--stop-stage", str(stop), "--corpus-dir", str(corpus_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "asrhybrid",
+                "run-recipe",
+                str(recipe),
+                "--workdir",
+                str(workdir),
+                "--stage",
+                str(stage),
+                "--stop-stage",
+                str(stop),
+                "--corpus-dir",
+                str(corpus_dir),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     if result.returncode != 0:
         raise SystemExit(f"{workdir}: stages {stage}-{stop} failed; see {log}")
     return time.time() - start
@@ -63,8 +82,10 @@ def run_recipe(recipe: Path, workdir: Path, stage: int, stop: int, corpus_dir: P
 
 def wers(workdir: Path) -> dict[str, float]:
     """exp/<system>/<decode dir> -> WER, for every scored decode dir."""
-    return {str(p.parent.relative_to(workdir / "exp")): json.loads(p.read_text())["wer"]
-            for p in sorted((workdir / "exp").glob("*/decode_*/scoring.json"))}
+    return {
+        str(p.parent.relative_to(workdir / "exp")): json.loads(p.read_text())["wer"]
+        for p in sorted((workdir / "exp").glob("*/decode_*/scoring.json"))
+    }
 
 
 def table(runs: dict[str, dict[str, float]]) -> str:
@@ -88,16 +109,19 @@ def main() -> None:
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     p.add_argument("--stage", type=int, default=4)
     p.add_argument("--stop-stage", type=int, default=10)
-    p.add_argument("--base-stop-stage", type=int, default=None,
-                   help="the last stage of the shared base run (default: the one before --stage; 3 for --stage 9, whose "
-                        "end-to-end systems read only data/)")
+    p.add_argument(
+        "--base-stop-stage",
+        type=int,
+        default=None,
+        help="the last stage of the shared base run (default: the one before --stage; 3 for --stage 9, whose "
+        "end-to-end systems read only data/)",
+    )
     args = p.parse_args()
     base_stop = args.stage - 1 if args.base_stop_stage is None else args.base_stop_stage
     args.workdir.mkdir(parents=True, exist_ok=True)
     base = args.workdir / "base"
     if args.stage > 0 and not (base / ".spread-done").exists():
-        run_recipe(args.recipe, base, 0, base_stop, args.corpus_dir, kernel_env("avx2"),
-                   args.workdir / "base.log")
+        run_recipe(args.recipe, base, 0, base_stop, args.corpus_dir, kernel_env("avx2"), args.workdir / "base.log")
         (base / ".spread-done").write_text("")
     runs: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
@@ -109,8 +133,15 @@ def main() -> None:
                 if not work.exists() and args.stage > 0:
                     shutil.copytree(base / "data", work / "data", symlinks=True)
                 recipe = seeded_recipe(args.recipe, seed, args.workdir / "recipes" / name)
-                seconds = run_recipe(recipe, work, args.stage, args.stop_stage, args.corpus_dir, kernel_env(kernels),
-                                     args.workdir / f"{name}-{args.stage}-{args.stop_stage}.log")
+                seconds = run_recipe(
+                    recipe,
+                    work,
+                    args.stage,
+                    args.stop_stage,
+                    args.corpus_dir,
+                    kernel_env(kernels),
+                    args.workdir / f"{name}-{args.stage}-{args.stop_stage}.log",
+                )
                 done.write_text(f"{seconds:.0f}\n")
             runs[name] = wers(work)
             print(json.dumps({"run": name, "seconds": float(done.read_text()), "wer": runs[name]}), flush=True)

@@ -31,9 +31,14 @@ def run_make(*args: str, timeout: int) -> subprocess.CompletedProcess:
     pytest-timeout's ends the test, make and everything it started are killed, so no orphan goes on holding a
     workdir's lock (or the CPU) while the next test runs."""
     venv = Path(sys.executable).parent.parent  # the interpreter running the tests is the venv's
-    proc = subprocess.Popen(["make", "-C", str(REPO), f"VENV={venv}", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        ["make", "-C", str(REPO), f"VENV={venv}", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
@@ -92,9 +97,15 @@ def yesno_fbank_cuts(yesno_dir, tmp_path):
 
     recordings = RecordingSet.from_recordings(list(RecordingSet.from_dir(yesno_dir, "*.wav"))[:4])
     supervisions = SupervisionSet.from_segments(
-        SupervisionSegment(r.id, r.id, 0.0, r.duration, speaker="ab"[i % 2]) for i, r in enumerate(recordings))
-    return CutSet.from_manifests(recordings=recordings, supervisions=supervisions).to_eager().compute_and_store_features(
-        KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), tmp_path / "feats")
+        SupervisionSegment(r.id, r.id, 0.0, r.duration, speaker="ab"[i % 2]) for i, r in enumerate(recordings)
+    )
+    return (
+        CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+        .to_eager()
+        .compute_and_store_features(
+            KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), tmp_path / "feats"
+        )
+    )
 
 
 @pytest.fixture

@@ -29,8 +29,16 @@ def write_ctms(cuts, out, shift_s: float):
 @pytest.fixture(scope="module")
 def synth_cuts(tmp_path_factory):
     root = tmp_path_factory.mktemp("q")
-    cfg = SynthConfig(seed=1, num_speakers=4, dev_speakers=1, test_speakers=1, train_hours=0.01, dev_minutes=0.05,
-                      test_minutes=0.05, max_utterances_per_part=3)
+    cfg = SynthConfig(
+        seed=1,
+        num_speakers=4,
+        dev_speakers=1,
+        test_speakers=1,
+        train_hours=0.01,
+        dev_minutes=0.05,
+        test_minutes=0.05,
+        max_utterances_per_part=3,
+    )
     generate_corpus(root / "corpus", cfg)
     prepare_data("synth", "synth", root / "corpus", root / "m", 16000)
     compute_fbank(root / "m", root / "f", "synth", "train", KaldiFbankConfig(num_mel_bins=40))

@@ -38,8 +38,9 @@ def test_every_verb_prints_its_help_and_exits_0():
 
 
 def test_make_help_lists_targets_and_variables():
-    result = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["make", "-C", str(REPO), "--no-print-directory", "help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for target in ("setup", "test", "test-all", "bench", "help"):

@@ -18,24 +18,28 @@ def test_every_shipped_recipe_loads(recipe):
     assert load_recipe(REPO / "recipes" / recipe).corpus
 
 
-@pytest.mark.parametrize("section, text, where, near", [
-    ("tree", "tree: {min_cnt: 5}", "tree.min_cnt", "min_count"),
-    ("align", "align: {iteration: 3}", "align.iteration", "iterations"),
-    ("lm", "lm: {small: {ordr: 2}}", "lm.small.ordr", "order"),
-    ("features", "features: {fbank: {num_mel_bin: 40}}", "features.fbank.num_mel_bin", "num_mel_bins"),
-    ("top", "tokenz: {vocab_size: 10}", "tokenz", "tokens"),
-    ("e2e tokens", "e2e: {ctc: {tokens: {model_tpye: char}}}", "e2e.ctc.tokens.model_tpye", "model_type"),
-    ("e2e hlg", "e2e: {decode: {hlg: {serch_beam: 10}}}", "e2e.decode.hlg.serch_beam", "search_beam"),
-    ("adapt", "decode: {adapt: {iteration: 2}}", "decode.adapt.iteration", "iterations"),
-])
+@pytest.mark.parametrize(
+    "section, text, where, near",
+    [
+        ("tree", "tree: {min_cnt: 5}", "tree.min_cnt", "min_count"),
+        ("align", "align: {iteration: 3}", "align.iteration", "iterations"),
+        ("lm", "lm: {small: {ordr: 2}}", "lm.small.ordr", "order"),
+        ("features", "features: {fbank: {num_mel_bin: 40}}", "features.fbank.num_mel_bin", "num_mel_bins"),
+        ("top", "tokenz: {vocab_size: 10}", "tokenz", "tokens"),
+        ("e2e tokens", "e2e: {ctc: {tokens: {model_tpye: char}}}", "e2e.ctc.tokens.model_tpye", "model_type"),
+        ("e2e hlg", "e2e: {decode: {hlg: {serch_beam: 10}}}", "e2e.decode.hlg.serch_beam", "search_beam"),
+        ("adapt", "decode: {adapt: {iteration: 2}}", "decode.adapt.iteration", "iterations"),
+    ],
+)
 def test_unknown_nested_keys_name_the_nearest_valid_one(tmp_path: Path, section, text, where, near):
     (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
     with pytest.raises(ConfigError, match=f"unknown key '{where}'; did you mean '{near}'"):
         load_recipe(tmp_path)
 
 
-@pytest.mark.parametrize("text, message", [("decode: {adapt: 3}", "is a mapping"),
-                                           ("decode: {adapt: {iterations: 0}}", "1 or more")])
+@pytest.mark.parametrize(
+    "text, message", [("decode: {adapt: 3}", "is a mapping"), ("decode: {adapt: {iterations: 0}}", "1 or more")]
+)
 def test_bad_adaptation_settings_are_refused(tmp_path: Path, text, message):
     (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
     with pytest.raises(ConfigError, match=message):
@@ -44,7 +48,12 @@ def test_bad_adaptation_settings_are_refused(tmp_path: Path, text, message):
 
 def test_options_keep_yes_and_no_as_words():
     assert parse_options(["split=no", "x=yes", "n=3", "flag=true", "speakers=[theo]"]) == {
-        "split": "no", "x": "yes", "n": 3, "flag": True, "speakers": ["theo"]}
+        "split": "no",
+        "x": "yes",
+        "n": 3,
+        "flag": True,
+        "speakers": ["theo"],
+    }
 
 
 def test_an_end_to_end_system_can_ask_for_its_own_token_model(tmp_path: Path):
@@ -52,7 +61,8 @@ def test_an_end_to_end_system_can_ask_for_its_own_token_model(tmp_path: Path):
 
     (tmp_path / "config.yaml").write_text(
         "corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ntokens: {model_type: bpe, vocab_size: 50}\n"
-        "e2e: {systems: [rnnt, ctc], ctc: {tokens: {model_type: char, vocab_size: 30}}}\n")
+        "e2e: {systems: [rnnt, ctc], ctc: {tokens: {model_type: char, vocab_size: 30}}}\n"
+    )
     run = RecipeRun(load_recipe(tmp_path), tmp_path / "work", None, False)
     assert token_specs(run) == [{"model_type": "bpe", "vocab_size": 50}, {"model_type": "char", "vocab_size": 30}]
     assert token_dir(run).name == "lang_bpe_50"
@@ -70,7 +80,9 @@ class _Recorded(RecipeRun):
 
 
 def _recorded_run(tmp_path: Path, e2e: str) -> _Recorded:
-    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n")
+    (tmp_path / "config.yaml").write_text(
+        "corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n"
+    )
     run = _Recorded(load_recipe(tmp_path), tmp_path / "work", None, False)
     run.calls = []
     run.fbank_dir.mkdir(parents=True)
@@ -84,10 +96,13 @@ def _recorded_run(tmp_path: Path, e2e: str) -> _Recorded:
 def test_named_end_to_end_systems_train_their_kind_in_their_own_exp_dir(tmp_path: Path):
     """LAS with and without its CTC head side by side: a named system says its kind; searches can be limited to
     some systems and named, so two LAS searches that differ in ctc_weight get two decode dirs."""
-    run = _recorded_run(tmp_path, "{systems: [las, las_paper], common: {epochs: 3}, "
-                                  "las_paper: {system: las, model: {ctc_weight: 0.0}}, "
-                                  "decode: {searches: [{method: beam}, {method: flashlight, lm: large}, "
-                                  "{method: beam, ctc_weight: 0.0, name: attention, systems: [las]}]}}")
+    run = _recorded_run(
+        tmp_path,
+        "{systems: [las, las_paper], common: {epochs: 3}, "
+        "las_paper: {system: las, model: {ctc_weight: 0.0}}, "
+        "decode: {searches: [{method: beam}, {method: flashlight, lm: large}, "
+        "{method: beam, ctc_weight: 0.0, name: attention, systems: [las]}]}}",
+    )
     stage_e2e(run)
     trained = {Path(args[2]).name: args for _, verb, args in run.calls if verb == "train-e2e"}
     assert sorted(trained) == ["las", "las_paper"]
@@ -96,20 +111,27 @@ def test_named_end_to_end_systems_train_their_kind_in_their_own_exp_dir(tmp_path
     assert "system=las" not in trained["las_paper"]
     run.calls.clear()
     stage_e2e_decode(run)
-    decoded = sorted(f"{Path(args[0]).name}/{Path(args[2]).name}" for _, verb, args in run.calls if verb == "decode-e2e")
+    decoded = sorted(
+        f"{Path(args[0]).name}/{Path(args[2]).name}" for _, verb, args in run.calls if verb == "decode-e2e"
+    )
     # flashlight is a CTC search: neither LAS decodes with it; the attention-only search is las's alone
     assert decoded == ["las/decode_test_nolm_attention", "las/decode_test_nolm_beam", "las_paper/decode_test_nolm_beam"]
 
 
-@pytest.mark.parametrize("e2e, message", [
-    ("{systems: [joint]}", "'e2e.joint' is not one of ctc, rnnt, las"),
-    ("{systems: [joint], joint: {system: lass}}", "'e2e.joint' is not one of"),
-    ("{systems: [las], decode: {searches: [{method: beam, systems: [ctc]}]}}", "names the system 'ctc'"),
-    ("{systems: [las], las: {system: ctc}}", "unknown key 'e2e.las.system'"),
-    ("{systems: [decode]}", "is a key of the e2e section"),
-    ("{systems: [las], joint: {system: las}}", "unknown key 'e2e.joint'"),
-])
+@pytest.mark.parametrize(
+    "e2e, message",
+    [
+        ("{systems: [joint]}", "'e2e.joint' is not one of ctc, rnnt, las"),
+        ("{systems: [joint], joint: {system: lass}}", "'e2e.joint' is not one of"),
+        ("{systems: [las], decode: {searches: [{method: beam, systems: [ctc]}]}}", "names the system 'ctc'"),
+        ("{systems: [las], las: {system: ctc}}", "unknown key 'e2e.las.system'"),
+        ("{systems: [decode]}", "is a key of the e2e section"),
+        ("{systems: [las], joint: {system: las}}", "unknown key 'e2e.joint'"),
+    ],
+)
 def test_bad_named_systems_are_refused(tmp_path: Path, e2e, message):
-    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n")
+    (tmp_path / "config.yaml").write_text(
+        "corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\ne2e: " + e2e + "\n"
+    )
     with pytest.raises(ConfigError, match=message):
         load_recipe(tmp_path)

@@ -41,7 +41,9 @@ def make_kaldi_dir(root, utts, text_lines=None):
 def good_utts(root, n=3, rate=16000):
     wavs = root / "wavs"
     wavs.mkdir(exist_ok=True)
-    return [(f"spk1-u{i}", "spk1", f"HELLO WORLD {i}", write_wav(wavs / f"u{i}.wav", rate=rate, seed=i)) for i in range(n)]
+    return [
+        (f"spk1-u{i}", "spk1", f"HELLO WORLD {i}", write_wav(wavs / f"u{i}.wav", rate=rate, seed=i)) for i in range(n)
+    ]
 
 
 def prepare(corpus_dir, out, **kw):
@@ -201,6 +203,7 @@ def test_segment_outside_recording(tmp_path):
 
 # --- issue 9's bad-input classes: each a clear error naming the file, utterance or line, or a counted skip ---
 
+
 def test_utterances_without_transcript_are_counted_and_logged(tmp_path, caplog):
     import logging
 
@@ -216,8 +219,9 @@ def test_utterances_without_transcript_are_counted_and_logged(tmp_path, caplog):
 
 def test_wav_scp_entries_into_archives_are_refused_by_line(tmp_path):
     utts = good_utts(tmp_path, n=2)
-    root = make_kaldi_dir(tmp_path / "data", [(u, s, t, "feats.ark:123" if k == 1 else w)
-                                              for k, (u, s, t, w) in enumerate(utts)])
+    root = make_kaldi_dir(
+        tmp_path / "data", [(u, s, t, "feats.ark:123" if k == 1 else w) for k, (u, s, t, w) in enumerate(utts)]
+    )
     expect_error(root, tmp_path / "m", "wav.scp:2", "feats.ark:123", "Kaldi archive")
 
 
@@ -235,8 +239,10 @@ def test_cuts_need_exactly_one_supervision_and_a_cut_set_must_not_be_empty(tmp_p
 
     utts = good_utts(tmp_path, n=2)
     paths = prepare(make_kaldi_dir(tmp_path / "data", utts), tmp_path / "m")
-    cuts = CutSet.from_manifests(recordings=load_manifest(tmp_path / "m" / "t_recordings_train.jsonl.gz"),
-                                 supervisions=load_manifest(paths["train"]))
+    cuts = CutSet.from_manifests(
+        recordings=load_manifest(tmp_path / "m" / "t_recordings_train.jsonl.gz"),
+        supervisions=load_manifest(paths["train"]),
+    )
     cut = cuts[0]
     assert transcript(cut, "cuts.jsonl.gz") == "HELLO WORLD 0"
     two = cut.append(cuts[1])
@@ -260,9 +266,11 @@ def test_a_missing_upstream_file_is_an_error_naming_it(tmp_path, what):
 
     (tmp_path / "lang").mkdir()
     (tmp_path / "lang" / "words.txt").write_text("<eps> 0\nA 1\n")
-    call = {"topo": lambda: init_mono_model(tmp_path / "lang", tmp_path / "mono"),
-            "arpa": lambda: arpa_to_g(tmp_path / "small.arpa", tmp_path / "lang" / "words.txt", tmp_path / "G.fst"),
-            "ali": lambda: read_alignments(tmp_path / "exp" / "ali.ark")}[what]
+    call = {
+        "topo": lambda: init_mono_model(tmp_path / "lang", tmp_path / "mono"),
+        "arpa": lambda: arpa_to_g(tmp_path / "small.arpa", tmp_path / "lang" / "words.txt", tmp_path / "G.fst"),
+        "ali": lambda: read_alignments(tmp_path / "exp" / "ali.ark"),
+    }[what]
     name = {"topo": "topo", "arpa": "small.arpa", "ali": "ali.ark"}[what]
     with pytest.raises(DataError, match=f"{name} not found"):
         call()

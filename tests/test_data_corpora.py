@@ -32,8 +32,11 @@ def test_fsdd_speaker_split_holds_out_speakers(fsdd_dir):
 def test_fsdd_dev_takes_hold_out_takes_of_the_training_speakers(fsdd_dir):
     parts = prepare_fsdd(fsdd_dir, dev_speakers=[], dev_takes=5, test_speakers=["yweweler"])
     speakers = {p: {u.speaker for u in utts} for p, utts in parts.items()}
-    assert speakers == {"train": {"jackson", "nicolas", "theo"}, "dev": {"jackson", "nicolas", "theo"},
-                        "test": {"yweweler"}}
+    assert speakers == {
+        "train": {"jackson", "nicolas", "theo"},
+        "dev": {"jackson", "nicolas", "theo"},
+        "test": {"yweweler"},
+    }
     assert len(parts["dev"]) == 150 and len(parts["train"]) == 1350 and len(parts["test"]) == 500
     assert not {u.id for u in parts["dev"]} & {u.id for u in parts["train"]}
     assert all(int(u.id.rsplit("_", 1)[1]) < 5 for u in parts["dev"])

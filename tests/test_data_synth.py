@@ -14,14 +14,26 @@ from asrhybrid.data.synth.corpus import SynthConfig, generate_corpus, make_speak
 from asrhybrid.data.synth.grammar import generate_sentence, vocabulary
 from asrhybrid.errors import StaleOutputError
 
-TINY = SynthConfig(seed=3, num_speakers=6, dev_speakers=2, test_speakers=2, train_hours=0.01,
-                   dev_minutes=0.1, test_minutes=0.1, max_utterances_per_part=4, noise_prob=0.5)
+TINY = SynthConfig(
+    seed=3,
+    num_speakers=6,
+    dev_speakers=2,
+    test_speakers=2,
+    train_hours=0.01,
+    dev_minutes=0.1,
+    test_minutes=0.1,
+    max_utterances_per_part=4,
+    noise_prob=0.5,
+)
 
 
 def tree_bytes(root):
     """Every file but the completion marker (it carries a stamp of its own run)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".done." not in p.name}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".done." not in p.name
+    }
 
 
 def test_same_seed_same_bytes(tmp_path):

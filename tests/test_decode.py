@@ -51,8 +51,10 @@ def test_planted_scores_decode_to_the_planted_words_with_k2_and_kaldi(yesno_grap
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
     graph = DecodingGraph.load(graph_dir)
     sentences = ["YES NO YES", "NO NO NO YES YES NO YES NO", "YES", "NO YES YES NO"]
-    batch = [(f"u{k}", planted_pdf_scores(lang, tree, trans_model, words, [s], seed=k, noise=0.5))
-             for k, s in enumerate(sentences)]
+    batch = [
+        (f"u{k}", planted_pdf_scores(lang, tree, trans_model, words, [s], seed=k, noise=0.5))
+        for k, s in enumerate(sentences)
+    ]
     cfg = DecodeConfig(acwt=1.0)
     hyps = decode_batch(graph, batch, cfg)
     kaldi = KaldiDecoder(graph, cfg)
@@ -61,8 +63,9 @@ def test_planted_scores_decode_to_the_planted_words_with_k2_and_kaldi(yesno_grap
         ref = kaldi.decode(utt, scores)
         assert ref.words == hyp.words and hyp.cost == pytest.approx(ref.cost, rel=1e-4, abs=1e-3)
         assert len(hyp.tids) == scores.shape[0]
-        assert [graph.tid_to_pdf[t] for t in hyp.tids] == [graph.tid_to_pdf[t] for t in ref.tids] or \
-            hyp.cost == pytest.approx(ref.cost, abs=1e-3)
+        assert [graph.tid_to_pdf[t] for t in hyp.tids] == [
+            graph.tid_to_pdf[t] for t in ref.tids
+        ] or hyp.cost == pytest.approx(ref.cost, abs=1e-3)
         # the word lattice's best path at LM weight 1/acwt is the search's best path, its costs kept apart
         best = hyp.lattice.best_path(1.0 / cfg.acwt)
         assert best.words == tuple(hyp.words) and best.tids == tuple(hyp.tids)
@@ -78,8 +81,12 @@ def test_bad_utterances_fail_alone(yesno_graph):
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
     graph = DecodingGraph.load(graph_dir)
     good = planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"])
-    batch = [("wide", np.zeros((50, graph.num_pdfs + 3), np.float32)), ("empty", np.zeros((0, graph.num_pdfs), np.float32)),
-             ("nan", np.full((40, graph.num_pdfs), np.nan, np.float32)), ("good", good)]
+    batch = [
+        ("wide", np.zeros((50, graph.num_pdfs + 3), np.float32)),
+        ("empty", np.zeros((0, graph.num_pdfs), np.float32)),
+        ("nan", np.full((40, graph.num_pdfs), np.nan, np.float32)),
+        ("good", good),
+    ]
     hyps = {h.utt: h for h in decode_batch(graph, batch, DecodeConfig(acwt=1.0))}
     assert "wide" in hyps["wide"].error and f"{graph.num_pdfs} pdfs" in hyps["wide"].error
     assert "zero frames" in hyps["empty"].error and "not finite" in hyps["nan"].error
@@ -109,8 +116,10 @@ def test_rescoring_with_the_first_pass_lm_keeps_the_best_paths_and_a_planted_lm_
     from asrhybrid.score.grid import score_decode_dir
 
     graph_dir, lang, tree, trans_model, words, lm_dir = yesno_graph
-    scores = {f"amb{k}": planted_pdf_scores(lang, tree, trans_model, words, ["NO NO YES", "YES NO YES"], seed=k)
-              for k in range(3)}
+    scores = {
+        f"amb{k}": planted_pdf_scores(lang, tree, trans_model, words, ["NO NO YES", "YES NO YES"], seed=k)
+        for k in range(3)
+    }
     decode = _decode_dir(tmp_path, graph_dir, scores, DecodeConfig(acwt=1.0, lattice_beam=15, output_beam=15))
     refs = {u: "YES NO YES" for u in scores}
     first = score_decode_dir(decode, refs, lmwts=[1.0], wips=[0.0])
@@ -134,8 +143,10 @@ def test_decode_dir_counts_failures_and_scores_them_as_deletions(yesno_graph, tm
     from asrhybrid.score.grid import score_decode_dir
 
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
-    scores = {"good": planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"]),
-              "bad": np.zeros((30, trans_model.num_pdfs + 1), np.float32)}
+    scores = {
+        "good": planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"]),
+        "bad": np.zeros((30, trans_model.num_pdfs + 1), np.float32),
+    }
     decode = _decode_dir(tmp_path, graph_dir, scores, DecodeConfig(acwt=1.0))
     summary = json.loads((decode / "decode.json").read_text())
     assert summary["utterances"] == 2 and summary["decoded"] == 1
@@ -169,8 +180,10 @@ def test_cuda_decoding_equals_cpu(yesno_graph):
         pytest.skip("no CUDA device, or k2 built without CUDA (make setup builds it for CPU)")
     graph_dir, lang, tree, trans_model, words, _ = yesno_graph
     graph = DecodingGraph.load(graph_dir)
-    batch = [(f"u{k}", planted_pdf_scores(lang, tree, trans_model, words, [s], seed=k, noise=0.5))
-             for k, s in enumerate(["YES NO YES", "NO NO NO YES"])]
+    batch = [
+        (f"u{k}", planted_pdf_scores(lang, tree, trans_model, words, [s], seed=k, noise=0.5))
+        for k, s in enumerate(["YES NO YES", "NO NO NO YES"])
+    ]
     cpu = decode_batch(graph, batch, DecodeConfig(acwt=1.0))
     gpu = decode_batch(graph, batch, DecodeConfig(acwt=1.0), device="cuda")
     for a, b in zip(cpu, gpu):
@@ -185,8 +198,12 @@ def test_rescoring_with_an_lm_of_unknown_words_names_them(yesno_graph, tmp_path)
     from asrhybrid.lm.train import train_lm
 
     graph_dir, lang, tree, trans_model, words, lm_dir = yesno_graph
-    decode = _decode_dir(tmp_path, graph_dir, {"u": planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"])},
-                         DecodeConfig(acwt=1.0))
+    decode = _decode_dir(
+        tmp_path,
+        graph_dir,
+        {"u": planted_pdf_scores(lang, tree, trans_model, words, ["YES NO"])},
+        DecodeConfig(acwt=1.0),
+    )
     foreign = train_lm(["YES MAYBE NO"] * 5, tmp_path / "foreign", "foreign", 2)["arpa"]
     for method in ("lattice", "nbest"):
         with pytest.raises(DataError, match="word 'MAYBE' is not in the lattices' words.txt"):

@@ -21,7 +21,9 @@ def random_lattice(rng, frames: int, width: int) -> StateLattice:
         for s in states[t]:
             for d in rng.choice(states[t + 1], size=min(2, len(states[t + 1])), replace=False):
                 word = int(rng.choice([0, 0, 1, 2, 3]))
-                arcs.append((s, int(d), word, float(rng.uniform(0, 2)), float(rng.uniform(-1, 3)), int(rng.integers(1, 50))))
+                arcs.append(
+                    (s, int(d), word, float(rng.uniform(0, 2)), float(rng.uniform(-1, 3)), int(rng.integers(1, 50)))
+                )
     final = {s: (float(rng.uniform(0, 1)), 0.0) for s in states[-1]}
     return StateLattice(1 + frames * width, arcs, final)
 
@@ -93,9 +95,16 @@ def test_max_states_keeps_the_best_path():
 
 
 def test_arcs_with_several_words_become_chains_and_finals_become_final_weights():
-    lat = arrays_to_state_lattice(3, np.array([0, 1, 2]), np.array([1, 2, 3]), [[5, 6], [], [-1]],
-                                  np.array([1.0, 2.0, 0.5]), np.array([0.25, 0.5, 0.0]), np.array([7, 8, -1]),
-                                  np.array([False, False, True]))
+    lat = arrays_to_state_lattice(
+        3,
+        np.array([0, 1, 2]),
+        np.array([1, 2, 3]),
+        [[5, 6], [], [-1]],
+        np.array([1.0, 2.0, 0.5]),
+        np.array([0.25, 0.5, 0.0]),
+        np.array([7, 8, -1]),
+        np.array([False, False, True]),
+    )
     assert lat.final == {2: (0.5, 0.0)}
     assert lat.arcs == [(0, 3, 5, 1.0, 0.25, 7), (3, 1, 6, 0.0, 0.0, 0), (1, 2, 0, 2.0, 0.5, 8)]
     lattice, _ = determinize(lat, beam=10.0)

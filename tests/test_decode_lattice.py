@@ -13,8 +13,10 @@ from asrhybrid.decode.lattice import Arc, WordLattice, read_kaldi_lattices, writ
 def test_reads_a_kaldi_compact_lattice():
     """theanolm's lattice (its test's expectations): 24 nodes and 39 links once its reader adds one end node
     linked from each final state; 4 wordless arcs from the start; 'but' costs 51.14 graph, 965.47 acoustic."""
-    words = dict(line.split()[::-1] for line in
-                 require_shared("testdata", "kaldi_formats", "theanolm_words.txt").read_text().splitlines())
+    words = dict(
+        line.split()[::-1]
+        for line in require_shared("testdata", "kaldi_formats", "theanolm_words.txt").read_text().splitlines()
+    )
     [(key, lattice)] = list(read_kaldi_lattices(require_shared("testdata", "kaldi_formats", "theanolm_lattice.lat")))
     assert key == "utterance 123"
     assert (lattice.num_states + 1, len(lattice.arcs) + len(lattice.final)) == (24, 39)
@@ -34,8 +36,9 @@ def test_kaldi_text_round_trip(tmp_path):
         for (_, a), (_, b) in zip(lattices, back):
             key = lambda arc: (arc.src, arc.dst, arc.word, round(arc.graph, 4), round(arc.acoustic, 4), arc.tids)
             assert sorted(map(key, a.arcs)) == sorted(map(key, b.arcs))
-            assert {s: (round(g, 4), round(x, 4), t) for s, (g, x, t) in a.final.items()} == \
-                   {s: (round(g, 4), round(x, 4), t) for s, (g, x, t) in b.final.items()}
+            assert {s: (round(g, 4), round(x, 4), t) for s, (g, x, t) in a.final.items()} == {
+                s: (round(g, 4), round(x, 4), t) for s, (g, x, t) in b.final.items()
+            }
     with pytest.raises(ValueError, match="no spaces"):
         write_kaldi_lattices(tmp_path / "bad", [("a b", lattices[0][1])])
 
@@ -50,8 +53,16 @@ def random_lattice(rng: random.Random, states: int = 6) -> WordLattice:
     arcs = []
     for s in range(states - 1):
         for d in rng.sample(range(s + 1, states), k=min(2, states - 1 - s)):
-            arcs.append(Arc(s, d, rng.choice([0, 1, 2, 3]), round(rng.uniform(0, 5), 3), round(rng.uniform(0, 20), 3),
-                            tuple(rng.randint(1, 9) for _ in range(rng.randint(0, 3)))))
+            arcs.append(
+                Arc(
+                    s,
+                    d,
+                    rng.choice([0, 1, 2, 3]),
+                    round(rng.uniform(0, 5), 3),
+                    round(rng.uniform(0, 20), 3),
+                    tuple(rng.randint(1, 9) for _ in range(rng.randint(0, 3))),
+                )
+            )
     final = {states - 1: (round(rng.uniform(0, 2), 3), 0.0, ()), states - 2: (1.5, 0.5, (4,))}
     return WordLattice(arcs, final)
 

@@ -70,12 +70,28 @@ def _train_dnn(tmp_path, name, num_threads, yesno_fbank_cuts):
             for cut in yesno_fbank_cuts:
                 write(cut.id, rng.integers(0, 4, cut.num_frames))
     feats = np.concatenate([c.load_features() for c in yesno_fbank_cuts])
-    cfg = TrainConfig(system="dnn", epochs=3, max_duration=10, lr=3e-3, valid_fraction=0.25, num_threads=num_threads,
-                      model={"hidden": 64, "layers": 2})
+    cfg = TrainConfig(
+        system="dnn",
+        epochs=3,
+        max_duration=10,
+        lr=3e-3,
+        valid_fraction=0.25,
+        num_threads=num_threads,
+        model={"hidden": 64, "layers": 2},
+    )
     before = torch.get_num_threads()
     try:
-        summary = train_am(cuts_path, tmp_path / "ali_pdf.ark", 4, {0}, feats.mean(0), feats.std(0) + 1e-3,
-                           tmp_path / name, cfg, device="cpu")
+        summary = train_am(
+            cuts_path,
+            tmp_path / "ali_pdf.ark",
+            4,
+            {0},
+            feats.mean(0),
+            feats.std(0) + 1e-3,
+            tmp_path / name,
+            cfg,
+            device="cpu",
+        )
     finally:
         torch.set_num_threads(before)
     assert summary["kernels"]["threads"] == str(num_threads)

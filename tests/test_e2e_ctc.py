@@ -13,8 +13,10 @@ from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, ctc_log_prob, ex
 from asrhybrid.e2e.tokens import BLANK, TokenSet
 from asrhybrid.lm.bpe import train_tokens
 
-YES_NO_ARPA = ("\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n-99\t<s>\t-0.3\n-0.2\t</s>\n-3.0\t<unk>\n"
-               "-0.05\tYES\t-0.3\n-1.0\tNO\t-0.3\n\n\\2-grams:\n-0.05\t<s> YES\n-1.2\t<s> NO\n\n\\end\\\n")
+YES_NO_ARPA = (
+    "\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n-99\t<s>\t-0.3\n-0.2\t</s>\n-3.0\t<unk>\n"
+    "-0.05\tYES\t-0.3\n-1.0\tNO\t-0.3\n\n\\2-grams:\n-0.05\t<s> YES\n-1.2\t<s> NO\n\n\\end\\\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_prefix_beam_search_without_lm_equals_exhaustive_search(yes_no_tokens, s
 def _ambiguous_yes_no(tokens: TokenSet) -> np.ndarray:
     """Four frames whose acoustics prefer "▁ N O <blk>" (NO) to "▁ Y E S" (YES), 0.55 against 0.45 a frame."""
     V = len(tokens)
-    space, = tokens.spell("NO")[:1] if tokens.pieces[tokens.spell("NO")[0]] == "\u2581" else [None]
+    (space,) = tokens.spell("NO")[:1] if tokens.pieces[tokens.spell("NO")[0]] == "\u2581" else [None]
     if space is None:  # the model folds ▁ into the first letter: not this token set
         pytest.skip("token set without a separate ▁")
     probs = np.full((4, V), 1e-4)
@@ -109,8 +111,14 @@ def test_ctc_loss_equals_k2_and_the_forward_algorithm_with_gradients():
     logits = torch.tensor(rng.normal(size=(T, V)) * 2, dtype=torch.float32, requires_grad=True)
     lp = logits.log_softmax(-1)
     ours = -ctc_log_prob(lp.detach().double().numpy(), tuple(labels))
-    torch_loss = torch.nn.functional.ctc_loss(lp[:, None], torch.tensor([labels]), torch.tensor([T]),
-                                              torch.tensor([len(labels)]), blank=BLANK, reduction="sum")
+    torch_loss = torch.nn.functional.ctc_loss(
+        lp[:, None],
+        torch.tensor([labels]),
+        torch.tensor([T]),
+        torch.tensor([len(labels)]),
+        blank=BLANK,
+        reduction="sum",
+    )
     assert float(torch_loss) == pytest.approx(ours, rel=1e-5)
     (torch_grad,) = torch.autograd.grad(torch_loss, logits)  # through log-softmax, as in training
     logits2 = logits.detach().clone().requires_grad_(True)
@@ -138,7 +146,9 @@ def test_deep_speech_strides_clips_and_sums_its_two_directions():
     # utterance 2 alone (unpadded) scores as it does in the padded batch: the backward direction starts at its end
     alone, _ = model(feats[1:, :6], lens[1:])
     torch.testing.assert_close(alone[0], out[1, :3], atol=1e-5, rtol=1e-4)
-    assert greedy_ctc(torch.log(torch.tensor([[.1, .9, 0], [.1, .9, 0], [.9, .1, 0], [.1, .9, 0]]) + 1e-9), 4) == [1, 1]
+    assert greedy_ctc(
+        torch.log(torch.tensor([[0.1, 0.9, 0], [0.1, 0.9, 0], [0.9, 0.1, 0], [0.1, 0.9, 0]]) + 1e-9), 4
+    ) == [1, 1]
 
 
 def test_deep_speech_layer_norm_keeps_units_off_the_clip_when_weights_grow():
@@ -170,17 +180,40 @@ def test_training_check_counts_empty_unknown_and_too_short_utterances(yes_no_tok
     from asrhybrid.e2e.data import TrainingCheck, ctc_frames_needed
 
     def cut(i, text, frames):
-        feats = Features(type="kaldi-fbank", num_frames=frames, num_features=23, frame_shift=0.01,
-                         sampling_rate=8000, start=0, duration=frames / 100, storage_type="lilcom_chunky",
-                         storage_path="none", storage_key="0")
-        return MonoCut(f"u{i}", 0, frames / 100, 0, features=feats,
-                       supervisions=[SupervisionSegment(f"u{i}", f"r{i}", 0, frames / 100, text=text)])
+        feats = Features(
+            type="kaldi-fbank",
+            num_frames=frames,
+            num_features=23,
+            frame_shift=0.01,
+            sampling_rate=8000,
+            start=0,
+            duration=frames / 100,
+            storage_type="lilcom_chunky",
+            storage_path="none",
+            storage_key="0",
+        )
+        return MonoCut(
+            f"u{i}",
+            0,
+            frames / 100,
+            0,
+            features=feats,
+            supervisions=[SupervisionSegment(f"u{i}", f"r{i}", 0, frames / 100, text=text)],
+        )
 
     assert ctc_frames_needed([3, 4, 4, 5]) == 5
     check = TrainingCheck(yes_no_tokens, output_frames=lambda n: (n + 1) // 2)
-    cuts = [cut(0, "YES NO", 100), cut(1, "", 100), cut(2, "YES MAYBE", 100), cut(3, "YES NO YES", 10),
-            cut(4, "NO", 100)]
+    cuts = [
+        cut(0, "YES NO", 100),
+        cut(1, "", 100),
+        cut(2, "YES MAYBE", 100),
+        cut(3, "YES NO YES", 10),
+        cut(4, "NO", 100),
+    ]
     assert check.survey(cuts) == 2
-    assert dict(check.counts) == {"empty transcript": 1, "characters outside the token set": 1,
-                                  "shorter than its labels": 1}
+    assert dict(check.counts) == {
+        "empty transcript": 1,
+        "characters outside the token set": 1,
+        "shorter than its labels": 1,
+    }
     assert "u3" in check.examples["shorter than its labels"]

@@ -59,10 +59,16 @@ def test_full_sequence_scores_equal_torch_ctc_loss():
     for label in ([2, 3, 3, 4], [6], [2, 2, 2, 5, 6, 2, 3]):
         prefix = scorer.initial()
         for token in label:
-            prefix, = scorer.extend(prefix, [token])
-        end, = scorer.extend(prefix, [SOS_EOS])
-        loss = torch.nn.functional.ctc_loss(log_probs[:, None].double(), torch.tensor([label]), torch.tensor([T]),
-                                            torch.tensor([len(label)]), blank=BLANK, reduction="sum")
+            (prefix,) = scorer.extend(prefix, [token])
+        (end,) = scorer.extend(prefix, [SOS_EOS])
+        loss = torch.nn.functional.ctc_loss(
+            log_probs[:, None].double(),
+            torch.tensor([label]),
+            torch.tensor([T]),
+            torch.tensor([len(label)]),
+            blank=BLANK,
+            reduction="sum",
+        )
         assert end.score == pytest.approx(-float(loss), rel=1e-9)
         assert end.score <= prefix.score  # a sequence is one of those its prefix starts
 

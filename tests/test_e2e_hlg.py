@@ -23,8 +23,13 @@ def _bigram_arpa() -> str:
     histories, nexts = ["<s>", *WORDS], [*WORDS, "</s>"]
     bigrams = [f"{-rng.uniform(0.1, 1.2):.3f}\t{h} {w}" for h in histories for w in nexts]
     unigrams = ["-99\t<s>\t-2.0", "-1.0\t</s>"] + [f"-1.0\t{w}\t-2.0" for w in WORDS]
-    return (f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n" + "\n".join(unigrams)
-            + "\n\n\\2-grams:\n" + "\n".join(bigrams) + "\n\n\\end\\\n")
+    return (
+        f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n"
+        + "\n".join(unigrams)
+        + "\n\n\\2-grams:\n"
+        + "\n".join(bigrams)
+        + "\n\n\\end\\\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,13 @@ def hlg_setup(tmp_path_factory):
     arpa_to_g(root / "lm.arpa", lang / "words.txt", lang / "G.fst")
     stats = make_hlg_graph(root / "tokens", lang, root / "graph")
     ids = {w: i for i, w in enumerate(symbols)}
-    return TokenSet(root / "tokens"), root / "graph", open_lm(root / "lm.arpa", {i: w for w, i in ids.items()}), ids, stats
+    return (
+        TokenSet(root / "tokens"),
+        root / "graph",
+        open_lm(root / "lm.arpa", {i: w for w, i in ids.items()}),
+        ids,
+        stats,
+    )
 
 
 def ctc_viterbi(log_probs: np.ndarray, tokens: list[int]) -> float:
@@ -98,7 +109,7 @@ def test_hlg_decoding_best_path_and_lattice_equal_brute_force(hlg_setup, seed):
     x = rng.normal(size=(12, len(tokens))) * 2.0
     log_probs = x - np.logaddexp.reduce(x, axis=1, keepdims=True)
     cfg = DecodeConfig(acwt=0.1, search_beam=40, output_beam=20, lattice_beam=4.0)
-    hyp, = decode_batch(graph, [("u", log_probs / cfg.acwt)], cfg)  # the search sees the log-posteriors at scale 1
+    (hyp,) = decode_batch(graph, [("u", log_probs / cfg.acwt)], cfg)  # the search sees the log-posteriors at scale 1
     costs = brute_force(log_probs, tokens, lm, ids)
     best_words = min(costs, key=costs.get)
     assert [graph.words[w] for w in hyp.words] == list(best_words)
@@ -107,8 +118,10 @@ def test_hlg_decoding_best_path_and_lattice_equal_brute_force(hlg_setup, seed):
     assert len(hyp.tids) == len(log_probs) and all(1 <= t <= len(tokens) for t in hyp.tids)
     # the lattice: each word sequence within the lattice beam, with its best cost (its acoustic costs are the
     # search's divided by acwt)
-    paths = {tuple(graph.words[w] for w in p.words): p.graph + cfg.acwt * p.acoustic
-             for p in hyp.lattice.nbest(500, lmwt=1 / cfg.acwt)}
+    paths = {
+        tuple(graph.words[w] for w in p.words): p.graph + cfg.acwt * p.acoustic
+        for p in hyp.lattice.nbest(500, lmwt=1 / cfg.acwt)
+    }
     within = {w: c for w, c in costs.items() if c <= costs[best_words] + cfg.lattice_beam - 1e-3}
     assert set(within) <= set(paths)
     for words, cost in paths.items():

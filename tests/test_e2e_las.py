@@ -16,7 +16,10 @@ def test_pyramid_halves_time_three_times():
     torch.manual_seed(0)
     listener = Listener(23, hidden=16, pyramid=3)
     enc, lens = listener(torch.randn(2, 50, 23), torch.tensor([50, 21]))
-    assert enc.shape == (2, 7, 32) and lens.tolist() == [7, 3] == [listener.output_frames(50), listener.output_frames(21)]
+    assert enc.shape == (2, 7, 32) and lens.tolist() == [7, 3] == [
+        listener.output_frames(50),
+        listener.output_frames(21),
+    ]
 
 
 def test_attention_weights_sum_to_one_and_skip_padding():
@@ -24,10 +27,11 @@ def test_attention_weights_sum_to_one_and_skip_padding():
     model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8).eval()
     enc, enc_lens, mask = model.encode(torch.randn(2, 40, 23), torch.tensor([40, 17]))
     keys = model.attention.keys(enc)
-    lp, context, state, weights = model.step(torch.tensor([SOS_EOS, SOS_EOS]), enc.new_zeros(2, enc.shape[-1]), None,
-                                             enc, keys, mask)
+    lp, context, state, weights = model.step(
+        torch.tensor([SOS_EOS, SOS_EOS]), enc.new_zeros(2, enc.shape[-1]), None, enc, keys, mask
+    )
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
-    assert float(weights[1, int(enc_lens[1]):].abs().sum()) == 0.0 and lp.shape == (2, 9)
+    assert float(weights[1, int(enc_lens[1]) :].abs().sum()) == 0.0 and lp.shape == (2, 9)
     assert torch.isinf(lp[:, 0]).all()  # blank is never spelled
 
 
@@ -72,10 +76,14 @@ def yesno_training_batch(tmp_path_factory):
     out = tmp_path_factory.mktemp("yesno_e2e")
     recordings = RecordingSet.from_recordings(list(RecordingSet.from_dir(yesno, "*.wav"))[:4])
     text = {r.id: " ".join("YES" if c == "1" else "NO" for c in r.id.split("_")) for r in recordings}
-    supervisions = SupervisionSet.from_segments(SupervisionSegment(r.id, r.id, 0.0, r.duration, text=text[r.id],
-                                                                   speaker="s") for r in recordings)
-    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions).to_eager().compute_and_store_features(
-        KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), out / "feats")
+    supervisions = SupervisionSet.from_segments(
+        SupervisionSegment(r.id, r.id, 0.0, r.duration, text=text[r.id], speaker="s") for r in recordings
+    )
+    cuts = (
+        CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+        .to_eager()
+        .compute_and_store_features(KaldiFbank(KaldiFbankConfig(sampling_rate=8000, num_mel_bins=23)), out / "feats")
+    )
     train_tokens(list(text.values()), out / "tokens", vocab_size=9, model_type="char")
     tokens = TokenSet(out / "tokens")
     normalizer = FeatureNormalizer.for_cuts("utterance", np.zeros(23), np.full(23, 3.0), cuts)
@@ -83,14 +91,27 @@ def yesno_training_batch(tmp_path_factory):
     return batch, tokens, cuts, normalizer
 
 
-@pytest.mark.parametrize("system,options", [
-    ("ctc", {"hidden": 64}),
-    ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32}),
-    ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.0}),
-    ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32, "ctc_scale": 0.2}),
-    ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.3,
-             "attention": "location", "label_smoothing": 0.1}),
-])
+@pytest.mark.parametrize(
+    "system,options",
+    [
+        ("ctc", {"hidden": 64}),
+        ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32}),
+        ("las", {"listener_hidden": 32, "speller_hidden": 32, "embed_dim": 16, "attention_dim": 16, "ctc_weight": 0.0}),
+        ("rnnt", {"channels": 32, "blocks": 4, "layers": 1, "pred_dim": 32, "joint_dim": 32, "ctc_scale": 0.2}),
+        (
+            "las",
+            {
+                "listener_hidden": 32,
+                "speller_hidden": 32,
+                "embed_dim": 16,
+                "attention_dim": 16,
+                "ctc_weight": 0.3,
+                "attention": "location",
+                "label_smoothing": 0.1,
+            },
+        ),
+    ],
+)
 def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_training_batch, system, options):
     """The loss falls, and for a system with a CTC head, each of its terms (reported apart) falls too."""
     from conftest import require_k2
@@ -114,22 +135,28 @@ def test_each_system_trains_a_few_steps_on_yesno_with_falling_loss(yesno_trainin
         optimizer.step()
         optimizer.zero_grad()
         for name in ("loss", *objective.loss_parts):
-            curves.setdefault(name, []).append((float(loss.detach()) if name == "loss" else stats[name]) / stats["count"])
+            curves.setdefault(name, []).append(
+                (float(loss.detach()) if name == "loss" else stats[name]) / stats["count"]
+            )
     for name, losses in curves.items():  # the total by 10% or more, each term by 5% (LAS's attention term: 8.7%)
         fall = 0.9 if name == "loss" else 0.95
-        assert np.isfinite(losses).all() and losses[-1] < fall * losses[0] and losses[-1] < min(losses[:3]), (name, losses)
+        assert np.isfinite(losses).all() and losses[-1] < fall * losses[0] and losses[-1] < min(losses[:3]), (
+            name,
+            losses,
+        )
 
 
 def test_location_aware_attention_reads_the_previous_weights_and_skips_padding():
     torch.manual_seed(0)
-    model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8,
-                attention="location").eval()
+    model = LAS(
+        23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8, attention="location"
+    ).eval()
     with torch.no_grad():
         enc, enc_lens, mask = model.encode(torch.randn(2, 40, 23), torch.tensor([40, 17]))
         keys, start = model.attention.keys(enc), torch.tensor([SOS_EOS, SOS_EOS])
         _, _, _, first = model.step(start, enc.new_zeros(2, enc.shape[-1]), None, enc, keys, mask)
         torch.testing.assert_close(first.sum(-1), torch.ones(2))
-        assert float(first[1, int(enc_lens[1]):].abs().sum()) == 0.0
+        assert float(first[1, int(enc_lens[1]) :].abs().sum()) == 0.0
         peaked = torch.zeros_like(first)
         peaked[:, 0] = 1.0
         _, _, _, moved = model.step(start, enc.new_zeros(2, enc.shape[-1]), None, enc, keys, mask, peaked)
@@ -146,8 +173,9 @@ def test_joint_beam_search_finds_the_best_joint_score_of_every_sequence():
 
     torch.manual_seed(4)
     V, lam = 5, 0.4
-    model = LAS(23, V, listener_hidden=8, pyramid=2, speller_hidden=8, embed_dim=4, attention_dim=4,
-                ctc_weight=lam).eval()
+    model = LAS(
+        23, V, listener_hidden=8, pyramid=2, speller_hidden=8, embed_dim=4, attention_dim=4, ctc_weight=lam
+    ).eval()
     with torch.no_grad():
         enc, n, _ = model.encode(torch.randn(1, 16, 23), torch.tensor([16]))
         enc = enc[0, : int(n[0])]
@@ -163,8 +191,16 @@ def test_joint_beam_search_finds_the_best_joint_score_of_every_sequence():
             if not y:
                 ctc = float(ctc_lp[:, 0].sum())
             else:
-                ctc = -float(torch.nn.functional.ctc_loss(ctc_lp[:, None].double(), torch.tensor([y]), torch.tensor([4]),
-                                                          torch.tensor([len(y)]), blank=0, reduction="sum"))
+                ctc = -float(
+                    torch.nn.functional.ctc_loss(
+                        ctc_lp[:, None].double(),
+                        torch.tensor([y]),
+                        torch.tensor([4]),
+                        torch.tensor([len(y)]),
+                        blank=0,
+                        reduction="sum",
+                    )
+                )
             return (1 - lam) * att + lam * ctc
 
         every = {y: joint(y) for k in range(4) for y in itertools.product(range(2, V), repeat=k)}
@@ -172,13 +208,24 @@ def test_joint_beam_search_finds_the_best_joint_score_of_every_sequence():
         found = model.beam_search(enc, beam=27, ctc_weight=lam)
         assert tuple(found[0][0]) == best and found[0][1] == pytest.approx(every[best], abs=1e-4)
         assert model.beam_search(enc, beam=27, nbest=3, ctc_weight=lam)[2][1] == pytest.approx(
-            sorted(every.values())[-3], abs=1e-4)
+            sorted(every.values())[-3], abs=1e-4
+        )
 
 
 def test_las_with_a_ctc_head_and_label_smoothing_trains_both_heads():
     torch.manual_seed(0)
-    model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8,
-                ctc_weight=0.3, label_smoothing=0.1, attention="location")
+    model = LAS(
+        23,
+        9,
+        listener_hidden=16,
+        pyramid=2,
+        speller_hidden=16,
+        embed_dim=8,
+        attention_dim=8,
+        ctc_weight=0.3,
+        label_smoothing=0.1,
+        attention="location",
+    )
     loss, count, parts = model.loss(torch.randn(2, 40, 23), torch.tensor([40, 30]), [[3, 4, 4], [5]])
     assert count == 6 and torch.isfinite(loss)
     assert model.loss_parts == ("att", "ctc")
@@ -221,8 +268,16 @@ def test_attention_images_show_each_greedy_step_over_the_listener_frames(yesno_t
 
     batch, tokens, cuts, normalizer = yesno_training_batch
     torch.manual_seed(0)
-    model = LAS(23, len(tokens), listener_hidden=16, speller_hidden=16, embed_dim=8, attention_dim=8,
-                attention="location", ctc_weight=0.3)
+    model = LAS(
+        23,
+        len(tokens),
+        listener_hidden=16,
+        speller_hidden=16,
+        embed_dim=8,
+        attention_dim=8,
+        attention="location",
+        ctc_weight=0.3,
+    )
 
     def batches(cuts, generator, rank, world, epoch=0):
         return e2e_batches(cuts, tokens, normalizer, 100.0, generator, rank=rank, world=world)
@@ -254,7 +309,15 @@ def test_a_las_trained_before_the_joint_default_loads_as_the_papers(tmp_path):
         model = LAS(23, 9, ctc_weight=weight, **small)
         exp = tmp_path / str(weight)
         exp.mkdir()
-        torch.save({"model": model.state_dict(), "config": asdict(E2EConfig(system="las", model=small)),
-                    "num_tokens": 9, "feat_mean": np.zeros(23), "feat_std": np.ones(23)}, exp / "final.pt")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "config": asdict(E2EConfig(system="las", model=small)),
+                "num_tokens": 9,
+                "feat_mean": np.zeros(23),
+                "feat_std": np.ones(23),
+            },
+            exp / "final.pt",
+        )
         loaded, _ = load_e2e(exp)
         assert (loaded.ctc is not None) == head and loaded.ctc_weight == weight

@@ -51,7 +51,8 @@ def test_padding_does_not_reach_the_real_frames():
 
 def test_a_stacked_or_one_way_layer_is_refused():
     with pytest.raises(ValueError, match="one-layer, bidirectional"):
-        bidirectional(nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True), torch.zeros(1, 2, 3),
-                      torch.tensor([2]))
+        bidirectional(
+            nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True), torch.zeros(1, 2, 3), torch.tensor([2])
+        )
     with pytest.raises(ValueError, match="one-layer, bidirectional"):
         bidirectional(nn.LSTM(3, 4, batch_first=True), torch.zeros(1, 2, 3), torch.tensor([2]))

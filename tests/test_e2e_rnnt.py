@@ -46,15 +46,19 @@ def test_k2_full_rnnt_loss_and_gradient_equal_the_brute_force_sum(T, labels):
     V, U = 4, len(labels)
     logits = torch.randn(T, U + 1, V, dtype=torch.float64, requires_grad=True)
     reference = -_torch_brute_force(logits, labels)
-    assert float(reference.detach()) == pytest.approx(-brute_force_rnnt_log_prob(logits.detach().log_softmax(-1).numpy(), labels))
+    assert float(reference.detach()) == pytest.approx(
+        -brute_force_rnnt_log_prob(logits.detach().log_softmax(-1).numpy(), labels)
+    )
     boundary = torch.tensor([[0, 0, U, T]])
     loss = k2.rnnt_loss(logits[None], torch.tensor([labels]), BLANK, boundary, reduction="sum")
     assert float(loss) == pytest.approx(float(reference), rel=1e-9)
     (grad,) = torch.autograd.grad(loss, logits)
     (ref_grad,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(grad, ref_grad, atol=1e-9, rtol=1e-7)
-    assert torch.autograd.gradcheck(lambda x: k2.rnnt_loss(x[None], torch.tensor([labels]), BLANK, boundary,
-                                                           reduction="sum"), (logits.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda x: k2.rnnt_loss(x[None], torch.tensor([labels]), BLANK, boundary, reduction="sum"),
+        (logits.detach().requires_grad_(),),
+    )
 
 
 def test_pruned_loss_over_every_label_equals_the_full_loss_and_narrower_ranges_bound_it():
@@ -73,10 +77,15 @@ def test_pruned_loss_over_every_label_equals_the_full_loss_and_narrower_ranges_b
         return out(torch.tanh(a + b))
 
     full = k2.rnnt_loss(joint(am[:, :, None], lm[:, None]), symbols, BLANK, boundary, reduction="sum")
-    _, (px_grad, py_grad) = k2.rnnt_loss_smoothed(lm=lm @ torch.randn(D, V, dtype=torch.float64),
-                                                  am=am @ torch.randn(D, V, dtype=torch.float64), symbols=symbols,
-                                                  termination_symbol=BLANK, boundary=boundary, reduction="sum",
-                                                  return_grad=True)
+    _, (px_grad, py_grad) = k2.rnnt_loss_smoothed(
+        lm=lm @ torch.randn(D, V, dtype=torch.float64),
+        am=am @ torch.randn(D, V, dtype=torch.float64),
+        symbols=symbols,
+        termination_symbol=BLANK,
+        boundary=boundary,
+        reduction="sum",
+        return_grad=True,
+    )
     ranges = k2.get_rnnt_prune_ranges(px_grad, py_grad, boundary, U + 1)
     am_p, lm_p = k2.do_rnnt_pruning(am=am, lm=lm, ranges=ranges)
     pruned = k2.rnnt_loss_pruned(joint(am_p, lm_p), symbols, ranges, BLANK, boundary, reduction="sum")
@@ -87,7 +96,10 @@ def test_pruned_loss_over_every_label_equals_the_full_loss_and_narrower_ranges_b
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
     narrow = k2.get_rnnt_prune_ranges(px_grad, py_grad, boundary, 2)
     am_n, lm_n = k2.do_rnnt_pruning(am=am, lm=lm, ranges=narrow)
-    assert float(k2.rnnt_loss_pruned(joint(am_n, lm_n), symbols, narrow, BLANK, boundary, reduction="sum")) >= float(full) - 1e-9
+    assert (
+        float(k2.rnnt_loss_pruned(joint(am_n, lm_n), symbols, narrow, BLANK, boundary, reduction="sum"))
+        >= float(full) - 1e-9
+    )
 
 
 def test_contextnet_downsamples_8x_and_its_excitation_ignores_padding():
@@ -98,7 +110,9 @@ def test_contextnet_downsamples_8x_and_its_excitation_ignores_padding():
     enc, enc_lens = net(feats, lens)
     assert enc.shape == (2, 7, 16) and enc_lens.tolist() == [net.output_frames(50), net.output_frames(21)] == [7, 3]
     wide = ContextNet(23, channels=16, blocks=7, layers=2, alpha=2.0)
-    assert wide.output_dim == 32 and sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in net.parameters())
+    assert wide.output_dim == 32 and sum(p.numel() for p in wide.parameters()) > 2 * sum(
+        p.numel() for p in net.parameters()
+    )
 
 
 def test_rnnt_model_losses_agree_and_beam_of_one_is_greedy():
@@ -170,7 +184,7 @@ def test_rnnt_ctc_head_adds_its_share_of_the_ctc_loss():
             scorer = CtcPrefixScorer(torch.log_softmax(model.ctc(e[:frames]), dim=-1))
             prefix = scorer.initial()
             for token in y:
-                prefix, = scorer.extend(prefix, [token])
+                (prefix,) = scorer.extend(prefix, [token])
             ctc -= scorer.extend(prefix, [SOS_EOS])[0].score
         again, _, again_parts = model.loss(feats, lens, labels)  # eval mode too: batch norm's running statistics
     assert float(again) == pytest.approx(float(transducer) + 0.2 * ctc, rel=1e-4)

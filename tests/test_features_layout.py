@@ -16,8 +16,19 @@ def test_stage_one_writes_what_the_feature_set_names(tmp_path):
     wavs.mkdir()
     utts = [(f"s-{i}", "s", f"WORD {i}", write_wav(wavs / f"{i}.wav", seconds=0.5, seed=i)) for i in range(3)]
     corpus = make_kaldi_dir(tmp_path / "corpus", utts)
-    run_verb(["prepare-data", str(corpus), str(tmp_path / "m"), "--corpus", "t", "--preparer", "kaldi",
-              "--sample-rate", "16000"])
+    run_verb(
+        [
+            "prepare-data",
+            str(corpus),
+            str(tmp_path / "m"),
+            "--corpus",
+            "t",
+            "--preparer",
+            "kaldi",
+            "--sample-rate",
+            "16000",
+        ]
+    )
     fbank = tmp_path / "f"
     run_verb(["compute-fbank", str(tmp_path / "m"), str(fbank), "--corpus", "t", "--opt", "num_mel_bins=40"])
 

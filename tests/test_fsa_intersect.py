@@ -20,7 +20,9 @@ def random_fsa(rng, num_states=4, num_labels=3) -> Fsa:
     arcs = []
     for s in range(num_states):
         for _ in range(int(rng.integers(1, 4))):
-            arcs.append((s, int(rng.integers(0, num_states)), int(rng.integers(1, num_labels + 1)), float(rng.normal())))
+            arcs.append(
+                (s, int(rng.integers(0, num_states)), int(rng.integers(1, num_labels + 1)), float(rng.normal()))
+            )
         if s + 1 < num_states and rng.uniform() < 0.4:
             arcs.append((s, s + 1 + int(rng.integers(0, num_states - s - 1)), 0, float(rng.normal())))
         if rng.uniform() < 0.5 or s == num_states - 1:
@@ -65,7 +67,9 @@ def test_totals_and_best_paths_equal_brute_force(device):
     for _ in range(25):
         fsas = [random_fsa(rng) for _ in range(4)]
         lengths = [3, 2, 4, 1]
-        log_probs = torch.randn(4, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30))))
+        log_probs = torch.randn(
+            4, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+        )
         dense = DenseFsaVec(log_probs.to(device), torch.tensor(lengths), LABEL_TO_COLUMN)
         vec = FsaVec.from_fsas(fsas, device)
         totals = get_tot_scores(vec, dense).cpu()
@@ -82,8 +86,10 @@ def test_totals_and_best_paths_equal_brute_force(device):
             assert from_backward[b].item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
             assert best.scores[b].item() == pytest.approx(max(scores), rel=1e-9, abs=1e-9)
             # the labels read back are those of a path with the best score
-            assert any(labels == tuple(best.labels[b]) and score == pytest.approx(max(scores), rel=1e-9)
-                       for score, labels in paths)
+            assert any(
+                labels == tuple(best.labels[b]) and score == pytest.approx(max(scores), rel=1e-9)
+                for score, labels in paths
+            )
             checked += 1
     assert checked > 60
 
@@ -91,8 +97,18 @@ def test_totals_and_best_paths_equal_brute_force(device):
 def test_epsilon_chains_and_unequal_lengths():
     """Epsilon paths several arcs deep inside a frame, and utterances that end while others run on."""
     # 0 -a-> 1 -eps-> 2 -eps-> 3 -eps-> 4 -b-> 5 -> final; and a direct 1 -b-> 5 that is worse
-    fsa = Fsa.from_arcs([(0, 1, 1, 0.0), (1, 2, 0, -0.1), (2, 3, 0, -0.1), (3, 4, 0, -0.1), (4, 5, 2, 0.0),
-                         (1, 5, 2, -1.0), (5, 6, -1, 0.0)], 7)
+    fsa = Fsa.from_arcs(
+        [
+            (0, 1, 1, 0.0),
+            (1, 2, 0, -0.1),
+            (2, 3, 0, -0.1),
+            (3, 4, 0, -0.1),
+            (4, 5, 2, 0.0),
+            (1, 5, 2, -1.0),
+            (5, 6, -1, 0.0),
+        ],
+        7,
+    )
     short = Fsa.from_arcs([(0, 1, 3, 0.5), (1, 2, -1, 0.0)], 3)
     vec = FsaVec.from_fsas([short, fsa, short])
     log_probs = torch.zeros(3, 5, 3, dtype=torch.float64)
@@ -159,8 +175,10 @@ def yesno_training_graphs(tmp_path_factory):
     compiler = GraphCompiler(lang, tree, trans_model)
     rng = np.random.default_rng(0)
     graphs = [compiler.compile(" ".join(rng.choice(["YES", "NO"], 8))) for _ in range(100)]
-    scores = [(3 * rng.standard_normal((int(rng.integers(120, 300)), trans_model.num_pdfs))).astype(np.float32)
-              for _ in graphs]
+    scores = [
+        (3 * rng.standard_normal((int(rng.integers(120, 300)), trans_model.num_pdfs))).astype(np.float32)
+        for _ in graphs
+    ]
     return np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64), graphs, scores
 
 
@@ -187,7 +205,10 @@ def test_binary_reader_equals_arc_iterator(yesno_training_graphs):
     fst.input_symbols = table
     fsa = from_kaldi(fst)
     assert list(zip(fsa.src.tolist(), fsa.dst.tolist(), fsa.label.tolist(), fsa.score.tolist())) == [
-        (0, 1, 4, -0.25), (1, 2, 5, -1.5), (2, 3, -1, -0.5)]
+        (0, 1, 4, -0.25),
+        (1, 2, 5, -1.5),
+        (2, 3, -1, -0.5),
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -258,8 +279,13 @@ def test_ctc_through_the_fsa_engine_equals_torch_ctc_loss(device):
     (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
 
     reference = torch.nn.functional.ctc_loss(
-        logits.log_softmax(-1).transpose(0, 1), torch.tensor([x for t in targets for x in t]), lengths,
-        torch.tensor([len(t) for t in targets]), blank=0, reduction="none")
+        logits.log_softmax(-1).transpose(0, 1),
+        torch.tensor([x for t in targets for x in t]),
+        lengths,
+        torch.tensor([len(t) for t in targets]),
+        blank=0,
+        reduction="none",
+    )
     (grad_ref,) = torch.autograd.grad(reference.sum(), logits)
     np.testing.assert_allclose(ours.detach().numpy(), reference.detach().numpy(), rtol=1e-9)
     np.testing.assert_allclose(grad_ours.numpy(), grad_ref.numpy(), atol=1e-9)

@@ -38,8 +38,10 @@ def test_k2_best_paths_equal_brute_force():
             top = max(score for score, _ in paths)
             assert best.scores[b].item() == pytest.approx(top, rel=1e-5, abs=1e-5)
             assert tropical[b].item() == pytest.approx(top, rel=1e-5, abs=1e-5)
-            assert any(labels == tuple(best.labels[b]) and score == pytest.approx(top, rel=1e-5, abs=1e-5)
-                       for score, labels in paths)
+            assert any(
+                labels == tuple(best.labels[b]) and score == pytest.approx(top, rel=1e-5, abs=1e-5)
+                for score, labels in paths
+            )
             checked += 1
     assert checked > 60
 
@@ -81,9 +83,15 @@ def engines_agree(fsas: list[Fsa], scores: list[np.ndarray], tid_to_pdf: np.ndar
         totals = get_tot_scores(fsas, dense, engine=engine)
         (grad,) = torch.autograd.grad(totals.sum(), log_probs)
         _, posteriors, emit = arc_posteriors(fsas, dense, engine)
-        out[engine] = {"best": best, "totals": totals.detach(), "grad": grad, "posteriors": posteriors, "emit": emit,
-                       "tropical": get_tot_scores(fsas, dense, log_semiring=False, engine=engine).detach(),
-                       "states": state_posteriors(fsas, dense, engine)}
+        out[engine] = {
+            "best": best,
+            "totals": totals.detach(),
+            "grad": grad,
+            "posteriors": posteriors,
+            "emit": emit,
+            "tropical": get_tot_scores(fsas, dense, log_semiring=False, engine=engine).detach(),
+            "states": state_posteriors(fsas, dense, engine),
+        }
     a, b = out["k2"], out["torch"]
     np.testing.assert_allclose(a["best"].scores.numpy(), b["best"].scores.numpy(), rtol=1e-4)
     np.testing.assert_allclose(a["tropical"].numpy(), b["best"].scores.numpy(), rtol=1e-4)
@@ -117,8 +125,10 @@ def test_align_backends_k2_torch_kaldi(yesno_training_graphs):  # noqa: F811
     from asrhybrid.align.graphs import align
 
     tid_to_pdf, graphs, scores = yesno_training_graphs
-    results = {b: align(graphs[:30], scores[:30], tid_to_pdf, backend=b, device="cpu", beam=200.0, retry_beam=0.0)
-               for b in ("kaldi", "k2", "torch")}
+    results = {
+        b: align(graphs[:30], scores[:30], tid_to_pdf, backend=b, device="cpu", beam=200.0, retry_beam=0.0)
+        for b in ("kaldi", "k2", "torch")
+    }
     for b in ("k2", "torch"):
         for (tids, score), (kaldi_tids, kaldi_score) in zip(results[b], results["kaldi"]):
             assert score == pytest.approx(kaldi_score, rel=1e-4)
@@ -140,16 +150,26 @@ def test_ctc_k2_torch_and_the_fsa_engines_agree():
         (g,) = torch.autograd.grad(loss.sum(), logits)
         return loss.detach().double().numpy(), g.numpy()
 
-    reference = grad_of(torch.nn.functional.ctc_loss(
-        logits.log_softmax(-1).transpose(0, 1), torch.tensor([x for t in targets for x in t]), lengths,
-        torch.tensor([len(t) for t in targets]), blank=0, reduction="none"))
+    reference = grad_of(
+        torch.nn.functional.ctc_loss(
+            logits.log_softmax(-1).transpose(0, 1),
+            torch.tensor([x for t in targets for x in t]),
+            lengths,
+            torch.tensor([len(t) for t in targets]),
+            blank=0,
+            reduction="none",
+        )
+    )
+
     def dense():
         return DenseFsaVec(logits.log_softmax(-1), lengths, torch.arange(-1, 5).clamp(min=0))
 
     graphs = [ctc_graph(t) for t in targets]
-    for value, grad in (grad_of(ctc_loss(logits.log_softmax(-1), targets, lengths)),
-                        grad_of(-get_tot_scores(graphs, dense(), engine="k2")),
-                        grad_of(-get_tot_scores(graphs, dense(), engine="torch"))):
+    for value, grad in (
+        grad_of(ctc_loss(logits.log_softmax(-1), targets, lengths)),
+        grad_of(-get_tot_scores(graphs, dense(), engine="k2")),
+        grad_of(-get_tot_scores(graphs, dense(), engine="torch")),
+    ):
         np.testing.assert_allclose(value, reference[0], rtol=1e-5)
         np.testing.assert_allclose(grad, reference[1], atol=1e-5)
 
@@ -162,6 +182,7 @@ def test_unknown_engine_is_refused():
 
 
 # --- the bridge to decoding: HCLG through k2.intersect_dense_pruned ---
+
 
 def decode_planted_with_k2(graph_dir, lang, tree, trans_model, sentences):
     """Planted per-frame scores (one path's transition ids at 0, the rest -20) decoded over HCLG with k2."""

@@ -56,9 +56,13 @@ def test_k2_imports_beside_the_kaldi_wrappers_kaldifeat_and_lhotse():
     from conftest import require_k2
 
     require_k2()
-    for order in (["k2", "asrhybrid.kaldi_wrappers", "kaldifeat", "lhotse"], ["lhotse", "kaldifeat", "asrhybrid.kaldi_wrappers", "k2"]):
-        out = subprocess.run([sys.executable, "-c", K2_PROBE.format(order=order)], capture_output=True, text=True,
-                             timeout=120)
+    for order in (
+        ["k2", "asrhybrid.kaldi_wrappers", "kaldifeat", "lhotse"],
+        ["lhotse", "kaldifeat", "asrhybrid.kaldi_wrappers", "k2"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", K2_PROBE.format(order=order)], capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         with_cuda, total = out.stdout.split()
         assert with_cuda in ("True", "False") and float(total) == 0.5

@@ -19,8 +19,13 @@ def arpa_dir():
 
 
 KENLM_CONTINUATION = [  # kenlm lm/model_test.cc: (word, log10 prob, n-gram length)
-    ("looking", -0.484652, 2), ("on", -0.348837, 3), ("a", -0.0155266, 4), ("little", -0.00306122, 5),
-    ("the", -4.04005, 1), ("biarritz", -1.9889, 1), ("not_found", -2.29666, 1),
+    ("looking", -0.484652, 2),
+    ("on", -0.348837, 3),
+    ("a", -0.0155266, 4),
+    ("little", -0.00306122, 5),
+    ("the", -4.04005, 1),
+    ("biarritz", -1.9889, 1),
+    ("not_found", -2.29666, 1),
 ]
 
 
@@ -151,7 +156,7 @@ def test_unigram_perplexity_equals_kenlms_query(tmp_path):
     summary = train_lm(["YES NO YES", "NO NO YES", "YES YES"], tmp_path, "ug", 1, dev_lines=["YES NO", "NO NO YES"])
     lines = Path(summary["arpa"]).read_text().splitlines()
     unigrams = {}
-    for line in lines[lines.index("\\1-grams:") + 1:]:
+    for line in lines[lines.index("\\1-grams:") + 1 :]:
         if not line.strip():
             break
         prob, word = line.split()[:2]

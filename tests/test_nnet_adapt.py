@@ -109,17 +109,22 @@ def _first_pass(model: torch.nn.Module, cuts, normalizer, shift: int) -> dict[st
 
 
 @pytest.mark.parametrize("system", ["dnn", "lstmp"])
-def test_adaptation_fits_each_speakers_first_pass_and_round_trips_through_final_pt(system, yesno_fbank_cuts,
-                                                                                  tmp_path):
+def test_adaptation_fits_each_speakers_first_pass_and_round_trips_through_final_pt(system, yesno_fbank_cuts, tmp_path):
     cuts = yesno_fbank_cuts
     normalizer = FeatureNormalizer("global", np.zeros(23, np.float32), np.ones(23, np.float32) * 5.0)
     base = _model(system)
     with torch.no_grad():
         lhuc_layers(base)[-1].weight.mul_(5.0)  # the output layer: posteriors as peaked as a trained model's
     targets = _first_pass(base, cuts, normalizer, shift=1)
-    trained = TrainedSystem(AM, {"system": system, "model": MODELS[system], "cmvn": "global"}, base.state_dict(),
-                            np.zeros(23, np.float32), np.ones(23, np.float32) * 5.0, NUM_PDFS,
-                            np.full(NUM_PDFS, -np.log(NUM_PDFS)))
+    trained = TrainedSystem(
+        AM,
+        {"system": system, "model": MODELS[system], "cmvn": "global"},
+        base.state_dict(),
+        np.zeros(23, np.float32),
+        np.ones(23, np.float32) * 5.0,
+        NUM_PDFS,
+        np.full(NUM_PDFS, -np.log(NUM_PDFS)),
+    )
     adapted, report = adapt_speakers(base, trained.feat_dim, cuts, targets, normalizer, AdaptConfig(epochs=15, lr=0.05))
     assert sorted(report["speakers"]) == ["a", "b"]
     for r in report["speakers"].values():
@@ -147,8 +152,9 @@ def test_a_first_pass_of_other_features_is_named(yesno_fbank_cuts):
         adapt_speakers(_model("dnn"), 23, cuts, {}, normalizer, AdaptConfig(epochs=1))
 
 
-@pytest.mark.parametrize("options, message", [({"transforms": ["fmllr"]}, "transforms"), ({"epochs": 0}, "epochs"),
-                                              ({"lr": -1.0}, "lr")])
+@pytest.mark.parametrize(
+    "options, message", [({"transforms": ["fmllr"]}, "transforms"), ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr")]
+)
 def test_bad_adaptation_options_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
         AdaptConfig(**options)

@@ -42,7 +42,7 @@ def test_vtlp_warp_approaches_kaldis_vtln_filterbank(yesno_dir, alpha):
 def test_vtlp_factor_one_is_the_identity_and_a_peak_moves_to_f_over_alpha():
     rate, bins = 16000, 40
     centers = mel_centers(bins, rate)
-    feats = np.tile(-((centers - mel(1000.0)) / 40.0) ** 2, (3, 1))  # a smooth peak at 1 kHz
+    feats = np.tile(-(((centers - mel(1000.0)) / 40.0) ** 2), (3, 1))  # a smooth peak at 1 kHz
     np.testing.assert_allclose(warp_log_mel(feats, 1.0, rate), feats, atol=1e-9)
     warped = warp_log_mel(feats, 1.1, rate)
     peak_hz = 700 * np.expm1(centers[warped[0].argmax()] / 1127)
@@ -84,8 +84,9 @@ def test_training_batches_are_augmented_reproducibly_and_keep_their_targets(yesn
     normalizer = FeatureNormalizer.for_cuts("speaker", np.zeros(23), np.ones(23), cuts)
 
     def batches(augmentation, seed):
-        out = list(_batches(cuts, targets, normalizer, 100.0, torch.Generator().manual_seed(seed),
-                            augmentation=augmentation))
+        out = list(
+            _batches(cuts, targets, normalizer, 100.0, torch.Generator().manual_seed(seed), augmentation=augmentation)
+        )
         return torch.cat([x.flatten() for x, _ in out]), torch.cat([y.flatten() for _, y in out])
 
     aug = Augmentation(vtlp=0.1, freq_masks=1, freq_mask_width=3, time_masks=1, time_mask_width=5)
@@ -121,8 +122,9 @@ def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
     noise = WaveformPerturbation([], config, [10.0, 10.0])
 
     def per_utterance(perturbation, seed):
-        out = list(_batches(cuts, targets, normalizer, 1.0, torch.Generator().manual_seed(seed),
-                            perturbation=perturbation))  # 1 s a batch: one utterance each
+        out = list(
+            _batches(cuts, targets, normalizer, 1.0, torch.Generator().manual_seed(seed), perturbation=perturbation)
+        )  # 1 s a batch: one utterance each
         return [(x[0], y[0]) for x, y in out]
 
     plain, noisy, again = per_utterance(None, 0), per_utterance(noise, 0), per_utterance(noise, 0)

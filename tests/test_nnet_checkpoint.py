@@ -21,8 +21,15 @@ def _am(tmp_path):
     cfg = TrainConfig(system="dnn", model={"context": 1, "hidden": 16, "layers": 1}, cmvn="global")
     model = build_model("dnn", DIM, PDFS, cfg.model)
     prior = np.log(np.arange(1, PDFS + 1) / np.arange(1, PDFS + 1).sum())
-    trained = TrainedSystem(AM, asdict(cfg), cpu_weights(model), np.arange(DIM, dtype=np.float32),
-                            np.full(DIM, 2.0, np.float32), PDFS, prior)
+    trained = TrainedSystem(
+        AM,
+        asdict(cfg),
+        cpu_weights(model),
+        np.arange(DIM, dtype=np.float32),
+        np.full(DIM, 2.0, np.float32),
+        PDFS,
+        prior,
+    )
     return model, trained
 
 
@@ -56,8 +63,16 @@ def test_the_file_keeps_the_layout_older_readers_know(tmp_path):
 def test_an_e2e_system_written_as_a_plain_dict_reads_back(tmp_path):
     cfg = E2EConfig(system="ctc", model={"hidden": 8, "context": 0, "stride": 1})
     model = build_e2e_model("ctc", DIM, 5, cfg.model)
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "num_tokens": 5, "feat_mean": np.zeros(DIM),
-                "feat_std": np.ones(DIM)}, tmp_path / "final.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": asdict(cfg),
+            "num_tokens": 5,
+            "feat_mean": np.zeros(DIM),
+            "feat_std": np.ones(DIM),
+        },
+        tmp_path / "final.pt",
+    )
     trained = TrainedSystem.load(tmp_path)
     assert trained.kind == E2E and trained.num_outputs == 5 and trained.log_prior is None
     loaded, _ = load_e2e(tmp_path)

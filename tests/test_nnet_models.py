@@ -120,11 +120,15 @@ def test_chunks_cover_every_target_once_with_their_context():
     assert [(a, b) for a, _, _, b in spans] == [(0, 155), (110, 305), (260, 370)]
 
 
-@pytest.mark.parametrize("system, options", [("dnn", {"context": 2, "hidden": 16, "layers": 1}),
-                                             ("lstmp", {"cells": 8, "proj": 4, "layers": 1, "delay": 3}),
-                                             ("fast_slow", {"hidden": 8, "slow_layers": 1, "fast_hidden": 4,
-                                                            "lookahead": 2}),
-                                             ("slow", {"hidden": 8, "slow_layers": 1})])
+@pytest.mark.parametrize(
+    "system, options",
+    [
+        ("dnn", {"context": 2, "hidden": 16, "layers": 1}),
+        ("lstmp", {"cells": 8, "proj": 4, "layers": 1, "delay": 3}),
+        ("fast_slow", {"hidden": 8, "slow_layers": 1, "fast_hidden": 4, "lookahead": 2}),
+        ("slow", {"hidden": 8, "slow_layers": 1}),
+    ],
+)
 def test_a_chunk_with_its_right_context_scores_its_targets_as_the_whole_utterance_does(system, options):
     """The models with a bounded window (DNN splice; Fast/Slow fast path and the LSTMP output layer only see
     the right context given): a mid-utterance chunk's targets get the same scores as in the whole utterance
@@ -206,11 +210,17 @@ def test_speaker_cmvn_normalises_each_speakers_frames_to_zero_mean_unit_variance
     write_cmvn(FeatureSet.of_cuts(cuts_path).speaker_cmvn, stats)  # speaker a's statistics shifted by 1: visibly read
     from_file = FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)
     a_cut = next(c for c in cuts if speaker_of(c) == "a")
-    np.testing.assert_allclose(from_file(a_cut).numpy(), accumulated(a_cut).numpy() - 1 / from_file._mean_std(
-        a_cut.load_features(), "a")[1], atol=1e-4)
+    np.testing.assert_allclose(
+        from_file(a_cut).numpy(),
+        accumulated(a_cut).numpy() - 1 / from_file._mean_std(a_cut.load_features(), "a")[1],
+        atol=1e-4,
+    )
     write_cmvn(FeatureSet.of_cuts(cuts_path).speaker_cmvn, {"a": stats["a"]})  # speaker b missing: a pass over the cuts
-    np.testing.assert_allclose(FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)(a_cut).numpy(),
-                               accumulated(a_cut).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        FeatureNormalizer.for_cuts("speaker", mean, std, cuts, cuts_path)(a_cut).numpy(),
+        accumulated(a_cut).numpy(),
+        atol=1e-5,
+    )
     assert TrainConfig(system="dnn", cmvn="speaker").cmvn == "speaker"
     with pytest.raises(ConfigError, match="global, utterance, speaker"):
         TrainConfig(system="dnn", cmvn="channel")

@@ -41,8 +41,10 @@ def test_bad_folds_are_refused_naming_the_recipe(tmp_path, folds):
 def test_recipe_with_folds_runs_each_fold_in_its_own_workdir(yesno_dir, tmp_path):
     """Stage 0 of yesno in two folds over num_train: each fold's manifests hold its own split."""
     recipe = tmp_path / "config.yaml"
-    recipe.write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno, options: {num_train: 30}}\n"
-                      "folds: {num_train: [20, 40]}\n")
+    recipe.write_text(
+        "corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno, options: {num_train: 30}}\n"
+        "folds: {num_train: [20, 40]}\n"
+    )
     run_recipe(recipe, tmp_path / "work", stage=0, stop_stage=0, corpus_dir=yesno_dir)
     for num_train in (20, 40):
         manifests = fold_workdir(tmp_path / "work", str(num_train)) / "data" / "manifests"

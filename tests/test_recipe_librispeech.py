@@ -37,14 +37,27 @@ def librispeech_tree(root: Path, synth_dir: Path) -> Path:
 def test_mini_librispeech_recipe_runs_stages_0_to_5_on_lhotses_part_names(tmp_path):
     from asrhybrid.recipe.runner import run_recipe
 
-    synth = generate_corpus(tmp_path / "synth", SynthConfig(seed=11, num_speakers=8, dev_speakers=1, test_speakers=1,
-                                                           train_hours=0.06, dev_minutes=0.3, test_minutes=0.3))
+    synth = generate_corpus(
+        tmp_path / "synth",
+        SynthConfig(
+            seed=11,
+            num_speakers=8,
+            dev_speakers=1,
+            test_speakers=1,
+            train_hours=0.06,
+            dev_minutes=0.3,
+            test_minutes=0.3,
+        ),
+    )
     corpus = librispeech_tree(tmp_path, synth)
     assert {p.name for p in corpus.iterdir()} == {"train-clean-5", "dev-clean-2"}
     # the shipped recipe, sized down for five minutes of speech (tokens, flat-start iterations, tree)
     config = yaml.safe_load((REPO / "recipes" / "mini_librispeech" / "config.yaml").read_text())
-    config.update(tokens={"model_type": "bpe", "vocab_size": 60}, align={"iterations": 3},
-                  tree={"num_leaves": 60, "min_count": 20})
+    config.update(
+        tokens={"model_type": "bpe", "vocab_size": 60},
+        align={"iterations": 3},
+        tree={"num_leaves": 60, "min_count": 20},
+    )
     (tmp_path / "recipe").mkdir()
     (tmp_path / "recipe" / "config.yaml").write_text(yaml.safe_dump(config))
     work = tmp_path / "work"

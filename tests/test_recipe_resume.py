@@ -37,15 +37,33 @@ def features(fbank_dir):
 def test_fbank_killed_midway_resumes_to_the_same_features(tmp_path):
     corpus = corpus_of(tmp_path)
     manifests = tmp_path / "m"
-    assert run(["prepare-data", str(corpus), str(manifests), "--corpus", "t", "--preparer", "kaldi",
-                "--sample-rate", "16000"]).returncode == 0
+    assert (
+        run(
+            [
+                "prepare-data",
+                str(corpus),
+                str(manifests),
+                "--corpus",
+                "t",
+                "--preparer",
+                "kaldi",
+                "--sample-rate",
+                "16000",
+            ]
+        ).returncode
+        == 0
+    )
 
     reference = tmp_path / "ref"
     assert run(fbank_args(manifests, reference)).returncode == 0
 
     out = tmp_path / "f"
-    proc = subprocess.Popen(asrhybrid_cmd() + fbank_args(manifests, out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        asrhybrid_cmd() + fbank_args(manifests, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     chunks = out / "t_feats_train"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(chunks.glob("chunk-*.jsonl.gz"))) < 3:
@@ -71,13 +89,20 @@ def test_fbank_killed_midway_resumes_to_the_same_features(tmp_path):
 
 def data_files(root):
     """Every file but completion markers (a stamp of their own run) and resume records."""
-    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and ".done." not in p.name and p.name != ".resume.json"}
+    return {
+        p.relative_to(root): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".done." not in p.name and p.name != ".resume.json"
+    }
 
 
 def kill_synth_midway(out, opts):
-    proc = subprocess.Popen(asrhybrid_cmd() + ["synth-corpus", str(out), *opts],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        asrhybrid_cmd() + ["synth-corpus", str(out), *opts],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("*.wav"))) < 5:
         time.sleep(0.005)
@@ -175,8 +200,9 @@ def test_partial_work_of_other_options_is_cleared(tmp_path, caplog):
     (work / "chunk-0").write_text("made under opt 2")
     resume_or_clear(work, None)  # forced: always over
     assert not (work / "chunk-0").exists()
-    assert Completion(tmp_path, "r", {"opt": 1, "iterations": 3}).resume_key("iterations") == \
-        Completion(tmp_path, "r", {"opt": 1, "iterations": 8}).resume_key("iterations")
+    assert Completion(tmp_path, "r", {"opt": 1, "iterations": 3}).resume_key("iterations") == Completion(
+        tmp_path, "r", {"opt": 1, "iterations": 8}
+    ).resume_key("iterations")
     forced = Completion(tmp_path, "r", {"opt": 1})
     forced.is_done(force=True)
     assert forced.resume_key() is None
@@ -209,10 +235,18 @@ def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
     from asrhybrid.errors import AsrHybridError
     from asrhybrid.recipe.runner import workdir_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from asrhybrid.recipe.runner import workdir_lock\n"
-        f"with workdir_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(30)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from asrhybrid.recipe.runner import workdir_lock\n"
+                f"with workdir_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(30)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(AsrHybridError, match=f"in use by another run \\(pid {holder.pid}\\)"):
@@ -230,19 +264,37 @@ def test_exit_codes_logs_and_layers(tmp_path):
     the runner does not import the command line (no cycle: cli -> runner -> verbs)."""
     import sys
 
-    bad = subprocess.run(asrhybrid_cmd() + ["prepare-lang", str(tmp_path / "no-dict"), str(tmp_path / "lang"),
-                                            "--oov", "<UNK>", "--log-file", str(tmp_path / "log" / "lang.log")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        asrhybrid_cmd()
+        + [
+            "prepare-lang",
+            str(tmp_path / "no-dict"),
+            str(tmp_path / "lang"),
+            "--oov",
+            "<UNK>",
+            "--log-file",
+            str(tmp_path / "log" / "lang.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "no-dict" in bad.stderr
     first = (tmp_path / "log" / "lang.log").read_text().splitlines()[0]
-    assert first.endswith(f"asrhybrid prepare-lang {tmp_path / 'no-dict'} {tmp_path / 'lang'} --oov '<UNK>' "
-                          f"--log-file {tmp_path / 'log' / 'lang.log'}")
+    assert first.endswith(
+        f"asrhybrid prepare-lang {tmp_path / 'no-dict'} {tmp_path / 'lang'} --oov '<UNK>' "
+        f"--log-file {tmp_path / 'log' / 'lang.log'}"
+    )
 
     # SIGINT back to its default in the child: a shell's background job (CI started with &) ignores it, and
     # Python then installs no KeyboardInterrupt handler at all
-    proc = subprocess.Popen(asrhybrid_cmd() + ["synth-corpus", str(tmp_path / "s"), "--opt", "train_hours=0.05"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        asrhybrid_cmd() + ["synth-corpus", str(tmp_path / "s"), "--opt", "train_hours=0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "s").rglob("*.wav"))) < 3:
         time.sleep(0.01)

@@ -32,8 +32,10 @@ def test_default_recipe_runs_offline(tmp_path):
     out = work / "exp" / "mono_flat" / "align_test"
     test_cuts = str(work / "data" / "fbank" / "synth_cuts_test.jsonl.gz")
     cli = [sys.executable, "-m", "asrhybrid.cli"]
-    for verb in (["align", test_cuts, str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out)],
-                 ["align-quality", test_cuts, str(out)]):
+    for verb in (
+        ["align", test_cuts, str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out)],
+        ["align-quality", test_cuts, str(out)],
+    ):
         done = subprocess.run(cli + verb, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
     words = json.loads((out / "quality.json").read_text())["word_boundaries"]

@@ -18,8 +18,15 @@ from asrhybrid.features.cmvn import read_cmvn
 
 
 def make(workdir: Path, yesno_dir: Path, *extra: str, stages=(0, 1), timeout: int = 900) -> subprocess.CompletedProcess:
-    return run_make(f"stage={stages[0]}", f"stop_stage={stages[1]}", "corpus=yesno", f"corpus_dir={yesno_dir}",
-                    f"workdir={workdir}", *extra, timeout=timeout)
+    return run_make(
+        f"stage={stages[0]}",
+        f"stop_stage={stages[1]}",
+        "corpus=yesno",
+        f"corpus_dir={yesno_dir}",
+        f"workdir={workdir}",
+        *extra,
+        timeout=timeout,
+    )
 
 
 def test_yesno_stages_0_1(tmp_path, yesno_dir):
@@ -81,7 +88,15 @@ def yesno_through_stage_4(tmp_path_factory):
 def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
     work, yesno_dir = yesno_through_stage_4
     data = work / "data"
-    assert (data / "lang" / "words.txt").read_text().split()[::2] == ["<eps>", "<SIL>", "NO", "YES", "#0", "<s>", "</s>"]
+    assert (data / "lang" / "words.txt").read_text().split()[::2] == [
+        "<eps>",
+        "<SIL>",
+        "NO",
+        "YES",
+        "#0",
+        "<s>",
+        "</s>",
+    ]
     assert (data / "lang_test_small" / "G.fst").is_file() and (data / "lang_test_small" / "L_disambig.fst").is_file()
     assert (data / "lm" / "large.bin").is_file()
 
@@ -108,8 +123,9 @@ def test_yesno_stages_2_4_lang_lm_and_flat_start(yesno_through_stage_4):
     cli = [sys.executable, "-m", "asrhybrid.cli"]
     lang_test, mono = data / "lang_test_small", work / "exp" / "mono"
     assert subprocess.run(cli + ["init-mono", str(lang_test), str(mono)], timeout=120).returncode == 0
-    graph = subprocess.run(cli + ["mkgraph", str(lang_test), str(mono), str(mono / "graph")],
-                           capture_output=True, text=True, timeout=300)
+    graph = subprocess.run(
+        cli + ["mkgraph", str(lang_test), str(mono), str(mono / "graph")], capture_output=True, text=True, timeout=300
+    )
     assert graph.returncode == 0, graph.stderr
     assert graph.stdout.startswith("HCLG: ") and "states" in graph.stdout
     assert {"HCLG.fst", "words.txt", "phones.txt"} <= {p.name for p in (mono / "graph").iterdir()}
@@ -119,8 +135,16 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
     """`asrhybrid align` on the test set with the flat-start model: outputs parse back and spell the transcripts."""
     work, _ = yesno_through_stage_4
     out = work / "exp" / "mono_flat" / "align_test"
-    cli = [sys.executable, "-m", "asrhybrid.cli", "align", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
-           str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out)]
+    cli = [
+        sys.executable,
+        "-m",
+        "asrhybrid.cli",
+        "align",
+        str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+        str(work / "data" / "lang"),
+        str(work / "exp" / "mono_flat"),
+        str(out),
+    ]
     result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
@@ -143,11 +167,15 @@ def test_yesno_align_writes_ctm_textgrid_and_kaldi_table(tmp_path, yesno_through
             assert abs(phones[-1][1] - cut.num_frames * 0.01) < 1e-6  # phones tile the utterance
             assert len(table[cut.id]) == cut.num_frames
             # one TextGrid per recording, read by praatio (Praat's format, not only our own reading of it)
-            grid = textgrid.openTextgrid(str(out / "textgrid" / f"{cut.recording_id}.TextGrid"), includeEmptyIntervals=True)
+            grid = textgrid.openTextgrid(
+                str(out / "textgrid" / f"{cut.recording_id}.TextGrid"), includeEmptyIntervals=True
+            )
             assert [e.label for e in grid.getTier("words").entries if e.label] == cut.supervisions[0].text.split()
             assert grid.getTier("phones").entries[-1].end == pytest.approx(cut.num_frames * 0.01, abs=1e-3)
             assert grid.maxTimestamp == pytest.approx(cut.recording.duration)
-    png = plot_word_boundaries(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz", out / "word.ctm", tmp_path / "w.png")
+    png = plot_word_boundaries(
+        work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz", out / "word.ctm", tmp_path / "w.png"
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -164,8 +192,15 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(tmp_path, yesno_throug
 
     work, _ = yesno_through_stage_4
     fbank, tree_dir = work / "data" / "fbank", tmp_path / "tree"
-    build_senone_tree(fbank / "yesno_cuts_train.jsonl.gz", work / "data" / "lang", work / "exp" / "mono_flat", tree_dir,
-                      fbank / "yesno_cmvn_global_train.ark", num_leaves=30, min_count=50)
+    build_senone_tree(
+        fbank / "yesno_cuts_train.jsonl.gz",
+        work / "data" / "lang",
+        work / "exp" / "mono_flat",
+        tree_dir,
+        fbank / "yesno_cmvn_global_train.ark",
+        num_leaves=30,
+        min_count=50,
+    )
     summary = json.loads((tree_dir / "tree.json").read_text())
     tree, trans_model = load_model(tree_dir)
     assert (tree.context_width, tree.central_position) == (3, 1)
@@ -173,7 +208,9 @@ def test_yesno_senone_tree_gives_a_working_triphone_graph(tmp_path, yesno_throug
     train = load_manifest(fbank / "yesno_cuts_train.jsonl.gz")
     pdf_ali = read_alignments(tree_dir / "ali_pdf.ark")
     assert all(len(pdf_ali[c.id]) == c.num_frames and max(pdf_ali[c.id]) < tree.num_pdfs for c in train)
-    assert json.loads((work / "exp" / "tree" / "tree.json").read_text())["num_pdfs"] == 8  # the recipe's: 11 states, 3 ties
+    assert (
+        json.loads((work / "exp" / "tree" / "tree.json").read_text())["num_pdfs"] == 8
+    )  # the recipe's: 11 states, 3 ties
 
     lang = work / "data" / "lang_test_small"
     stats = mkgraph(lang, tree_dir, tree_dir / "graph")
@@ -202,7 +239,9 @@ def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     for utt, tids in converted.items():
         assert tid_to_pdf[tids].tolist() == pdfs[utt]
-        assert [trans_model.transition_id_to_phone(t) for t in tids] == [mono_tm.transition_id_to_phone(t) for t in old[utt]]
+        assert [trans_model.transition_id_to_phone(t) for t in tids] == [
+            mono_tm.transition_id_to_phone(t) for t in old[utt]
+        ]
         assert [trans_model.is_self_loop(t) for t in tids] == [mono_tm.is_self_loop(t) for t in old[utt]]
 
     compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
@@ -215,8 +254,9 @@ def test_yesno_alignments_converted_to_the_tree_model(yesno_through_stage_4):
         scores.append(onehot)
     for cut, result in zip(cuts, align_kaldi(graphs, scores, tid_to_pdf, beam=1000.0, retry_beam=0.0)):
         assert result is not None and tid_to_pdf[result[0]].tolist() == pdfs[cut.id], cut.id
-        assert ([trans_model.transition_id_to_phone(t) for t in result[0]]
-                == [trans_model.transition_id_to_phone(t) for t in converted[cut.id]]), cut.id
+        assert [trans_model.transition_id_to_phone(t) for t in result[0]] == [
+            trans_model.transition_id_to_phone(t) for t in converted[cut.id]
+        ], cut.id
 
 
 def real_network_scores(work: Path, part: str):
@@ -234,8 +274,11 @@ def real_network_scores(work: Path, part: str):
     cuts = list(load_manifest(next((work / "data" / "fbank").glob(f"*_cuts_{part}.jsonl.gz"))))
     graphs = [compiler.compile(c.supervisions[0].text) for c in cuts]
     with torch.no_grad():
-        scores = [model.log_posteriors(torch.from_numpy(((c.load_features() - mean) / std).astype(np.float32))).numpy()
-                  - log_prior for c in cuts]
+        scores = [
+            model.log_posteriors(torch.from_numpy(((c.load_features() - mean) / std).astype(np.float32))).numpy()
+            - log_prior
+            for c in cuts
+        ]
     return np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64), graphs, scores
 
 
@@ -275,13 +318,25 @@ def test_align_verb_backends_write_identical_alignments(yesno_through_stage_4):
     tables = {}
     for backend in ("kaldi", "k2", "torch"):
         out = work / "exp" / "mono_flat" / f"align_test_{backend}"
-        cli = [sys.executable, "-m", "asrhybrid.cli", "align", str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
-               str(work / "data" / "lang"), str(work / "exp" / "mono_flat"), str(out), "--backend", backend]
+        cli = [
+            sys.executable,
+            "-m",
+            "asrhybrid.cli",
+            "align",
+            str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+            str(work / "data" / "lang"),
+            str(work / "exp" / "mono_flat"),
+            str(out),
+            "--backend",
+            backend,
+        ]
         result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         with kio.SequentialInt32VectorReader(f"scp:{out / 'ali.scp'}") as table:
             tables[backend] = {utt: list(ali) for utt, ali in table}
-        assert (out / "word.ctm").read_text() == (work / "exp" / "mono_flat" / "align_test_kaldi" / "word.ctm").read_text()
+        assert (out / "word.ctm").read_text() == (
+            work / "exp" / "mono_flat" / "align_test_kaldi" / "word.ctm"
+        ).read_text()
     assert len(tables["kaldi"]) == 30
     assert tables["k2"] == tables["kaldi"] == tables["torch"]
 
@@ -298,8 +353,16 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     fbank = work / "data" / "fbank"
 
     def args(out):
-        return asrhybrid_cmd() + ["align-flat-start", str(fbank / "yesno_cuts_train.jsonl.gz"), str(work / "data" / "lang"),
-                                  str(out), "--cmvn", str(fbank / "yesno_cmvn_global_train.ark"), "--opt", "iterations=4"]
+        return asrhybrid_cmd() + [
+            "align-flat-start",
+            str(fbank / "yesno_cuts_train.jsonl.gz"),
+            str(work / "data" / "lang"),
+            str(out),
+            "--cmvn",
+            str(fbank / "yesno_cmvn_global_train.ark"),
+            "--opt",
+            "iterations=4",
+        ]
 
     whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
@@ -320,8 +383,9 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     a = torch.load(killed / "final.pt", weights_only=False)
     b = torch.load(tmp_path / "whole" / "final.pt", weights_only=False)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
-    assert (json.loads((killed / "flat_start.json").read_text())
-            == json.loads((tmp_path / "whole" / "flat_start.json").read_text()))
+    assert json.loads((killed / "flat_start.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "flat_start.json").read_text()
+    )
 
 
 def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_stage_4):
@@ -340,7 +404,9 @@ def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_sta
 
     compiler = GraphCompiler(work / "data" / "lang", tree, trans_model)
     cuts = list(load_manifest(work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz"))
-    single = [equal_alignment(compiler.compile(c.supervisions[0].text), c.num_frames, seed=k) for k, c in enumerate(cuts)]
+    single = [
+        equal_alignment(compiler.compile(c.supervisions[0].text), c.num_frames, seed=k) for k, c in enumerate(cuts)
+    ]
     assert sum(tid_phone[a[0]] not in silence or tid_phone[a[-1]] not in silence for a in single) > len(cuts) / 4
 
 
@@ -358,12 +424,19 @@ def test_hybrid_training_resumes_to_the_same_losses(tmp_path, yesno_through_stag
     _, trans_model = load_model(work / "exp" / "tree")
     mean, std = global_mean_std(work / "data" / "fbank" / "yesno_cmvn_global_train.ark")
     silence = silence_pdfs(trans_model, read_int_list(work / "data" / "lang" / "phones" / "silence.int"))
-    args = (work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz", work / "exp" / "tree" / "ali_pdf.ark",
-            trans_model.num_pdfs, silence, mean, std)
+    args = (
+        work / "data" / "fbank" / "yesno_cuts_train.jsonl.gz",
+        work / "exp" / "tree" / "ali_pdf.ark",
+        trans_model.num_pdfs,
+        silence,
+        mean,
+        std,
+    )
 
     def config(epochs):
-        return TrainConfig(system="dnn", epochs=epochs, max_duration=10, lr=3e-3, valid_fraction=0.2,
-                           model={"hidden": 64, "layers": 2})
+        return TrainConfig(
+            system="dnn", epochs=epochs, max_duration=10, lr=3e-3, valid_fraction=0.2, model={"hidden": 64, "layers": 2}
+        )
 
     whole = train_am(*args, tmp_path / "whole", config(3), resume_key="same")
     train_am(*args, tmp_path / "resumed", config(2), resume_key="same")
@@ -387,17 +460,36 @@ def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
 
     work, _ = yesno_through_stage_4
     fbank, exp = work / "data" / "fbank", tmp_path / "dnn"
-    train = asrhybrid_cmd() + ["train-am", str(fbank / "yesno_cuts_train.jsonl.gz"), str(work / "exp" / "tree"),
-                               str(work / "data" / "lang"), str(exp), "--cmvn", str(fbank / "yesno_cmvn_global_train.ark"),
-                               "--system", "dnn", "--opt", "epochs=2", "--opt", "max_duration=10",
-                               "--model-opt", "hidden=64", "--model-opt", "layers=2"]
+    train = asrhybrid_cmd() + [
+        "train-am",
+        str(fbank / "yesno_cuts_train.jsonl.gz"),
+        str(work / "exp" / "tree"),
+        str(work / "data" / "lang"),
+        str(exp),
+        "--cmvn",
+        str(fbank / "yesno_cmvn_global_train.ark"),
+        "--system",
+        "dnn",
+        "--opt",
+        "epochs=2",
+        "--opt",
+        "max_duration=10",
+        "--model-opt",
+        "hidden=64",
+        "--model-opt",
+        "layers=2",
+    ]
     for attempt in range(2):
         result = subprocess.run(train, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
     assert "'train-am' already done" in result.stderr
     out = tmp_path / "loglikes" / "test.ark"
-    result = subprocess.run(asrhybrid_cmd() + ["compute-loglikes", str(fbank / "yesno_cuts_test.jsonl.gz"), str(exp),
-                                               str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        asrhybrid_cmd() + ["compute-loglikes", str(fbank / "yesno_cuts_test.jsonl.gz"), str(exp), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     _, trans_model = load_model(work / "exp" / "tree")
     log_prior = torch.load(exp / "final.pt", weights_only=False)["log_prior"]
@@ -416,7 +508,7 @@ def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
 
     Held-out senone frame accuracy (Sak 2014's metric, 6 held-out utterances, 8 senones: the recipe's tree ties
     3 of the 11 HMM states; why ties: docs/hybrid.md), the DNN on the realigned targets, the LSTMP on the DNN's
-    realignment. The bounds hold for every run of recipes/yesno/README.md's spread (5 seeds x 2 kernel settings):
+    realignment. The bounds hold for every run of recipes/yesno/RESULTS.md's spread (5 seeds x 2 kernel settings):
     DNN 89.1-95.9%, LSTMP 79.6-90.0%. They are lower than before the noise augmentation of stage 6 (DNN
     95.3-96.1%, seeds 0-2), which is measured on clean held-out utterances but took seed 2's test WER from 6.67%
     to 0.83% (docs/hybrid.md)."""
@@ -451,7 +543,7 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
     Kaldi's decoder's on every utterance. Then transcribe (audio at another rate, a file longer than a segment)
     and the lattices through Kaldi's text format and back score the same.
 
-    The WER bounds hold for every run of recipes/yesno/README.md's spread (5 seeds x 2 kernel settings), with
+    The WER bounds hold for every run of recipes/yesno/RESULTS.md's spread (5 seeds x 2 kernel settings), with
     one word of margin: first pass DNN 0.42-2.50%, LSTMP 0.42-0.83%, adapted DNN 0.42-2.92%, adapted LSTMP
     0.42-0.83%. No run reached
     Kaldi's 0%: every system of every run takes a sound at the start of 1_1_1_1_0_1_0_0 (15 dB above the other
@@ -462,7 +554,9 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
     result = make(work, yesno_dir, stages=(6, 8))
     assert result.returncode == 0, result.stderr[-3000:]
     exp = work / "exp"
-    assert (exp / "tree" / "graph_small" / "HCLG.fst").is_file() and (exp / "tree" / "graph_small" / "HCLG.k2.pt").is_file()
+    assert (exp / "tree" / "graph_small" / "HCLG.fst").is_file() and (
+        exp / "tree" / "graph_small" / "HCLG.k2.pt"
+    ).is_file()
     results = (work / "RESULTS.md").read_text()
     wer = {}
     for system in ("dnn", "lstmp"):
@@ -501,37 +595,91 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
     soundfile.write(tmp_path / "at16k.wav", audio, 16000)
     joined = np.concatenate([c.load_audio()[0] for c in list(cuts)[:3]])
     soundfile.write(tmp_path / "joined.wav", joined, 8000)
-    out = subprocess.run([sys.executable, "-m", "asrhybrid", "transcribe", str(exp / "lstmp"), str(tmp_path / "at16k.wav"),
-                          str(tmp_path / "joined.wav"), "--max-segment", "10"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asrhybrid",
+            "transcribe",
+            str(exp / "lstmp"),
+            str(tmp_path / "at16k.wav"),
+            str(tmp_path / "joined.wav"),
+            "--max-segment",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert lines["at16k"] == first.supervisions[0].text
     assert len(joined) / 8000 > 10 and lines["joined"] == " ".join(c.supervisions[0].text for c in list(cuts)[:3])
-    refused = subprocess.run([sys.executable, "-m", "asrhybrid", "transcribe", str(exp / "lstmp_sa" / "adapt_test_1"),
-                              str(tmp_path / "at16k.wav")], capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asrhybrid",
+            "transcribe",
+            str(exp / "lstmp_sa" / "adapt_test_1"),
+            str(tmp_path / "at16k.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refused.returncode != 0 and "speaker-adapted system" in refused.stderr, refused.stderr[-2000:]
 
     # lattices to Kaldi's text format and back into a decode dir: the same WER
     asr = [sys.executable, "-m", "asrhybrid"]
     archive = tmp_path / "lat.txt"
-    assert subprocess.run([*asr, "lattice-to-kaldi", str(exp / "lstmp" / "decode_test_small"), str(archive)]).returncode == 0
+    assert (
+        subprocess.run([*asr, "lattice-to-kaldi", str(exp / "lstmp" / "decode_test_small"), str(archive)]).returncode
+        == 0
+    )
     assert archive.read_text().count("\n\n") == 30
     imported = tmp_path / "imported"
-    assert subprocess.run([*asr, "lattice-from-kaldi", str(exp / "tree" / "graph_small" / "words.txt"), str(imported),
-                           str(archive)]).returncode == 0
-    scored = subprocess.run([*asr, "score", str(imported), str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")],
-                            capture_output=True, text=True)
-    assert scored.returncode == 0 and scored.stdout.startswith(f"%WER {wer['lstmp']:.2f} ["), scored.stdout + scored.stderr
+    assert (
+        subprocess.run(
+            [*asr, "lattice-from-kaldi", str(exp / "tree" / "graph_small" / "words.txt"), str(imported), str(archive)]
+        ).returncode
+        == 0
+    )
+    scored = subprocess.run(
+        [*asr, "score", str(imported), str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")],
+        capture_output=True,
+        text=True,
+    )
+    assert scored.returncode == 0 and scored.stdout.startswith(f"%WER {wer['lstmp']:.2f} ["), (
+        scored.stdout + scored.stderr
+    )
 
     # the word alignment of each lattice's best path: the best path's words (scoring's recogs), in order, inside
     # the utterance
     ctm = tmp_path / "word.ctm"
     scoring = json.loads((exp / "lstmp" / "decode_test_small" / "scoring.json").read_text())
     recogs = exp / "lstmp" / "decode_test_small" / f"recogs-{scoring['lmwt']:g}_{scoring['wip']:g}.txt"
-    hyps = {utt: " ".join(ast.literal_eval(words.removeprefix("hyp=")))
-            for utt, words in (line.split(":\t", 1) for line in recogs.read_text().splitlines()) if words.startswith("hyp=")}
-    assert subprocess.run([*asr, "lattice-ctm", str(exp / "lstmp" / "decode_test_small"), str(exp / "tree" / "graph_small"),
-                           str(ctm), "--lmwt", str(scoring["lmwt"]), "--wip", str(scoring["wip"])]).returncode == 0
+    hyps = {
+        utt: " ".join(ast.literal_eval(words.removeprefix("hyp=")))
+        for utt, words in (line.split(":\t", 1) for line in recogs.read_text().splitlines())
+        if words.startswith("hyp=")
+    }
+    assert (
+        subprocess.run(
+            [
+                *asr,
+                "lattice-ctm",
+                str(exp / "lstmp" / "decode_test_small"),
+                str(exp / "tree" / "graph_small"),
+                str(ctm),
+                "--lmwt",
+                str(scoring["lmwt"]),
+                "--wip",
+                str(scoring["wip"]),
+            ]
+        ).returncode
+        == 0
+    )
     entries: dict[str, list] = {}
     for line in ctm.read_text().splitlines():
         utt, _, start, dur, word = line.split()
@@ -539,7 +687,10 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
     for cut in cuts:
         words = entries[cut.id]
         assert " ".join(w for _, _, w in words) == hyps[cut.id]
-        assert all(a[0] + a[1] <= b[0] + 1e-6 for a, b in zip(words, words[1:])) and words[-1][0] + words[-1][1] <= cut.duration
+        assert (
+            all(a[0] + a[1] <= b[0] + 1e-6 for a, b in zip(words, words[1:]))
+            and words[-1][0] + words[-1][1] <= cut.duration
+        )
 
 
 def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_through_stage_4):
@@ -547,17 +698,56 @@ def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_thro
     same global batch: the per-epoch losses and held-out accuracies agree, and only one marker is written."""
     work, _ = yesno_through_stage_4
     fbank = work / "data" / "fbank"
-    args = ["train-am", str(fbank / "yesno_cuts_train.jsonl.gz"), str(work / "exp" / "tree"), str(work / "data" / "lang"),
-            "--cmvn", str(fbank / "yesno_cmvn_global_train.ark"), "--system", "dnn", "--device", "cpu",
-            "--opt", "epochs=3", "--opt", "max_duration=20", "--opt", "valid_fraction=0.2", "--opt", "lr=3e-3",
-            "--opt", "num_threads=1",  # a thread per worker: 2 workers x 2 threads on 2 cores spin-wait (100x slower)
-            "--model-opt", "hidden=64", "--model-opt", "layers=2"]
-    one = subprocess.run([sys.executable, "-m", "asrhybrid", *args[:4], str(tmp_path / "one"), *args[4:]],
-                         capture_output=True, text=True, timeout=600)
+    args = [
+        "train-am",
+        str(fbank / "yesno_cuts_train.jsonl.gz"),
+        str(work / "exp" / "tree"),
+        str(work / "data" / "lang"),
+        "--cmvn",
+        str(fbank / "yesno_cmvn_global_train.ark"),
+        "--system",
+        "dnn",
+        "--device",
+        "cpu",
+        "--opt",
+        "epochs=3",
+        "--opt",
+        "max_duration=20",
+        "--opt",
+        "valid_fraction=0.2",
+        "--opt",
+        "lr=3e-3",
+        "--opt",
+        "num_threads=1",  # a thread per worker: 2 workers x 2 threads on 2 cores spin-wait (100x slower)
+        "--model-opt",
+        "hidden=64",
+        "--model-opt",
+        "layers=2",
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "asrhybrid", *args[:4], str(tmp_path / "one"), *args[4:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "asrhybrid", *args[:4], str(tmp_path / "two"), *args[4:]],
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "asrhybrid",
+            *args[:4],
+            str(tmp_path / "two"),
+            *args[4:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr
     assert "data-parallel training: 2 workers (gloo)" in two.stderr
     single, parallel = (json.loads((tmp_path / d / "train.json").read_text()) for d in ("one", "two"))

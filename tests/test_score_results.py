@@ -12,8 +12,18 @@ def _scored(workdir: Path, system: str, name: str, wer: float, search: dict | No
     d = workdir / "exp" / system / name
     d.mkdir(parents=True)
     line = f"%WER {wer:.2f} [ 1 / 10, 0 ins, 0 del, 1 sub ] {d}/wer"
-    (d / "scoring.json").write_text(json.dumps({"lmwt": None if search else 10, "wip": None if search else 0.0,
-                                                 "search": search, "wer": wer, "wer_line": line, "utterances": 3}))
+    (d / "scoring.json").write_text(
+        json.dumps(
+            {
+                "lmwt": None if search else 10,
+                "wip": None if search else 0.0,
+                "search": search,
+                "wer": wer,
+                "wer_line": line,
+                "utterances": 3,
+            }
+        )
+    )
     return line.replace(str(workdir) + "/", "")
 
 
@@ -30,8 +40,13 @@ def test_every_scored_dir_has_its_line_named_searches_with_their_settings(tmp_pa
     lines = [
         _scored(tmp_path, "las", "decode_test_nolm_beam", 11.67, {"method": "beam", "beam": 16, "ctc_weight": None}),
         _scored(tmp_path, "las", "decode_test_nolm_ctc05", 0.42, {"method": "beam", "beam": 16, "ctc_weight": 0.5}),
-        _scored(tmp_path, "las", "decode_test_large_beam", 15.0,
-                {"method": "beam", "beam": 16, "lm": "G", "alpha": 0.5, "beta": 1.0, "lm_fusion": "shallow"}),
+        _scored(
+            tmp_path,
+            "las",
+            "decode_test_large_beam",
+            15.0,
+            {"method": "beam", "beam": 16, "lm": "G", "alpha": 0.5, "beta": 1.0, "lm_fusion": "shallow"},
+        ),
         _scored(tmp_path, "lstmp", "decode_test_small", 2.5, None),
     ]
     text = results_markdown(tmp_path, "toy")

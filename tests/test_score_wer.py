@@ -32,13 +32,21 @@ def test_kaldialign_alignments_and_counts():
         alignment, c = align_words(case["ref"], case["hyp"])
         assert [list(p) for p in alignment] == case["alignment"]
         expected = case["edit_distance"]
-        assert (c.ins, c.dels, c.subs, c.errors, c.ref_words) == (expected["ins"], expected["del"], expected["sub"],
-                                                                   expected["total"], expected["ref_len"])
+        assert (c.ins, c.dels, c.subs, c.errors, c.ref_words) == (
+            expected["ins"],
+            expected["del"],
+            expected["sub"],
+            expected["total"],
+            expected["ref_len"],
+        )
         assert c.wer == pytest.approx(100 * expected["err_rate"])
     for case in data["sclite_mode"]["cases"]:
         _, c = align_words(case["ref"], case["hyp"], sclite=True)
-        assert (c.ins, c.dels, c.subs) == (case["edit_distance"]["ins"], case["edit_distance"]["del"],
-                                           case["edit_distance"]["sub"])
+        assert (c.ins, c.dels, c.subs) == (
+            case["edit_distance"]["ins"],
+            case["edit_distance"]["del"],
+            case["edit_distance"]["sub"],
+        )
     assert ErrorCounts(0, 0, 0, 0).wer == 0.0 and ErrorCounts(0, 1, 0, 0).wer == float("inf")
 
 
@@ -47,7 +55,10 @@ def test_sclite_demo_and_kaldis_wer_line():
     refs = read_trn(require_shared("testdata", "wer", "sctk_demo.ref.txt"))
     hyps = {u: w.split() for u, w in read_trn(require_shared("testdata", "wer", "sctk_demo.hyp.txt")).items()}
     total, per_utt = score(refs, hyps, sclite=True)
-    assert [(s.counts.correct, s.counts.subs, s.counts.dels, s.counts.ins) for s in per_utt] == [(25, 0, 0, 0), (14, 7, 0, 1)]
+    assert [(s.counts.correct, s.counts.subs, s.counts.dels, s.counts.ins) for s in per_utt] == [
+        (25, 0, 0, 0),
+        (14, 7, 0, 1),
+    ]
     assert total.wer_line() == "%WER 17.39 [ 8 / 46, 1 ins, 0 del, 7 sub ]"
     assert total.ser_line() == "%SER 50.00 [ 1 / 2 ]"
 
@@ -57,18 +68,32 @@ def test_sclite_test1_totals_and_speakers():
     refs = read_trn(require_shared("testdata", "wer", "sctk_csrnab.ref"))
     hyps = {u: w.split() for u, w in read_trn(require_shared("testdata", "wer", "sctk_csrnab.hyp")).items()}
     total, per_utt = score(refs, hyps, sclite=True)
-    assert (total.sentences, total.ref_words, total.correct, total.subs, total.dels, total.ins) == (51, 1406, 1263, 131, 12, 26)
+    assert (total.sentences, total.ref_words, total.correct, total.subs, total.dels, total.ins) == (
+        51,
+        1406,
+        1263,
+        131,
+        12,
+        26,
+    )
     assert total.sentence_errors == 38 and f"{total.wer:.1f}" == "12.0"
     speakers = {}
     for s in per_utt:  # -i wsj: the speaker is the first 3 characters of the id
         speakers[s.utt[:3].lower()] = speakers.get(s.utt[:3].lower(), ErrorCounts()) + s.counts
-    table = {k: (v.sentences, v.ref_words, v.correct, v.subs, v.dels, v.ins, v.errors, v.sentence_errors)
-             for k, v in speakers.items()}
-    assert table == {"4t0": (15, 458, 385, 64, 9, 12, 85, 13), "4t1": (21, 544, 509, 32, 3, 4, 39, 12),
-                     "4t2": (15, 404, 369, 35, 0, 10, 45, 13)}
+    table = {
+        k: (v.sentences, v.ref_words, v.correct, v.subs, v.dels, v.ins, v.errors, v.sentence_errors)
+        for k, v in speakers.items()
+    }
+    assert table == {
+        "4t0": (15, 458, 385, 64, 9, 12, 85, 13),
+        "4t1": (21, 544, 509, 32, 3, 4, 39, 12),
+        "4t2": (15, 404, 369, 35, 0, 10, 45, 13),
+    }
     raw = require_shared("testdata", "wer", "sctk_base_test1.pra").read_text()
-    expected = {m.group(1).upper(): tuple(map(int, m.group(2).split()))
-                for m in re.finditer(r"id: \((\S+)\)\nScores: \(#C #S #D #I\) ([\d ]+)", raw)}
+    expected = {
+        m.group(1).upper(): tuple(map(int, m.group(2).split()))
+        for m in re.finditer(r"id: \((\S+)\)\nScores: \(#C #S #D #I\) ([\d ]+)", raw)
+    }
     ours = {s.utt: (s.counts.correct, s.counts.subs, s.counts.dels, s.counts.ins) for s in per_utt}
     assert ours == expected
 

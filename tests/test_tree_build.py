@@ -34,8 +34,14 @@ QUESTIONS = [frozenset({1}), frozenset({3}), frozenset({4}), frozenset({3, 4}), 
 
 
 def test_tree_splits_on_the_planted_context():
-    tree = build_tree(planted_stats(np.random.default_rng(0)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
-                      context_independent={1}, num_leaves=5, min_count=50)
+    tree = build_tree(
+        planted_stats(np.random.default_rng(0)),
+        {1: 1, 2: 1, 3: 1, 4: 1},
+        QUESTIONS,
+        context_independent={1},
+        num_leaves=5,
+        min_count=50,
+    )
     root = tree.node_for(2, 0)
     assert isinstance(root, Split) and root.key == LEFT
     assert (3 in root.yes_set) != (4 in root.yes_set)
@@ -45,8 +51,14 @@ def test_tree_splits_on_the_planted_context():
 
 
 def test_no_split_without_enough_frames_or_gain():
-    tree = build_tree(planted_stats(np.random.default_rng(1)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
-                      context_independent={1}, num_leaves=50, min_count=10_000)
+    tree = build_tree(
+        planted_stats(np.random.default_rng(1)),
+        {1: 1, 2: 1, 3: 1, 4: 1},
+        QUESTIONS,
+        context_independent={1},
+        num_leaves=50,
+        min_count=10_000,
+    )
     assert all(isinstance(n, Leaf) for n in tree.roots.values())
 
 
@@ -75,7 +87,9 @@ def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
 """
     topo = khg.HmmTopology()
     topo.read(topo_text)
-    kaldi_tree = khg.monophone_context_dependency(phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
+    kaldi_tree = khg.monophone_context_dependency(
+        phones=topo.phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes()
+    )
     kaldi_tree.write(True, str(tmp_path / "tree"))
     kaldi_bytes = (tmp_path / "tree").read_bytes()[2:]  # without the "\0B" binary-mode header
     ours = build_tree({}, {p: topo.num_pdf_classes(p) for p in topo.phones}, [], set(), num_leaves=100)
@@ -84,8 +98,14 @@ def test_encoder_writes_kaldis_bytes_for_a_monophone_tree(tmp_path):
 
 def test_encoder_writes_kaldis_bytes_for_a_triphone_tree_with_splits(tmp_path):
     """A tree with split nodes (SE, TE, CE): Kaldi's ContextDependency reads our bytes and writes them back unchanged."""
-    tree = build_tree(planted_stats(np.random.default_rng(2)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
-                      context_independent={1}, num_leaves=6, min_count=50)
+    tree = build_tree(
+        planted_stats(np.random.default_rng(2)),
+        {1: 1, 2: 1, 3: 1, 4: 1},
+        QUESTIONS,
+        context_independent={1},
+        num_leaves=6,
+        min_count=50,
+    )
     ours = kaldi_tree_bytes(tree)
     assert b"SE" in ours and b"TE" in ours and b"CE" in ours
     load_context_dependency(ours).write(True, str(tmp_path / "tree"))
@@ -93,8 +113,14 @@ def test_encoder_writes_kaldis_bytes_for_a_triphone_tree_with_splits(tmp_path):
 
 
 def test_loaded_triphone_tree_computes_our_pdfs():
-    tree = build_tree(planted_stats(np.random.default_rng(2)), {1: 1, 2: 1, 3: 1, 4: 1}, QUESTIONS,
-                      context_independent={1}, num_leaves=6, min_count=50)
+    tree = build_tree(
+        planted_stats(np.random.default_rng(2)),
+        {1: 1, 2: 1, 3: 1, 4: 1},
+        QUESTIONS,
+        context_independent={1},
+        num_leaves=6,
+        min_count=50,
+    )
     ctx_dep = load_context_dependency(kaldi_tree_bytes(tree))
     assert (ctx_dep.context_width, ctx_dep.central_position, ctx_dep.num_pdfs) == (3, 1, len(tree.leaves()))
     for left in (0, 1, 3, 4):
@@ -123,8 +149,15 @@ def test_shared_root_pools_variants_and_splits_on_the_central_phone():
             x = rng.normal(centre, 1.0, size=(300, 4))
             stats[(left, phone, 1, 0)] = np.concatenate([[300], x.sum(0), (x**2).sum(0)])
     questions = QUESTIONS + [frozenset({2}), frozenset({5})]
-    tree = build_tree(stats, {1: 1, 2: 1, 3: 1, 5: 1}, questions, context_independent={1}, num_leaves=10,
-                      min_count=50, root_sets=[[1], [2, 5], [3]])
+    tree = build_tree(
+        stats,
+        {1: 1, 2: 1, 3: 1, 5: 1},
+        questions,
+        context_independent={1},
+        num_leaves=10,
+        min_count=50,
+        root_sets=[[1], [2, 5], [3]],
+    )
     shared = tree.roots[(1, 0)]
     assert isinstance(shared, Split) and shared.key == CENTER
     assert tree.pdf(1, 2, 1, 0) != tree.pdf(1, 5, 1, 0)
@@ -171,8 +204,15 @@ def test_auto_questions_let_a_tree_split_on_a_class_of_any_phone_set():
         stats[(left, 6, 0, 0)] = gaussian_stats(rng, 1.5 if left in (2, 3) else -1.5)
     questions = make_questions("auto", phone_ids, {"SIL"}, stats, root_sets)
     assert frozenset({2, 3}) in questions and frozenset({4, 5}) in questions
-    tree = build_tree(stats, {p: 1 for p in range(1, 7)}, questions, context_independent={1}, num_leaves=7,
-                      min_count=50, root_sets=root_sets)
+    tree = build_tree(
+        stats,
+        {p: 1 for p in range(1, 7)},
+        questions,
+        context_independent={1},
+        num_leaves=7,
+        min_count=50,
+        root_sets=root_sets,
+    )
     root = tree.node_for(6, 0)
     assert isinstance(root, Split) and root.key == LEFT and root.yes_set in (frozenset({2, 3}), frozenset({4, 5}))
     assert tree.pdf(2, 6, 0, 0) == tree.pdf(3, 6, 0, 0) != tree.pdf(4, 6, 0, 0)
@@ -191,8 +231,13 @@ def test_target_below_the_roots_ties_the_closest_states_of_one_phone():
         x = rng.normal(mean, 1.0, size=(300, 4))
         return np.concatenate([[300], x.sum(0), (x**2).sum(0)])
 
-    stats = {(0, 1, 0, 0): gauss(0.0), (0, 1, 0, 1): gauss(2.5),
-             (0, 2, 0, 0): gauss(-3.0), (0, 2, 0, 1): gauss(1.0), (0, 2, 0, 2): gauss(1.05)}
+    stats = {
+        (0, 1, 0, 0): gauss(0.0),
+        (0, 1, 0, 1): gauss(2.5),
+        (0, 2, 0, 0): gauss(-3.0),
+        (0, 2, 0, 1): gauss(1.0),
+        (0, 2, 0, 2): gauss(1.05),
+    }
     tree = build_tree(stats, {1: 2, 2: 3}, [], context_independent={1, 2}, num_leaves=4)
     pdfs = [tree.pdf(0, 2, 0, c) for c in range(3)]
     assert pdfs[1] == pdfs[2] != pdfs[0]

@@ -112,8 +112,16 @@ class _Corpus:
             yield utterances
 
 
-def _train(model, corpus: _Corpus, alignments: AlignmentTable, tid_to_pdf: np.ndarray, cfg: FlatStartConfig,
-           generator, lr: float, num_pdfs: int) -> tuple[float, float, np.ndarray]:
+def _train(
+    model,
+    corpus: _Corpus,
+    alignments: AlignmentTable,
+    tid_to_pdf: np.ndarray,
+    cfg: FlatStartConfig,
+    generator,
+    lr: float,
+    num_pdfs: int,
+) -> tuple[float, float, np.ndarray]:
     """Cross-entropy on the aligned utterances' frames, shuffled within blocks; returns (mean CE, frame accuracy)
     of the last epoch and the pdf counts of the targets (for the priors)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -142,8 +150,14 @@ def _train(model, corpus: _Corpus, alignments: AlignmentTable, tid_to_pdf: np.nd
     return loss_sum / max(total, 1), correct / max(total, 1), counts
 
 
-def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str, cmvn_ark: Path | str,
-               cfg: FlatStartConfig = FlatStartConfig(), resume_key: str | None = None) -> dict:
+def flat_start(
+    cuts_path: Path | str,
+    lang_dir: Path | str,
+    exp_dir: Path | str,
+    cmvn_ark: Path | str,
+    cfg: FlatStartConfig = FlatStartConfig(),
+    resume_key: str | None = None,
+) -> dict:
     """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.{ark,scp} per iteration, final.pt, ali.{ark,scp}).
 
     The cuts are streamed from disk block by block in every pass (features read, graphs compiled per
@@ -181,18 +195,24 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
         with alignment_table_writer(exp_dir / "ali.0.ark") as write:
             for block in tqdm(corpus.blocks(cfg.align_block_frames), desc="equal alignment", unit="block", leave=False):
                 for utt, feats, text in block:
-                    ali = equal_alignment(compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts,
-                                          prefer=prefer)
+                    ali = equal_alignment(
+                        compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts, prefer=prefer
+                    )
                     write(utt, ali) if ali else failed.append(utt)
                     num_utts += 1
-        log.info("iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
-                 num_utts - len(failed), len(failed), f": {' '.join(failed[:10])}" if failed else "")
+        log.info(
+            "iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
+            num_utts - len(failed),
+            len(failed),
+            f": {' '.join(failed[:10])}" if failed else "",
+        )
 
     for it in range(first + 1, cfg.iterations + 1):
         previous = AlignmentTable(exp_dir / f"ali.{it - 1}.ark")
         model.train()
-        ce, acc, counts = _train(model, corpus, previous, tid_to_pdf, cfg, generator,
-                                 cfg.lr * cfg.lr_decay ** (it - 1), trans_model.num_pdfs)
+        ce, acc, counts = _train(
+            model, corpus, previous, tid_to_pdf, cfg, generator, cfg.lr * cfg.lr_decay ** (it - 1), trans_model.num_pdfs
+        )
         log_prior = log_priors(counts + 1.0, silence_scale=1.0)  # add-one: a flat start's priors, no silence scaling
         model.eval()
         failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
@@ -200,8 +220,14 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
             for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}", unit="block", leave=False):
                 with torch.no_grad():
                     loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
-                results = align([compiler.compile(text) for _, _, text in block], loglikes, tid_to_pdf,
-                                backend=cfg.backend, beam=cfg.beam, retry_beam=cfg.retry_beam)
+                results = align(
+                    [compiler.compile(text) for _, _, text in block],
+                    loglikes,
+                    tid_to_pdf,
+                    backend=cfg.backend,
+                    beam=cfg.beam,
+                    retry_beam=cfg.retry_beam,
+                )
                 for (utt, _, _), result in zip(block, results):
                     if result is None:
                         failed.append(utt)
@@ -218,23 +244,56 @@ def flat_start(cuts_path: Path | str, lang_dir: Path | str, exp_dir: Path | str,
                         changed_phone += int((tid_to_phone[new] != tid_to_phone[old]).sum())
         previous.close()
         frames = max(frames, 1)
-        entry = {"iteration": it, "frame_ce": round(ce, 4), "frame_accuracy": round(acc, 4),
-                 "changed_pdf_frames": round(changed_pdf / frames, 5), "changed_phone_frames": round(changed_phone / frames, 5),
-                 "aligned": aligned, "failed": failed}
+        entry = {
+            "iteration": it,
+            "frame_ce": round(ce, 4),
+            "frame_accuracy": round(acc, 4),
+            "changed_pdf_frames": round(changed_pdf / frames, 5),
+            "changed_phone_frames": round(changed_phone / frames, 5),
+            "aligned": aligned,
+            "failed": failed,
+        }
         history.append(entry)
-        log.info("iteration %d: frame CE %.3f, accuracy %.1f%%, frames changing pdf %.2f%%, phone %.2f%%, "
-                 "%d aligned, %d failed%s", it, ce, 100 * acc, 100 * entry["changed_pdf_frames"],
-                 100 * entry["changed_phone_frames"], aligned, len(failed),
-                 f": {' '.join(failed[:10])}" if failed else "")
+        log.info(
+            "iteration %d: frame CE %.3f, accuracy %.1f%%, frames changing pdf %.2f%%, phone %.2f%%, "
+            "%d aligned, %d failed%s",
+            it,
+            ce,
+            100 * acc,
+            100 * entry["changed_pdf_frames"],
+            100 * entry["changed_phone_frames"],
+            aligned,
+            len(failed),
+            f": {' '.join(failed[:10])}" if failed else "",
+        )
         with atomic_output(exp_dir / f"{it}.pt") as tmp:  # written last: it marks the iteration finished
-            torch.save({"state_dict": model.state_dict(), "generator": generator.get_state(), "history": history,
-                        "log_prior": log_prior, "resume_key": resume_key, "utterances": num_utts}, tmp)
+            torch.save(
+                {
+                    "state_dict": model.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "log_prior": log_prior,
+                    "resume_key": resume_key,
+                    "utterances": num_utts,
+                },
+                tmp,
+            )
     with alignment_table_writer(exp_dir / "ali.ark") as write:
         for utt, ali in iter_alignments(exp_dir / f"ali.{cfg.iterations}.ark"):
             write(utt, ali)
     with atomic_output(exp_dir / "final.pt") as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "feat_mean": mean, "feat_std": std,
-                    "log_prior": log_prior, "feat_dim": int(mean.shape[0]), "num_pdfs": int(trans_model.num_pdfs)}, tmp)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "config": asdict(cfg),
+                "feat_mean": mean,
+                "feat_std": std,
+                "log_prior": log_prior,
+                "feat_dim": int(mean.shape[0]),
+                "num_pdfs": int(trans_model.num_pdfs),
+            },
+            tmp,
+        )
     summary = {"iterations": history, "utterances": num_utts}
     write_text_atomic(exp_dir / "flat_start.json", json.dumps(summary, indent=1) + "\n")
     return summary

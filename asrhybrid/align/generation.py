@@ -40,13 +40,16 @@ class Segment:
     end: int  # frame, exclusive
 
 
-def phone_segments(tids: list[int], arrays: tuple[np.ndarray, np.ndarray], phone_names: dict[int, str]) -> list[Segment]:
+def phone_segments(
+    tids: list[int], arrays: tuple[np.ndarray, np.ndarray], phone_names: dict[int, str]
+) -> list[Segment]:
     """Phone segments of an alignment; ``arrays`` from asrhybrid.align.graphs.transition_arrays."""
     return [Segment(phone_names[phone], begin, end) for _, phone, _, begin, end in phone_instances(tids, *arrays)]
 
 
-def word_segments(phones: list[Segment], words: list[str], prons: dict[str, list[list[str]]], optional_silence: str,
-                  utt: str) -> list[Segment]:
+def word_segments(
+    phones: list[Segment], words: list[str], prons: dict[str, list[list[str]]], optional_silence: str, utt: str
+) -> list[Segment]:
     """Match the transcript's words to the phone segments (silence between words skipped)."""
     labels = [p.label for p in phones]
 
@@ -101,8 +104,11 @@ def read_ctm(path: Path | str) -> dict[str, list[CtmEntry]]:
 
 def cut_entries(ctm: dict[str, list[CtmEntry]], cut) -> list[CtmEntry]:
     """The entries of ``cut`` (those starting inside it, on its recording), in seconds from the cut's start."""
-    return [(s - cut.start, e - cut.start, label) for s, e, label in ctm.get(cut.recording_id, [])
-            if cut.start - 1e-6 <= s < cut.end - 1e-6]
+    return [
+        (s - cut.start, e - cut.start, label)
+        for s, e, label in ctm.get(cut.recording_id, [])
+        if cut.start - 1e-6 <= s < cut.end - 1e-6
+    ]
 
 
 def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cuts_path: Path):
@@ -111,8 +117,10 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
     if am_dir is not None:
         model, trained = load_am(am_dir)
         if trained.num_outputs != num_pdfs:
-            raise ValueError(f"{am_dir} has {trained.num_outputs} outputs but the model in {model_dir} has {num_pdfs} "
-                             "pdfs: not an acoustic model of this tree")
+            raise ValueError(
+                f"{am_dir} has {trained.num_outputs} outputs but the model in {model_dir} has {num_pdfs} "
+                "pdfs: not an acoustic model of this tree"
+            )
         normalizer = trained.normalizer(load_cuts(cuts_path), cuts_path)
 
         def score(block):  # in the block's order
@@ -147,8 +155,15 @@ def write_textgrid(path: Path, duration: float, tiers: dict[str, list[CtmEntry]]
         grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
 
 
-def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | str, out_dir: Path | str,
-                 backend: str = "auto", block_frames: int = 20_000, am_dir: Path | str | None = None) -> dict:
+def align_corpus(
+    cuts_path: Path | str,
+    lang_dir: Path | str,
+    model_dir: Path | str,
+    out_dir: Path | str,
+    backend: str = "auto",
+    block_frames: int = 20_000,
+    am_dir: Path | str | None = None,
+) -> dict:
     """Align every cut; write ali.{ark,scp} (transition ids), ali_pdf.{ark,scp}, {word,phone}.ctm, and a TextGrid
     per recording.
 
@@ -176,17 +191,30 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
 
     def flush_grid():
         if grid[0] is not None:
-            write_textgrid(out_dir / "textgrid" / f"{grid[0]}.TextGrid", grid[1],
-                           {name: sorted(items) for name, items in grid[2].items()})
+            write_textgrid(
+                out_dir / "textgrid" / f"{grid[0]}.TextGrid",
+                grid[1],
+                {name: sorted(items) for name, items in grid[2].items()},
+            )
 
-    with alignment_table_writer(out_dir / "ali.ark") as write_ali, \
-            alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdf, atomic_output(out_dir / "word.ctm") as word_tmp, \
-            atomic_output(out_dir / "phone.ctm") as phone_tmp, open(word_tmp, "w", encoding="utf-8") as word_ctm, \
-            open(phone_tmp, "w", encoding="utf-8") as phone_ctm:
+    with (
+        alignment_table_writer(out_dir / "ali.ark") as write_ali,
+        alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdf,
+        atomic_output(out_dir / "word.ctm") as word_tmp,
+        atomic_output(out_dir / "phone.ctm") as phone_tmp,
+        open(word_tmp, "w", encoding="utf-8") as word_ctm,
+        open(phone_tmp, "w", encoding="utf-8") as phone_ctm,
+    ):
         for block in tqdm(frame_blocks(cuts, block_frames), desc="align", unit="block", leave=False):
             texts = [transcript(cut, cuts_path) for cut in block]
-            results = align([compiler.compile(text) for text in texts], score_block(block), tid_to_pdf,
-                            backend=backend, beam=20.0, retry_beam=200.0)
+            results = align(
+                [compiler.compile(text) for text in texts],
+                score_block(block),
+                tid_to_pdf,
+                backend=backend,
+                beam=20.0,
+                retry_beam=200.0,
+            )
             for cut, text, result in zip(block, texts, results):
                 if result is None:
                     failed.append(cut.id)
@@ -197,8 +225,9 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
                 aligned += 1
                 shift = cut.features.frame_shift
                 phones = phone_segments(tids, arrays, phone_names)
-                words = word_segments(phones, [w if w in prons else compiler.oov for w in text.split()],
-                                      prons, optional_silence, cut.id)
+                words = word_segments(
+                    phones, [w if w in prons else compiler.oov for w in text.split()], prons, optional_silence, cut.id
+                )
                 word_items = [(seg.start * shift, seg.end * shift, seg.label) for seg in words]
                 phone_items = [(seg.start * shift, seg.end * shift, base_phone(seg.label)) for seg in phones]
                 word_ctm.writelines(ctm_line(cut, *item) for item in word_items)
@@ -211,7 +240,11 @@ def align_corpus(cuts_path: Path | str, lang_dir: Path | str, model_dir: Path | 
         flush_grid()
     if failed:
         write_text_atomic(out_dir / "failed.txt", "".join(f"{u}\n" for u in failed))
-        log.warning("%d utterance(s) could not be aligned (listed in %s): %s", len(failed), out_dir / "failed.txt",
-                    " ".join(failed[:10]))
+        log.warning(
+            "%d utterance(s) could not be aligned (listed in %s): %s",
+            len(failed),
+            out_dir / "failed.txt",
+            " ".join(failed[:10]),
+        )
     log.info("align %s: %d utterances aligned, %d failed", out_dir, aligned, len(failed))
     return {"aligned": aligned, "failed": failed}

@@ -70,8 +70,10 @@ class GraphCompiler:
         self.disambig = read_int_list(self.lang_dir / "phones" / "disambig.int")
         self.oov = (self.lang_dir / "oov.txt").read_text().strip()
         self._compiler = khg.TrainingGraphCompiler(
-            trans_model=self.trans_model, ctx_dep=self.tree,
-            lex_fst=kaldifst.StdVectorFst.read(str(self.lang_dir / "L.fst")), disambig_syms=self.disambig,
+            trans_model=self.trans_model,
+            ctx_dep=self.tree,
+            lex_fst=kaldifst.StdVectorFst.read(str(self.lang_dir / "L.fst")),
+            disambig_syms=self.disambig,
             opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0),
         )
 
@@ -81,8 +83,13 @@ class GraphCompiler:
 
     def compile(self, text: str):
         graph = self._compiler.compile_graph_from_text(self.word_ids(text))
-        khg.add_transition_probs(trans_model=self.trans_model, disambig_syms=self.disambig, transition_scale=1.0,
-                                 self_loop_scale=0.1, fst=graph)
+        khg.add_transition_probs(
+            trans_model=self.trans_model,
+            disambig_syms=self.disambig,
+            transition_scale=1.0,
+            self_loop_scale=0.1,
+            fst=graph,
+        )
         return graph
 
 
@@ -109,8 +116,10 @@ def phone_instances(tids, tid_phone: np.ndarray, tid_starts_phone: np.ndarray) -
         starts = np.concatenate([[0], starts])
     ends = np.concatenate([starts[1:], [len(tids)]])
     phones = [int(p) for p in tid_phone[tids[starts]]]
-    return [(phones[k - 1] if k > 0 else 0, phones[k], phones[k + 1] if k + 1 < len(phones) else 0, int(b), int(e))
-            for k, (b, e) in enumerate(zip(starts, ends))]
+    return [
+        (phones[k - 1] if k > 0 else 0, phones[k], phones[k + 1] if k + 1 < len(phones) else 0, int(b), int(e))
+        for k, (b, e) in enumerate(zip(starts, ends))
+    ]
 
 
 def tid_loglikes(pdf_loglikes: np.ndarray, tid_to_pdf: np.ndarray) -> np.ndarray:
@@ -135,24 +144,39 @@ def equal_alignment(graph, num_frames: int, seed: int, prefer=None, tries: int =
     return tids
 
 
-def align_kaldi(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, beam: float = 10.0,
-                retry_beam: float = 40.0) -> list[tuple[list[int], float] | None]:
+def align_kaldi(
+    graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, beam: float = 10.0, retry_beam: float = 40.0
+) -> list[tuple[list[int], float] | None]:
     """Kaldi's aligner per utterance: (transition ids, score) or None when it fails.
 
     ``graphs``: Kaldi FSTs or :class:`TrainingGraph`s (as for every aligner here)."""
     out = []
     for graph, ll in zip(graphs, pdf_loglikes):
         r = khg.align_utterance_wrapper(
-            config=khg.AlignConfig(beam=beam, retry_beam=retry_beam), utt="u", acoustic_scale=1.0, fst=_graph(graph).fst,
-            decodable=khg.DecodableCtc(tid_loglikes(ll, tid_to_pdf)), num_done=0, num_error=0, num_retried=0,
-            tot_like=0.0, frame_count=0,
+            config=khg.AlignConfig(beam=beam, retry_beam=retry_beam),
+            utt="u",
+            acoustic_scale=1.0,
+            fst=_graph(graph).fst,
+            decodable=khg.DecodableCtc(tid_loglikes(ll, tid_to_pdf)),
+            num_done=0,
+            num_error=0,
+            num_retried=0,
+            tot_like=0.0,
+            frame_count=0,
         )
         out.append((list(r[5]), float(r[3])) if r[0] == 1 else None)
     return out
 
 
-def align_fsa(graphs: list, pdf_loglikes: list[np.ndarray], tid_to_pdf: np.ndarray, device: str = "cpu",
-              batch: int = 256, max_cells: float = 4e8, engine: str | None = None) -> list[tuple[list[int], float] | None]:
+def align_fsa(
+    graphs: list,
+    pdf_loglikes: list[np.ndarray],
+    tid_to_pdf: np.ndarray,
+    device: str = "cpu",
+    batch: int = 256,
+    max_cells: float = 4e8,
+    engine: str | None = None,
+) -> list[tuple[list[int], float] | None]:
     """Exact Viterbi through an FSA engine (k2 or torch; default: the device's, :func:`default_backend`):
     (transition ids, score) or None where no path fits the frames.
 
@@ -194,8 +218,15 @@ def _batches(order: list[int], frames: list[int], batch: int, max_cells: float, 
         yield chunk
 
 
-def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str | None = None,
-          beam: float = 10.0, retry_beam: float = 40.0):
+def align(
+    graphs,
+    pdf_loglikes,
+    tid_to_pdf,
+    backend: str = "auto",
+    device: str | None = None,
+    beam: float = 10.0,
+    retry_beam: float = 40.0,
+):
     """Forced alignment with ``backend`` (kaldi, k2, torch; ``auto``: :func:`default_backend` of the device).
 
     The beams are Kaldi's (the FSA engines search exhaustively and need none).
@@ -216,6 +247,11 @@ def align(graphs, pdf_loglikes, tid_to_pdf, backend: str = "auto", device: str |
         exact = align_fsa([graphs[i] for i in lost], [pdf_loglikes[i] for i in lost], tid_to_pdf, device)
         for i, r in zip(lost, exact):
             results[i] = r
-        log.info("%d utterance(s) failed Kaldi's beams (%g, retry %g); the FSA Viterbi aligned %d of them",
-                 len(lost), beam, retry_beam, sum(r is not None for r in exact))
+        log.info(
+            "%d utterance(s) failed Kaldi's beams (%g, retry %g); the FSA Viterbi aligned %d of them",
+            len(lost),
+            beam,
+            retry_beam,
+            sum(r is not None for r in exact),
+        )
     return results

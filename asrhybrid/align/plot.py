@@ -11,7 +11,9 @@ from asrhybrid.align.generation import cut_entries, read_ctm
 from asrhybrid.outputs import atomic_output
 
 
-def plot_word_boundaries(cuts_path: Path | str, word_ctm: Path | str, png: Path | str, max_utterances: int = 30) -> Path:
+def plot_word_boundaries(
+    cuts_path: Path | str, word_ctm: Path | str, png: Path | str, max_utterances: int = 30
+) -> Path:
     """One row per utterance: frame energy (dB, 10 ms) with the aligned words shaded and named."""
     import matplotlib  # heavy, and only the plots need it
 

@@ -26,8 +26,12 @@ def _summary(errors: list[float]) -> dict:
     if not errors:
         return {"boundaries": 0}
     e = np.abs(np.asarray(errors)) * 1000
-    return {"boundaries": int(e.size), "mean_ms": round(float(e.mean()), 2), "median_ms": round(float(np.median(e)), 2),
-            **{f"within_{ms}ms": round(float((e <= ms).mean()), 4) for ms in (10, 20, 25)}}
+    return {
+        "boundaries": int(e.size),
+        "mean_ms": round(float(e.mean()), 2),
+        "median_ms": round(float(np.median(e)), 2),
+        **{f"within_{ms}ms": round(float((e <= ms).mean()), 4) for ms in (10, 20, 25)},
+    }
 
 
 def boundary_errors(cuts_path: Path | str, align_dir: Path | str) -> dict:
@@ -55,7 +59,10 @@ def boundary_errors(cuts_path: Path | str, align_dir: Path | str) -> dict:
                 phone_errors += [a[0] - b[0] for a, b in zip(mine, theirs)] + [mine[-1][1] - theirs[-1][1]]
     return {
         "word_boundaries": _summary(word_errors),
-        "phone_boundaries": {**_summary(phone_errors), "words_with_comparable_phones": compared_words,
-                             "words": total_words},
+        "phone_boundaries": {
+            **_summary(phone_errors),
+            "words_with_comparable_phones": compared_words,
+            "words": total_words,
+        },
         "utterances_with_other_words": skipped_utts,
     }

@@ -33,5 +33,7 @@ def download_corpus(name: str, target_dir: Path | str, force: bool = False) -> P
     try:
         getattr(lhotse.recipes, function)(Path(target_dir), force_download=force, **kwargs)
     except OSError as e:  # URLError is an OSError: offline, DNS, refused
-        raise AsrHybridError(f"downloading {name} into {target_dir} failed ({e}); without a network give corpus_dir=PATH") from None
+        raise AsrHybridError(
+            f"downloading {name} into {target_dir} failed ({e}); without a network give corpus_dir=PATH"
+        ) from None
     return corpus_dir

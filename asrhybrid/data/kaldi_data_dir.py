@@ -87,8 +87,10 @@ def read_kaldi_data_dir(data_dir: Path | str) -> list[Utterance]:
             continue
         entry, wav_line = wav_scp[rec_id]
         if len(entry) == 1 and re.fullmatch(r".+\.ark:\d+", entry[0]):
-            problems.append(f"{data_dir / 'wav.scp'}:{wav_line}: '{entry[0]}' points into a Kaldi archive; "
-                            "give a file, or a command ending in '|' (e.g. wav-copy ... - |)")
+            problems.append(
+                f"{data_dir / 'wav.scp'}:{wav_line}: '{entry[0]}' points into a Kaldi archive; "
+                "give a file, or a command ending in '|' (e.g. wav-copy ... - |)"
+            )
             continue
         utterances.append(
             Utterance(
@@ -106,6 +108,10 @@ def read_kaldi_data_dir(data_dir: Path | str) -> list[Utterance]:
         raise DataError(problems, str(data_dir))
     untranscribed = sorted(set(utt2spk) - set(text))
     if untranscribed:  # Kaldi's fix_data_dir.sh drops them too; say how many
-        log.warning("%s: %d utterance(s) of utt2spk have no line in text and are left out: %s", data_dir,
-                    len(untranscribed), " ".join(untranscribed[:10]) + (" ..." if len(untranscribed) > 10 else ""))
+        log.warning(
+            "%s: %d utterance(s) of utt2spk have no line in text and are left out: %s",
+            data_dir,
+            len(untranscribed),
+            " ".join(untranscribed[:10]) + (" ..." if len(untranscribed) > 10 else ""),
+        )
     return utterances

@@ -67,7 +67,9 @@ def _where(utt: Utterance) -> str:
 def _read_command_audio(command: str) -> bytes:
     result = subprocess.run(command, shell=True, capture_output=True, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"command exited {result.returncode}: {result.stderr.decode(errors='replace').strip()[:200]}")
+        raise RuntimeError(
+            f"command exited {result.returncode}: {result.stderr.decode(errors='replace').strip()[:200]}"
+        )
     return result.stdout
 
 
@@ -145,7 +147,9 @@ def build_manifests(
     seen: dict[str, Utterance] = {}
     for utt in utterances:
         if utt.id in seen:
-            problems.append(f"duplicate utterance id '{utt.id}' ({seen[utt.id].origin or seen[utt.id].audio} and {utt.origin or utt.audio})")
+            problems.append(
+                f"duplicate utterance id '{utt.id}' ({seen[utt.id].origin or seen[utt.id].audio} and {utt.origin or utt.audio})"
+            )
         else:
             seen[utt.id] = utt
         if not utt.id or any(c.isspace() for c in utt.id):
@@ -222,8 +226,10 @@ def build_manifests(
             )
             continue
         if min(end, rec.duration) - start < MIN_DURATION:
-            problems.append(f"{_where(utt)}: {min(end, rec.duration) - start:.4f} s of audio, shorter than one "
-                            f"feature frame ({MIN_DURATION} s)")
+            problems.append(
+                f"{_where(utt)}: {min(end, rec.duration) - start:.4f} s of audio, shorter than one "
+                f"feature frame ({MIN_DURATION} s)"
+            )
             continue
         supervisions.append(
             SupervisionSegment(
@@ -243,8 +249,13 @@ def build_manifests(
     if problems:
         raise DataError(problems, context)
     for rate, count in sorted(rates.items()):
-        log.warning("%s%d recording(s) at %d Hz will be resampled to %d Hz on load",
-                    f"{context}: " if context else "", count, rate, sample_rate)
+        log.warning(
+            "%s%d recording(s) at %d Hz will be resampled to %d Hz on load",
+            f"{context}: " if context else "",
+            count,
+            rate,
+            sample_rate,
+        )
     return RecordingSet.from_recordings(recordings.values()), SupervisionSet.from_segments(supervisions)
 
 
@@ -281,8 +292,12 @@ def load_cuts(path: Path | str):
 def transcript(cut, path: Path | str) -> str:
     """The one supervision's text of a cut; alignment and training need exactly one per cut."""
     if len(cut.supervisions) != 1:
-        raise DataError([f"cut '{cut.id}' ({path}) has {len(cut.supervisions)} supervisions; a stage that aligns "
-                         "or trains needs exactly one per cut (Lhotse's CutSet.trim_to_supervisions makes them)"])
+        raise DataError(
+            [
+                f"cut '{cut.id}' ({path}) has {len(cut.supervisions)} supervisions; a stage that aligns "
+                "or trains needs exactly one per cut (Lhotse's CutSet.trim_to_supervisions makes them)"
+            ]
+        )
     return cut.supervisions[0].text or ""
 
 

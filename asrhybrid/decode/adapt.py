@@ -20,9 +20,15 @@ from asrhybrid.nnet.inference import load_am
 from asrhybrid.outputs import write_text_atomic
 
 
-def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str, out_dir: Path | str,
-             cfg: AdaptConfig | None = None, graph_dir: Path | str | None = None,
-             device: torch.device | str = "cpu") -> dict:
+def adapt_am(
+    exp_dir: Path | str,
+    decode_dir: Path | str,
+    cuts_path: Path | str,
+    out_dir: Path | str,
+    cfg: AdaptConfig | None = None,
+    graph_dir: Path | str | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
     """adapt-am: the speakers of ``cuts_path`` adapted on the best paths of ``decode_dir`` (a decode of those
     cuts by ``exp_dir``'s system) into the model directory ``out_dir`` (final.pt, adapt.json, and the first
     pass's pdf targets first_pass_pdf.ark/.scp). ``exp_dir`` may itself be adapted: its base model is what is
@@ -43,8 +49,12 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
         model, trained = model.base, trained.base()
     _, trans_model = load_model(graph_dir)
     if trans_model.num_pdfs != trained.num_outputs:
-        raise DataError([f"{exp_dir}: the model has {trained.num_outputs} pdfs, {graph_dir}'s transition model "
-                         f"{trans_model.num_pdfs}: the decode is not this system's"])
+        raise DataError(
+            [
+                f"{exp_dir}: the model has {trained.num_outputs} pdfs, {graph_dir}'s transition model "
+                f"{trans_model.num_pdfs}: the decode is not this system's"
+            ]
+        )
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     out_dir.mkdir(parents=True, exist_ok=True)
     targets_ark = out_dir / "first_pass_pdf.ark"
@@ -54,12 +64,12 @@ def adapt_am(exp_dir: Path | str, decode_dir: Path | str, cuts_path: Path | str,
     cuts = load_cuts(cuts_path)
     targets = AlignmentTable(targets_ark)
     try:
-        adapted, report = adapt_speakers(model, trained.feat_dim, cuts, targets, trained.normalizer(cuts, cuts_path),
-                                         cfg, device)
+        adapted, report = adapt_speakers(
+            model, trained.feat_dim, cuts, targets, trained.normalizer(cuts, cuts_path), cfg, device
+        )
     finally:
         targets.close()
-    report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path),
-                   "graph": str(graph_dir)})
+    report.update({"base": base_dir, "first_pass": str(decode_dir), "cuts": str(cuts_path), "graph": str(graph_dir)})
     trained.adapted({**adapted.transforms_state(), "first_pass": str(decode_dir), "base": base_dir}).save(out_dir)
     write_text_atomic(out_dir / "adapt.json", json.dumps(report, indent=1) + "\n")
     return report

@@ -59,18 +59,34 @@ def frame_batches(scores: Iterator[tuple], max_frames: int):
         yield batch
 
 
-def decode_job(graph_dir: Path, source: ScoreSource, out_dir: Path, cfg: DecodeConfig, job: int, nj: int,
-               device: str = "cpu", compare_kaldi: bool = False) -> dict:
+def decode_job(
+    graph_dir: Path,
+    source: ScoreSource,
+    out_dir: Path,
+    cfg: DecodeConfig,
+    job: int,
+    nj: int,
+    device: str = "cpu",
+    compare_kaldi: bool = False,
+) -> dict:
     """Decode job ``job`` of ``nj`` into ``out_dir/lat.job.gz`` and ``best.job.jsonl``; returns its counts."""
     if device == "cpu" and nj > 1:
         torch.set_num_threads(1)
     graph = DecodingGraph.load(graph_dir)
     kaldi = KaldiDecoder(graph, cfg) if compare_kaldi else None
-    stats = {"utterances": 0, "failed": [], "frames": 0, "audio_seconds": 0.0, "decode_seconds": 0.0,
-             "search_seconds": 0.0, "state_lattice_arcs": 0, "lattice_arcs": 0, "kaldi": None}
+    stats = {
+        "utterances": 0,
+        "failed": [],
+        "frames": 0,
+        "audio_seconds": 0.0,
+        "decode_seconds": 0.0,
+        "search_seconds": 0.0,
+        "state_lattice_arcs": 0,
+        "lattice_arcs": 0,
+        "kaldi": None,
+    }
     if kaldi is not None:
-        stats["kaldi"] = {"compared": 0, "same_words": 0, "k2_better_or_equal": 0, "kaldi_better": [],
-                          "seconds": 0.0}
+        stats["kaldi"] = {"compared": 0, "same_words": 0, "k2_better_or_equal": 0, "kaldi_better": [], "seconds": 0.0}
     with atomic_output(out_dir / f"best.{job}.jsonl") as best_tmp, atomic_output(out_dir / f"lat.{job}.gz") as lat_tmp:
         with open(best_tmp, "w", encoding="utf-8") as best_file:
 
@@ -83,10 +99,20 @@ def decode_job(graph_dir: Path, source: ScoreSource, out_dir: Path, cfg: DecodeC
                         _record(stats, hyp, ll, seconds)
                         if kaldi is not None and hyp.ok:
                             _compare(stats["kaldi"], hyp, kaldi, ll)
-                        best_file.write(json.dumps({"utt": utt, "words": [graph.words[w] for w in hyp.words],
-                                                    "tids": hyp.tids, "cost": round(hyp.cost, 4),
-                                                    "frames": int(ll.shape[0]) if ll.ndim == 2 else 0,
-                                                    "lattice_arcs": hyp.lattice_arcs, "error": hyp.error}) + "\n")
+                        best_file.write(
+                            json.dumps(
+                                {
+                                    "utt": utt,
+                                    "words": [graph.words[w] for w in hyp.words],
+                                    "tids": hyp.tids,
+                                    "cost": round(hyp.cost, 4),
+                                    "frames": int(ll.shape[0]) if ll.ndim == 2 else 0,
+                                    "lattice_arcs": hyp.lattice_arcs,
+                                    "error": hyp.error,
+                                }
+                            )
+                            + "\n"
+                        )
                         if hyp.ok:
                             yield utt, hyp.lattice
 
@@ -126,8 +152,15 @@ def _run_job(kwargs: dict) -> dict:
     return decode_job(**kwargs)
 
 
-def decode_corpus(graph_dir: Path | str, source: ScoreSource, out_dir: Path | str, cfg: DecodeConfig | None = None,
-                  nj: int = 1, device: str = "cpu", compare_kaldi: bool = False) -> dict:
+def decode_corpus(
+    graph_dir: Path | str,
+    source: ScoreSource,
+    out_dir: Path | str,
+    cfg: DecodeConfig | None = None,
+    nj: int = 1,
+    device: str = "cpu",
+    compare_kaldi: bool = False,
+) -> dict:
     """Decode every utterance of ``source`` (asrhybrid.decode.scores) into ``out_dir`` (see the module's doc) with
     ``nj`` jobs (processes on CPU); the jobs already complete there (same options: the verb clears the folder
     otherwise) are kept. Returns decode.json."""
@@ -138,18 +171,37 @@ def decode_corpus(graph_dir: Path | str, source: ScoreSource, out_dir: Path | st
     if source.kind != "archive":
         if (source.kind == "ctc") != graph.is_hlg:
             what = "a CTC system" if source.kind == "ctc" else "an acoustic model"
-            raise DataError([f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
-                             f"({source.path}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"])
+            raise DataError(
+                [
+                    f"{graph_dir}: {'an HLG' if graph.is_hlg else 'an HCLG'} graph cannot decode {what} "
+                    f"({source.path}): HCLG (mkgraph) decodes acoustic models, HLG (mkgraph-ctc) CTC systems"
+                ]
+            )
         width, unit = source.num_outputs, ("tokens" if source.kind == "ctc" else "pdfs")
         if width != graph.num_pdfs:
             what = "the CTC system" if source.kind == "ctc" else "the acoustic model"
             why = "token sets" if source.kind == "ctc" else "trees"
-            raise DataError([f"{source.path}: {what} has {width} {unit}, the graph {graph_dir} was built for "
-                             f"{graph.num_pdfs}: they come from different {why}"])
+            raise DataError(
+                [
+                    f"{source.path}: {what} has {width} {unit}, the graph {graph_dir} was built for "
+                    f"{graph.num_pdfs}: they come from different {why}"
+                ]
+            )
     if compare_kaldi and graph.is_hlg:
         raise DataError([f"{graph_dir}: Kaldi's decoder needs an HCLG and its model; an HLG has no Kaldi reference"])
-    jobs = [dict(graph_dir=graph_dir, source=source, out_dir=out_dir, cfg=cfg, job=j, nj=nj,
-                 device=device, compare_kaldi=compare_kaldi) for j in range(1, nj + 1)]
+    jobs = [
+        dict(
+            graph_dir=graph_dir,
+            source=source,
+            out_dir=out_dir,
+            cfg=cfg,
+            job=j,
+            nj=nj,
+            device=device,
+            compare_kaldi=compare_kaldi,
+        )
+        for j in range(1, nj + 1)
+    ]
     todo = [k for k in jobs if not _job_done(out_dir, k["job"])]
     if len(todo) < len(jobs):
         log.info("%s: %d of %d jobs already decoded", out_dir, len(jobs) - len(todo), len(jobs))
@@ -172,26 +224,41 @@ def _job_done(out_dir: Path, job: int) -> bool:
     return all((out_dir / name).is_file() for name in (f".job.{job}.json", f"lat.{job}.gz", f"best.{job}.jsonl"))
 
 
-def _summary(out_dir: Path, nj: int, cfg: DecodeConfig, graph_dir: Path, source: ScoreSource, device: str,
-             wall: float) -> dict:
+def _summary(
+    out_dir: Path, nj: int, cfg: DecodeConfig, graph_dir: Path, source: ScoreSource, device: str, wall: float
+) -> dict:
     jobs = [json.loads((out_dir / f".job.{j}.json").read_text()) for j in range(1, nj + 1)]
-    total = {key: sum(j[key] for j in jobs) for key in ("utterances", "frames", "audio_seconds", "decode_seconds",
-                                                        "state_lattice_arcs", "lattice_arcs")}
+    total = {
+        key: sum(j[key] for j in jobs)
+        for key in ("utterances", "frames", "audio_seconds", "decode_seconds", "state_lattice_arcs", "lattice_arcs")
+    }
     failed = [f for j in jobs for f in j["failed"]]
     frames = max(1, total["frames"])
     cuts = getattr(source, "cuts", None)
-    summary = {"config": asdict(cfg), "graph": str(graph_dir), "scores": str(source.path),
-               "cuts": str(cuts) if cuts else None, "nj": nj, "device": device,
-               "utterances": total["utterances"], "decoded": total["utterances"] - len(failed),
-               "failed": failed, "frames": total["frames"],
-               "decode_frames_per_second": round(total["frames"] / max(1e-9, total["decode_seconds"]), 1),
-               "real_time_factor": (round(total["decode_seconds"] / total["audio_seconds"], 5)
-                                    if total["audio_seconds"] else None),
-               "state_lattice_arcs_per_frame": round(total["state_lattice_arcs"] / frames, 2),
-               "lattice_arcs_per_frame": round(total["lattice_arcs"] / frames, 4),
-               "wall_seconds_this_run": round(wall, 2)}
+    summary = {
+        "config": asdict(cfg),
+        "graph": str(graph_dir),
+        "scores": str(source.path),
+        "cuts": str(cuts) if cuts else None,
+        "nj": nj,
+        "device": device,
+        "utterances": total["utterances"],
+        "decoded": total["utterances"] - len(failed),
+        "failed": failed,
+        "frames": total["frames"],
+        "decode_frames_per_second": round(total["frames"] / max(1e-9, total["decode_seconds"]), 1),
+        "real_time_factor": (
+            round(total["decode_seconds"] / total["audio_seconds"], 5) if total["audio_seconds"] else None
+        ),
+        "state_lattice_arcs_per_frame": round(total["state_lattice_arcs"] / frames, 2),
+        "lattice_arcs_per_frame": round(total["lattice_arcs"] / frames, 4),
+        "wall_seconds_this_run": round(wall, 2),
+    }
     if jobs and jobs[0]["kaldi"] is not None:
-        k = {key: sum(j["kaldi"][key] for j in jobs) for key in ("compared", "same_words", "k2_better_or_equal", "seconds")}
+        k = {
+            key: sum(j["kaldi"][key] for j in jobs)
+            for key in ("compared", "same_words", "k2_better_or_equal", "seconds")
+        }
         k["kaldi_better"] = [d for j in jobs for d in j["kaldi"]["kaldi_better"]]
         k["same_words_fraction"] = round(k["same_words"] / max(1, k["compared"]), 4)
         summary["kaldi_reference"] = k
@@ -211,7 +278,9 @@ def read_best(decode_dir: Path | str) -> Iterator[dict]:
 def lattice_files(decode_dir: Path | str) -> list[Path]:
     """The lattice archives of a decode directory: ``lat.1.gz``, ``lat.2.gz``, ... in job order."""
     decode_dir = Path(decode_dir)
-    files = sorted(decode_dir.glob("lat.*.gz"), key=lambda p: int(p.name.split(".")[1]) if p.name.split(".")[1].isdigit() else 0)
+    files = sorted(
+        decode_dir.glob("lat.*.gz"), key=lambda p: int(p.name.split(".")[1]) if p.name.split(".")[1].isdigit() else 0
+    )
     if not files:
         raise DataError([f"{decode_dir}: no lattices (lat.N.gz): not a decode directory"])
     return files

@@ -21,8 +21,14 @@ from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.outputs import atomic_output
 
 
-def lattice_ctm(decode_dir: Path | str, graph_dir: Path | str, out_ctm: Path | str, lmwt: float = 10.0,
-                wip: float = 0.0, frame_shift: float = 0.01) -> dict:
+def lattice_ctm(
+    decode_dir: Path | str,
+    graph_dir: Path | str,
+    out_ctm: Path | str,
+    lmwt: float = 10.0,
+    wip: float = 0.0,
+    frame_shift: float = 0.01,
+) -> dict:
     """Write ``utt 1 start duration word`` lines (Kaldi's CTM, the utterance as the recording); returns counts."""
     graph_dir = Path(graph_dir)
     _, trans_model = load_model(graph_dir)

@@ -72,8 +72,10 @@ class Hypothesis:
 def check_scores(utt: str, loglikes: np.ndarray, num_pdfs: int) -> str | None:
     """Why a score matrix cannot be decoded with a graph of ``num_pdfs`` pdfs; None when it can."""
     if loglikes.ndim != 2 or loglikes.shape[1] != num_pdfs:
-        return (f"utterance {utt}: score matrix of shape {tuple(loglikes.shape)}, the graph's model has {num_pdfs} pdfs "
-                "(the acoustic model and the graph come from different trees?)")
+        return (
+            f"utterance {utt}: score matrix of shape {tuple(loglikes.shape)}, the graph's model has {num_pdfs} pdfs "
+            "(the acoustic model and the graph come from different trees?)"
+        )
     if loglikes.shape[0] == 0:
         return f"utterance {utt}: zero frames"
     if not np.isfinite(loglikes).all():
@@ -81,8 +83,13 @@ def check_scores(utt: str, loglikes: np.ndarray, num_pdfs: int) -> str | None:
     return None
 
 
-def decode_batch(graph: DecodingGraph, batch: list[tuple[str, np.ndarray]], cfg: DecodeConfig,
-                 device: torch.device | str = "cpu", lattices: bool = True) -> list[Hypothesis]:
+def decode_batch(
+    graph: DecodingGraph,
+    batch: list[tuple[str, np.ndarray]],
+    cfg: DecodeConfig,
+    device: torch.device | str = "cpu",
+    lattices: bool = True,
+) -> list[Hypothesis]:
     """k2 lattice decoding of ``(utt, log-likelihoods [T, num_pdfs])`` pairs (unscaled: ``cfg.acwt`` applies here)."""
     k2 = k2_module()
     results = {utt: Hypothesis(utt) for utt, _ in batch}
@@ -100,9 +107,14 @@ def decode_batch(graph: DecodingGraph, batch: list[tuple[str, np.ndarray]], cfg:
             scores[b, : ll.shape[0]] = torch.from_numpy(np.ascontiguousarray(ll, dtype=np.float32)) * cfg.acwt
         segments = torch.tensor([[b, 0, ll.shape[0]] for b, (_, ll) in enumerate(good)], dtype=torch.int32)
         dense = k2.DenseFsaVec(scores.to(device), segments)
-        lattice = k2.intersect_dense_pruned(graph.fsa_on(device), dense, search_beam=cfg.search_beam,
-                                            output_beam=cfg.output_beam, min_active_states=cfg.min_active,
-                                            max_active_states=cfg.max_active)
+        lattice = k2.intersect_dense_pruned(
+            graph.fsa_on(device),
+            dense,
+            search_beam=cfg.search_beam,
+            output_beam=cfg.output_beam,
+            min_active_states=cfg.min_active,
+            max_active_states=cfg.max_active,
+        )
         best = k2.shortest_path(lattice, use_double_scores=True)
         tropical = None
         if lattices:  # per state, the best score from the start and to the end (tropical), every lattice at once
@@ -123,7 +135,7 @@ def _words_of_arcs(fsa, arcs: np.ndarray | None = None) -> list[list[int]]:
         return [[int(values[i])] for i in (range(len(values)) if arcs is None else arcs)]
     values, splits = aux.values.cpu().numpy(), aux.shape.row_splits(1).cpu().numpy()
     index = range(len(splits) - 1) if arcs is None else arcs
-    return [values[splits[i]:splits[i + 1]].tolist() for i in index]
+    return [values[splits[i] : splits[i + 1]].tolist() for i in index]
 
 
 def _fill(hyp: Hypothesis, lattice, best, cfg: DecodeConfig, tropical) -> None:
@@ -145,17 +157,28 @@ def _fill(hyp: Hypothesis, lattice, best, cfg: DecodeConfig, tropical) -> None:
     keep = np.nonzero(forward[arcs[:, 0]] + scores + backward[arcs[:, 1]] >= backward[0] - cfg.lattice_beam)[0]
     # the states of the kept arcs, renumbered in order (the start stays 0, the order stays topological)
     states, renumbered = np.unique(np.concatenate([[0], arcs[keep, 0], arcs[keep, 1]]), return_inverse=True)
-    src, dst = renumbered[1 : 1 + len(keep)], renumbered[1 + len(keep):]
-    state_lattice = arrays_to_state_lattice(len(states), src, dst, _words_of_arcs(lattice, keep), -graph[keep],
-                                            -(scores[keep] - graph[keep]), lattice.tids.cpu().numpy()[keep],
-                                            arcs[keep, 2] == -1)
+    src, dst = renumbered[1 : 1 + len(keep)], renumbered[1 + len(keep) :]
+    state_lattice = arrays_to_state_lattice(
+        len(states),
+        src,
+        dst,
+        _words_of_arcs(lattice, keep),
+        -graph[keep],
+        -(scores[keep] - graph[keep]),
+        lattice.tids.cpu().numpy()[keep],
+        arcs[keep, 2] == -1,
+    )
     hyp.lattice, stats = determinize(state_lattice, cfg.lattice_beam, cfg.acwt, cfg.max_lattice_states)
     if stats.hit_max_states:
-        log.warning("utterance %s: the lattice reached %d states (max_lattice_states): the best paths kept, the rest cut",
-                    hyp.utt, cfg.max_lattice_states)
+        log.warning(
+            "utterance %s: the lattice reached %d states (max_lattice_states): the best paths kept, the rest cut",
+            hyp.utt,
+            cfg.max_lattice_states,
+        )
 
 
 # --- the reference: Kaldi's LatticeFasterDecoder ------------------------------------------
+
 
 class KaldiDecoder:
     """kaldi-hmm-gmm's LatticeFasterDecoder over the graph's HCLG (a ConstFst) with ``cfg``'s beams.
@@ -164,8 +187,12 @@ class KaldiDecoder:
 
     def __init__(self, graph: DecodingGraph, cfg: DecodeConfig):
         opts = khg.LatticeFasterDecoderConfig()
-        opts.beam, opts.max_active, opts.min_active, opts.lattice_beam = (cfg.search_beam, cfg.max_active,
-                                                                          cfg.min_active, cfg.lattice_beam)
+        opts.beam, opts.max_active, opts.min_active, opts.lattice_beam = (
+            cfg.search_beam,
+            cfg.max_active,
+            cfg.min_active,
+            cfg.lattice_beam,
+        )
         self.graph, self.cfg, self.fst = graph, cfg, load_hclg(graph.graph_dir)
         self.decoder = khg.LatticeFasterDecoderStdConstFst(self.fst, opts)
 
@@ -176,8 +203,9 @@ class KaldiDecoder:
         if error:
             return Hypothesis(utt, error=error)
         mapped = np.ascontiguousarray(cfg.acwt * loglikes[:, graph.tid_to_pdf[1:]], dtype=np.float32)
-        ok, tids, words, loglike = khg.decode_utterance_lattice_faster(self.decoder, khg.DecodableCtc(mapped),
-                                                                       graph.trans_model, utt, False)
+        ok, tids, words, loglike = khg.decode_utterance_lattice_faster(
+            self.decoder, khg.DecodableCtc(mapped), graph.trans_model, utt, False
+        )
         if not ok:
             return Hypothesis(utt, error=f"utterance {utt}: Kaldi's decoder reached no final state")
         return Hypothesis(utt, words=[w for w in words if w > 0], tids=list(tids), cost=-float(loglike))

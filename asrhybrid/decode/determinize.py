@@ -100,8 +100,9 @@ def _common_prefix(strings: list[tuple[int, ...]]) -> int:
     return n
 
 
-def determinize(lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.0,
-                max_states: int = 100_000) -> tuple[WordLattice, DeterminizeStats]:
+def determinize(
+    lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.0, max_states: int = 100_000
+) -> tuple[WordLattice, DeterminizeStats]:
     """The word lattice of ``lat`` (see the module's doc); its acoustic costs are divided by ``acoustic_scale``
     (unscaled, as Kaldi writes lattices), its graph costs are as they were."""
     out: list[list] = [[] for _ in range(lat.num_states)]
@@ -123,8 +124,9 @@ def determinize(lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.
             if from_start[s] + g + a < from_start[dst]:
                 from_start[dst] = from_start[s] + g + a
     limit = best_total + beam
-    out = [[arc for arc in arcs if from_start[s] + arc[3] + arc[4] + to_end[arc[1]] <= limit]
-           for s, arcs in enumerate(out)]
+    out = [
+        [arc for arc in arcs if from_start[s] + arc[3] + arc[4] + to_end[arc[1]] <= limit] for s, arcs in enumerate(out)
+    ]
 
     # an element: state -> (graph, acoustic, string); a subset's key: its elements, weights quantized
     def closure(elements: dict[int, tuple[float, float, tuple[int, ...]]], base: float):
@@ -149,16 +151,18 @@ def determinize(lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.
         return elements
 
     def key(elements) -> tuple:
-        return tuple(sorted((s, round(g / _QUANTUM), round(a / _QUANTUM), string)
-                            for s, (g, a, string) in elements.items()))
+        return tuple(
+            sorted((s, round(g / _QUANTUM), round(a / _QUANTUM), string) for s, (g, a, string) in elements.items())
+        )
 
     def normalize(elements):
         """(weight and string of the arc into the subset, the subset with residuals)."""
         best = min(elements.values(), key=lambda e: e[0] + e[1])
         strings = [e[2] for e in elements.values()]
         n = _common_prefix(strings)
-        return (best[0], best[1], best[2][:n]), {s: (g - best[0], a - best[1], string[n:])
-                                                 for s, (g, a, string) in elements.items()}
+        return (best[0], best[1], best[2][:n]), {
+            s: (g - best[0], a - best[1], string[n:]) for s, (g, a, string) in elements.items()
+        }
 
     def heuristic(elements) -> float:
         return min(g + a + to_end[s] for s, (g, a, _) in elements.items())
@@ -184,8 +188,12 @@ def determinize(lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.
             break
         expanded.add(sid)
         elements = subsets[sid]
-        finals = [(g + fg, a + fa, string) for s, (g, a, string) in elements.items()
-                  if (f := lat.final.get(s)) is not None for fg, fa in [f]]
+        finals = [
+            (g + fg, a + fa, string)
+            for s, (g, a, string) in elements.items()
+            if (f := lat.final.get(s)) is not None
+            for fg, fa in [f]
+        ]
         if finals:
             best_final = min(finals, key=lambda e: e[0] + e[1])
             if forward[sid] + best_final[0] + best_final[1] <= limit:
@@ -242,9 +250,16 @@ def _connected(arcs: list[Arc], final: dict, acoustic_scale: float) -> WordLatti
     return WordLattice(kept, finals, num_states=len(new))
 
 
-def arrays_to_state_lattice(num_states: int, src: np.ndarray, dst: np.ndarray, words: list[tuple[int, ...]],
-                            graph: np.ndarray, acoustic: np.ndarray, tids: np.ndarray,
-                            final_arc: np.ndarray) -> StateLattice:
+def arrays_to_state_lattice(
+    num_states: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    words: list[tuple[int, ...]],
+    graph: np.ndarray,
+    acoustic: np.ndarray,
+    tids: np.ndarray,
+    final_arc: np.ndarray,
+) -> StateLattice:
     """A :class:`StateLattice` from arc arrays: arcs whose ``final_arc`` is set become final weights of their
     source; an arc with several words becomes a chain of arcs, its costs and frame on the first. A final arc
     with words (an HLG's last word, put off until the end showed which word it was) becomes a chain of

@@ -111,8 +111,9 @@ class WordLattice:
             for k, arc in enumerate(out[state]):
                 step = lmwt * arc.graph + arc.acoustic + (wip if arc.word else 0.0)
                 if to_end[arc.dst] < math.inf:
-                    heapq.heappush(heap, (cost + step + to_end[arc.dst], cost + step, arc.dst, counter,
-                                          arcs + ((state, k),)))
+                    heapq.heappush(
+                        heap, (cost + step + to_end[arc.dst], cost + step, arc.dst, counter, arcs + ((state, k),))
+                    )
                     counter += 1
         return found
 
@@ -269,8 +270,10 @@ def write_kaldi_lattices(path: Path | str, lattices: Iterable[tuple[str, WordLat
                 raise ValueError(f"lattice key '{key}': Kaldi keys are non-empty and have no spaces")
             f.write(f"{key}\n")
             for arc in sorted(lattice.arcs, key=lambda a: a.src):
-                f.write(f"{arc.src}\t{arc.dst}\t{arc.word}\t{_format_cost(arc.graph)},{_format_cost(arc.acoustic)},"
-                        f"{'_'.join(map(str, arc.tids))}\n")
+                f.write(
+                    f"{arc.src}\t{arc.dst}\t{arc.word}\t{_format_cost(arc.graph)},{_format_cost(arc.acoustic)},"
+                    f"{'_'.join(map(str, arc.tids))}\n"
+                )
             for state, (g, a, tids) in sorted(lattice.final.items()):
                 f.write(f"{state}\t{_format_cost(g)},{_format_cost(a)},{'_'.join(map(str, tids))}\n")
             f.write("\n")

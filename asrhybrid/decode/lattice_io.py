@@ -54,8 +54,16 @@ def import_kaldi_lattices(archives: list[Path], words_txt: Path, out_dir: Path, 
                         arc.acoustic /= acoustic_scale
                     lattice.final = {s: (g, a / acoustic_scale, t) for s, (g, a, t) in lattice.final.items()}
                 path = lattice.best_path(10.0)
-                best_lines.append(json.dumps({"utt": utt, "words": [words[w] for w in path.words] if path else [],
-                                              "tids": list(path.tids) if path else [], "error": None}))
+                best_lines.append(
+                    json.dumps(
+                        {
+                            "utt": utt,
+                            "words": [words[w] for w in path.words] if path else [],
+                            "tids": list(path.tids) if path else [],
+                            "error": None,
+                        }
+                    )
+                )
                 count += 1
                 yield utt, lattice
             failed.extend({"utt": None, "error": message} for message in bad)
@@ -64,7 +72,13 @@ def import_kaldi_lattices(archives: list[Path], words_txt: Path, out_dir: Path, 
             write_kaldi_lattices(tmp, checked())
         write_text_atomic(out_dir / f"best.{job}.jsonl", "".join(line + "\n" for line in best_lines))
     shutil.copyfile(words_txt, out_dir / "words.txt")
-    summary = {"config": None, "imported_from": [str(a) for a in archives], "nj": len(archives),
-               "utterances": count + len(failed), "decoded": count, "failed": failed}
+    summary = {
+        "config": None,
+        "imported_from": [str(a) for a in archives],
+        "nj": len(archives),
+        "utterances": count + len(failed),
+        "decoded": count,
+        "failed": failed,
+    }
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -98,7 +98,7 @@ class ArpaScorer:
 
     def step_word(self, state, w: str):
         log10, _ = self.model.log10_prob(w, state)
-        nxt = (state + (w,))[len(state) + 1 - self._keep:] if self._keep else ()
+        nxt = (state + (w,))[len(state) + 1 - self._keep :] if self._keep else ()
         return -log10 * LN10, nxt
 
     def end(self, state) -> float:
@@ -137,8 +137,11 @@ def check_lm_words(lm: Path, words: dict[int, str]) -> None:
     known = set(words.values())
     missing = sorted(w for w in read_arpa(lm).vocabulary if w not in known and w not in (BOS, EOS, UNK))
     if missing:
-        raise DataError([f"{lm}: word '{w}' is not in the lattices' words.txt" for w in missing[:20]]
-                        + ([f"... {len(missing) - 20} more"] if len(missing) > 20 else []), str(lm))
+        raise DataError(
+            [f"{lm}: word '{w}' is not in the lattices' words.txt" for w in missing[:20]]
+            + ([f"... {len(missing) - 20} more"] if len(missing) > 20 else []),
+            str(lm),
+        )
 
 
 def apply_lm(lattice: WordLattice, scorer, scale: float) -> WordLattice:
@@ -169,6 +172,7 @@ def apply_lm(lattice: WordLattice, scorer, scale: float) -> WordLattice:
 
 # --- whole-lattice rescoring through k2 -----------------------------------------------------
 
+
 @dataclass
 class K2LanguageModel:
     """G.fst as a k2 acceptor over word ids (back-off ``#0`` arcs as epsilons), arc-sorted."""
@@ -179,15 +183,21 @@ class K2LanguageModel:
     def from_g_fst(cls, g_fst: Path | str, words: dict[int, str]) -> "K2LanguageModel":
         import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-
         g = from_kaldi(kaldifst.StdVectorFst.read(str(g_fst)))
         label = g.label.clone()
         disambig = [i for i, w in words.items() if w.startswith("#")]
         if disambig:
             label[label >= min(disambig)] = 0  # #0 and above: back-off arcs become epsilons
         order = torch.argsort(g.src, stable=True)
-        arcs = torch.stack([g.src[order].to(torch.int32), g.dst[order].to(torch.int32), label[order].to(torch.int32),
-                            g.score[order].to(torch.float32).view(torch.int32)], dim=1).contiguous()
+        arcs = torch.stack(
+            [
+                g.src[order].to(torch.int32),
+                g.dst[order].to(torch.int32),
+                label[order].to(torch.int32),
+                g.score[order].to(torch.float32).view(torch.int32),
+            ],
+            dim=1,
+        ).contiguous()
         return cls(k2.arc_sort(k2.Fsa(arcs)))
 
 
@@ -214,8 +224,9 @@ def k2_apply_lm(lattice: WordLattice, lm: K2LanguageModel, scale: float = 1.0) -
     if not lattice.final:
         return WordLattice([], {})
     fsa = k2.arc_sort(k2.add_epsilon_self_loops(_to_k2(lattice)))
-    composed = k2.intersect_device(k2.create_fsa_vec([lm.fsa]), k2.create_fsa_vec([fsa]),
-                                   torch.zeros(1, dtype=torch.int32), sorted_match_a=True)
+    composed = k2.intersect_device(
+        k2.create_fsa_vec([lm.fsa]), k2.create_fsa_vec([fsa]), torch.zeros(1, dtype=torch.int32), sorted_match_a=True
+    )
     composed = k2.top_sort(k2.connect(composed))
     if composed.num_arcs == 0:
         return WordLattice([], {})
@@ -236,24 +247,30 @@ def k2_apply_lm(lattice: WordLattice, lm: K2LanguageModel, scale: float = 1.0) -
     return WordLattice(arcs, final, num_states=c.shape[0])
 
 
-
 # --- the two methods over a lattice, and over a decode directory ---------------------------------
+
 
 def rescore_lattice(lattice: WordLattice, old, new_k2: K2LanguageModel) -> WordLattice:
     """Whole-lattice: old LM out (exact), new LM in through k2."""
     return k2_apply_lm(apply_lm(lattice, old, -1.0), new_k2, 1.0)
 
 
-def rescore_nbest(lattice: WordLattice, old, new, n: int = 100,
-                  nbest_lmwt: float = 10.0) -> WordLattice:
+def rescore_nbest(lattice: WordLattice, old, new, n: int = 100, nbest_lmwt: float = 10.0) -> WordLattice:
     """n-best: the n best unique word sequences, each with old LM out and new LM in (KenLM, whole sentences)."""
     paths = lattice.nbest(n, lmwt=nbest_lmwt)
     delta = [new.sentence_cost(p.words) - old.sentence_cost(p.words) for p in paths]
     return paths_lattice(paths, delta)
 
 
-def rescore_decode_dir(decode_dir: Path | str, old_lm: Path | str, new_lm: Path | str, out_dir: Path | str,
-                       method: str = "lattice", n: int = 100, nbest_lmwt: float = 10.0) -> dict:
+def rescore_decode_dir(
+    decode_dir: Path | str,
+    old_lm: Path | str,
+    new_lm: Path | str,
+    out_dir: Path | str,
+    method: str = "lattice",
+    n: int = 100,
+    nbest_lmwt: float = 10.0,
+) -> dict:
     """Rescore every lattice of a decode directory into ``out_dir`` (a decode directory again: lat.N.gz per
     job, words.txt, decode.json with the rescoring's counts). ``new_lm`` for ``lattice`` is an ARPA file
     (compiled to ``out_dir/G.fst`` over words.txt) or a G.fst; for ``nbest`` an ARPA file or a KenLM binary."""
@@ -283,8 +300,16 @@ def rescore_decode_dir(decode_dir: Path | str, old_lm: Path | str, new_lm: Path 
         def rescore(lat):
             return rescore_nbest(lat, old, new, n, nbest_lmwt)
 
-    stats = {"method": method, "old_lm": str(old_lm), "new_lm": str(new_lm), "n": n if method == "nbest" else None,
-             "lattices": 0, "seconds": 0.0, "arcs_in": 0, "arcs_out": 0}
+    stats = {
+        "method": method,
+        "old_lm": str(old_lm),
+        "new_lm": str(new_lm),
+        "n": n if method == "nbest" else None,
+        "lattices": 0,
+        "seconds": 0.0,
+        "arcs_in": 0,
+        "arcs_out": 0,
+    }
     for path in lattice_files(decode_dir):
 
         def rescored(path=path):

@@ -44,7 +44,9 @@ class LoglikeArchive:
 
     def __post_init__(self):
         if Path(self.path).suffix not in (".ark", ".scp") or not Path(self.path).is_file():
-            raise DataError([f"{self.path}: neither a model directory (with final.pt) nor a log-likelihood archive (.ark)"])
+            raise DataError(
+                [f"{self.path}: neither a model directory (with final.pt) nor a log-likelihood archive (.ark)"]
+            )
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         for utt, ll in iter_matrices(Path(self.path).with_suffix(".ark")):
@@ -65,6 +67,13 @@ class AcousticModelScores:
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         model, trained = load_am(self.path, device)
         normalizer = trained.normalizer(load_cuts(self.cuts), self.cuts)  # speakers' statistics of all jobs
-        for cut, ll in iter_loglikes(model, trained, load_cuts(self.cuts).filter(InJob(job, nj)), acwt=1.0,
-                                     prior_scale=self.prior_scale, device=device, normalizer=normalizer):
+        for cut, ll in iter_loglikes(
+            model,
+            trained,
+            load_cuts(self.cuts).filter(InJob(job, nj)),
+            acwt=1.0,
+            prior_scale=self.prior_scale,
+            device=device,
+            normalizer=normalizer,
+        ):
             yield cut.id, ll, float(cut.duration)

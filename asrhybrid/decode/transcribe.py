@@ -57,8 +57,11 @@ def iter_audio(sources: list[Path], sample_rate: int) -> Iterator[AudioItem]:
         if source.name == "wav.scp" or source.suffix == ".scp":
             problems: list[str] = []
             table = read_table(source, 1, problems)
-            problems += [f"{source}:{n}: '{' '.join(rest)}': one audio file expected (commands ending in | are not read)"
-                         for rest, n in table.values() if len(rest) != 1 or rest[0].endswith("|")]
+            problems += [
+                f"{source}:{n}: '{' '.join(rest)}': one audio file expected (commands ending in | are not read)"
+                for rest, n in table.values()
+                if len(rest) != 1 or rest[0].endswith("|")
+            ]
             if problems:
                 raise DataError(problems, str(source))
             pairs = [(utt, Path(rest[0])) for utt, (rest, _) in table.items()]
@@ -95,9 +98,16 @@ def segments(samples: np.ndarray, sample_rate: int, max_segment: float) -> list[
     return out
 
 
-def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str | None = None,
-               new_lm: Path | str | None = None, old_lm: Path | str | None = None, cfg=None,
-               max_segment: float = 30.0, device: str = "cpu") -> Iterator[tuple[str, str]]:
+def transcribe(
+    exp_dir: Path | str,
+    sources: list[Path],
+    graph_dir: Path | str | None = None,
+    new_lm: Path | str | None = None,
+    old_lm: Path | str | None = None,
+    cfg=None,
+    max_segment: float = 30.0,
+    device: str = "cpu",
+) -> Iterator[tuple[str, str]]:
     """(utt, words) per input utterance (see the module's doc)."""
     exp_dir = Path(exp_dir)
     workdir = exp_dir.parent.parent
@@ -105,8 +115,12 @@ def transcribe(exp_dir: Path | str, sources: list[Path], graph_dir: Path | str |
     cfg = cfg or DecodeConfig()
     model, trained = load_am(exp_dir, device)
     if trained.adaptation:
-        raise DataError([f"{exp_dir}: a speaker-adapted system (adapt-am) holds transforms for the speakers of one "
-                         f"set only; transcribe with its base system ({trained.adaptation.get('base')})"])
+        raise DataError(
+            [
+                f"{exp_dir}: a speaker-adapted system (adapt-am) holds transforms for the speakers of one "
+                f"set only; transcribe with its base system ({trained.adaptation.get('base')})"
+            ]
+        )
     graph = DecodingGraph.load(graph_dir)
     if trained.num_outputs != graph.num_pdfs:
         raise DataError([f"{exp_dir}: {trained.num_outputs} pdfs, the graph {graph_dir} has {graph.num_pdfs}"])

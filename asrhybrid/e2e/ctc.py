@@ -40,9 +40,19 @@ def splice_batch(feats: torch.Tensor, context: int) -> torch.Tensor:
 
 
 class DeepSpeech(nn.Module):
-    def __init__(self, feat_dim: int, num_tokens: int, hidden: int = 512, rnn_hidden: int | None = None,
-                 context: int = 5, stride: int = 2, rnn: str = "lstm", dropout: float = 0.1, clip: float = 20.0,
-                 norm: str = "none"):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_tokens: int,
+        hidden: int = 512,
+        rnn_hidden: int | None = None,
+        context: int = 5,
+        stride: int = 2,
+        rnn: str = "lstm",
+        dropout: float = 0.1,
+        clip: float = 20.0,
+        norm: str = "none",
+    ):
         super().__init__()
         if rnn not in ("lstm", "gru", "rnn", "none"):
             raise ValueError(f"rnn '{rnn}': lstm, gru, rnn or none")
@@ -66,8 +76,12 @@ class DeepSpeech(nn.Module):
             extra = {"nonlinearity": "relu"} if rnn == "rnn" else {}
             self.rnn = kind(hidden, rnn_hidden, batch_first=True, bidirectional=True, **extra)
         self.clip_rnn = rnn == "rnn"  # the paper's recurrent layer is clipped too
-        self.back = nn.Sequential(nn.Linear(rnn_hidden if self.rnn is not None else hidden, hidden),
-                                  *normed(hidden), ClippedReLU(clip), nn.Dropout(dropout))
+        self.back = nn.Sequential(
+            nn.Linear(rnn_hidden if self.rnn is not None else hidden, hidden),
+            *normed(hidden),
+            ClippedReLU(clip),
+            nn.Dropout(dropout),
+        )
         self.output = nn.Linear(hidden, num_tokens)
         self.clip = clip
 
@@ -98,8 +112,9 @@ def summed_ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, labels: lis
     an impossible alignment counts 0 rather than infinity)."""
     targets = torch.tensor([t for label in labels for t in label], dtype=torch.long, device=log_probs.device)
     target_lens = torch.tensor([len(label) for label in labels], device=log_probs.device)
-    return nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lens, target_lens, blank=BLANK,
-                                  reduction="sum", zero_infinity=True)
+    return nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), targets, out_lens, target_lens, blank=BLANK, reduction="sum", zero_infinity=True
+    )
 
 
 class CtcObjective(TokenObjective):

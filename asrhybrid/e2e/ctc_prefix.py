@@ -75,6 +75,9 @@ class CtcPrefixScorer:
             gamma_b[t] = np.logaddexp(gamma_b[t - 1], gamma_n[t - 1]) + blank[t]
         psi = np.logaddexp.reduce(np.concatenate([gamma_n[:1], phi[:-1] + x[1:]]), axis=0)
         full = float(np.logaddexp(prefix.gamma_n[-1], prefix.gamma_b[-1])) if self.eos in tokens else None
-        return [CtcPrefix(prefix.tokens + (token,), gamma_n[:, k], gamma_b[:, k],
-                          full if token == self.eos else float(psi[k]))
-                for k, token in enumerate(tokens)]
+        return [
+            CtcPrefix(
+                prefix.tokens + (token,), gamma_n[:, k], gamma_b[:, k], full if token == self.eos else float(psi[k])
+            )
+            for k, token in enumerate(tokens)
+        ]

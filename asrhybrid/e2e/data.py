@@ -98,10 +98,20 @@ class E2EBatch:
     durations: list[float] = field(default_factory=list)  # seconds of audio per utterance
 
 
-def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_duration: float,
-                generator: torch.Generator | None, check: TrainingCheck | None = None, rank: int = 0, world: int = 1,
-                augmentation: Augmentation | None = None, perturbation: WaveformPerturbation | None = None,
-                num_buckets: int = 10, by_duration: bool = False) -> Iterator[E2EBatch | None]:
+def e2e_batches(
+    cuts,
+    tokens: TokenSet,
+    normalizer: FeatureNormalizer,
+    max_duration: float,
+    generator: torch.Generator | None,
+    check: TrainingCheck | None = None,
+    rank: int = 0,
+    world: int = 1,
+    augmentation: Augmentation | None = None,
+    perturbation: WaveformPerturbation | None = None,
+    num_buckets: int = 10,
+    by_duration: bool = False,
+) -> Iterator[E2EBatch | None]:
     """This worker's share of each global batch (None when empty). With ``generator`` (training): Lhotse's
     dynamic bucketing by duration (``num_buckets``), shuffled, and augmented as in stage 6 (a generator per
     utterance seeded from the batch's draw), or with ``by_duration`` (SortaGrad's first epoch) the batches in
@@ -111,19 +121,28 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
     if check is not None:
         cuts = cuts.filter(partial(_keep, check=check))
     if generator is not None and by_duration:
-        sampler = SimpleCutSampler(cuts.to_eager().sort_by_duration(ascending=True), max_duration=max_duration,
-                                   shuffle=False, world_size=1, rank=0)
+        sampler = SimpleCutSampler(
+            cuts.to_eager().sort_by_duration(ascending=True),
+            max_duration=max_duration,
+            shuffle=False,
+            world_size=1,
+            rank=0,
+        )
     elif generator is not None:  # training: batches of similar durations (Deep Speech's), buckets shuffled
         seed = int(torch.randint(1 << 30, (1,), generator=generator))
-        sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets,
-                                          world_size=1, rank=0)
+        sampler = DynamicBucketingSampler(
+            cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, world_size=1, rank=0
+        )
     else:
         sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     perturbation = perturbation if generator is not None else None
     for batch in sampler:
-        batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
-                      if augmentation is not None or perturbation is not None else 0)
+        batch_seed = (
+            int(torch.randint(1 << 30, (1,), generator=generator))
+            if augmentation is not None or perturbation is not None
+            else 0
+        )
         mine = list(batch)[rank::world]
         if not mine:
             yield None
@@ -132,5 +151,11 @@ def e2e_batches(cuts, tokens: TokenSet, normalizer: FeatureNormalizer, max_durat
         lens = torch.tensor([f.shape[0] for f in feats])
         padded = pad_batch(feats)
         texts = [transcript(c) for c in mine]
-        yield E2EBatch([c.id for c in mine], padded, lens, [tokens.encode(t) for t in texts], texts,
-                       [float(c.duration) for c in mine])
+        yield E2EBatch(
+            [c.id for c in mine],
+            padded,
+            lens,
+            [tokens.encode(t) for t in texts],
+            texts,
+            [float(c.duration) for c in mine],
+        )

@@ -179,8 +179,7 @@ class CtcSystemScores:
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:
         model, trained, tokens, cuts, normalizer = _load_system(Path(self.path), self.cuts, device)
         if trained.system != "ctc":
-            raise DataError([f"{self.path}: a {trained.system} system; WFST decoding over HLG needs a CTC "
-                             "system"])
+            raise DataError([f"{self.path}: a {trained.system} system; WFST decoding over HLG needs a CTC system"])
         mine = cuts.filter(InJob(job, nj))
         for cut in mine:
             if not cut.num_frames:
@@ -191,8 +190,14 @@ class CtcSystemScores:
                     yield utt, lp.astype(np.float32) / self.acwt, seconds
 
 
-def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, cfg: E2EDecodeConfig,
-               lm: Path | str | None = None, device: str = "cpu") -> dict:
+def decode_e2e(
+    exp_dir: Path | str,
+    cuts_path: Path | str,
+    out_dir: Path | str,
+    cfg: E2EDecodeConfig,
+    lm: Path | str | None = None,
+    device: str = "cpu",
+) -> dict:
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     model, trained, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
@@ -220,8 +225,14 @@ def decode_e2e(exp_dir: Path | str, cuts_path: Path | str, out_dir: Path | str, 
     seconds = time.time() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "hyp.txt", "".join(lines))
-    summary = {"system": system, "search": {**asdict(cfg), "lm": str(lm) if lm else None},
-               "utterances": len(lines) + len(failed), "failed": failed, "frames": frames,
-               "seconds": round(seconds, 2), "real_time_factor": round(seconds / max(audio, 1e-9), 4)}
+    summary = {
+        "system": system,
+        "search": {**asdict(cfg), "lm": str(lm) if lm else None},
+        "utterances": len(lines) + len(failed),
+        "failed": failed,
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "real_time_factor": round(seconds / max(audio, 1e-9), 4),
+    }
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -79,11 +79,17 @@ def grammar_fsa(g_fst: Path):
     """G.fst as a k2 transducer: labels are its input words (``#0`` on back-off arcs), aux_labels its outputs."""
     import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-
     g = from_kaldi(kaldifst.StdVectorFst.read(str(g_fst)), output_labels=True)
     order = torch.argsort(g.src, stable=True)
-    arcs = torch.stack([g.src[order].to(torch.int32), g.dst[order].to(torch.int32), g.label[order].to(torch.int32),
-                        g.score[order].to(torch.float32).view(torch.int32)], dim=1).contiguous()
+    arcs = torch.stack(
+        [
+            g.src[order].to(torch.int32),
+            g.dst[order].to(torch.int32),
+            g.label[order].to(torch.int32),
+            g.score[order].to(torch.float32).view(torch.int32),
+        ],
+        dim=1,
+    ).contiguous()
     fsa = k2.Fsa(arcs)
     fsa.aux_labels = g.aux_label[order].to(torch.int32)
     return fsa
@@ -93,7 +99,6 @@ def compile_hlg(tokens, lang_dir: Path):
     """HLG (see the module's doc) for the token set and a lang dir with ``G.fst`` and ``words.txt``;
     returns (HLG, statistics)."""
     import k2  # optional: built from source by make setup; the torch FSA engine runs without it
-
 
     start = time.perf_counter()
     words = read_symbol_table(lang_dir / "words.txt")
@@ -120,8 +125,14 @@ def compile_hlg(tokens, lang_dir: Path):
     labels = HLG.labels
     HLG.tids = torch.where(labels >= 0, labels + 1, -1).to(torch.int32)
     HLG.graph_scores = HLG.scores.detach().clone()
-    stats = {"states": int(HLG.shape[0]), "arcs": int(HLG.num_arcs), "words": len(spelled), "left_out": left_out,
-             "num_tokens": num_tokens, "seconds": round(time.perf_counter() - start, 2)}
+    stats = {
+        "states": int(HLG.shape[0]),
+        "arcs": int(HLG.num_arcs),
+        "words": len(spelled),
+        "left_out": left_out,
+        "num_tokens": num_tokens,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     return HLG, stats
 
 
@@ -130,8 +141,12 @@ def make_hlg_graph(tokens_dir: Path | str, lang_dir: Path | str, graph_dir: Path
     lang_dir, graph_dir = Path(lang_dir), Path(graph_dir)
     HLG, stats = compile_hlg(TokenSet(tokens_dir), lang_dir)
     if stats["left_out"]:
-        log.warning("%d words of %s/words.txt cannot be spelled in the tokens and are not in HLG: %s",
-                    len(stats["left_out"]), lang_dir, " ".join(stats["left_out"][:10]))
+        log.warning(
+            "%d words of %s/words.txt cannot be spelled in the tokens and are not in HLG: %s",
+            len(stats["left_out"]),
+            lang_dir,
+            " ".join(stats["left_out"][:10]),
+        )
     graph_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"graph": HLG.as_dict(), "num_tokens": stats["num_tokens"]}, graph_dir / HLG_FILE)
     (graph_dir / "words.txt").write_bytes((lang_dir / "words.txt").read_bytes())

@@ -40,8 +40,9 @@ class Listener(nn.Module):
     def __init__(self, feat_dim: int, hidden: int = 256, pyramid: int = 3):
         super().__init__()
         self.first = nn.LSTM(feat_dim, hidden, batch_first=True, bidirectional=True)
-        self.pyramid = nn.ModuleList(nn.LSTM(4 * hidden, hidden, batch_first=True, bidirectional=True)
-                                     for _ in range(pyramid))
+        self.pyramid = nn.ModuleList(
+            nn.LSTM(4 * hidden, hidden, batch_first=True, bidirectional=True) for _ in range(pyramid)
+        )
         self.output_dim = 2 * hidden
 
     def output_frames(self, num_frames: int) -> int:
@@ -72,8 +73,14 @@ class DotAttention(nn.Module):
     def keys(self, enc: torch.Tensor) -> torch.Tensor:
         return self.psi(enc)
 
-    def forward(self, state: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor,
-                previous: torch.Tensor | None = None):
+    def forward(
+        self,
+        state: torch.Tensor,
+        keys: torch.Tensor,
+        enc: torch.Tensor,
+        mask: torch.Tensor,
+        previous: torch.Tensor | None = None,
+    ):
         """(context [B, C], weights [B, U]) of states [B, S] over encodings [B, U, C] (mask: True on real u);
         ``previous`` (the last step's weights) is not read."""
         energy = torch.einsum("bd,bud->bu", self.phi(state), keys).masked_fill(~mask, -math.inf)
@@ -96,8 +103,14 @@ class LocationAttention(nn.Module):
     def keys(self, enc: torch.Tensor) -> torch.Tensor:
         return self.key(enc)
 
-    def forward(self, state: torch.Tensor, keys: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor,
-                previous: torch.Tensor | None = None):
+    def forward(
+        self,
+        state: torch.Tensor,
+        keys: torch.Tensor,
+        enc: torch.Tensor,
+        mask: torch.Tensor,
+        previous: torch.Tensor | None = None,
+    ):
         if previous is None:
             previous = mask.to(enc.dtype) / mask.sum(-1, keepdim=True).to(enc.dtype)
         f = self.location(self.conv(previous[:, None]).transpose(1, 2))  # [B, U, dim]
@@ -107,10 +120,22 @@ class LocationAttention(nn.Module):
 
 
 class LAS(nn.Module):
-    def __init__(self, feat_dim: int, num_tokens: int, listener_hidden: int = 256, pyramid: int = 3,
-                 speller_hidden: int = 256, speller_layers: int = 2, embed_dim: int = 128, attention_dim: int = 128,
-                 sampling_rate: float = 0.1, max_output_ratio: float = 1.5, ctc_weight: float = 0.3,
-                 attention: str = "dot", label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_tokens: int,
+        listener_hidden: int = 256,
+        pyramid: int = 3,
+        speller_hidden: int = 256,
+        speller_layers: int = 2,
+        embed_dim: int = 128,
+        attention_dim: int = 128,
+        sampling_rate: float = 0.1,
+        max_output_ratio: float = 1.5,
+        ctc_weight: float = 0.3,
+        attention: str = "dot",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         if not 0.0 <= ctc_weight < 1.0:
             raise ValueError(f"ctc_weight {ctc_weight}: in [0, 1) (1 would leave the speller untrained)")
@@ -124,8 +149,9 @@ class LAS(nn.Module):
         self.speller = nn.LSTM(embed_dim + enc, speller_hidden, num_layers=speller_layers, batch_first=True)
         kind = DotAttention if attention == "dot" else LocationAttention
         self.attention = kind(speller_hidden, enc, attention_dim)
-        self.output = nn.Sequential(nn.Linear(speller_hidden + enc, speller_hidden), nn.Tanh(),
-                                    nn.Linear(speller_hidden, num_tokens))
+        self.output = nn.Sequential(
+            nn.Linear(speller_hidden + enc, speller_hidden), nn.Tanh(), nn.Linear(speller_hidden, num_tokens)
+        )
         self.ctc = nn.Linear(enc, num_tokens) if ctc_weight > 0 else None
         self.sampling_rate, self.max_output_ratio, self.num_tokens = sampling_rate, max_output_ratio, num_tokens
         self.ctc_weight, self.label_smoothing = ctc_weight, label_smoothing
@@ -200,13 +226,20 @@ class LAS(nn.Module):
         context = torch.cat([h[5] for h in live])
         previous = torch.cat([h[7] for h in live]) if live[0][7] is not None else None
         state = _stack_states([h[6] for h in live])
-        lp, context, (hs, cs), weights = self.step(last, context, state, enc.expand(H, -1, -1), keys.expand(H, -1, -1),
-                                                   mask.expand(H, -1), previous)
-        return [(lp[i], context[i : i + 1], (hs[:, i : i + 1], cs[:, i : i + 1]), weights[i : i + 1])
-                for i in range(H)]
+        lp, context, (hs, cs), weights = self.step(
+            last, context, state, enc.expand(H, -1, -1), keys.expand(H, -1, -1), mask.expand(H, -1), previous
+        )
+        return [(lp[i], context[i : i + 1], (hs[:, i : i + 1], cs[:, i : i + 1]), weights[i : i + 1]) for i in range(H)]
 
-    def beam_search(self, enc: torch.Tensor, beam: int = 4, nbest: int = 1, ctc_weight: float = 0.0,
-                    length_bonus: float = 0.0, fusion=None) -> list[tuple[list[int], float]]:
+    def beam_search(
+        self,
+        enc: torch.Tensor,
+        beam: int = 4,
+        nbest: int = 1,
+        ctc_weight: float = 0.0,
+        length_bonus: float = 0.0,
+        fusion=None,
+    ) -> list[tuple[list[int], float]]:
         """(tokens, score) of the best finished hypotheses, best first, for one utterance's encodings [U, C].
 
         With the defaults the score is the paper's log P(y|x) (<sos/eos> included) and a hypothesis ends at
@@ -228,8 +261,9 @@ class LAS(nn.Module):
         max_len = enc.shape[1] if scorer is not None else int(self.max_output_ratio * enc.shape[1]) + 5
         rising = length_bonus > 0 or (fusion is not None and fusion.beta > 0)
         # (tokens, score, attention log-prob, CTC prefix, last token, context, state, attention weights)
-        live = [([], 0.0, 0.0, scorer.initial() if scorer else None, SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None,
-                 None)]
+        live = [
+            ([], 0.0, 0.0, scorer.initial() if scorer else None, SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None, None)
+        ]
         finished: list[tuple[list[int], float]] = []
         for length in range(1, max_len + 1):
             candidates = []
@@ -271,8 +305,13 @@ def _stack_states(states: list) -> tuple[torch.Tensor, torch.Tensor] | None:
     return torch.cat([h for h, _ in states], dim=1), torch.cat([c for _, c in states], dim=1)
 
 
-def _ended(finished: list[tuple[list[int], float]], length: int, best: float, lengths: int = 3,
-           margin: float = 10 * math.log(10)) -> bool:
+def _ended(
+    finished: list[tuple[list[int], float]],
+    length: int,
+    best: float,
+    lengths: int = 3,
+    margin: float = 10 * math.log(10),
+) -> bool:
     """ESPnet's end detection: for each of the last ``lengths`` output lengths some hypothesis ended there
     (<sos/eos> counted), the best of them ``margin`` or more below the best finished hypothesis."""
     for m in range(lengths):
@@ -289,8 +328,9 @@ def greedy_las(model: LAS, enc: torch.Tensor, attention: list | None = None) -> 
     keys = model.attention.keys(enc)
     token, context, state, weights, out = SOS_EOS, enc.new_zeros(1, enc.shape[-1]), None, None, []
     for _ in range(int(model.max_output_ratio * enc.shape[1]) + 5):
-        lp, context, state, weights = model.step(torch.tensor([token], device=enc.device), context, state, enc, keys,
-                                                 mask, weights)
+        lp, context, state, weights = model.step(
+            torch.tensor([token], device=enc.device), context, state, enc, keys, mask, weights
+        )
         if attention is not None:
             attention.append(weights[0].detach().float().cpu())
         token = int(lp[0].argmax())
@@ -303,6 +343,7 @@ def greedy_las(model: LAS, enc: torch.Tensor, attention: list | None = None) -> 
 def rescore_nbest(nbest: list[tuple[list[int], float]], words_of, lm=None, lm_weight: float = 0.0) -> list[int]:
     """The paper's n-best rescoring: the hypothesis maximising log P(y|x) / |y| + lambda log P_lm(words(y))
     (|y| counts <sos/eos>; the LM's natural-log sentence probability, </s> included)."""
+
     def score(item):
         tokens, log_p = item
         s = log_p / (len(tokens) + 1)
@@ -330,8 +371,9 @@ class LasObjective(TokenObjective):
         enc, enc_lens, _ = model.encode(*outputs)
         return [greedy_las(model, e[: int(n)]) for e, n in zip(enc, enc_lens)]
 
-    def plot_epoch(self, model: LAS, valid, exp_dir: Path, epoch: int, device: torch.device,
-                   utterances: int = 3) -> Path | None:
+    def plot_epoch(
+        self, model: LAS, valid, exp_dir: Path, epoch: int, device: torch.device, utterances: int = 3
+    ) -> Path | None:
         """The speller's attention weights over the listener's frames, step by step of greedy decoding, for the
         first ``utterances`` held-out utterances: ``exp_dir/attention/epoch-N.png``. A speller that learned to
         attend draws a diagonal; one that did not, vertical bands or a blur."""
@@ -348,8 +390,11 @@ class LasObjective(TokenObjective):
                     images.append((utt, text, torch.stack(weights).numpy()))
                 if len(images) == utterances:
                     break
-        return plot_attention(images, exp_dir / "attention" / f"epoch-{epoch}.png",
-                              f"{self.name} epoch {epoch}") if images else None
+        return (
+            plot_attention(images, exp_dir / "attention" / f"epoch-{epoch}.png", f"{self.name} epoch {epoch}")
+            if images
+            else None
+        )
 
 
 def plot_attention(images: list[tuple[str, str, np.ndarray]], png: Path, title: str) -> Path:

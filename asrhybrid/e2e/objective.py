@@ -38,12 +38,17 @@ class TokenObjective:
         stats = {"count": float(count), self.loss_name: float(loss.detach())}
         stats.update({name: float(parts[name].detach()) for name in self.loss_parts})
         if not model.training:
-            errors = sum(kaldialign.edit_distance(label, hyp)["total"]
-                         for label, hyp in zip(batch.labels, self.greedy(model, outputs)))
+            errors = sum(
+                kaldialign.edit_distance(label, hyp)["total"]
+                for label, hyp in zip(batch.labels, self.greedy(model, outputs))
+            )
             stats.update(token_errors=float(errors), ref_tokens=float(sum(len(y) for y in batch.labels)))
         return loss, stats
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float | None]:
         ter = sums["token_errors"] / sums["ref_tokens"] if sums.get("ref_tokens") else None
-        return {self.loss_name: sums[self.loss_name] / sums["count"],
-                **{name: sums[name] / sums["count"] for name in self.loss_parts}, "token_error_rate": ter}
+        return {
+            self.loss_name: sums[self.loss_name] / sums["count"],
+            **{name: sums[name] / sums["count"] for name in self.loss_parts},
+            "token_error_rate": ter,
+        }

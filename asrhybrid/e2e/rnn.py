@@ -36,8 +36,9 @@ def reversed_within(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 def bidirectional(module: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """A one-layer bidirectional, batch-first ``nn.LSTM``/``nn.GRU``/``nn.RNN`` over padded ``x`` [B, T, D] with
     per-sequence ``lengths``: [B, T, 2H], forward and backward outputs concatenated as the module's own."""
-    if not (module.bidirectional and module.batch_first and module.num_layers == 1
-            and getattr(module, "proj_size", 0) == 0):
+    if not (
+        module.bidirectional and module.batch_first and module.num_layers == 1 and getattr(module, "proj_size", 0) == 0
+    ):
         raise ValueError("bidirectional(): a one-layer, bidirectional, batch-first recurrent layer without projection")
     weights = module._flat_weights
     half = len(weights) // 2

@@ -33,8 +33,12 @@ from asrhybrid.e2e.tokens import BLANK
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(channels, max(1, channels // reduction)), nn.SiLU(),
-                                nn.Linear(max(1, channels // reduction), channels), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(channels, max(1, channels // reduction)),
+            nn.SiLU(),
+            nn.Linear(max(1, channels // reduction), channels),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [B, C, T], mask [B, 1, T] (1 on real frames)."""
@@ -43,19 +47,35 @@ class SqueezeExcite(nn.Module):
 
 
 class ContextNetBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, layers: int, kernel: int, stride: int, residual: bool = True,
-                 padding: str = "zeros"):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        layers: int,
+        kernel: int,
+        stride: int,
+        residual: bool = True,
+        padding: str = "zeros",
+    ):
         super().__init__()
         convs = []
         for i in range(layers):
             c = c_in if i == 0 else c_out
             s = stride if i == layers - 1 else 1  # the block's last layer strides (the paper's choice)
-            convs.append(nn.ModuleList([nn.Conv1d(c, c, kernel, stride=s, padding=kernel // 2, groups=c,
-                                                  padding_mode=padding),
-                                        nn.Conv1d(c, c_out, 1), nn.BatchNorm1d(c_out)]))
+            convs.append(
+                nn.ModuleList(
+                    [
+                        nn.Conv1d(c, c, kernel, stride=s, padding=kernel // 2, groups=c, padding_mode=padding),
+                        nn.Conv1d(c, c_out, 1),
+                        nn.BatchNorm1d(c_out),
+                    ]
+                )
+            )
         self.convs = nn.ModuleList(convs)
         self.se = SqueezeExcite(c_out)
-        self.residual = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride), nn.BatchNorm1d(c_out)) if residual else None
+        self.residual = (
+            nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride), nn.BatchNorm1d(c_out)) if residual else None
+        )
         self.stride = stride
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,9 +96,18 @@ class ContextNet(nn.Module):
     the depthwise convolutions' padding at the utterance's edges, zeros (the paper's) or replicate (the edge
     frame repeated: the edges look like more of what is there, so the encoder cannot find them by the padding)."""
 
-    def __init__(self, feat_dim: int, channels: int = 256, blocks: int = 7, layers: int = 3, kernel: int = 5,
-                 alpha: float = 1.0, out_channels: int | None = None, stride_blocks: tuple[int, ...] | None = None,
-                 padding: str = "zeros"):
+    def __init__(
+        self,
+        feat_dim: int,
+        channels: int = 256,
+        blocks: int = 7,
+        layers: int = 3,
+        kernel: int = 5,
+        alpha: float = 1.0,
+        out_channels: int | None = None,
+        stride_blocks: tuple[int, ...] | None = None,
+        padding: str = "zeros",
+    ):
         super().__init__()
         if padding not in ("zeros", "replicate"):
             raise ValueError(f"padding '{padding}': zeros or replicate")
@@ -87,8 +116,15 @@ class ContextNet(nn.Module):
         specs = []
         for i in range(blocks):
             first, last = i == 0, i == blocks - 1
-            specs.append((feat_dim if first else width, int(round((out_channels or channels) * alpha)) if last else width,
-                          1 if first or last else layers, 2 if i in strides else 1, not first))
+            specs.append(
+                (
+                    feat_dim if first else width,
+                    int(round((out_channels or channels) * alpha)) if last else width,
+                    1 if first or last else layers,
+                    2 if i in strides else 1,
+                    not first,
+                )
+            )
         self.blocks = nn.ModuleList(ContextNetBlock(a, b, n, kernel, s, r, padding) for a, b, n, s, r in specs)
         self.output_dim = specs[-1][1]
         self.subsampling = 2 ** sum(s == 2 for *_, s, _ in specs)
@@ -107,10 +143,24 @@ class ContextNet(nn.Module):
 
 
 class RnnTransducer(nn.Module):
-    def __init__(self, feat_dim: int, num_tokens: int, channels: int = 256, blocks: int = 7, layers: int = 3,
-                 kernel: int = 5, alpha: float = 1.0, pred_dim: int = 256, joint_dim: int = 256,
-                 loss: str = "pruned", prune_range: int = 5, simple_scale: float = 0.5, smooth_scale: float = 0.1,
-                 ctc_scale: float = 0.0, padding: str = "zeros"):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_tokens: int,
+        channels: int = 256,
+        blocks: int = 7,
+        layers: int = 3,
+        kernel: int = 5,
+        alpha: float = 1.0,
+        pred_dim: int = 256,
+        joint_dim: int = 256,
+        loss: str = "pruned",
+        prune_range: int = 5,
+        simple_scale: float = 0.5,
+        smooth_scale: float = 0.1,
+        ctc_scale: float = 0.0,
+        padding: str = "zeros",
+    ):
         super().__init__()
         if loss not in ("pruned", "full"):
             raise ValueError(f"loss '{loss}': pruned or full")
@@ -124,7 +174,12 @@ class RnnTransducer(nn.Module):
         self.joint_out = nn.Linear(joint_dim, num_tokens)
         self.simple_am = nn.Linear(self.encoder.output_dim, num_tokens)
         self.simple_lm = nn.Linear(pred_dim, num_tokens)
-        self.loss_kind, self.prune_range, self.simple_scale, self.smooth_scale = loss, prune_range, simple_scale, smooth_scale
+        self.loss_kind, self.prune_range, self.simple_scale, self.smooth_scale = (
+            loss,
+            prune_range,
+            simple_scale,
+            smooth_scale,
+        )
         self.num_tokens = num_tokens
         self.ctc_scale = ctc_scale
         self.ctc = nn.Linear(self.encoder.output_dim, num_tokens) if ctc_scale > 0 else None
@@ -177,9 +232,16 @@ class RnnTransducer(nn.Module):
             logits = self.joint(self.enc_proj(enc)[:, :, None], self.pred_proj(pred)[:, None])
             return k2.rnnt_loss(logits.float(), symbols, BLANK, boundary, reduction="sum")
         simple, (px_grad, py_grad) = k2.rnnt_loss_smoothed(
-            lm=self.simple_lm(pred), am=self.simple_am(enc), symbols=symbols, termination_symbol=BLANK,
-            lm_only_scale=self.smooth_scale, am_only_scale=self.smooth_scale, boundary=boundary, reduction="sum",
-            return_grad=True)
+            lm=self.simple_lm(pred),
+            am=self.simple_am(enc),
+            symbols=symbols,
+            termination_symbol=BLANK,
+            lm_only_scale=self.smooth_scale,
+            am_only_scale=self.smooth_scale,
+            boundary=boundary,
+            reduction="sum",
+            return_grad=True,
+        )
         ranges = k2.get_rnnt_prune_ranges(px_grad, py_grad, boundary, min(self.prune_range, U + 1))
         am_pruned, lm_pruned = k2.do_rnnt_pruning(am=self.enc_proj(enc), lm=self.pred_proj(pred), ranges=ranges)
         logits = self.joint(am_pruned, lm_pruned)
@@ -203,8 +265,9 @@ def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -
     return hyp
 
 
-def modified_beam_search(model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None,
-                         max_symbols: int = 1) -> list[int]:
+def modified_beam_search(
+    model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None, max_symbols: int = 1
+) -> list[int]:
     """icefall's modified beam search: hypotheses with the same tokens merge (their probabilities added), at
     most ``max_symbols`` tokens a frame (icefall's: 1; more for character tokens over 8x-subsampled frames, where
     a word can have more tokens than frames). With ``fusion`` (asrhybrid.e2e.search.WordFusion) a word's LM

@@ -83,8 +83,9 @@ class WordFusion:
         return -self.alpha * cost + self.beta * words
 
 
-def prefix_beam_search(log_probs: np.ndarray, fusion: WordFusion, beam: int = 16, token_beam: float = 12.0,
-                       nbest: int = 1) -> list[tuple[tuple[int, ...], float]]:
+def prefix_beam_search(
+    log_probs: np.ndarray, fusion: WordFusion, beam: int = 16, token_beam: float = 12.0, nbest: int = 1
+) -> list[tuple[tuple[int, ...], float]]:
     """The best token sequences by Q (their fused scores), best first, of [T, V] CTC log-probabilities.
     ``token_beam``: per frame, tokens more than this below the frame's best are not tried."""
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix: (log p blank-ending, other)
@@ -143,8 +144,17 @@ class FlashlightDecoder:
     """flashlight-text's LexiconDecoder over a word KenLM: the words of ``lexicon_words`` spelled in the
     token set's pieces (the first starting with ``▁``, so no silence token: the blank stands in)."""
 
-    def __init__(self, tokens: TokenSet, lm_path, lexicon_words: list[str], alpha: float, beta: float,
-                 beam: int = 50, beam_threshold: float = 25.0, unk_score: float = -math.inf):
+    def __init__(
+        self,
+        tokens: TokenSet,
+        lm_path,
+        lexicon_words: list[str],
+        alpha: float,
+        beta: float,
+        beam: int = 50,
+        beam_threshold: float = 25.0,
+        unk_score: float = -math.inf,
+    ):
         self.tokens = tokens
         token_dict = Dictionary()
         for piece in tokens.pieces:
@@ -163,10 +173,17 @@ class FlashlightDecoder:
             _, score = self.lm.score(start, word_dict.get_index(w))
             trie.insert(tokens.spell(w), word_dict.get_index(w), score)
         trie.smear(SmearingMode.MAX)
-        options = LexiconDecoderOptions(beam_size=beam, beam_size_token=len(tokens), beam_threshold=beam_threshold,
-                                        lm_weight=alpha * math.log(10), word_score=beta,  # its KenLM scores are log10
-                                        unk_score=unk_score, sil_score=0.0, log_add=True,
-                                        criterion_type=CriterionType.CTC)
+        options = LexiconDecoderOptions(
+            beam_size=beam,
+            beam_size_token=len(tokens),
+            beam_threshold=beam_threshold,
+            lm_weight=alpha * math.log(10),
+            word_score=beta,  # its KenLM scores are log10
+            unk_score=unk_score,
+            sil_score=0.0,
+            log_add=True,
+            criterion_type=CriterionType.CTC,
+        )
         self.decoder = LexiconDecoder(options, trie, self.lm, BLANK, BLANK, word_dict.get_index("<unk>"), [], False)
 
     def __call__(self, log_probs: np.ndarray) -> list[str]:

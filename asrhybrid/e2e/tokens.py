@@ -19,8 +19,9 @@ class TokenSet:
         self.lang_dir = Path(lang_dir)
         models = sorted(self.lang_dir.glob("*.model"))
         if len(models) != 1:
-            raise DataError([f"{self.lang_dir}: expected one SentencePiece model (stage 3's train-bpe), found "
-                             f"{len(models)}"])
+            raise DataError(
+                [f"{self.lang_dir}: expected one SentencePiece model (stage 3's train-bpe), found {len(models)}"]
+            )
         self.model_path = models[0]
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         self.pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]

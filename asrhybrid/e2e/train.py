@@ -36,7 +36,6 @@ from asrhybrid.outputs import atomic_output, write_text_atomic
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class E2EConfig(InputOptions):
     """Stage 9's options: the training loop's and the input's (asrhybrid.nnet.trainer) and the system's."""
@@ -72,8 +71,16 @@ def _no_frame(ids: list[int]) -> int:
     return 0
 
 
-def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: np.ndarray, exp_dir: Path,
-              cfg: E2EConfig, resume_key: str | None = None, device: torch.device | str | None = None) -> dict:
+def train_e2e(
+    cuts_path: Path,
+    lang_dir: Path,
+    cmvn_mean: np.ndarray,
+    cmvn_std: np.ndarray,
+    exp_dir: Path,
+    cfg: E2EConfig,
+    resume_key: str | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
     exp_dir = Path(exp_dir)
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(cfg.seed)
@@ -89,27 +96,54 @@ def train_e2e(cuts_path: Path, lang_dir: Path, cmvn_mean: np.ndarray, cmvn_std: 
     kept = check.survey(cuts)
     train = cuts.filter(HeldOut(cfg.valid_fraction, keep=False))
     valid = cuts.filter(HeldOut(cfg.valid_fraction, keep=True))
-    log.info("%s: %d parameters, %d tokens (%s), %s; %d utterances usable", cfg.system,
-             sum(p.numel() for p in model.parameters()), len(tokens), tokens.model_path.name, device, kept)
+    log.info(
+        "%s: %d parameters, %d tokens (%s), %s; %d utterances usable",
+        cfg.system,
+        sum(p.numel() for p in model.parameters()),
+        len(tokens),
+        tokens.model_path.name,
+        device,
+        kept,
+    )
 
     perturbation = None
     if cfg.speed_perturb or cfg.noise_snr:
-        perturbation = WaveformPerturbation(cfg.speed_perturb, FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr)
+        perturbation = WaveformPerturbation(
+            cfg.speed_perturb, FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr
+        )
 
     def batches(cuts, generator, rank, world, epoch=0):
-        return e2e_batches(cuts, tokens, normalizer, cfg.max_duration, generator, check, rank, world,
-                           cfg.augmentation if generator is not None else None, perturbation,
-                           by_duration=cfg.sortagrad and epoch == 1)
+        return e2e_batches(
+            cuts,
+            tokens,
+            normalizer,
+            cfg.max_duration,
+            generator,
+            check,
+            rank,
+            world,
+            cfg.augmentation if generator is not None else None,
+            perturbation,
+            by_duration=cfg.sortagrad and epoch == 1,
+        )
 
     objective = _objective(cfg.system, batches, getattr(model, "loss_parts", ()))  # Deep Speech has one term
     result = fit(model, objective, train, valid, exp_dir, cfg, device, resume_key)
-    summary = {"system": cfg.system, "epochs": result["history"], "final": result["final"],
-               "averaged_epochs": result["averaged_epochs"], "parameters": sum(p.numel() for p in model.parameters()),
-               "left_out": dict(check.counts), "left_out_examples": check.examples, "workers": result["workers"],
-               "device": result["device"], "kernels": result["kernels"]}
+    summary = {
+        "system": cfg.system,
+        "epochs": result["history"],
+        "final": result["final"],
+        "averaged_epochs": result["averaged_epochs"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "left_out": dict(check.counts),
+        "left_out_examples": check.examples,
+        "workers": result["workers"],
+        "device": result["device"],
+        "kernels": result["kernels"],
+    }
     if result["leader"]:
         with atomic_output(exp_dir / "tokens") as tmp:  # the token model travels with the system (replaced whole:
-            tmp.mkdir()                                   # a retrained system's old model must not stay beside it)
+            tmp.mkdir()  # a retrained system's old model must not stay beside it)
             for path in (tokens.model_path, Path(lang_dir) / "tokens.txt"):
                 shutil.copyfile(path, tmp / path.name)
         TrainedSystem(E2E, asdict(cfg), cpu_weights(model), cmvn_mean, cmvn_std, len(tokens)).save(exp_dir)

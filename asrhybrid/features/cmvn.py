@@ -79,8 +79,14 @@ class FeatureNormalizer:
 
     Memory: two vectors per speaker, as Kaldi's cmvn.ark holds."""
 
-    def __init__(self, mode: str, mean: np.ndarray, std: np.ndarray, speaker_stats: dict[str, np.ndarray] | None = None,
-                 var_floor: float = 1e-4):
+    def __init__(
+        self,
+        mode: str,
+        mean: np.ndarray,
+        std: np.ndarray,
+        speaker_stats: dict[str, np.ndarray] | None = None,
+        var_floor: float = 1e-4,
+    ):
         if mode not in CMVN_MODES:
             raise ValueError(f"cmvn '{mode}': one of {', '.join(CMVN_MODES)}")
         self.mode, self.mean, self.std, self.var_floor = mode, mean, std, var_floor

@@ -42,7 +42,9 @@ def cuts_from_manifests(manifest_dir: Path, corpus: str, part: str) -> CutSet:
     recordings, supervisions = load_manifest(rec_path), load_manifest(sup_path)
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     whole = all(
-        len(c.supervisions) == 1 and c.supervisions[0].start == 0 and abs(c.supervisions[0].duration - c.duration) < 1e-3
+        len(c.supervisions) == 1
+        and c.supervisions[0].start == 0
+        and abs(c.supervisions[0].duration - c.duration) < 1e-3
         for c in cuts
     )
     if not whole:
@@ -172,6 +174,13 @@ def compute_fbank(
         total.stats += st.stats
     write_cmvn(features.speaker_cmvn, speakers)
     write_cmvn(features.global_cmvn, {"global": total})
-    log.info("fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
-             corpus, part, len(cuts), int(total.count), total.stats.shape[1] - 1, config.resolved_backend(), device)
-
+    log.info(
+        "fbank %s/%s: %d cuts, %d frames, dim %d, %s on %s",
+        corpus,
+        part,
+        len(cuts),
+        int(total.count),
+        total.stats.shape[1] - 1,
+        config.resolved_backend(),
+        device,
+    )

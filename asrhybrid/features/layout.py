@@ -51,8 +51,12 @@ class FeatureSet:
         """The one set of ``part`` in ``fbank_dir``, whatever its corpus's name."""
         found = sorted(Path(fbank_dir).glob(f"*_cuts_{part}.jsonl.gz"))
         if len(found) != 1:
-            raise DataError([f"{fbank_dir}: {len(found)} cuts manifests of part '{part}' (one expected): "
-                             + (", ".join(p.name for p in found) or "run stage 1 (compute-fbank)")])
+            raise DataError(
+                [
+                    f"{fbank_dir}: {len(found)} cuts manifests of part '{part}' (one expected): "
+                    + (", ".join(p.name for p in found) or "run stage 1 (compute-fbank)")
+                ]
+            )
         return cls.of_cuts(found[0])
 
     @property
@@ -94,8 +98,9 @@ def fbank_config(fbank_dir: Path | str) -> KaldiFbankConfig:
     fbank_dir = Path(fbank_dir)
     markers = sorted(fbank_dir.glob(".done.fbank-*-train.json")) or sorted(fbank_dir.glob(".done.fbank-*.json"))
     if not markers:
-        raise DataError([f"{fbank_dir}: no record of the fbank options (stage 1's marker); is it a recipe's "
-                         "data/fbank?"])
+        raise DataError(
+            [f"{fbank_dir}: no record of the fbank options (stage 1's marker); is it a recipe's data/fbank?"]
+        )
     return _config_of(markers[0])
 
 

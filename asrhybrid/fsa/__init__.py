@@ -11,5 +11,17 @@ from asrhybrid.fsa.engine import (
 )
 from asrhybrid.fsa.fsa import BestPath, DenseFsaVec, Fsa, FsaVec, from_kaldi
 
-__all__ = ["ENGINES", "BestPath", "DenseFsaVec", "Fsa", "FsaVec", "from_kaldi", "arc_posteriors", "default_engine",
-           "get_tot_scores", "resolve_engine", "shortest_path", "state_posteriors"]
+__all__ = [
+    "ENGINES",
+    "BestPath",
+    "DenseFsaVec",
+    "Fsa",
+    "FsaVec",
+    "from_kaldi",
+    "arc_posteriors",
+    "default_engine",
+    "get_tot_scores",
+    "resolve_engine",
+    "shortest_path",
+    "state_posteriors",
+]

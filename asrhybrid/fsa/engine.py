@@ -44,8 +44,9 @@ def shortest_path(fsas: list[Fsa], dense: DenseFsaVec, engine: str | None = None
     return intersect.shortest_path(FsaVec.from_fsas(fsas, dense.log_probs.device), dense)
 
 
-def get_tot_scores(fsas: list[Fsa], dense: DenseFsaVec, log_semiring: bool = True,
-                   engine: str | None = None) -> torch.Tensor:
+def get_tot_scores(
+    fsas: list[Fsa], dense: DenseFsaVec, log_semiring: bool = True, engine: str | None = None
+) -> torch.Tensor:
     """Total score per utterance: log-sum over paths (differentiable wrt ``dense.log_probs``: the
     building block of CTC/MMI-style losses) or, with ``log_semiring=False``, the best path's score."""
     if resolve_engine(engine) == "k2":
@@ -65,6 +66,7 @@ def state_posteriors(fsas: list[Fsa], dense: DenseFsaVec, engine: str | None = N
     _, posteriors, emit = arc_posteriors(fsas, dense, engine)
     offsets = np.cumsum([0] + [f.num_states for f in fsas])[:-1]
     dst = torch.cat([f.dst + int(o) for f, o in zip(fsas, offsets)]).to(posteriors.device)
-    out = torch.zeros(posteriors.shape[0], int(sum(f.num_states for f in fsas)), dtype=posteriors.dtype,
-                      device=posteriors.device)
+    out = torch.zeros(
+        posteriors.shape[0], int(sum(f.num_states for f in fsas)), dtype=posteriors.dtype, device=posteriors.device
+    )
     return out.index_add_(1, dst[emit], posteriors)

@@ -61,8 +61,9 @@ class Fsa:
 
     def to(self, device: torch.device | str) -> "Fsa":
         aux = None if self.aux_label is None else self.aux_label.to(device)
-        return Fsa(self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device),
-                   self.num_states, aux)
+        return Fsa(
+            self.src.to(device), self.dst.to(device), self.label.to(device), self.score.to(device), self.num_states, aux
+        )
 
 
 def from_kaldi(fst, output_labels: bool = False) -> Fsa:
@@ -91,12 +92,12 @@ def from_kaldi(fst, output_labels: bool = False) -> Fsa:
 
 def _parse_vector_fst(image: bytes):
     """(start, final costs, arc src, dst, ilabel, olabel, cost) from a binary StdVectorFst; None for another layout."""
-    magic, = struct.unpack_from("<i", image, 0)
+    (magic,) = struct.unpack_from("<i", image, 0)
     if magic != _OPENFST_MAGIC:
         return None
     pos, names = 4, []
     for _ in range(2):  # fst type, arc type
-        n, = struct.unpack_from("<i", image, pos)
+        (n,) = struct.unpack_from("<i", image, pos)
         names.append(image[pos + 4 : pos + 4 + n].decode())
         pos += 4 + n
     version, flags, _props, start, num_states, _num_arcs = struct.unpack_from("<iiQqqq", image, pos)
@@ -106,15 +107,24 @@ def _parse_vector_fst(image: bytes):
     counts = np.empty(num_states, dtype=np.int64)
     offsets = np.empty(num_states, dtype=np.int64)
     w = 0
-    for s in range(num_states):  # per state: final cost (f32), arc count (i64), arcs (i32 ilabel, olabel, f32 cost, i32 next)
+    for s in range(
+        num_states
+    ):  # per state: final cost (f32), arc count (i64), arcs (i32 ilabel, olabel, f32 cost, i32 next)
         offsets[s] = w
         counts[s] = n = int(words[w + 1])
         w += 3 + 4 * n
     finals = words[offsets].view(np.float32).astype(np.float64)
     arc_state = np.repeat(np.arange(num_states), counts)
     first = np.repeat(offsets + 3 - 4 * (np.cumsum(counts) - counts), counts) + 4 * np.arange(int(counts.sum()))
-    return (start, finals, arc_state, words[first + 3].astype(np.int64), words[first].astype(np.int64),
-            words[first + 1].astype(np.int64), words[first + 2].view(np.float32).astype(np.float64))
+    return (
+        start,
+        finals,
+        arc_state,
+        words[first + 3].astype(np.int64),
+        words[first].astype(np.int64),
+        words[first + 1].astype(np.int64),
+        words[first + 2].view(np.float32).astype(np.float64),
+    )
 
 
 def _renumbered(start, finals, src, dst, label, olabel, cost) -> Fsa:
@@ -195,8 +205,13 @@ class FsaVec:
         starts = torch.tensor(offsets, dtype=torch.int64)
         finals = torch.tensor([o + f.num_states - 1 for f, o in zip(fsas, offsets)], dtype=torch.int64)
         return FsaVec(
-            src.to(device), dst.to(device), torch.cat([f.label for f in fsas]).to(device),
-            torch.cat([f.score for f in fsas]).to(device), arc_fsa.to(device), starts.to(device), finals.to(device),
+            src.to(device),
+            dst.to(device),
+            torch.cat([f.label for f in fsas]).to(device),
+            torch.cat([f.score for f in fsas]).to(device),
+            arc_fsa.to(device),
+            starts.to(device),
+            finals.to(device),
             total,
         )
 

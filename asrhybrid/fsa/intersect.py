@@ -120,7 +120,8 @@ class _Layout:
         self.running = _count_above(pos_length, T + 1, strict=True)
 
         to = lambda a, kind=int: torch.as_tensor(  # noqa: E731
-            a, dtype=torch.int64 if kind is int else dtype, device=device)
+            a, dtype=torch.int64 if kind is int else dtype, device=device
+        )
         self.pos_fsa = to(state_fsa[order])
         self.start = to(pos[fsas.start_states.cpu().numpy()])
         column = dense.label_to_column.cpu().numpy()
@@ -183,8 +184,11 @@ class _Layout:
             table = self._all_rows(_table(src, dst, emit, score, S, self._to), S, S)
             emit_index = torch.full((self._num_arcs,), E, dtype=torch.int64, device=device)
             emit_index[self.emit_arcs] = torch.arange(E, device=device)
-            self._outgoing = (table, self._pad_base(table.arc),
-                              emit_index[table.arc.clamp(min=0)].masked_fill(table.arc < 0, E))
+            self._outgoing = (
+                table,
+                self._pad_base(table.arc),
+                emit_index[table.arc.clamp(min=0)].masked_fill(table.arc < 0, E),
+            )
         return self._outgoing
 
     def frame_scores(self, log_probs: torch.Tensor, base: torch.Tensor, rows: int, t: int) -> torch.Tensor:
@@ -213,11 +217,15 @@ def _check(fsas: FsaVec, dense: DenseFsaVec) -> None:
     if labels.numel():
         top = int(labels.max())
         if top >= dense.label_to_column.numel():
-            raise ValueError(f"label {top} has no score column (label_to_column has {dense.label_to_column.numel()} entries)")
+            raise ValueError(
+                f"label {top} has no score column (label_to_column has {dense.label_to_column.numel()} entries)"
+            )
         column = int(dense.label_to_column.to(labels.device)[labels].max())
         if column >= dense.log_probs.shape[2]:
-            raise ValueError(f"label_to_column maps a label to column {column}, past the {dense.log_probs.shape[2]} "
-                             "columns of log_probs")
+            raise ValueError(
+                f"label_to_column maps a label to column {column}, past the {dense.log_probs.shape[2]} "
+                "columns of log_probs"
+            )
 
 
 class _Run:
@@ -284,8 +292,10 @@ def shortest_path(fsas: FsaVec, dense: DenseFsaVec) -> BestPath:
         # back-pointers: the column of the winning arc in its table row; for epsilon tables, the
         # table's width where the state was not improved through it (one extra row: never improved)
         bp_emit = torch.zeros((T + 1, S + 1), dtype=_code_dtype(lay.incoming), device=device)
-        bp_eps = [torch.full((T + 1, len(t.rows) + 1), t.other.shape[1], dtype=_code_dtype(t), device=device)
-                  for t in lay.eps_in]
+        bp_eps = [
+            torch.full((T + 1, len(t.rows) + 1), t.other.shape[1], dtype=_code_dtype(t), device=device)
+            for t in lay.eps_in
+        ]
         alpha = run.initial()
         run.closure(alpha, 0, bp_eps)
         for t in range(T):
@@ -343,7 +353,9 @@ def _scatter_lse(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.
     m = torch.full((size,), NEG_INF, dtype=values.dtype, device=values.device)
     m = m.scatter_reduce(0, index, values, reduce="amax", include_self=True)
     safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    total = torch.zeros(size, dtype=values.dtype, device=values.device).index_add_(0, index, torch.exp(values - safe[index]))
+    total = torch.zeros(size, dtype=values.dtype, device=values.device).index_add_(
+        0, index, torch.exp(values - safe[index])
+    )
     return torch.where(total > 0, safe + torch.log(total), torch.full_like(m, NEG_INF))
 
 
@@ -354,8 +366,11 @@ def _backward(run: _Run, alphas: torch.Tensor, totals: torch.Tensor):
     device, dtype = f.device, alphas.dtype
     out, out_base, out_emit = lay.outgoing()
     final_pos, final_score = lay.final_of_pos
-    beta_final = _scatter_lse(torch.as_tensor(final_score, dtype=dtype, device=device),
-                              torch.as_tensor(final_pos, dtype=torch.int64, device=device), S + 1)
+    beta_final = _scatter_lse(
+        torch.as_tensor(final_score, dtype=dtype, device=device),
+        torch.as_tensor(final_pos, dtype=torch.int64, device=device),
+        S + 1,
+    )
     total_pos = totals[lay.pos_fsa]
     posteriors = torch.zeros(T, E + 1, dtype=dtype, device=device)
     beta = torch.full((S + 1,), NEG_INF, dtype=dtype, device=device)
@@ -414,8 +429,9 @@ class _TotScores(torch.autograd.Function):
         return grad.view(B, T, C).to(ctx.dtype), None, None, None
 
 
-def get_tot_scores(fsas: FsaVec, dense: DenseFsaVec, log_semiring: bool = True,
-                   use_double_scores: bool = True) -> torch.Tensor:
+def get_tot_scores(
+    fsas: FsaVec, dense: DenseFsaVec, log_semiring: bool = True, use_double_scores: bool = True
+) -> torch.Tensor:
     """Total score of each FSA with its utterance: log-sum over paths (differentiable), or the best path."""
     _check(fsas, dense)
     if not log_semiring:

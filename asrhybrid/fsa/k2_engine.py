@@ -79,8 +79,15 @@ def to_k2(fsa: Fsa, label_to_column: torch.Tensor, device: torch.device | str = 
             raise ValueError(f"label {top} has no score column (label_to_column has {len(key)} entries)")
         order = torch.argsort(fsa.src, stable=True)  # k2 wants arcs grouped by source state
         label = fsa.label[order]
-        arcs = torch.stack([fsa.src[order].to(torch.int32), fsa.dst[order].to(torch.int32), label.to(torch.int32),
-                            fsa.score[order].to(torch.float32).view(torch.int32)], dim=1).contiguous()
+        arcs = torch.stack(
+            [
+                fsa.src[order].to(torch.int32),
+                fsa.dst[order].to(torch.int32),
+                label.to(torch.int32),
+                fsa.score[order].to(torch.float32).view(torch.int32),
+            ],
+            dim=1,
+        ).contiguous()
         graph = k2.Fsa(arcs)
         # arc_id + 1 on emitting arcs, 0 (k2's filler) elsewhere: after epsilon removal each arc's
         # ragged list holds the one emitting arc it consumes a frame with (none on final arcs)
@@ -183,8 +190,11 @@ def arc_posteriors(fsas: list[Fsa], dense: DenseFsaVec):
     keep = arc >= 0  # final arcs carry no frame
     frames = int(dense.lengths.max()) if len(fsas) else 0
     out = torch.zeros(frames, len(emit), dtype=torch.float64, device=device)
-    out.index_put_((lattice.frame.to(torch.int64).to(device)[keep], torch.searchsorted(emit, arc[keep])),
-                   post[keep].to(torch.float64), accumulate=True)
+    out.index_put_(
+        (lattice.frame.to(torch.int64).to(device)[keep], torch.searchsorted(emit, arc[keep])),
+        post[keep].to(torch.float64),
+        accumulate=True,
+    )
     return totals.to(dense.log_probs.dtype), out.to(dense.log_probs.dtype), emit
 
 
@@ -199,8 +209,14 @@ def ctc_loss(log_probs: torch.Tensor, targets: list[list[int]], lengths: torch.T
     return out
 
 
-def decode_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float = 20.0, output_beam: float = 8.0,
-                  min_active_states: int = 30, max_active_states: int = 10000):
+def decode_pruned(
+    graph: Fsa,
+    dense: DenseFsaVec,
+    search_beam: float = 20.0,
+    output_beam: float = 8.0,
+    min_active_states: int = 30,
+    max_active_states: int = 10000,
+):
     """Lattices of every utterance (in order) against one decoding graph, through k2.intersect_dense_pruned.
 
     ``graph`` is e.g. HCLG as an Fsa with its words as ``aux_label``
@@ -210,8 +226,14 @@ def decode_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float = 20.0, out
     k2 = k2_module()
     k2_dense, _ = dense_fsa_vec(dense, sort=False)
     graphs = k2.create_fsa_vec([to_k2(graph, dense.label_to_column, dense.log_probs.device)])
-    return k2.intersect_dense_pruned(graphs, k2_dense, search_beam=search_beam, output_beam=output_beam,
-                                     min_active_states=min_active_states, max_active_states=max_active_states)
+    return k2.intersect_dense_pruned(
+        graphs,
+        k2_dense,
+        search_beam=search_beam,
+        output_beam=output_beam,
+        min_active_states=min_active_states,
+        max_active_states=max_active_states,
+    )
 
 
 def best_path_words(lattice) -> list[list[int]]:

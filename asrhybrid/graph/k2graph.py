@@ -78,16 +78,21 @@ class DecodingGraph:
         """The graph of a graph dir (mkgraph's output); the k2 form is made and cached when missing or stale."""
         import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-
         graph_dir = Path(graph_dir)
         if (graph_dir / HLG_FILE).is_file():
             return cls._load_hlg(graph_dir)
         hclg_path = graph_dir / "HCLG.fst"
         if not hclg_path.is_file():
-            raise DataError([f"{hclg_path}: no HCLG.fst (asrhybrid mkgraph LANG_DIR MODEL_DIR {graph_dir} makes it) "
-                             f"nor {HLG_FILE} (asrhybrid mkgraph-ctc)"])
+            raise DataError(
+                [
+                    f"{hclg_path}: no HCLG.fst (asrhybrid mkgraph LANG_DIR MODEL_DIR {graph_dir} makes it) "
+                    f"nor {HLG_FILE} (asrhybrid mkgraph-ctc)"
+                ]
+            )
         if not (graph_dir / "trans.pkl").is_file():
-            raise DataError([f"{graph_dir}: no trans.pkl beside HCLG.fst (a graph dir made by mkgraph holds its model)"])
+            raise DataError(
+                [f"{graph_dir}: no trans.pkl beside HCLG.fst (a graph dir made by mkgraph holds its model)"]
+            )
         _, trans_model = load_model(graph_dir)
         cached = graph_dir / K2_GRAPH
         if not cached.is_file() or cached.stat().st_mtime < hclg_path.stat().st_mtime:
@@ -99,8 +104,12 @@ class DecodingGraph:
         except Exception as e:  # a truncated or foreign file
             raise DataError([f"{cached}: cannot be read as a k2 graph ({e}); delete it to rebuild it"]) from None
         if saved["num_pdfs"] != trans_model.num_pdfs:
-            raise DataError([f"{cached}: made for a model of {saved['num_pdfs']} pdfs, {graph_dir}/trans.pkl has "
-                             f"{trans_model.num_pdfs}; delete it to rebuild it"])
+            raise DataError(
+                [
+                    f"{cached}: made for a model of {saved['num_pdfs']} pdfs, {graph_dir}/trans.pkl has "
+                    f"{trans_model.num_pdfs}; delete it to rebuild it"
+                ]
+            )
         words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
         tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
         return cls(graph_dir, fsa, int(trans_model.num_pdfs), tid_to_pdf, trans_model, words)
@@ -109,13 +118,14 @@ class DecodingGraph:
     def _load_hlg(cls, graph_dir: Path) -> "DecodingGraph":
         import k2  # optional: built from source by make setup; the torch FSA engine runs without it
 
-
         path = graph_dir / HLG_FILE
         try:
             saved = torch.load(path, weights_only=False)
             fsa = k2.Fsa.from_dict(saved["graph"])
         except Exception as e:  # a truncated or foreign file
-            raise DataError([f"{path}: cannot be read as a k2 graph ({e}); asrhybrid mkgraph-ctc --force rebuilds it"]) from None
+            raise DataError(
+                [f"{path}: cannot be read as a k2 graph ({e}); asrhybrid mkgraph-ctc --force rebuilds it"]
+            ) from None
         words = {i: w for w, i in read_symbol_table(graph_dir / "words.txt").items()}
         return cls(graph_dir, fsa, int(saved["num_tokens"]), None, None, words)
 

@@ -63,7 +63,9 @@ def make_hclg(lang_dir: Path, G, tree, trans_model, self_loop_scale: float = 0.1
     )
     kaldifst.arcsort(CLG, sort_type="ilabel")
     Ha, disambig_tids = khg.get_h_transducer(
-        ilabel_info=ilabels, ctx_dep=tree, trans_model=trans_model,
+        ilabel_info=ilabels,
+        ctx_dep=tree,
+        trans_model=trans_model,
         config=khg.HTransducerConfig(transition_scale=transition_scale),
     )
     kaldifst.arcsort(Ha, sort_type="olabel")
@@ -88,8 +90,13 @@ def unreachable_words(G, words: dict[str, int]) -> list[str]:
     return sorted(w for w, i in words.items() if i not in out and w not in ("<eps>", "#0", "<s>", "</s>"))
 
 
-def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, g_fst: Path | str | None = None,
-            self_loop_scale: float = 0.1) -> dict:
+def mkgraph(
+    lang_dir: Path | str,
+    model_dir: Path | str,
+    graph_dir: Path | str,
+    g_fst: Path | str | None = None,
+    self_loop_scale: float = 0.1,
+) -> dict:
     """Write ``graph_dir/HCLG.fst`` (a VectorFst), ``words.txt``, ``phones.txt``, ``phones/``, the model's files
     and, where k2 is installed, HCLG's k2 form (:mod:`asrhybrid.graph.k2graph`); return states, arcs, seconds."""
     lang_dir, model_dir, graph_dir = Path(lang_dir), Path(model_dir), Path(graph_dir)
@@ -103,7 +110,9 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
     seconds = time.perf_counter() - start
     missing = unreachable_words(G, read_symbol_table(lang_dir / "words.txt"))
     if missing:
-        log.warning("%d word(s) of words.txt cannot be output by HCLG (not in G?): %s", len(missing), " ".join(missing[:20]))
+        log.warning(
+            "%d word(s) of words.txt cannot be output by HCLG (not in G?): %s", len(missing), " ".join(missing[:20])
+        )
 
     graph_dir.mkdir(parents=True, exist_ok=True)
     # Written as a VectorFst: kaldifst 1.7.17 writes ConstFst files but cannot read them back
@@ -119,6 +128,13 @@ def mkgraph(lang_dir: Path | str, model_dir: Path | str, graph_dir: Path | str, 
     (graph_dir / "phones").mkdir(exist_ok=True)
     for p in (lang_dir / "phones").glob("*"):
         shutil.copyfile(p, graph_dir / "phones" / p.name)
-    stats = {"states": HCLG.num_states, "arcs": count_arcs(HCLG), "seconds": round(seconds, 3), "unreachable_words": missing}
-    log.info("HCLG %s: %d states, %d arcs, built in %.2f s", graph_dir / "HCLG.fst", stats["states"], stats["arcs"], seconds)
+    stats = {
+        "states": HCLG.num_states,
+        "arcs": count_arcs(HCLG),
+        "seconds": round(seconds, 3),
+        "unreachable_words": missing,
+    }
+    log.info(
+        "HCLG %s: %d states, %d arcs, built in %.2f s", graph_dir / "HCLG.fst", stats["states"], stats["arcs"], seconds
+    )
     return stats

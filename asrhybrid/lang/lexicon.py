@@ -146,7 +146,10 @@ def write_dict_dir(
 
 
 def corpus_dict_dir(
-    dict_dir: Path, corpus_words: set[str], stress: bool = True, extra_entries: list[tuple[str, list[str]]] | None = None
+    dict_dir: Path,
+    corpus_words: set[str],
+    stress: bool = True,
+    extra_entries: list[tuple[str, list[str]]] | None = None,
 ) -> list[str]:
     """A CMUdict-based dict dir for a corpus's words (Kaldi librispeech style); returns the words CMUdict lacks.
 
@@ -154,10 +157,17 @@ def corpus_dict_dir(
     (words ``<SPOKEN_NOISE>`` and ``<UNK>``, the OOV word).
     """
     lexicon, missing = cmudict_lexicon({w for w in corpus_words if not w.startswith("<")}, stress=stress)
-    lexicon.entries = [("!SIL", [SIL]), ("<SPOKEN_NOISE>", [SPN]), (OOV_WORD, [SPN])] + (extra_entries or []) + lexicon.entries
+    lexicon.entries = (
+        [("!SIL", [SIL]), ("<SPOKEN_NOISE>", [SPN]), (OOV_WORD, [SPN])] + (extra_entries or []) + lexicon.entries
+    )
     write_dict_dir(dict_dir, lexicon, [SIL, SPN], SIL, stress_questions(lexicon.phones() - {SIL, SPN}))
     if missing:
         write_text_atomic(dict_dir / "missing_words.txt", "".join(f"{w}\n" for w in missing))
-        log.warning("%d word(s) are not in CMUdict and map to %s (listed in %s): %s",
-                    len(missing), OOV_WORD, dict_dir / "missing_words.txt", " ".join(missing[:20]))
+        log.warning(
+            "%d word(s) are not in CMUdict and map to %s (listed in %s): %s",
+            len(missing),
+            OOV_WORD,
+            dict_dir / "missing_words.txt",
+            " ".join(missing[:20]),
+        )
     return missing

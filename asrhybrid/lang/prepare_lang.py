@@ -64,7 +64,9 @@ def read_dict_dir(dict_dir: Path) -> DictDir:
             if phone in known:
                 problems.append(f"{dict_dir / name}: phone '{phone}' is also in {known[phone]}")
             elif phone.startswith("#") or phone in ("<eps>",) or any(phone.endswith(s) for s in POSITIONS):
-                problems.append(f"{dict_dir / name}: phone '{phone}' is reserved (disambiguation, <eps>, or a _B/_E/_I/_S suffix)")
+                problems.append(
+                    f"{dict_dir / name}: phone '{phone}' is reserved (disambiguation, <eps>, or a _B/_E/_I/_S suffix)"
+                )
             known[phone] = name
     if len(optional) != 1 or len(optional[0]) != 1 or optional[0][0] not in {p for s in silence for p in s}:
         problems.append(f"{dict_dir / 'optional_silence.txt'}: must hold one phone of silence_phones.txt")
@@ -163,6 +165,7 @@ def lexicon_fst_text(
     silcost, nosilcost = -math.log(sil_prob), -math.log(1.0 - sil_prob)
     start, loop, sil = 0, 1, 2
     fmt = lambda c: repr(c) if c else None  # noqa: E731  (full precision, as make_lexicon_fst.py prints)
+
     def arc(s, d, i, o, c=0.0):
         lines.append("\t".join([str(s), str(d), i, o] + ([fmt(c)] if c else [])))
 
@@ -197,7 +200,9 @@ def _write_table(path: Path, symbols: list[str]) -> None:
     write_text_atomic(path, "".join(f"{s} {i}\n" for i, s in enumerate(symbols)))
 
 
-def _write_phone_list(phones_dir: Path, name: str, lines: list[list[str]], ids: dict[str, int], csl: bool = True) -> None:
+def _write_phone_list(
+    phones_dir: Path, name: str, lines: list[list[str]], ids: dict[str, int], csl: bool = True
+) -> None:
     """Kaldi writes each phones/ list as .txt, .int and (for flat lists) .csl."""
     write_text_atomic(phones_dir / f"{name}.txt", "".join(" ".join(l) + "\n" for l in lines))
     write_text_atomic(phones_dir / f"{name}.int", "".join(" ".join(str(ids[p]) for p in l) + "\n" for l in lines))
@@ -230,7 +235,9 @@ def prepare_lang(
         raise DataError([f"{dict_dir}: the OOV word '{oov_word}' is not in the lexicon"])
     suffixes = ("",) + POSITIONS if position_dependent_phones else ("",)
     sil_map = {p: [p + s for s in suffixes] for s_ in d.silence_sets for p in s_}
-    nonsil_map = {p: [p + s for s in (POSITIONS if position_dependent_phones else ("",))] for s_ in d.nonsilence_sets for p in s_}
+    nonsil_map = {
+        p: [p + s for s in (POSITIONS if position_dependent_phones else ("",))] for s_ in d.nonsilence_sets for p in s_
+    }
     phone_map = {**sil_map, **nonsil_map}
     expand = lambda line: [q for p in line for q in phone_map[p]]  # noqa: E731  (utils/apply_map.pl)
 
@@ -264,9 +271,17 @@ def prepare_lang(
         _write_phone_list(phones_dir, "sets", sets, phone_ids, csl=False)
         roots = [["shared", "split"] + s for s in sets]
         write_text_atomic(phones_dir / "roots.txt", "".join(" ".join(r) + "\n" for r in roots))
-        write_text_atomic(phones_dir / "roots.int", "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots))
-        for name, lst in (("silence", silence), ("nonsilence", nonsilence), ("context_indep", silence),
-                          ("optional_silence", [d.optional_silence]), ("disambig", disambig)):
+        write_text_atomic(
+            phones_dir / "roots.int",
+            "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots),
+        )
+        for name, lst in (
+            ("silence", silence),
+            ("nonsilence", nonsilence),
+            ("context_indep", silence),
+            ("optional_silence", [d.optional_silence]),
+            ("disambig", disambig),
+        ):
             _write_phone_list(phones_dir, name, [[p] for p in lst], phone_ids)
         questions = [expand(q) for q in d.extra_questions]
         if position_dependent_phones:
@@ -284,11 +299,18 @@ def prepare_lang(
             write_text_atomic(phones_dir / "word_boundary.txt", "".join(f"{p} {k}\n" for p, k in boundary))
             write_text_atomic(phones_dir / "word_boundary.int", "".join(f"{phone_ids[p]} {k}\n" for p, k in boundary))
         # The optional silence aligns as the word <eps> (Kaldi adds it whatever sil_prob is).
-        align = sorted({(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (d.optional_silence,))},
-                       key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"))
+        align = sorted(
+            {(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (d.optional_silence,))},
+            key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"),
+        )
         write_text_atomic(phones_dir / "align_lexicon.txt", "".join(f"{w} {w} {' '.join(p)}\n" for w, p in align))
-        write_text_atomic(phones_dir / "align_lexicon.int",
-                          "".join(f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n" for w, p in align))
+        write_text_atomic(
+            phones_dir / "align_lexicon.int",
+            "".join(
+                f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n"
+                for w, p in align
+            ),
+        )
 
         nonsil_ids = [phone_ids[p] for p in nonsilence]
         sil_ids = [phone_ids[p] for p in silence]
@@ -303,7 +325,8 @@ def prepare_lang(
         disambig_entries = [(w, p, pron) for (w, p, _), pron in zip(entries, disambig_prons)]
         L_disambig = compile_fst(
             lexicon_fst_text(disambig_entries, sil_prob, sil_phone, f"#{num_disambig}" if sil_prob > 0 else None),
-            symbol_ids, word_ids,
+            symbol_ids,
+            word_ids,
         )
         # #0 self-loops where words come out (fstaddselfloops), so G's #0 backoff arcs can pass L.
         kaldifst.add_self_loops(L_disambig, isyms=[phone_ids["#0"]], osyms=[word_ids["#0"]])
@@ -311,6 +334,12 @@ def prepare_lang(
         with atomic_output(lang_dir / "L_disambig.fst") as tmp:
             L_disambig.write(str(tmp))
 
-    log.info("lang %s: %d phones (%d disambiguation symbols), %d words, L %d states",
-             final_dir, len(silence) + len(nonsilence), len(disambig), len(words), L.num_states)
+    log.info(
+        "lang %s: %d phones (%d disambiguation symbols), %d words, L %d states",
+        final_dir,
+        len(silence) + len(nonsilence),
+        len(disambig),
+        len(words),
+        L.num_states,
+    )
     return final_dir

@@ -93,7 +93,7 @@ def read_arpa(path: Path | str) -> ArpaModel:
             break
         if line.startswith("\\") and line.endswith("-grams:"):
             try:
-                section = int(line[1:-len("-grams:")])
+                section = int(line[1 : -len("-grams:")])
             except ValueError:
                 problems.append(f"{path}:{lineno}: bad section header '{line}'")
             continue
@@ -110,7 +110,9 @@ def read_arpa(path: Path | str) -> ArpaModel:
         fields = line.split()
         n = section
         if len(fields) < n + 1 or len(fields) > n + 2:
-            problems.append(f"{path}:{lineno}: a {n}-gram line needs a log-prob, {n} word(s) and an optional back-off: '{line}'")
+            problems.append(
+                f"{path}:{lineno}: a {n}-gram line needs a log-prob, {n} word(s) and an optional back-off: '{line}'"
+            )
             continue
         try:
             prob = float(fields[0])

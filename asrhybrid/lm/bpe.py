@@ -29,13 +29,24 @@ def train_tokens(texts: list[str], out_dir: Path, vocab_size: int, model_type: s
         # icefall's settings: <blk>=0 (CTC blank / RNN-T blank), <sos/eos>=1, <unk>=2; no bos/eos pieces.
         try:
             spm.SentencePieceTrainer.train(
-                input=str(text), model_prefix=prefix, model_type=model_type, vocab_size=vocab_size,
-                character_coverage=1.0, input_sentence_size=10**8, user_defined_symbols=["<blk>", "<sos/eos>"],
-                unk_id=2, bos_id=-1, eos_id=-1, hard_vocab_limit=model_type != "char", minloglevel=2,
+                input=str(text),
+                model_prefix=prefix,
+                model_type=model_type,
+                vocab_size=vocab_size,
+                character_coverage=1.0,
+                input_sentence_size=10**8,
+                user_defined_symbols=["<blk>", "<sos/eos>"],
+                unk_id=2,
+                bos_id=-1,
+                eos_id=-1,
+                hard_vocab_limit=model_type != "char",
+                minloglevel=2,
             )
         except RuntimeError as e:
             # e.g. "Vocabulary size too high (500). Please set it to a value <= 212."
-            raise ConfigError(f"{model_type} token model on {len(lines)} transcripts: {str(e).split('] ')[-1]}") from None
+            raise ConfigError(
+                f"{model_type} token model on {len(lines)} transcripts: {str(e).split('] ')[-1]}"
+            ) from None
         Path(prefix + ".vocab").unlink(missing_ok=True)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     write_text_atomic(out_dir / "tokens.txt", "".join(f"{sp.id_to_piece(i)} {i}\n" for i in range(sp.get_piece_size())))

@@ -30,7 +30,9 @@ RESERVED_WORDS = {"<eps>", BOS, EOS, "#0"}
 
 def kenlm_tool(name: str) -> str:
     """lmplz / build_binary: on PATH or beside the running interpreter (the venv's bin)."""
-    path = shutil.which(name) or (str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else None)
+    path = shutil.which(name) or (
+        str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else None
+    )
     if path is None:
         raise AsrHybridError(f"KenLM's {name} not found: run `make setup` (it builds lmplz and build_binary)")
     return path
@@ -70,7 +72,11 @@ def prepare_lm_text(lines: list[str], words: set[str] | None, oov_word: str | No
 
 
 def train_arpa(
-    text: Path, arpa: Path, order: int, prune: list[int] | None = None, memory: str = "20%",
+    text: Path,
+    arpa: Path,
+    order: int,
+    prune: list[int] | None = None,
+    memory: str = "20%",
     discount_fallback: bool | None = None,
 ) -> Path:
     """KenLM lmplz: ``text`` (one sentence a line) to an ARPA file.
@@ -85,11 +91,17 @@ def train_arpa(
     for fallback in attempts:
         try:
             with atomic_output(arpa) as tmp, open(text, "rb") as stdin, open(tmp, "wb") as stdout:
-                result = subprocess.run(cmd + (["--discount_fallback"] if fallback else []), stdin=stdin,
-                                        stdout=stdout, stderr=subprocess.PIPE)
+                result = subprocess.run(
+                    cmd + (["--discount_fallback"] if fallback else []),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                )
                 if result.returncode != 0:  # raised inside: the partial ARPA is removed, not renamed into place
-                    raise AsrHybridError(f"lmplz failed (exit {result.returncode}) on {text}:\n"
-                                         f"{result.stderr.decode(errors='replace').strip()[-2000:]}")
+                    raise AsrHybridError(
+                        f"lmplz failed (exit {result.returncode}) on {text}:\n"
+                        f"{result.stderr.decode(errors='replace').strip()[-2000:]}"
+                    )
         except AsrHybridError as e:
             if fallback is False and "discount_fallback" in str(e) and len(attempts) > 1:
                 log.info("%s is too small for Kneser-Ney discounts; retrying with --discount_fallback", text)
@@ -123,9 +135,16 @@ def perplexity(model_path: Path, sentences: list[str]) -> float:
 
 
 def train_lm(
-    text_lines: list[str], out_dir: Path, name: str, order: int, words: set[str] | None = None,
-    oov_word: str | None = None, prune: list[int] | None = None, binary: bool = False,
-    dev_lines: list[str] | None = None, source: str = "LM text",
+    text_lines: list[str],
+    out_dir: Path,
+    name: str,
+    order: int,
+    words: set[str] | None = None,
+    oov_word: str | None = None,
+    prune: list[int] | None = None,
+    binary: bool = False,
+    dev_lines: list[str] | None = None,
+    source: str = "LM text",
 ) -> dict[str, float | str]:
     """Write ``<name>.arpa`` (and ``<name>.bin``) in ``out_dir``; return its summary (perplexity on dev)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,15 +175,23 @@ def arpa_to_g(arpa: Path, words_txt: Path, g_fst: Path, allowed_oov: tuple[str, 
     table = read_symbol_table(words_txt)
     missing = sorted(w for w in model.vocabulary if w not in table and w not in allowed_oov and w not in (BOS, EOS))
     if missing:
-        raise DataError([f"{arpa}: word '{w}' is not in {words_txt}" for w in missing[:50]]
-                        + ([f"... {len(missing) - 50} more"] if len(missing) > 50 else []), str(arpa))
-    text = kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt),
-                            max_arpa_warnings=0)
+        raise DataError(
+            [f"{arpa}: word '{w}' is not in {words_txt}" for w in missing[:50]]
+            + ([f"... {len(missing) - 50} more"] if len(missing) > 50 else []),
+            str(arpa),
+        )
+    text = kaldilm.arpa2fst(
+        input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt), max_arpa_warnings=0
+    )
     G = kaldifst.compile(s=text, acceptor=False)
     kaldifst.arcsort(G, sort_type="ilabel")
     with atomic_output(g_fst) as tmp:
         G.write(str(tmp))
-    log.info("G %s: %d states from %s (%s)", g_fst, G.num_states, arpa,
-             ", ".join(f"{n}-grams {c}" for n, c in sorted(model.counts.items())))
+    log.info(
+        "G %s: %d states from %s (%s)",
+        g_fst,
+        G.num_states,
+        arpa,
+        ", ".join(f"{n}-grams {c}" for n, c in sorted(model.counts.items())),
+    )
     return G
-

@@ -63,8 +63,10 @@ class AdaptConfig:
         if bad or not self.transforms:
             raise ConfigError(f"adapt: transforms {self.transforms}: one or more of {', '.join(TRANSFORMS)}")
         if self.epochs < 1 or self.lr <= 0 or self.max_duration <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError(f"adapt: epochs ({self.epochs}), lr ({self.lr}), max_duration ({self.max_duration}) "
-                              f"and max_grad_norm ({self.max_grad_norm}) must be positive")
+            raise ConfigError(
+                f"adapt: epochs ({self.epochs}), lr ({self.lr}), max_duration ({self.max_duration}) "
+                f"and max_grad_norm ({self.max_grad_norm}) must be positive"
+            )
 
 
 def lhuc_layers(model: nn.Module) -> list[nn.Linear]:
@@ -112,8 +114,12 @@ class SpeakerAdaptedAM(nn.Module):
         missing = [(s, u) for s, u in zip(speakers, utts or speakers) if s not in self.speakers]
         if missing:
             s, u = missing[0]
-            raise DataError([f"speaker '{s}' (utterance {u}) has no adaptation transforms: this adapted model was "
-                             f"made for {len(self.speakers)} other speakers (adapt-am on the set being decoded)"])
+            raise DataError(
+                [
+                    f"speaker '{s}' (utterance {u}) has no adaptation transforms: this adapted model was "
+                    f"made for {len(self.speakers)} other speakers (adapt-am on the set being decoded)"
+                ]
+            )
         return torch.as_tensor([self.speakers[s] for s in speakers], dtype=torch.long)
 
     def forward(self, feats: torch.Tensor, speakers: list[str], utts: list[str] | None = None) -> torch.Tensor:
@@ -135,8 +141,11 @@ class SpeakerAdaptedAM(nn.Module):
 
     def transforms_state(self) -> dict:
         """What final.pt keeps of the adaptation (with the base model's own state beside it)."""
-        return {"speakers": list(self.speakers), "transforms": self.transforms,
-                "state": {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}}
+        return {
+            "speakers": list(self.speakers),
+            "transforms": self.transforms,
+            "state": {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")},
+        }
 
     @classmethod
     def from_state(cls, base: nn.Module, feat_dim: int, saved: dict) -> SpeakerAdaptedAM:
@@ -152,8 +161,12 @@ def first_pass_targets(best_records, tid_to_pdf: np.ndarray):
             continue
         tids = np.asarray(rec["tids"], dtype=np.int64)
         if tids.min() < 1 or tids.max() >= len(tid_to_pdf):
-            raise DataError([f"{rec['utt']}: transition ids {tids.min()}..{tids.max()} outside the model's "
-                             f"1..{len(tid_to_pdf) - 1}: the decode was made with another model"])
+            raise DataError(
+                [
+                    f"{rec['utt']}: transition ids {tids.min()}..{tids.max()} outside the model's "
+                    f"1..{len(tid_to_pdf) - 1}: the decode was made with another model"
+                ]
+            )
         yield rec["utt"], tid_to_pdf[tids]
 
 
@@ -161,8 +174,9 @@ def _has_target(cut, targets) -> bool:  # a named function: Lhotse warns on lamb
     return cut.id in targets
 
 
-def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cfg: AdaptConfig,
-                   device: torch.device | str = "cpu") -> tuple[SpeakerAdaptedAM, dict]:
+def adapt_speakers(
+    base: nn.Module, feat_dim: int, cuts, targets, normalizer, cfg: AdaptConfig, device: torch.device | str = "cpu"
+) -> tuple[SpeakerAdaptedAM, dict]:
     """Train every speaker's transforms on ``targets`` (utt -> pdf ids, a mapping or AlignmentTable) with the
     base model fixed. After each epoch the frame cross-entropy on the targets is measured per speaker, and each
     speaker keeps the transforms of its best epoch (the identity when none beat it): adaptation never leaves a
@@ -188,8 +202,12 @@ def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cf
                 f = normalizer(cut)
                 y = torch.as_tensor(np.asarray(targets[cut.id]), dtype=torch.long)
                 if len(y) != f.shape[0]:
-                    raise DataError([f"{cut.id}: the first-pass best path has {len(y)} frames, the features "
-                                     f"{f.shape[0]}: the decode was made from other features"])
+                    raise DataError(
+                        [
+                            f"{cut.id}: the first-pass best path has {len(y)} frames, the features "
+                            f"{f.shape[0]}: the decode was made from other features"
+                        ]
+                    )
                 feats.append(f)
                 ys.append(y)
                 spk.append(speaker_of(cut))
@@ -200,8 +218,9 @@ def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cf
         sums: dict[str, list[float]] = {s: [0.0, 0.0] for s in speakers}
         with torch.no_grad():
             for x, y, spk, utts in batches(False):
-                ce = nn.functional.cross_entropy(model(x, spk, utts).float().transpose(1, 2), y,
-                                                 ignore_index=IGNORE, reduction="none").sum(1)
+                ce = nn.functional.cross_entropy(
+                    model(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE, reduction="none"
+                ).sum(1)
                 for s, c, n in zip(spk, ce.tolist(), (y != IGNORE).sum(1).tolist()):
                     sums[s][0] += c
                     sums[s][1] += n
@@ -219,8 +238,9 @@ def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cf
     for epoch in range(1, cfg.epochs + 1):
         for x, y, spk, utts in batches(True):
             n = int((y != IGNORE).sum())
-            loss = nn.functional.cross_entropy(model(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE,
-                                               reduction="sum")
+            loss = nn.functional.cross_entropy(
+                model(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE, reduction="sum"
+            )
             opt.zero_grad()
             (loss / max(1, n)).backward()
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -233,12 +253,26 @@ def adapt_speakers(base: nn.Module, feat_dim: int, cuts, targets, normalizer, cf
                 for saved, p in zip(kept, params):
                     saved[k] = p[k]
                 best[s], best_epoch[s] = now[s], epoch
-        log.info("adapt epoch %d: frame cross-entropy %.4f on the first pass's best paths; %d of %d speakers "
-                 "improved", epoch, sum(now.values()) / len(now), len(improved), len(speakers))
+        log.info(
+            "adapt epoch %d: frame cross-entropy %.4f on the first pass's best paths; %d of %d speakers improved",
+            epoch,
+            sum(now.values()) / len(now),
+            len(improved),
+            len(speakers),
+        )
     with torch.no_grad():  # each speaker keeps its best epoch's transforms (the identity if none was better)
         for saved, p in zip(kept, params):
             p.copy_(saved)
-    report = {"config": asdict(cfg), "speakers": {
-        s: {"frames": int(frames[s]), "ce_before": round(before[s], 4), "ce_after": round(best[s], 4),
-            "epoch": best_epoch[s]} for s in speakers}}
+    report = {
+        "config": asdict(cfg),
+        "speakers": {
+            s: {
+                "frames": int(frames[s]),
+                "ce_before": round(before[s], 4),
+                "ce_after": round(best[s], 4),
+                "epoch": best_epoch[s],
+            }
+            for s in speakers
+        },
+    }
     return model.eval(), report

@@ -87,8 +87,11 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
-        return self.vtlp > 0 or (self.freq_masks > 0 and self.freq_mask_width > 0) or (
-            self.time_masks > 0 and self.time_mask_width > 0)
+        return (
+            self.vtlp > 0
+            or (self.freq_masks > 0 and self.freq_mask_width > 0)
+            or (self.time_masks > 0 and self.time_mask_width > 0)
+        )
 
     def _uniform(self, generator: torch.Generator) -> float:
         return float(torch.rand((), generator=generator))
@@ -109,8 +112,10 @@ class Augmentation:
     def mask(self, feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The normalised ``feats`` [T, D] with SpecAugment's bands and runs set to zero (a copy)."""
         feats = feats.clone()
-        for count, width, axis in ((self.freq_masks, self.freq_mask_width, 1),
-                                   (self.time_masks, self.time_mask_width, 0)):
+        for count, width, axis in (
+            (self.freq_masks, self.freq_mask_width, 1),
+            (self.time_masks, self.time_mask_width, 0),
+        ):
             size = feats.shape[axis]
             for _ in range(count if width > 0 else 0):
                 w = min(int(self._uniform(generator) * (width + 1)), size)
@@ -150,8 +155,9 @@ class WaveformPerturbation:
         return self.extractor.extract(audio.astype(np.float32), cut.sampling_rate), speed
 
 
-def training_features(cut, normalizer, batch_seed: int, augmentation: Augmentation | None,
-                      perturbation: WaveformPerturbation | None) -> torch.Tensor:
+def training_features(
+    cut, normalizer, batch_seed: int, augmentation: Augmentation | None, perturbation: WaveformPerturbation | None
+) -> torch.Tensor:
     """A training cut's normalised features, perturbed and augmented with draws from the utterance's own
     generator (``utterance_generator``); the stored features, normalised, when neither is given."""
     if augmentation is None and perturbation is None:

@@ -41,8 +41,10 @@ def chunk_spans(num_frames: int, chunk: int, left: int, right: int) -> list[tupl
     """(input start, target start, target end, input end) per chunk of an utterance; one span when chunk <= 0."""
     if chunk <= 0:
         return [(0, 0, num_frames, num_frames)]
-    return [(max(0, s - left), s, min(s + chunk, num_frames), min(num_frames, s + chunk + right))
-            for s in range(0, num_frames, chunk)]
+    return [
+        (max(0, s - left), s, min(s + chunk, num_frames), min(num_frames, s + chunk + right))
+        for s in range(0, num_frames, chunk)
+    ]
 
 
 def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
@@ -60,14 +62,25 @@ def pad_targets(ys: list[torch.Tensor]) -> torch.Tensor:
 def sampler(cuts, max_duration: float, generator: torch.Generator | None):
     seed = int(torch.randint(1 << 30, (1,), generator=generator)) if generator is not None else 0
     # world_size=1: every worker draws the same global batches and shards them itself (see the module's doc)
-    return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed,
-                            world_size=1, rank=0)
+    return SimpleCutSampler(
+        cuts, max_duration=max_duration, shuffle=generator is not None, seed=seed, world_size=1, rank=0
+    )
 
 
-def frame_batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, max_duration: float,
-             generator: torch.Generator | None, chunk: int = 0, left: int = 0, right: int = 0, rank: int = 0,
-             world: int = 1, augmentation: Augmentation | None = None,
-             perturbation: WaveformPerturbation | None = None):
+def frame_batches(
+    cuts,
+    targets: AlignmentTable,
+    normalizer: FeatureNormalizer,
+    max_duration: float,
+    generator: torch.Generator | None,
+    chunk: int = 0,
+    left: int = 0,
+    right: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    augmentation: Augmentation | None = None,
+    perturbation: WaveformPerturbation | None = None,
+):
     """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
     each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With a
     ``perturbation`` (training: noise added to the waveform, features computed again) and an active
@@ -77,8 +90,11 @@ def frame_batches(cuts, targets: AlignmentTable, normalizer: FeatureNormalizer, 
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     perturbation = perturbation if generator is not None else None
     for batch in sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
-        batch_seed = (int(torch.randint(1 << 30, (1,), generator=generator))
-                      if augmentation is not None or perturbation is not None else 0)
+        batch_seed = (
+            int(torch.randint(1 << 30, (1,), generator=generator))
+            if augmentation is not None or perturbation is not None
+            else 0
+        )
         xs, ys = [], []
         for cut in list(batch)[rank::world]:
             f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)

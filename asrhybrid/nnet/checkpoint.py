@@ -87,10 +87,16 @@ class TrainedSystem:
         if not isinstance(saved, dict) or "model" not in saved or not ({"num_pdfs", "num_tokens"} & saved.keys()):
             raise DataError([f"{path}: not a trained system's checkpoint (no model weights and output width)"])
         e2e = "num_tokens" in saved
-        return cls(kind=E2E if e2e else AM, config=saved["config"], weights=saved["model"],
-                   feat_mean=saved["feat_mean"], feat_std=saved["feat_std"],
-                   num_outputs=int(saved["num_tokens"] if e2e else saved["num_pdfs"]),
-                   log_prior=saved.get("log_prior"), adaptation=saved.get("adaptation") or None)
+        return cls(
+            kind=E2E if e2e else AM,
+            config=saved["config"],
+            weights=saved["model"],
+            feat_mean=saved["feat_mean"],
+            feat_std=saved["feat_std"],
+            num_outputs=int(saved["num_tokens"] if e2e else saved["num_pdfs"]),
+            log_prior=saved.get("log_prior"),
+            adaptation=saved.get("adaptation") or None,
+        )
 
 
 def is_trained_system(path: Path | str) -> bool:

@@ -24,8 +24,17 @@ from torch import nn
 class FastSlowAM(nn.Module):
     """Fbank frames [B, T, D] -> pdf logits [B, T, num_pdfs], output t hearing frames up to t + ``lookahead``."""
 
-    def __init__(self, feat_dim: int, num_pdfs: int, hidden: int = 256, slow_layers: int = 3, fast_hidden: int = 256,
-                 lookahead: int = 5, fast_output: str = "softmax", fast: bool = True):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_pdfs: int,
+        hidden: int = 256,
+        slow_layers: int = 3,
+        fast_hidden: int = 256,
+        lookahead: int = 5,
+        fast_output: str = "softmax",
+        fast: bool = True,
+    ):
         super().__init__()
         if fast_output not in ("softmax", "sigmoid", "logits"):
             raise ValueError(f"fast_output '{fast_output}': softmax, sigmoid or logits")

@@ -41,9 +41,16 @@ def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn
     return model.to(device).eval(), trained
 
 
-def iter_loglikes(model: nn.Module, trained: TrainedSystem, cuts, acwt: float = 1.0, prior_scale: float = 1.0,
-                  max_duration: float = 120.0, device: torch.device | str = "cpu",
-                  normalizer: FeatureNormalizer | None = None) -> Iterator[tuple[object, np.ndarray]]:
+def iter_loglikes(
+    model: nn.Module,
+    trained: TrainedSystem,
+    cuts,
+    acwt: float = 1.0,
+    prior_scale: float = 1.0,
+    max_duration: float = 120.0,
+    device: torch.device | str = "cpu",
+    normalizer: FeatureNormalizer | None = None,
+) -> Iterator[tuple[object, np.ndarray]]:
     """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut, in the
     cuts' order: what the decoder reads, in memory (decoding, transcribe) or from compute-loglikes' archive.
     ``normalizer``: built over ``cuts`` when not given (give it when ``cuts`` are a share of a set whose
@@ -64,8 +71,15 @@ def iter_loglikes(model: nn.Module, trained: TrainedSystem, cuts, acwt: float = 
                 yield cut, scaled_loglikes(lp[: f.shape[0]].numpy(), trained.log_prior, acwt, prior_scale)
 
 
-def compute_loglikes(cuts_path: Path, exp_dir: Path, out_ark: Path, acwt: float = 1.0, prior_scale: float = 1.0,
-                     max_duration: float = 120.0, device: torch.device | str | None = None) -> int:
+def compute_loglikes(
+    cuts_path: Path,
+    exp_dir: Path,
+    out_ark: Path,
+    acwt: float = 1.0,
+    prior_scale: float = 1.0,
+    max_duration: float = 120.0,
+    device: torch.device | str | None = None,
+) -> int:
     """Every cut's scaled log-likelihoods (:func:`iter_loglikes`) into a Kaldi float-matrix table ``out_ark``
     (+ .scp); returns the count."""
     device = torch.device(device) if device is not None else default_device()

@@ -68,9 +68,19 @@ class LstmpAM(nn.Module):
     layer: Zaremba 2014's non-recurrent connections; the recurrence itself is untouched).
     """
 
-    def __init__(self, feat_dim: int, num_pdfs: int, cells: int = 320, proj: int = 128, layers: int = 2,
-                 delay: int = 5, kind: str = "cudnn", cell_clip: float | None = 50.0, bidirectional: bool = False,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_pdfs: int,
+        cells: int = 320,
+        proj: int = 128,
+        layers: int = 2,
+        delay: int = 5,
+        kind: str = "cudnn",
+        cell_clip: float | None = 50.0,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if kind not in ("cudnn", "peephole"):
             raise ValueError(f"LSTMP kind '{kind}': cudnn or peephole")
@@ -80,8 +90,15 @@ class LstmpAM(nn.Module):
             raise ValueError(f"dropout {dropout}: in [0, 1), with the cudnn kind")
         self.delay = delay
         if kind == "cudnn":
-            self.lstm = nn.LSTM(feat_dim, cells, num_layers=layers, proj_size=proj, batch_first=True,
-                                bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+            self.lstm = nn.LSTM(
+                feat_dim,
+                cells,
+                num_layers=layers,
+                proj_size=proj,
+                batch_first=True,
+                bidirectional=bidirectional,
+                dropout=dropout if layers > 1 else 0.0,
+            )
         else:
             self.lstm = PeepholeLSTMP(feat_dim, cells, proj, layers, cell_clip)
         self.dropout = nn.Dropout(dropout)

@@ -91,7 +91,9 @@ class TrainConfig(InputOptions):
             raise ConfigError(f"unknown acoustic model '{self.system}' (systems: {', '.join(SYSTEMS)})")
 
 
-def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _losses(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss to minimise, summed over frames; the senone cross-entropy sum; correct frames)."""
     if isinstance(model, FastSlowAM):
         logits, fast_logits = model.forward_with_fast(x)
@@ -103,7 +105,8 @@ def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fast_weight: flo
     loss = ce
     if fast_logits is not None and fast_weight:
         loss = ce + fast_weight * nn.functional.cross_entropy(
-            fast_logits.float().reshape(-1, logits.shape[-1]), y, ignore_index=IGNORE, reduction="sum")
+            fast_logits.float().reshape(-1, logits.shape[-1]), y, ignore_index=IGNORE, reduction="sum"
+        )
     correct = int((logits.argmax(-1)[y != IGNORE] == y[y != IGNORE]).sum())
     return loss, ce.detach(), correct
 
@@ -114,8 +117,14 @@ class FrameObjective:
 
     loss_name, metric_name, count_name, stat_names = "ce", "frame_accuracy", "frames", ("ce", "correct")
 
-    def __init__(self, cfg: TrainConfig, targets: AlignmentTable, normalizer: FeatureNormalizer, right_context: int,
-                 perturbation: WaveformPerturbation | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        targets: AlignmentTable,
+        normalizer: FeatureNormalizer,
+        right_context: int,
+        perturbation: WaveformPerturbation | None = None,
+    ):
         self.name, self.cfg, self.targets, self.normalizer = cfg.system, cfg, targets, normalizer
         self.right_context, self.perturbation = right_context, perturbation
 
@@ -124,9 +133,20 @@ class FrameObjective:
         if generator is None:  # held out: whole utterances, no augmentation
             batches = frame_batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)
         else:
-            batches = frame_batches(cuts, self.targets, self.normalizer, cfg.max_duration, generator, cfg.chunk_frames,
-                               cfg.chunk_left_context, self.right_context, rank, world, cfg.augmentation,
-                               self.perturbation)
+            batches = frame_batches(
+                cuts,
+                self.targets,
+                self.normalizer,
+                cfg.max_duration,
+                generator,
+                cfg.chunk_frames,
+                cfg.chunk_left_context,
+                self.right_context,
+                rank,
+                world,
+                cfg.augmentation,
+                self.perturbation,
+            )
         return (None if x is None else (x, y) for x, y in batches)
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
@@ -138,9 +158,18 @@ class FrameObjective:
         return {"ce": sums["ce"] / sums["count"], "frame_accuracy": sums["correct"] / sums["count"]}
 
 
-def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[int], cmvn_mean: np.ndarray,
-             cmvn_std: np.ndarray, exp_dir: Path, cfg: TrainConfig, resume_key: str | None = None,
-             device: torch.device | str | None = None) -> dict:
+def train_am(
+    cuts_path: Path,
+    ali_pdf: Path,
+    num_pdfs: int,
+    silence_pdfs: set[int],
+    cmvn_mean: np.ndarray,
+    cmvn_std: np.ndarray,
+    exp_dir: Path,
+    cfg: TrainConfig,
+    resume_key: str | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
     """Train ``cfg.system`` into ``exp_dir`` (see the module's doc for the files); returns the summary."""
     exp_dir = Path(exp_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -152,18 +181,43 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
     normalizer = FeatureNormalizer.for_cuts(cfg.cmvn, cmvn_mean, cmvn_std, cuts, cuts_path)
     model = build_model(cfg.system, int(cmvn_mean.shape[0]), num_pdfs, cfg.model).to(device)
     context = getattr(model, "right_context", 0)
-    log.info("%s: %d parameters, %s; chunks: %s", cfg.system, sum(p.numel() for p in model.parameters()), device,
-             f"{cfg.chunk_frames} frames, left context {cfg.chunk_left_context}, right {context}"
-             if cfg.chunk_frames > 0 else "whole utterances")
+    log.info(
+        "%s: %d parameters, %s; chunks: %s",
+        cfg.system,
+        sum(p.numel() for p in model.parameters()),
+        device,
+        f"{cfg.chunk_frames} frames, left context {cfg.chunk_left_context}, right {context}"
+        if cfg.chunk_frames > 0
+        else "whole utterances",
+    )
     # noise only (no speed perturbation): the frames stay where the alignments put them
-    perturbation = WaveformPerturbation([], FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr) if cfg.noise_snr else None
-    result = fit(model, FrameObjective(cfg, targets, normalizer, context, perturbation), train, valid, exp_dir, cfg, device,
-                 resume_key)
+    perturbation = (
+        WaveformPerturbation([], FeatureSet.of_cuts(cuts_path).fbank_config(), cfg.noise_snr) if cfg.noise_snr else None
+    )
+    result = fit(
+        model,
+        FrameObjective(cfg, targets, normalizer, context, perturbation),
+        train,
+        valid,
+        exp_dir,
+        cfg,
+        device,
+        resume_key,
+    )
     targets.close()
-    summary = {"system": cfg.system, "epochs": result["history"], "parameters": sum(p.numel() for p in model.parameters()),
-               "final": {"averaged_epochs": result["averaged_epochs"], "valid_ce": result["final"].get("ce"),
-                         "valid_frame_accuracy": result["final"].get("frame_accuracy")},
-               "workers": result["workers"], "device": result["device"], "kernels": result["kernels"]}
+    summary = {
+        "system": cfg.system,
+        "epochs": result["history"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final": {
+            "averaged_epochs": result["averaged_epochs"],
+            "valid_ce": result["final"].get("ce"),
+            "valid_frame_accuracy": result["final"].get("frame_accuracy"),
+        },
+        "workers": result["workers"],
+        "device": result["device"],
+        "kernels": result["kernels"],
+    }
     if result["leader"]:
         counts = np.zeros(num_pdfs)
         for _, pdfs in iter_alignments(ali_pdf):  # the training alignments' state frequencies
@@ -173,4 +227,3 @@ def train_am(cuts_path: Path, ali_pdf: Path, num_pdfs: int, silence_pdfs: set[in
         write_text_atomic(exp_dir / "train.json", json.dumps(summary, indent=1) + "\n")
     Workers().barrier()
     return summary
-

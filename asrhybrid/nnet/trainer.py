@@ -103,8 +103,11 @@ class InputOptions(FitConfig):
         super().__post_init__()
         if self.cmvn not in CMVN_MODES:
             raise ConfigError(f"cmvn '{self.cmvn}': one of {', '.join(CMVN_MODES)}")
-        if self.vtlp < 0 or self.vtlp >= 1 or min(self.freq_masks, self.freq_mask_width, self.time_masks,
-                                                   self.time_mask_width) < 0:
+        if (
+            self.vtlp < 0
+            or self.vtlp >= 1
+            or min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) < 0
+        ):
             raise ConfigError("vtlp must be in [0, 1), the mask counts and widths at least 0")
         if self.noise_snr and (len(self.noise_snr) != 2 or float(self.noise_snr[0]) > float(self.noise_snr[1])):
             raise ConfigError(f"noise_snr {self.noise_snr}: [lowest, highest] SNR in dB")
@@ -126,8 +129,9 @@ class Objective(Protocol):
     stat_names: tuple[str, ...]  # the summed statistics forward() returns besides count (every worker sums
     # the same keys, so a worker without a batch still takes part in the all-reduce)
 
-    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int,
-                epoch: int = 0) -> Iterator[object | None]:
+    def batches(
+        self, cuts, generator: torch.Generator | None, rank: int, world: int, epoch: int = 0
+    ) -> Iterator[object | None]:
         """This worker's share of each global batch (None when empty); shuffled and augmented when
         ``generator`` is given (training: ``epoch`` is the 1-based epoch), in order otherwise."""
 
@@ -197,8 +201,9 @@ def _add(sums: dict[str, float], more: dict[str, float]) -> None:
         sums[key] = sums.get(key, 0.0) + float(value)
 
 
-def evaluate(model: nn.Module, objective: Objective, cuts, device: torch.device, workers: Workers | None = None,
-             amp: bool = True) -> dict:
+def evaluate(
+    model: nn.Module, objective: Objective, cuts, device: torch.device, workers: Workers | None = None, amp: bool = True
+) -> dict:
     """The objective's metrics over ``cuts`` (in order, no augmentation), with ``count``."""
     workers = workers or Workers()
     model.eval()
@@ -224,8 +229,16 @@ def average_models(paths: list[Path]) -> dict:
     return averaged
 
 
-def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg: FitConfig,
-        device: torch.device, resume_key: str | None = None) -> dict:
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train,
+    valid,
+    exp_dir: Path,
+    cfg: FitConfig,
+    device: torch.device,
+    resume_key: str | None = None,
+) -> dict:
     """Train ``model`` (built after ``torch.manual_seed(cfg.seed)``) on ``train`` cuts; returns
     {history, final (the held-out metrics of final weights), averaged_epochs}. The model ends with the final
     weights (the average of the last epochs); the caller writes final.pt."""
@@ -264,8 +277,9 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
         sums = dict.fromkeys(("count", *objective.stat_names), 0.0)
         start = time.time()
         batches = objective.batches(train, generator, workers.rank, workers.world, epoch)
-        for batch in tqdm(batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False,
-                          disable=not leader):
+        for batch in tqdm(
+            batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False, disable=not leader
+        ):
             if cfg.warmup_steps:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr_at_step(epoch, step)
@@ -288,14 +302,26 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
         seconds = time.time() - start
         train_metrics = objective.metrics(sums) if sums["count"] else {key: None}
         scores = evaluate(model, objective, valid, device, workers, cfg.amp)
-        entry = {"epoch": epoch, "lr": lr, **{f"train_{k}": _round(v) for k, v in train_metrics.items()},
-                 **{f"valid_{k}": _round(v) for k, v in scores.items() if k != "count"},
-                 "valid_" + objective.count_name: scores["count"]}  # no wall-clock times: a resumed run's
+        entry = {
+            "epoch": epoch,
+            "lr": lr,
+            **{f"train_{k}": _round(v) for k, v in train_metrics.items()},
+            **{f"valid_{k}": _round(v) for k, v in scores.items() if k != "count"},
+            "valid_" + objective.count_name: scores["count"],
+        }  # no wall-clock times: a resumed run's
         # history equals an uninterrupted one's (the speed is in the log)
         history.append(entry)
-        log.info("%s epoch %d: train %s; held-out %s (%d %s); %.0f %s/s", objective.name, epoch,
-                 _format(train_metrics), _format({k: v for k, v in scores.items() if k != "count"}),
-                 scores["count"], objective.count_name, sums["count"] / max(seconds, 1e-9), objective.count_name)
+        log.info(
+            "%s epoch %d: train %s; held-out %s (%d %s); %.0f %s/s",
+            objective.name,
+            epoch,
+            _format(train_metrics),
+            _format({k: v for k, v in scores.items() if k != "count"}),
+            scores["count"],
+            objective.count_name,
+            sums["count"] / max(seconds, 1e-9),
+            objective.count_name,
+        )
         if leader:
             for k, v in train_metrics.items():
                 if v is not None:
@@ -305,14 +331,30 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
                     writer.add_scalar(f"valid/{k}", v, epoch)
             writer.add_scalar("train/lr", lr, epoch)
             writer.flush()
-            plot_curves(history, exp_dir / "curves.png", objective.name, key, objective.metric_name,
-                        getattr(objective, "loss_parts", ()))
+            plot_curves(
+                history,
+                exp_dir / "curves.png",
+                objective.name,
+                key,
+                objective.metric_name,
+                getattr(objective, "loss_parts", ()),
+            )
             if hasattr(objective, "plot_epoch"):  # e.g. LAS's attention weights on held-out utterances
                 objective.plot_epoch(model, valid, exp_dir, epoch, device)
             with atomic_output(exp_dir / f"epoch-{epoch}.pt") as tmp:  # written last: the epoch is finished
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                            "step": step, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                            "history": history, "resume_key": resume_key}, tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "history": history,
+                        "resume_key": resume_key,
+                    },
+                    tmp,
+                )
         workers.barrier()  # the checkpoint is on disk before any worker goes on
     averaged = list(range(max(1, cfg.epochs - cfg.average_last + 1), cfg.epochs + 1))
     final = {k.removeprefix("valid_"): v for k, v in history[-1].items() if k.startswith("valid_")}
@@ -320,12 +362,22 @@ def fit(model: nn.Module, objective: Objective, train, valid, exp_dir: Path, cfg
         model.load_state_dict(average_models([exp_dir / f"epoch-{e}.pt" for e in averaged]))
         scores = evaluate(model, objective, valid, device, workers, cfg.amp)
         final = {k: _round(v) for k, v in scores.items()}
-        log.info("final weights: the average of epochs %s: held-out %s", averaged,
-                 _format({k: v for k, v in scores.items() if k != "count"}))
+        log.info(
+            "final weights: the average of epochs %s: held-out %s",
+            averaged,
+            _format({k: v for k, v in scores.items() if k != "count"}),
+        )
     if writer is not None:
         writer.close()
-    return {"history": history, "final": final, "averaged_epochs": averaged, "workers": workers.world,
-            "leader": leader, "device": device.type, "kernels": kernels}
+    return {
+        "history": history,
+        "final": final,
+        "averaged_epochs": averaged,
+        "workers": workers.world,
+        "leader": leader,
+        "device": device.type,
+        "kernels": kernels,
+    }
 
 
 def _round(value):
@@ -338,9 +390,17 @@ def _format(metrics: dict) -> str:
 
 def remove_old_run(exp_dir: Path) -> None:
     """A run that starts over leaves nothing of an earlier one (its checkpoints, events, curves)."""
-    old = sorted(exp_dir.glob("epoch-*.pt")) + [p for p in (exp_dir / "tensorboard", exp_dir / "curves.png",
-                                                            exp_dir / "attention", exp_dir / "final.pt",
-                                                            exp_dir / "train.json") if p.exists()]
+    old = sorted(exp_dir.glob("epoch-*.pt")) + [
+        p
+        for p in (
+            exp_dir / "tensorboard",
+            exp_dir / "curves.png",
+            exp_dir / "attention",
+            exp_dir / "final.pt",
+            exp_dir / "train.json",
+        )
+        if p.exists()
+    ]
     if old:
         log.info("%s: starting over: removing %d files of an earlier run", exp_dir, len(old))
     for path in old:
@@ -351,8 +411,14 @@ def _tensorboard(exp_dir: Path):
     return SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
 
 
-def plot_curves(history: list[dict], png: Path, title: str, loss: str = "ce", metric: str | None = "frame_accuracy",
-                parts: tuple[str, ...] = ()) -> Path:
+def plot_curves(
+    history: list[dict],
+    png: Path,
+    title: str,
+    loss: str = "ce",
+    metric: str | None = "frame_accuracy",
+    parts: tuple[str, ...] = (),
+) -> Path:
     """The loss, its terms apart (``parts``) and a second metric per epoch, training and held-out, as a PNG."""
     import matplotlib  # heavy, and only the plots need it
 
@@ -365,10 +431,14 @@ def plot_curves(history: list[dict], png: Path, title: str, loss: str = "ce", me
     for ax, name in zip(axes[0], names):
         scale = 100 if "accuracy" in name or "error" in name else 1
         for split, label in (("train", "train"), ("valid", "held-out")):
-            points = [(e["epoch"], scale * e[f"{split}_{name}"]) for e in history if e.get(f"{split}_{name}") is not None]
+            points = [
+                (e["epoch"], scale * e[f"{split}_{name}"]) for e in history if e.get(f"{split}_{name}") is not None
+            ]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
-        ax.set(xlabel="epoch", ylabel=name.replace("_", " ") + (" (%)" if scale == 100 else ""), title=f"{title}: {name}")
+        ax.set(
+            xlabel="epoch", ylabel=name.replace("_", " ") + (" (%)" if scale == 100 else ""), title=f"{title}: {name}"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])

@@ -110,7 +110,9 @@ class RecipeConfig:
         where the option's value in the recipe is a list, so test_speakers: [jackson] for the fold jackson)."""
         names = self.fold_names()
         if name not in names:
-            raise ConfigError(f"{self.path}: no fold '{name}'; the folds are {', '.join(names) or 'none (no folds key)'}")
+            raise ConfigError(
+                f"{self.path}: no fold '{name}'; the folds are {', '.join(names) or 'none (no folds key)'}"
+            )
         option = self.fold_option
         value = self.folds[option][names.index(name)]
         options = dict(self.data.get("options") or {})
@@ -157,13 +159,16 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     _check_keys(path, "decode.options", (raw.get("decode") or {}).get("options") or {}, _field_names("decode"))
     adapt = (raw.get("decode") or {}).get("adapt")
     if adapt is not None and not isinstance(adapt, dict):
-        raise ConfigError(f"{path}: 'decode.adapt' is a mapping (iterations and AdaptConfig fields; {{}} for the "
-                          f"defaults), not {adapt!r}")
+        raise ConfigError(
+            f"{path}: 'decode.adapt' is a mapping (iterations and AdaptConfig fields; {{}} for the "
+            f"defaults), not {adapt!r}"
+        )
     _check_keys(path, "decode.adapt", adapt or {}, _field_names("adapt") | {"iterations"})
     rounds = (adapt or {}).get("iterations", 1)
     if not (isinstance(rounds, int) and rounds >= 1):
-        raise ConfigError(f"{path}: 'decode.adapt.iterations' is a count of adaptation rounds (1 or more), not "
-                          f"{rounds!r}")
+        raise ConfigError(
+            f"{path}: 'decode.adapt.iterations' is a count of adaptation rounds (1 or more), not {rounds!r}"
+        )
     for method in (raw.get("decode") or {}).get("rescore") or []:
         _check_keys(path, "decode.rescore", {method: None}, {"lattice", "nbest"})
     _check_keys(path, "features.fbank", (raw.get("features") or {}).get("fbank") or {}, _field_names("fbank"))
@@ -172,8 +177,12 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         if not isinstance(e2e.get(name) or {}, dict):
             raise ConfigError(f"{path}: 'e2e.{name}' must be a mapping, not {e2e[name]!r}")
         kinds = ("common", *E2E_SYSTEMS)  # their kind is their name: only a named system says `system:`
-        _check_keys(path, f"e2e.{name}", e2e.get(name) or {},
-                    _field_names("e2e") - ({"system"} if name in kinds else set()) | {"tokens"})
+        _check_keys(
+            path,
+            f"e2e.{name}",
+            e2e.get(name) or {},
+            _field_names("e2e") - ({"system"} if name in kinds else set()) | {"tokens"},
+        )
         _check_keys(path, f"e2e.{name}.tokens", (e2e.get(name) or {}).get("tokens") or {}, {"model_type", "vocab_size"})
     for system in e2e.get("systems") or []:
         if not isinstance(system, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", system):
@@ -181,13 +190,17 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         if system in ("common", "decode", "systems", "nproc"):
             raise ConfigError(f"{path}: 'e2e.systems': '{system}' is a key of the e2e section, not a system name")
         if e2e_kind(e2e, system) not in E2E_SYSTEMS:
-            raise ConfigError(f"{path}: 'e2e.{system}' is not one of {', '.join(E2E_SYSTEMS)}: a named system says "
-                              f"which with 'system:' (e2e: {{systems: [las_paper], las_paper: {{system: las}}}})")
+            raise ConfigError(
+                f"{path}: 'e2e.{system}' is not one of {', '.join(E2E_SYSTEMS)}: a named system says "
+                f"which with 'system:' (e2e: {{systems: [las_paper], las_paper: {{system: las}}}})"
+            )
     systems = list(e2e.get("systems") or [])
     _check_keys(path, "e2e.decode", e2e.get("decode") or {}, {"searches", "hlg"})
     hlg = (e2e.get("decode") or {}).get("hlg")
     if hlg is not None and not isinstance(hlg, dict):
-        raise ConfigError(f"{path}: 'e2e.decode.hlg' is a mapping of DecodeConfig fields ({{}} for the defaults), not {hlg!r}")
+        raise ConfigError(
+            f"{path}: 'e2e.decode.hlg' is a mapping of DecodeConfig fields ({{}} for the defaults), not {hlg!r}"
+        )
     _check_keys(path, "e2e.decode.hlg", hlg or {}, _field_names("decode"))
     for search in (e2e.get("decode") or {}).get("searches") or []:
         if not isinstance(search, dict):
@@ -195,12 +208,16 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         _check_keys(path, "e2e.decode.searches", search, _field_names("e2e_decode") | {"lm", "name", "systems"})
         for system in search.get("systems") or []:
             if system not in systems:
-                raise ConfigError(f"{path}: a search of 'e2e.decode.searches' names the system '{system}', which "
-                                  f"'e2e.systems' does not train ({', '.join(map(str, systems)) or 'none'})")
+                raise ConfigError(
+                    f"{path}: a search of 'e2e.decode.searches' names the system '{system}', which "
+                    f"'e2e.systems' does not train ({', '.join(map(str, systems)) or 'none'})"
+                )
     folds = raw.get("folds") or {}
     if not (isinstance(folds, dict) and len(folds) <= 1 and all(isinstance(v, list) and v for v in folds.values())):
-        raise ConfigError(f"{path}: 'folds' is one data option and its values, one fold each (folds: {{test_speakers: "
-                          f"[jackson, theo]}}), not {folds!r}")
+        raise ConfigError(
+            f"{path}: 'folds' is one data option and its values, one fold each (folds: {{test_speakers: "
+            f"[jackson, theo]}}), not {folds!r}"
+        )
     for option, values in folds.items():
         names = [_fold_name(v) for v in values]
         if len(set(names)) != len(names):
@@ -237,12 +254,36 @@ def _fold_name(value: Any) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-TOP_KEYS = {"corpus", "sample_rate", "data", "features", "synth", "lang", "lm", "tokens", "align", "tree", "am",
-            "decode", "e2e", "parts", "folds", "description"}
+TOP_KEYS = {
+    "corpus",
+    "sample_rate",
+    "data",
+    "features",
+    "synth",
+    "lang",
+    "lm",
+    "tokens",
+    "align",
+    "tree",
+    "am",
+    "decode",
+    "e2e",
+    "parts",
+    "folds",
+    "description",
+}
 
 
-_OPTION_CLASSES = {"fbank": KaldiFbankConfig, "synth": SynthConfig, "train": TrainConfig, "decode": DecodeConfig,
-                   "e2e": E2EConfig, "adapt": AdaptConfig, "e2e_decode": E2EDecodeConfig, "align": FlatStartConfig}
+_OPTION_CLASSES = {
+    "fbank": KaldiFbankConfig,
+    "synth": SynthConfig,
+    "train": TrainConfig,
+    "decode": DecodeConfig,
+    "e2e": E2EConfig,
+    "adapt": AdaptConfig,
+    "e2e_decode": E2EDecodeConfig,
+    "align": FlatStartConfig,
+}
 
 
 def _field_names(kind: str) -> set[str]:

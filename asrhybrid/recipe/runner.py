@@ -75,10 +75,12 @@ class RecipeRun:
         part, prefix = self.config.part(role), f"{self.config.corpus}_{kind}_"
         path = directory / f"{prefix}{part}.jsonl.gz"
         if must_exist and not path.is_file():
-            found = sorted(p.name[len(prefix):-len(".jsonl.gz")] for p in directory.glob(f"{prefix}*.jsonl.gz"))
-            raise ConfigError(f"{path} not found: the recipe's {role} part is '{part}'; the parts in {directory} are "
-                              f"{', '.join(found) or 'none (run the earlier stages)'}. Name it in the recipe: "
-                              f"parts: {{{role}: NAME}}")
+            found = sorted(p.name[len(prefix) : -len(".jsonl.gz")] for p in directory.glob(f"{prefix}*.jsonl.gz"))
+            raise ConfigError(
+                f"{path} not found: the recipe's {role} part is '{part}'; the parts in {directory} are "
+                f"{', '.join(found) or 'none (run the earlier stages)'}. Name it in the recipe: "
+                f"parts: {{{role}: NAME}}"
+            )
         return path
 
     def cmvn(self, role: str) -> Path:
@@ -105,8 +107,16 @@ class RecipeRun:
         if nproc <= 1:
             return self.run_verb(stage, verb, args)
 
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "asrhybrid", *self._verb_argv(stage, verb, args)]
+        argv = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "asrhybrid",
+            *self._verb_argv(stage, verb, args),
+        ]
         log.info("%s", shlex.join(argv))
         if subprocess.run(argv).returncode != 0:
             log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
@@ -126,8 +136,17 @@ def stage_data(run: RecipeRun) -> None:
         corpus_dir = downloaded_corpus_dir(cfg.data["download"], target)
     if corpus_dir is None:
         raise ConfigError(f"recipe '{cfg.corpus}' needs the corpus location: make ... corpus_dir=PATH")
-    args = [str(corpus_dir), str(run.manifest_dir), "--corpus", cfg.corpus, "--preparer", cfg.preparer,
-            "--sample-rate", str(cfg.sample_rate), *format_options(cfg.data.get("options") or {})]
+    args = [
+        str(corpus_dir),
+        str(run.manifest_dir),
+        "--corpus",
+        cfg.corpus,
+        "--preparer",
+        cfg.preparer,
+        "--sample-rate",
+        str(cfg.sample_rate),
+        *format_options(cfg.data.get("options") or {}),
+    ]
     if not cfg.data.get("resample", True):
         args.append("--no-resample")
     if not cfg.data.get("verify_audio", True):
@@ -138,8 +157,15 @@ def stage_data(run: RecipeRun) -> None:
 def stage_fbank(run: RecipeRun) -> None:
     feats = run.config.features
     fbank_opts = {"sampling_rate": run.config.sample_rate, **(feats.get("fbank") or {})}
-    args = [str(run.manifest_dir), str(run.fbank_dir), "--corpus", run.config.corpus,
-            "--num-jobs", str(feats.get("num_jobs", 2)), *format_options(fbank_opts)]
+    args = [
+        str(run.manifest_dir),
+        str(run.fbank_dir),
+        "--corpus",
+        run.config.corpus,
+        "--num-jobs",
+        str(feats.get("num_jobs", 2)),
+        *format_options(fbank_opts),
+    ]
     run.run_verb("make_fbank", "compute-fbank", args)
 
 
@@ -148,8 +174,17 @@ def stage_lang(run: RecipeRun) -> None:
     dict_dir, train = run.workdir / "data" / "local" / "dict", run.supervisions("train")
     args = [str(dict_dir), "--lexicon", str(lang.get("lexicon", "cmudict")), "--text", str(train)]
     run.run_verb("lang", "prepare-dict", args + ([] if lang.get("stress", True) else ["--no-stress"]))
-    args = [str(dict_dir), str(run.lang_dir), "--oov", str(lang.get("oov", "<UNK>")), "--sil-prob", str(lang.get("sil_prob", 0.5))]
-    run.run_verb("lang", "prepare-lang", args + ([] if lang.get("position_dependent", True) else ["--no-position-dependent"]))
+    args = [
+        str(dict_dir),
+        str(run.lang_dir),
+        "--oov",
+        str(lang.get("oov", "<UNK>")),
+        "--sil-prob",
+        str(lang.get("sil_prob", 0.5)),
+    ]
+    run.run_verb(
+        "lang", "prepare-lang", args + ([] if lang.get("position_dependent", True) else ["--no-position-dependent"])
+    )
 
 
 def stage_lm(run: RecipeRun) -> None:
@@ -165,24 +200,55 @@ def stage_lm(run: RecipeRun) -> None:
         if name == "large":
             args.append("--binary")
         run.run_verb("lm", "train-lm", args + (["--dev", *dev] if dev else []))
-    run.run_verb("lm", "format-lm", [str(run.lang_dir), str(lm_dir / "small.arpa"), str(run.workdir / "data" / "lang_test_small")])
+    run.run_verb(
+        "lm",
+        "format-lm",
+        [str(run.lang_dir), str(lm_dir / "small.arpa"), str(run.workdir / "data" / "lang_test_small")],
+    )
     for tokens in token_specs(run):
-        run.run_verb("lm", "train-bpe", [train, "--out-dir", str(token_dir(run, tokens)), "--vocab-size",
-                                         str(tokens["vocab_size"]), "--model-type", tokens["model_type"]])
+        run.run_verb(
+            "lm",
+            "train-bpe",
+            [
+                train,
+                "--out-dir",
+                str(token_dir(run, tokens)),
+                "--vocab-size",
+                str(tokens["vocab_size"]),
+                "--model-type",
+                tokens["model_type"],
+            ],
+        )
 
 
 def stage_align(run: RecipeRun) -> None:
-    args = [str(run.cuts("train")), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
-            "--cmvn", str(run.cmvn("train")), *format_options(run.config.align)]
+    args = [
+        str(run.cuts("train")),
+        str(run.lang_dir),
+        str(run.workdir / "exp" / "mono_flat"),
+        "--cmvn",
+        str(run.cmvn("train")),
+        *format_options(run.config.align),
+    ]
     run.run_verb("mono_flat", "align-flat-start", args)
 
 
 def stage_tree(run: RecipeRun) -> None:
     tree = {"num_leaves": 500, "min_count": 100, "questions": "auto", **run.config.tree}
-    args = [str(run.cuts("train")), str(run.lang_dir), str(run.workdir / "exp" / "mono_flat"),
-            str(run.workdir / "exp" / "tree"), "--cmvn", str(run.cmvn("train")),
-            "--num-leaves", str(tree["num_leaves"]), "--min-count", str(tree["min_count"]),
-            "--questions", str(tree["questions"])]
+    args = [
+        str(run.cuts("train")),
+        str(run.lang_dir),
+        str(run.workdir / "exp" / "mono_flat"),
+        str(run.workdir / "exp" / "tree"),
+        "--cmvn",
+        str(run.cmvn("train")),
+        "--num-leaves",
+        str(tree["num_leaves"]),
+        "--min-count",
+        str(tree["min_count"]),
+        "--questions",
+        str(tree["questions"]),
+    ]
     run.run_verb("tree", "build-tree", args)
 
 
@@ -194,15 +260,24 @@ def stage_am(run: RecipeRun) -> None:
         rounds = int(opts.pop("realign", 0))
         model_opts = opts.pop("model", None) or {}
         ali_dir = exp / str(opts.pop("ali", "tree"))  # another system's realignment (e.g. dnn_ali1), or the tree's
-        common = ["--cmvn", cmvn, "--system", system, *format_options(opts),
-                  *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
+        common = [
+            "--cmvn",
+            cmvn,
+            "--system",
+            system,
+            *format_options(opts),
+            *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)],
+        ]
         if not (ali_dir / "ali_pdf.scp").is_file():
-            raise ConfigError(f"am.{system}: no alignments in {ali_dir} (ali_pdf.scp): the tree stage writes exp/tree, a "
-                              "system with realign: N writes exp/<system>_ali1..N; list that system first")
+            raise ConfigError(
+                f"am.{system}: no alignments in {ali_dir} (ali_pdf.scp): the tree stage writes exp/tree, a "
+                "system with realign: N writes exp/<system>_ali1..N; list that system first"
+            )
         for r in range(rounds + 1):  # round r < rounds: a first pass whose alignments the next one trains on
             out = exp / system if r == rounds else exp / f"{system}_pass{r + 1}"
-            run.run_verb_workers(system, "train-am", [cuts, str(ali_dir), str(run.lang_dir), str(out), *common],
-                                 int(am.get("nproc", 1)))
+            run.run_verb_workers(
+                system, "train-am", [cuts, str(ali_dir), str(run.lang_dir), str(out), *common], int(am.get("nproc", 1))
+            )
             if r < rounds:
                 realigned = exp / f"{system}_ali{r + 1}"
                 run.run_verb(system, "align-am", [cuts, str(run.lang_dir), str(ali_dir), str(out), str(realigned)])
@@ -216,8 +291,11 @@ def graph_dir(run: RecipeRun) -> Path:
 
 
 def stage_graph(run: RecipeRun) -> None:
-    run.run_verb("graph", "mkgraph", [str(run.workdir / "data" / "lang_test_small"), str(run.workdir / "exp" / "tree"),
-                                      str(graph_dir(run))])
+    run.run_verb(
+        "graph",
+        "mkgraph",
+        [str(run.workdir / "data" / "lang_test_small"), str(run.workdir / "exp" / "tree"), str(graph_dir(run))],
+    )
 
 
 def eval_parts(run: RecipeRun) -> list[str]:
@@ -229,8 +307,14 @@ def stage_decode(run: RecipeRun) -> None:
     dec = run.config.decode
     for system in run.config.am.get("systems") or ["dnn"]:
         for role in eval_parts(run):
-            lattice_decode(run, system, graph_dir(run), role, dec.get("options") or {},
-                           kaldi_reference=dec.get("kaldi_reference", True))
+            lattice_decode(
+                run,
+                system,
+                graph_dir(run),
+                role,
+                dec.get("options") or {},
+                kaldi_reference=dec.get("kaldi_reference", True),
+            )
         if dec.get("adapt") is not None:
             for role in eval_parts(run):
                 adapted_decode(run, system, role, dict(dec["adapt"]))
@@ -246,18 +330,39 @@ def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
     adapted, previous = f"{system}_sa", exp / system / f"decode_{part}_small"
     for i in range(1, iterations + 1):
         model = exp / adapted / f"adapt_{part}_{i}"
-        run.run_verb(adapted, "adapt-am", [str(exp / system), str(previous), str(model), "--cuts",
-                                           str(run.cuts(role)), *format_options(adapt)])
+        run.run_verb(
+            adapted,
+            "adapt-am",
+            [str(exp / system), str(previous), str(model), "--cuts", str(run.cuts(role)), *format_options(adapt)],
+        )
         if i < iterations:
             previous = model / "decode_small"
-            run.run_verb(adapted, "decode", [str(graph_dir(run)), str(model), str(previous), "--cuts",
-                                             str(run.cuts(role)), "--nj", str(dec.get("nj", 1)),
-                                             *format_options(dec.get("options") or {})])
+            run.run_verb(
+                adapted,
+                "decode",
+                [
+                    str(graph_dir(run)),
+                    str(model),
+                    str(previous),
+                    "--cuts",
+                    str(run.cuts(role)),
+                    "--nj",
+                    str(dec.get("nj", 1)),
+                    *format_options(dec.get("options") or {}),
+                ],
+            )
     lattice_decode(run, adapted, graph_dir(run), role, dec.get("options") or {}, model_dir=model)
 
 
-def lattice_decode(run: RecipeRun, system: str, graph: Path, role: str, options: dict,
-                   kaldi_reference: bool = False, model_dir: Path | None = None) -> None:
+def lattice_decode(
+    run: RecipeRun,
+    system: str,
+    graph: Path,
+    role: str,
+    options: dict,
+    kaldi_reference: bool = False,
+    model_dir: Path | None = None,
+) -> None:
     """Stage 8's chain for one system and part: lattices over ``graph`` (HCLG, or a CTC system's HLG) with the
     small LM, each ``decode.rescore`` method with the large LM, and Kaldi's scoring grid of each (test: with
     the setting picked on dev, where there is a dev part). The model is exp/<system> unless ``model_dir``."""
@@ -265,14 +370,32 @@ def lattice_decode(run: RecipeRun, system: str, graph: Path, role: str, options:
     exp, lm_dir, part = run.workdir / "exp", run.workdir / "data" / "lm", run.config.part(role)
     grid = ["--lmwt", str(dec.get("lmwt", "7:17")), "--wip", str(dec.get("wip", "0,0.5,1.0"))]
     decode_dir = exp / system / f"decode_{part}_small"
-    args = [str(graph), str(model_dir or exp / system), str(decode_dir), "--cuts", str(run.cuts(role)),
-            "--nj", str(dec.get("nj", 1)), *format_options(options)]
+    args = [
+        str(graph),
+        str(model_dir or exp / system),
+        str(decode_dir),
+        "--cuts",
+        str(run.cuts(role)),
+        "--nj",
+        str(dec.get("nj", 1)),
+        *format_options(options),
+    ]
     run.run_verb(system, "decode", args + (["--kaldi-reference"] if kaldi_reference else []))
     dirs = [decode_dir]
     for method in dec.get("rescore", ["lattice", "nbest"]) or []:
         rescored = exp / system / f"decode_{part}_large_{method}"
-        run.run_verb(system, "rescore", [str(decode_dir), str(lm_dir / "small.arpa"), str(lm_dir / "large.arpa"),
-                                         str(rescored), "--method", method])
+        run.run_verb(
+            system,
+            "rescore",
+            [
+                str(decode_dir),
+                str(lm_dir / "small.arpa"),
+                str(lm_dir / "large.arpa"),
+                str(rescored),
+                "--method",
+                method,
+            ],
+        )
         dirs.append(rescored)
     has_dev = "dev" in eval_parts(run)
     for d in dirs:
@@ -289,9 +412,17 @@ def stage_e2e(run: RecipeRun) -> None:
         opts.pop("system", None)
         model_opts = opts.pop("model", None) or {}
         lang_dir = token_dir(run, opts.pop("tokens", None))
-        args = [str(run.cuts("train")), str(lang_dir), str(run.workdir / "exp" / system), "--cmvn",
-                str(run.cmvn("train")), "--system", e2e_kind(e2e, system), *format_options(opts),
-                *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)]]
+        args = [
+            str(run.cuts("train")),
+            str(lang_dir),
+            str(run.workdir / "exp" / system),
+            "--cmvn",
+            str(run.cmvn("train")),
+            "--system",
+            e2e_kind(e2e, system),
+            *format_options(opts),
+            *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)],
+        ]
         run.run_verb_workers(system, "train-e2e", args, int(e2e.get("nproc", 1)))
 
 
@@ -329,8 +460,11 @@ def stage_e2e_decode(run: RecipeRun) -> None:
         kind = e2e_kind(e2e, system)
         if kind == "ctc" and hlg is not None:
             graph = exp / system / "graph_small"
-            run.run_verb(system, "mkgraph-ctc", [str(exp / system / "tokens"),
-                                                 str(run.workdir / "data" / "lang_test_small"), str(graph)])
+            run.run_verb(
+                system,
+                "mkgraph-ctc",
+                [str(exp / system / "tokens"), str(run.workdir / "data" / "lang_test_small"), str(graph)],
+            )
             for role in eval_parts(run):
                 lattice_decode(run, system, graph, role, hlg)
         for role in eval_parts(run):
@@ -368,8 +502,13 @@ STAGES: list[tuple[int, str, Callable[[RecipeRun], None]]] = [
 
 
 def run_recipe(
-    recipe: Path | str, workdir: Path | str, stage: int = 0, stop_stage: int = 100,
-    corpus_dir: Path | str | None = None, force: bool = False, folds: list[str] | None = None,
+    recipe: Path | str,
+    workdir: Path | str,
+    stage: int = 0,
+    stop_stage: int = 100,
+    corpus_dir: Path | str | None = None,
+    force: bool = False,
+    folds: list[str] | None = None,
 ) -> None:
     """Stages ``stage..stop_stage`` of a recipe in ``workdir``. A recipe with ``folds`` runs them once per fold
     (``folds``: only those), each in WORKDIR/fold_<name>, and a run that scores (stage 8 or 10) writes
@@ -378,25 +517,44 @@ def run_recipe(
     corpus = Path(corpus_dir) if corpus_dir else None
     selected = [s for s in STAGES if stage <= s[0] <= stop_stage]
     if not selected:
-        raise ConfigError(f"no stage in {stage}..{stop_stage}; stages: " + ", ".join(f"{n} {name}" for n, name, _ in STAGES))
+        raise ConfigError(
+            f"no stage in {stage}..{stop_stage}; stages: " + ", ".join(f"{n} {name}" for n, name, _ in STAGES)
+        )
     if not config.folds:
         if folds:
             raise ConfigError(f"{config.path} has no folds (a 'folds' key), so no fold {', '.join(folds)}")
         with workdir_lock(Path(workdir)):
             _run_stages(RecipeRun(config, Path(workdir), corpus, force), selected)
         return
-    runs = {fold: RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
-            for fold in folds or config.fold_names()}  # an unknown fold stops the run before any stage
+    runs = {
+        fold: RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
+        for fold in folds or config.fold_names()
+    }  # an unknown fold stops the run before any stage
     for fold, run in runs.items():
-        log.info("Fold %s (data.options.%s: %s), workdir %s", fold, config.fold_option,
-                 run.config.data["options"][config.fold_option], run.workdir)
+        log.info(
+            "Fold %s (data.options.%s: %s), workdir %s",
+            fold,
+            config.fold_option,
+            run.config.data["options"][config.fold_option],
+            run.workdir,
+        )
         with workdir_lock(run.workdir):
             _run_stages(run, selected)
     if any(name in ("decode", "e2e_decode") for _, name, _ in selected):
         summary = RecipeRun(config, Path(workdir), corpus, force)
-        summary.run_verb("decode", "results", [str(workdir), "--corpus", config.corpus,
-                                               "--folds", ",".join(config.fold_names()), "--fold-option",
-                                               str(config.fold_option)])
+        summary.run_verb(
+            "decode",
+            "results",
+            [
+                str(workdir),
+                "--corpus",
+                config.corpus,
+                "--folds",
+                ",".join(config.fold_names()),
+                "--fold-option",
+                str(config.fold_option),
+            ],
+        )
 
 
 @contextlib.contextmanager
@@ -410,7 +568,9 @@ def workdir_lock(workdir: Path):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise AsrHybridError(f"{workdir} is in use by another run (pid {holder}); wait for it to end or stop it") from None
+            raise AsrHybridError(
+                f"{workdir} is in use by another run (pid {holder}); wait for it to end or stop it"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

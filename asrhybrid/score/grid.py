@@ -53,8 +53,9 @@ def setting_name(lmwt: float, wip: float) -> str:
     return f"{lmwt:g}_{wip:g}"
 
 
-def grid_hypotheses(decode_dir: Path, lmwts: Sequence[float], wips: Sequence[float],
-                    bad: list[str] | None = None) -> dict[tuple[float, float], dict[str, list[str]]]:
+def grid_hypotheses(
+    decode_dir: Path, lmwts: Sequence[float], wips: Sequence[float], bad: list[str] | None = None
+) -> dict[tuple[float, float], dict[str, list[str]]]:
     """{(lmwt, wip): {utt: words}} over the decode directory's lattices (each lattice read once; corrupt ones
     are skipped, their errors appended to ``bad``)."""
     words = {i: w for w, i in read_symbol_table(Path(decode_dir) / "words.txt").items()}
@@ -69,8 +70,13 @@ def grid_hypotheses(decode_dir: Path, lmwts: Sequence[float], wips: Sequence[flo
     return hyps
 
 
-def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Sequence[float] = DEFAULT_LMWTS,
-                     wips: Sequence[float] = DEFAULT_WIPS, params: dict | None = None) -> dict:
+def score_decode_dir(
+    decode_dir: Path | str,
+    refs: Mapping[str, str],
+    lmwts: Sequence[float] = DEFAULT_LMWTS,
+    wips: Sequence[float] = DEFAULT_WIPS,
+    params: dict | None = None,
+) -> dict:
     """Score every setting of the grid; write the files of the module's doc; return scoring.json's content."""
     decode_dir = Path(decode_dir)
     if (decode_dir / "hyp.txt").is_file() and not any(decode_dir.glob("lat.*.gz")):
@@ -89,8 +95,9 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
         except ValueError as e:  # decoded utterances without a reference
             raise ValueError(f"{decode_dir}: {e}") from None
         name = setting_name(lmwt, wip)
-        write_text_atomic(decode_dir / "scoring" / f"{name}.txt",
-                          "".join(f"{u} {' '.join(by_utt[u])}\n" for u in refs if u in by_utt))
+        write_text_atomic(
+            decode_dir / "scoring" / f"{name}.txt", "".join(f"{u} {' '.join(by_utt[u])}\n" for u in refs if u in by_utt)
+        )
         write_text_atomic(decode_dir / f"wer_{name}", f"{total.wer_line()}\n{total.ser_line()}\n")
         results.append(GridResult(lmwt, wip, total, per_utt))
     best = min(results, key=lambda r: (r.counts.wer, r.lmwt, r.wip))
@@ -99,13 +106,22 @@ def score_decode_dir(decode_dir: Path | str, refs: Mapping[str, str], lmwts: Seq
     write_text_atomic(decode_dir / f"errs-{best.name}.txt", errs_text(best.counts, best.per_utt, str(decode_dir)))
     write_text_atomic(decode_dir / f"recogs-{best.name}.txt", recogs_text(best.per_utt))
     missing = sorted(set(refs) - set(hyps[(best.lmwt, best.wip)]))
-    summary = {"lmwt": best.lmwt, "wip": best.wip, "wer": round(best.counts.wer, 4), "wer_line": line,
-               "chosen_from": params.get("source") if params else None,
-               "grid": {r.name: round(r.counts.wer, 4) for r in results},
-               "utterances": len(refs), "without_hypothesis": missing, "corrupt_lattices": bad,
-               "failed_decoding": _failed(decode_dir)}
-    write_text_atomic(decode_dir / ("scoring_chosen.json" if params is not None else "scoring.json"),
-                      json.dumps(summary, indent=1) + "\n")
+    summary = {
+        "lmwt": best.lmwt,
+        "wip": best.wip,
+        "wer": round(best.counts.wer, 4),
+        "wer_line": line,
+        "chosen_from": params.get("source") if params else None,
+        "grid": {r.name: round(r.counts.wer, 4) for r in results},
+        "utterances": len(refs),
+        "without_hypothesis": missing,
+        "corrupt_lattices": bad,
+        "failed_decoding": _failed(decode_dir),
+    }
+    write_text_atomic(
+        decode_dir / ("scoring_chosen.json" if params is not None else "scoring.json"),
+        json.dumps(summary, indent=1) + "\n",
+    )
     return summary
 
 
@@ -129,10 +145,19 @@ def score_hypotheses(decode_dir: Path, refs: Mapping[str, str]) -> dict:
         search = json.loads((decode_dir / "decode.json").read_text()).get("search")
     except (OSError, ValueError):
         search = None
-    summary = {"lmwt": None, "wip": None, "search": search, "wer": round(total.wer, 4), "wer_line": line,
-               "chosen_from": None, "grid": None, "utterances": len(refs),
-               "without_hypothesis": sorted(set(refs) - set(hyps)), "corrupt_lattices": [],
-               "failed_decoding": _failed(decode_dir)}
+    summary = {
+        "lmwt": None,
+        "wip": None,
+        "search": search,
+        "wer": round(total.wer, 4),
+        "wer_line": line,
+        "chosen_from": None,
+        "grid": None,
+        "utterances": len(refs),
+        "without_hypothesis": sorted(set(refs) - set(hyps)),
+        "corrupt_lattices": [],
+        "failed_decoding": _failed(decode_dir),
+    }
     write_text_atomic(decode_dir / "scoring.json", json.dumps(summary, indent=1) + "\n")
     return summary
 

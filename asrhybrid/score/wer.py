@@ -65,8 +65,10 @@ class ErrorCounts:
     def wer_line(self, label: str = "") -> str:
         """Kaldi's ``%WER`` line (compute-wer: two decimals, ``[PARTIAL]`` when hypotheses are missing)."""
         partial = " [PARTIAL]" if self.missing else ""
-        line = (f"%WER {self.wer:.2f} [ {self.errors} / {self.ref_words}, {self.ins} ins, {self.dels} del, "
-                f"{self.subs} sub ]{partial}")
+        line = (
+            f"%WER {self.wer:.2f} [ {self.errors} / {self.ref_words}, {self.ins} ins, {self.dels} del, "
+            f"{self.subs} sub ]{partial}"
+        )
         return f"{line} {label}".rstrip()
 
     def ser_line(self) -> str:
@@ -81,7 +83,9 @@ class UtteranceScore:
     counts: ErrorCounts
 
 
-def align_words(ref: Sequence[str], hyp: Sequence[str], sclite: bool = False) -> tuple[list[tuple[str, str]], ErrorCounts]:
+def align_words(
+    ref: Sequence[str], hyp: Sequence[str], sclite: bool = False
+) -> tuple[list[tuple[str, str]], ErrorCounts]:
     """Kaldi's alignment of two word sequences and its counts (one utterance)."""
     alignment = kaldialign.align(list(ref), list(hyp), EPS, sclite_mode=sclite) if (ref or hyp) else []
     ins = sum(r == EPS for r, _ in alignment)
@@ -117,7 +121,9 @@ def score_utterance(utt: str, ref: str, hyp: Sequence[str] | None, sclite: bool 
     return UtteranceScore(utt, alignment, counts)
 
 
-def score(refs: Mapping[str, str], hyps: Mapping[str, Sequence[str]], sclite: bool = False) -> tuple[ErrorCounts, list[UtteranceScore]]:
+def score(
+    refs: Mapping[str, str], hyps: Mapping[str, Sequence[str]], sclite: bool = False
+) -> tuple[ErrorCounts, list[UtteranceScore]]:
     """Totals and per-utterance scores over the references (in their order); hypotheses for utterances with
     no reference are an error (they cannot be scored, and silently dropping them hides a mismatch)."""
     extra = sorted(set(hyps) - set(refs))
@@ -170,9 +176,14 @@ def recogs_text(scores: Iterable[UtteranceScore]) -> str:
 def errs_text(total: ErrorCounts, scores: list[UtteranceScore], label: str = "") -> str:
     """icefall's errs-*.txt: totals, per-utterance alignments (errors as ``(ref->hyp)``), then error counts."""
     subs, dels, ins = Counter(), Counter(), Counter()
-    lines = [total.wer_line(label), total.ser_line(),
-             f"Errors: {total.ins} insertions, {total.dels} deletions, {total.subs} substitutions, over "
-             f"{total.ref_words} reference words ({total.correct} correct)", "", "PER-UTT DETAILS: corr or (ref->hyp)"]
+    lines = [
+        total.wer_line(label),
+        total.ser_line(),
+        f"Errors: {total.ins} insertions, {total.dels} deletions, {total.subs} substitutions, over "
+        f"{total.ref_words} reference words ({total.correct} correct)",
+        "",
+        "PER-UTT DETAILS: corr or (ref->hyp)",
+    ]
     for s in sorted(scores, key=lambda s: s.utt):
         words = []
         for r, h in s.alignment:
@@ -180,10 +191,16 @@ def errs_text(total: ErrorCounts, scores: list[UtteranceScore], label: str = "")
                 words.append(r)
             else:
                 words.append(f"({r}->{h})")
-                (ins if r == EPS else dels if h == EPS else subs)[(r, h) if EPS not in (r, h) else (h if r == EPS else r)] += 1
+                (ins if r == EPS else dels if h == EPS else subs)[
+                    (r, h) if EPS not in (r, h) else (h if r == EPS else r)
+                ] += 1
         lines.append(f"{s.utt}:\t{' '.join(words)}")
     lines += ["", "SUBSTITUTIONS: count ref -> hyp"]
     lines += [f"{n}   {r} -> {h}" for (r, h), n in sorted(subs.items(), key=lambda kv: (-kv[1], kv[0]))]
-    lines += ["", "DELETIONS: count ref"] + [f"{n}   {w}" for w, n in sorted(dels.items(), key=lambda kv: (-kv[1], kv[0]))]
-    lines += ["", "INSERTIONS: count hyp"] + [f"{n}   {w}" for w, n in sorted(ins.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines += ["", "DELETIONS: count ref"] + [
+        f"{n}   {w}" for w, n in sorted(dels.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    lines += ["", "INSERTIONS: count hyp"] + [
+        f"{n}   {w}" for w, n in sorted(ins.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
     return "\n".join(lines) + "\n"

@@ -117,8 +117,9 @@ def position_and_edge_questions(phone_ids: dict[str, int], silence: set[str]) ->
     return questions
 
 
-def cluster_phone_questions(stats: dict, root_sets: list[list[int]], pdf_classes: tuple[int, ...] = (0, 1, 2),
-                            var_floor: float = 1e-3) -> list[frozenset[int]]:
+def cluster_phone_questions(
+    stats: dict, root_sets: list[list[int]], pdf_classes: tuple[int, ...] = (0, 1, 2), var_floor: float = 1e-3
+) -> list[frozenset[int]]:
     """Questions by top-down binary clustering of the root sets (the idea of Kaldi's cluster-phones).
 
     Each root set is described by its pooled Gaussian statistics per pdf class
@@ -184,8 +185,9 @@ def cluster_phone_questions(stats: dict, root_sets: list[list[int]], pdf_classes
     return questions
 
 
-def make_questions(kind: str, phone_ids: dict[str, int], silence: set[str], stats: dict,
-                   root_sets: list[list[int]]) -> list[frozenset[int]]:
+def make_questions(
+    kind: str, phone_ids: dict[str, int], silence: set[str], stats: dict, root_sets: list[list[int]]
+) -> list[frozenset[int]]:
     """The question set for ``kind`` in auto / arpabet / both (see the module docstring)."""
     if kind not in ("auto", "arpabet", "both"):
         raise ValueError(f"tree questions must be auto, arpabet or both, not {kind!r}")
@@ -199,6 +201,7 @@ def make_questions(kind: str, phone_ids: dict[str, int], silence: set[str], stat
 
 # --- statistics -----------------------------------------------------------------
 
+
 def gaussian_loglike(stats: np.ndarray, var_floor: float) -> float:
     """Log-likelihood of the frames summarised by [count, sum(D), sumsq(D)] under their own diagonal Gaussian."""
     count = stats[0]
@@ -210,8 +213,9 @@ def gaussian_loglike(stats: np.ndarray, var_floor: float) -> float:
     return float(-0.5 * count * (d * math.log(2 * math.pi) + np.log(var).sum() + d))
 
 
-def accumulate_tree_stats(utterances, tid_phone: np.ndarray, tid_pdf_class: np.ndarray,
-                          tid_starts_phone: np.ndarray) -> dict:
+def accumulate_tree_stats(
+    utterances, tid_phone: np.ndarray, tid_pdf_class: np.ndarray, tid_starts_phone: np.ndarray
+) -> dict:
     """{(left, phone, right, pdf_class): [count, sum, sumsq]} from (transition-id alignment, features) pairs,
     one utterance at a time (the statistics grow with the contexts seen, not with the corpus).
 
@@ -238,6 +242,7 @@ def accumulate_tree_stats(utterances, tid_phone: np.ndarray, tid_pdf_class: np.n
 
 
 # --- the tree -------------------------------------------------------------------
+
 
 @dataclass
 class Leaf:
@@ -354,9 +359,16 @@ def _best_split(leaf: Leaf, questions: list[frozenset[int]], keys: tuple[int, ..
     return best
 
 
-def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[frozenset[int]],
-               context_independent: set[int], num_leaves: int, min_count: float = 100.0,
-               var_floor: float = 1e-3, root_sets: list[list[int]] | None = None) -> SenoneTree:
+def build_tree(
+    stats: dict,
+    num_pdf_classes: dict[int, int],
+    questions: list[frozenset[int]],
+    context_independent: set[int],
+    num_leaves: int,
+    min_count: float = 100.0,
+    var_floor: float = 1e-3,
+    root_sets: list[list[int]] | None = None,
+) -> SenoneTree:
     """Greedy likelihood-gain splitting from one leaf per (root set, pdf class) to ``num_leaves``.
 
     ``root_sets`` default to one set per phone. Context-independent phones
@@ -402,7 +414,9 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
     while heap and leaves < num_leaves:
         neg_gain, _, root, leaf, key, q, attach = heapq.heappop(heap)
         pos = _POSITION[key]
-        split = Split(key, q, Leaf([e for e in leaf.events if e[pos] in q]), Leaf([e for e in leaf.events if e[pos] not in q]))
+        split = Split(
+            key, q, Leaf([e for e in leaf.events if e[pos] in q]), Leaf([e for e in leaf.events if e[pos] not in q])
+        )
         attach(split)
         leaves += 1
         total_gain -= neg_gain
@@ -411,16 +425,24 @@ def build_tree(stats: dict, num_pdf_classes: dict[int, int], questions: list[fro
     tree.number_pdfs()
     frames = sum(st[0] for st in stats.values())
     tree.gain_per_frame = total_gain / max(1.0, frames)
-    log.info("tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
-             leaves, len(tree.roots), total_gain, int(frames), tree.gain_per_frame)
+    log.info(
+        "tree: %d leaves from %d (root, state) pairs, likelihood gain %.1f over %d frames (%.3f per frame)",
+        leaves,
+        len(tree.roots),
+        total_gain,
+        int(frames),
+        tree.gain_per_frame,
+    )
     return tree
 
 
 def _tie_states(tree: SenoneTree, num_roots: int, merges: int, var_floor: float) -> float:
     """Ties ``merges`` times the two clusters of leaves of one root set whose merge loses the least
     likelihood (they share the first one's pdf); returns the total loss."""
-    clusters = {r: [[leaf] for (root, _), leaf in sorted(tree.roots.items()) if root == r and isinstance(leaf, Leaf)]
-                for r in range(num_roots)}
+    clusters = {
+        r: [[leaf] for (root, _), leaf in sorted(tree.roots.items()) if root == r and isinstance(leaf, Leaf)]
+        for r in range(num_roots)
+    }
 
     def loglike(cluster: list[Leaf]) -> float:
         stats = [leaf.total() for leaf in cluster if leaf.events]
@@ -436,8 +458,10 @@ def _tie_states(tree: SenoneTree, num_roots: int, merges: int, var_floor: float)
                     if best is None or cost < best[0]:
                         best = (cost, r, i, j)
         if best is None:
-            raise ValueError(f"num_leaves is below the number of root sets ({num_roots}): states of different "
-                             "root sets cannot share a pdf")
+            raise ValueError(
+                f"num_leaves is below the number of root sets ({num_roots}): states of different "
+                "root sets cannot share a pdf"
+            )
         cost, r, i, j = best
         cs = clusters[r]
         for leaf in cs[j]:
@@ -448,6 +472,7 @@ def _tie_states(tree: SenoneTree, num_roots: int, merges: int, var_floor: float)
 
 
 # --- Kaldi's binary format --------------------------------------------------------
+
 
 def _token(s: str) -> bytes:
     return s.encode() + b" "
@@ -468,8 +493,15 @@ def _int_vector(values: list[int]) -> bytes:
 def _node_bytes(node: Node) -> bytes:
     if isinstance(node, Leaf):
         return _token("CE") + _int32(node.pdf)
-    return (_token("SE") + _int32(node.key) + _int_vector(sorted(node.yes_set)) + _token("{")
-            + _node_bytes(node.yes) + _node_bytes(node.no) + _token("}"))
+    return (
+        _token("SE")
+        + _int32(node.key)
+        + _int_vector(sorted(node.yes_set))
+        + _token("{")
+        + _node_bytes(node.yes)
+        + _node_bytes(node.no)
+        + _token("}")
+    )
 
 
 def kaldi_tree_bytes(tree: SenoneTree, context_width: int = 3, central_position: int = 1) -> bytes:
@@ -483,9 +515,17 @@ def kaldi_tree_bytes(tree: SenoneTree, context_width: int = 3, central_position:
         n = tree.num_pdf_classes[phone]
         inner = b"".join(_node_bytes(tree.node_for(phone, c)) for c in range(n))
         table.append(_token("TE") + _int32(PDF_CLASS) + _uint32(n) + _token("(") + inner + _token(")"))
-    event_map = _token("TE") + _int32(central_position) + _uint32(max_phone + 1) + _token("(") + b"".join(table) + _token(")")
-    return (_token("ContextDependency") + _int32(context_width) + _int32(central_position) + _token("ToPdf")
-            + event_map + _token("EndContextDependency"))
+    event_map = (
+        _token("TE") + _int32(central_position) + _uint32(max_phone + 1) + _token("(") + b"".join(table) + _token(")")
+    )
+    return (
+        _token("ContextDependency")
+        + _int32(context_width)
+        + _int32(central_position)
+        + _token("ToPdf")
+        + event_map
+        + _token("EndContextDependency")
+    )
 
 
 def load_context_dependency(data: bytes):
@@ -496,6 +536,7 @@ def load_context_dependency(data: bytes):
 
 
 # --- alignments for the new model ------------------------------------------------------
+
 
 def tid_converter(old_tm, new_tm, classes_of_pdf: dict[tuple[int, int], list[int]]):
     """Kaldi's convert-ali for the same topology: (old transition id, phone, pdf class, new pdf) -> the new
@@ -516,13 +557,16 @@ def tid_converter(old_tm, new_tm, classes_of_pdf: dict[tuple[int, int], list[int
         tids = range(first[state], first[state + 1])
         pdfs = {new_tm.transition_id_to_pdf(t) for t in tids}
         if len(pdfs) != 1:
-            raise ValueError("alignment conversion needs topologies whose self-loops share their state's pdf "
-                             "(Kaldi's standard ones)")
+            raise ValueError(
+                "alignment conversion needs topologies whose self-loops share their state's pdf (Kaldi's standard ones)"
+            )
         by_phone_pdf.setdefault((new_tm.transition_id_to_phone(tids[0]), pdfs.pop()), []).append(state)
     for key, states in by_phone_pdf.items():
         if len(states) != len(classes_of_pdf[key]):
-            raise ValueError("alignment conversion needs topologies where one pdf class belongs to one HMM state "
-                             "(Kaldi's standard ones)")
+            raise ValueError(
+                "alignment conversion needs topologies where one pdf class belongs to one HMM state "
+                "(Kaldi's standard ones)"
+            )
     old_first, old_state = old_tm.state2id, old_tm.id2state
 
     def convert(tid: int, phone: int, pdf_class: int, new_pdf: int) -> int:
@@ -535,8 +579,17 @@ def tid_converter(old_tm, new_tm, classes_of_pdf: dict[tuple[int, int], list[int
 
 # --- stage 5 -----------------------------------------------------------------------
 
-def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves: int = 500, min_count: float = 100.0,
-                      questions: str = "auto") -> dict:
+
+def build_senone_tree(
+    cuts_path,
+    lang_dir,
+    ci_dir,
+    out_dir,
+    cmvn_ark,
+    num_leaves: int = 500,
+    min_count: float = 100.0,
+    questions: str = "auto",
+) -> dict:
     """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo, ali.ark and ali_pdf.ark into ``out_dir``.
 
     ``ali.ark`` holds the flat-start alignments converted to the new model's
@@ -551,7 +604,9 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
     num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
 
     num_tids = ci_tm.num_transition_ids
-    pdf_pairs = ci_tree.get_pdf_info(list(topo.phones), [0] + [num_classes.get(p, 0) for p in range(1, max(topo.phones) + 1)])
+    pdf_pairs = ci_tree.get_pdf_info(
+        list(topo.phones), [0] + [num_classes.get(p, 0) for p in range(1, max(topo.phones) + 1)]
+    )
     tid_phone, tid_start = transition_arrays(ci_tm)
     tid_class = np.zeros(num_tids + 1, dtype=np.int64)
     for t in range(1, num_tids + 1):
@@ -566,14 +621,18 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
             if cut.id in alignments:
                 yield cut, np.asarray(alignments[cut.id])
 
-    stats = accumulate_tree_stats((((tids, (cut.load_features() - mean) / std) for cut, tids in aligned())),
-                                  tid_phone, tid_class, tid_start)
+    stats = accumulate_tree_stats(
+        (((tids, (cut.load_features() - mean) / std) for cut, tids in aligned())), tid_phone, tid_class, tid_start
+    )
 
     phone_ids = read_symbol_table(lang_dir / "phones.txt")
     silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
     ci_phones = set(read_int_list(lang_dir / "phones" / "context_indep.int"))
-    root_sets = [[int(x) for x in line.split()[2:]] for line in (lang_dir / "phones" / "roots.int").read_text().splitlines()
-                 if line.strip()]
+    root_sets = [
+        [int(x) for x in line.split()[2:]]
+        for line in (lang_dir / "phones" / "roots.int").read_text().splitlines()
+        if line.strip()
+    ]
     question_sets = make_questions(questions, phone_ids, silence, stats, root_sets)
     log.info("tree: %d questions (%s)", len(question_sets), questions)
     tree = build_tree(stats, num_classes, question_sets, ci_phones, num_leaves, min_count, root_sets=root_sets)
@@ -583,8 +642,10 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
 
     convert = tid_converter(ci_tm, trans_model, tree.classes_of_pdf())
     num_utts = 0
-    with alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdfs, \
-            alignment_table_writer(out_dir / "ali.ark") as write_tids:
+    with (
+        alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdfs,
+        alignment_table_writer(out_dir / "ali.ark") as write_tids,
+    ):
         for cut, tids in aligned():
             pdfs, new_tids = [], []
             for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
@@ -596,9 +657,15 @@ def build_senone_tree(cuts_path, lang_dir, ci_dir, out_dir, cmvn_ark, num_leaves
             write_tids(cut.id, new_tids)
             num_utts += 1
     alignments.close()
-    summary = {"leaves": len({leaf.pdf for leaf in tree.leaves()}), "num_pdfs": trans_model.num_pdfs, "events": len(stats),
-               "questions": questions, "num_questions": len(question_sets),
-               "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
-               "frames": int(sum(s[0] for s in stats.values())), "utterances": num_utts}
+    summary = {
+        "leaves": len({leaf.pdf for leaf in tree.leaves()}),
+        "num_pdfs": trans_model.num_pdfs,
+        "events": len(stats),
+        "questions": questions,
+        "num_questions": len(question_sets),
+        "likelihood_gain_per_frame": round(float(tree.gain_per_frame), 4),
+        "frames": int(sum(s[0] for s in stats.values())),
+        "utterances": num_utts,
+    }
     write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -40,7 +40,9 @@ def add_verbs(sub) -> None:
     add_am_verbs(sub)  # 6
     add_decode_verbs(sub)  # 7-8
     add_e2e_verbs(sub)  # 9-10
-    p = add_verb(sub, "check-install", "import every dependency in a fresh process and print the versions (writes nothing)")
+    p = add_verb(
+        sub, "check-install", "import every dependency in a fresh process and print the versions (writes nothing)"
+    )
     p.set_defaults(func=cmd_check_install, log_file=None)
 
 

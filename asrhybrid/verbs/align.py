@@ -25,8 +25,15 @@ log = logging.getLogger("asrhybrid")
 
 
 def cmd_init_mono(args: argparse.Namespace) -> None:
-    run_once(args.model_dir, "init-mono", {}, args.force, lambda done: init_mono_model(args.lang_dir, args.model_dir),
-             {"lang": args.lang_dir}, outputs=MODEL_FILES)
+    run_once(
+        args.model_dir,
+        "init-mono",
+        {},
+        args.force,
+        lambda done: init_mono_model(args.lang_dir, args.model_dir),
+        {"lang": args.lang_dir},
+        outputs=MODEL_FILES,
+    )
 
 
 def cmd_align_flat_start(args: argparse.Namespace) -> None:
@@ -39,16 +46,27 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
     except TypeError as e:
         raise ConfigError(f"align-flat-start: bad option: {e}") from None
     # checkpoints resume into more iterations, not across other options or inputs; a forced run starts over
-    run_once(args.exp_dir, "flat-start", asdict(cfg), args.force,
-             lambda done: flat_start(args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg,
-                                     resume_key=done.resume_key("iterations")),
-             inputs={"cuts": args.cuts, "lang": args.lang_dir, "cmvn": args.cmvn})
+    run_once(
+        args.exp_dir,
+        "flat-start",
+        asdict(cfg),
+        args.force,
+        lambda done: flat_start(
+            args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, resume_key=done.resume_key("iterations")
+        ),
+        inputs={"cuts": args.cuts, "lang": args.lang_dir, "cmvn": args.cmvn},
+    )
 
 
 def cmd_align(args: argparse.Namespace) -> None:
-    run_once(args.out_dir, "align", {"backend": args.backend}, args.force,
-             lambda done: align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend),
-             inputs={"cuts": args.cuts, "lang": args.lang_dir, "model": args.model_dir})
+    run_once(
+        args.out_dir,
+        "align",
+        {"backend": args.backend},
+        args.force,
+        lambda done: align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend),
+        inputs={"cuts": args.cuts, "lang": args.lang_dir, "model": args.model_dir},
+    )
 
 
 def cmd_align_quality(args: argparse.Namespace) -> None:
@@ -60,13 +78,28 @@ def cmd_align_quality(args: argparse.Namespace) -> None:
 
 def cmd_build_tree(args: argparse.Namespace) -> None:
     def work(done):
-        log.info("tree: %s", build_senone_tree(args.cuts, args.lang_dir, args.ci_dir, args.out_dir, args.cmvn,
-                                               num_leaves=args.num_leaves, min_count=args.min_count,
-                                               questions=args.questions))
+        log.info(
+            "tree: %s",
+            build_senone_tree(
+                args.cuts,
+                args.lang_dir,
+                args.ci_dir,
+                args.out_dir,
+                args.cmvn,
+                num_leaves=args.num_leaves,
+                min_count=args.min_count,
+                questions=args.questions,
+            ),
+        )
 
-    run_once(args.out_dir, "build-tree", {"num_leaves": args.num_leaves, "min_count": args.min_count,
-                                          "questions": args.questions}, args.force, work,
-             inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn})
+    run_once(
+        args.out_dir,
+        "build-tree",
+        {"num_leaves": args.num_leaves, "min_count": args.min_count, "questions": args.questions},
+        args.force,
+        work,
+        inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn},
+    )
 
 
 def cmd_plot_alignment(args: argparse.Namespace) -> None:
@@ -82,23 +115,35 @@ def add_align_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_init_mono)
 
-    p = add_verb(sub, "align-flat-start", "stage 4: GMM-free flat start into EXP_DIR: ali.N.ark per iteration, ali.ark, final.pt")
+    p = add_verb(
+        sub, "align-flat-start", "stage 4: GMM-free flat start into EXP_DIR: ali.N.ark per iteration, ali.ark, final.pt"
+    )
     p.add_argument("cuts", type=Path, help="training cuts with features")
     p.add_argument("lang_dir", type=Path)
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats (Kaldi ark) of the training features")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="FlatStartConfig field, e.g. iterations=8")
-    p.add_argument("--backend", choices=BACKENDS, help="aligner for the realignments (default: the device's; see docs/alignment.md)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="aligner for the realignments (default: the device's; see docs/alignment.md)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
 
-    p = add_verb(sub, "align", "alignments into OUT_DIR: Kaldi ali.{ark,scp}, word/phone CTM, a Praat TextGrid per recording")
+    p = add_verb(
+        sub, "align", "alignments into OUT_DIR: Kaldi ali.{ark,scp}, word/phone CTM, a Praat TextGrid per recording"
+    )
     p.add_argument("cuts", type=Path, help="cuts with features and transcripts")
     p.add_argument("lang_dir", type=Path)
     p.add_argument("model_dir", type=Path, help="tree, trans.pkl and final.pt (e.g. exp/mono_flat)")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="kaldi (C++ aligner, beams), k2 or torch (exact FSA engines); auto: the device's default")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="kaldi (C++ aligner, beams), k2 or torch (exact FSA engines); auto: the device's default",
+    )
     add_common(p)
     p.set_defaults(func=cmd_align)
 
@@ -107,7 +152,11 @@ def add_align_verbs(sub) -> None:
     p.add_argument("align_dir", type=Path, help="output of asrhybrid align")
     p.set_defaults(func=cmd_align_quality, log_file=None, force=False)
 
-    p = add_verb(sub, "build-tree", "stage 5: senone tree from CI alignments into OUT_DIR: tree, trans.pkl, ali.ark, ali_pdf.ark, tree.json")
+    p = add_verb(
+        sub,
+        "build-tree",
+        "stage 5: senone tree from CI alignments into OUT_DIR: tree, trans.pkl, ali.ark, ali_pdf.ark, tree.json",
+    )
     p.add_argument("cuts", type=Path, help="training cuts with features")
     p.add_argument("lang_dir", type=Path)
     p.add_argument("ci_dir", type=Path, help="the flat-start dir (tree, trans.pkl, ali.ark)")
@@ -115,8 +164,12 @@ def add_align_verbs(sub) -> None:
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
     p.add_argument("--num-leaves", type=int, default=500)
     p.add_argument("--min-count", type=float, default=100.0, help="frames each side of a split must keep")
-    p.add_argument("--questions", default="auto", choices=["auto", "arpabet", "both"],
-                   help="automatic phone clustering (any phone set), ARPAbet classes, or both")
+    p.add_argument(
+        "--questions",
+        default="auto",
+        choices=["auto", "arpabet", "both"],
+        help="automatic phone clustering (any phone set), ARPAbet classes, or both",
+    )
     add_common(p)
     p.set_defaults(func=cmd_build_tree)
 

@@ -28,11 +28,26 @@ def cmd_train_am(args: argparse.Namespace) -> None:
         _, trans_model = load_model(args.tree_dir)
         mean, std = global_mean_std(args.cmvn)
         silence = silence_pdfs(trans_model, read_int_list(args.lang_dir / "phones" / "silence.int"))
-        train_am(args.cuts, args.tree_dir / "ali_pdf.ark", trans_model.num_pdfs, silence, mean, std, args.exp_dir,
-                 cfg, resume_key=resume_key, device=device)
+        train_am(
+            args.cuts,
+            args.tree_dir / "ali_pdf.ark",
+            trans_model.num_pdfs,
+            silence,
+            mean,
+            std,
+            args.exp_dir,
+            cfg,
+            resume_key=resume_key,
+            device=device,
+        )
 
-    run_training(args, "train-am", cfg,
-                 {"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn}, train)
+    run_training(
+        args,
+        "train-am",
+        cfg,
+        {"cuts": args.cuts, "tree": args.tree_dir, "lang": args.lang_dir, "cmvn": args.cmvn},
+        train,
+    )
 
 
 def cmd_align_am(args: argparse.Namespace) -> None:
@@ -43,25 +58,42 @@ def cmd_align_am(args: argparse.Namespace) -> None:
         align_corpus(args.cuts, args.lang_dir, args.tree_dir, args.out_dir, backend=args.backend, am_dir=args.am_dir)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    run_once(args.out_dir, "align-am", {"backend": args.backend}, args.force, work,
-             inputs={"cuts": args.cuts, "lang": args.lang_dir, "tree": args.tree_dir, "am": args.am_dir / "final.pt"},
-             outputs=["ali.ark", "ali.scp", "ali_pdf.ark", "ali_pdf.scp", "word.ctm", "phone.ctm", *MODEL_FILES])
+    run_once(
+        args.out_dir,
+        "align-am",
+        {"backend": args.backend},
+        args.force,
+        work,
+        inputs={"cuts": args.cuts, "lang": args.lang_dir, "tree": args.tree_dir, "am": args.am_dir / "final.pt"},
+        outputs=["ali.ark", "ali.scp", "ali_pdf.ark", "ali_pdf.scp", "word.ctm", "phone.ctm", *MODEL_FILES],
+    )
 
 
 def cmd_compute_loglikes(args: argparse.Namespace) -> None:
     device = None if args.device == "auto" else args.device
-    run_once(args.out_ark.parent, f"loglikes-{args.out_ark.stem}", {"acwt": args.acwt, "prior_scale": args.prior_scale},
-             args.force, lambda done: log.info("%d utterances", compute_loglikes(
-                 args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale, device=device)),
-             inputs={"cuts": args.cuts, "model": args.exp_dir / "final.pt"},
-             outputs=[args.out_ark.name, args.out_ark.with_suffix(".scp").name])
+    run_once(
+        args.out_ark.parent,
+        f"loglikes-{args.out_ark.stem}",
+        {"acwt": args.acwt, "prior_scale": args.prior_scale},
+        args.force,
+        lambda done: log.info(
+            "%d utterances",
+            compute_loglikes(args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale, device=device),
+        ),
+        inputs={"cuts": args.cuts, "model": args.exp_dir / "final.pt"},
+        outputs=[args.out_ark.name, args.out_ark.with_suffix(".scp").name],
+    )
 
 
 def add_am_verbs(sub) -> None:
     """Stage 6's verbs on ``sub`` (argparse subparsers)."""
 
-    p = add_verb(sub, "train-am", "stage 6: a hybrid acoustic model on the tree's senone alignments: EXP_DIR/final.pt "
-                                  "(model, priors), epoch-N.pt, train.json")
+    p = add_verb(
+        sub,
+        "train-am",
+        "stage 6: a hybrid acoustic model on the tree's senone alignments: EXP_DIR/final.pt "
+        "(model, priors), epoch-N.pt, train.json",
+    )
     p.add_argument("cuts", type=Path, help="training cuts with features")
     p.add_argument("tree_dir", type=Path, help="stage 5's dir (trans.pkl, ali_pdf.{ark,scp})")
     p.add_argument("lang_dir", type=Path)
@@ -70,14 +102,22 @@ def add_am_verbs(sub) -> None:
     p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow", "slow"])
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="TrainConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
-                                                   "torchrun --nproc-per-node N -m asrhybrid train-am ...")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
+        "torchrun --nproc-per-node N -m asrhybrid train-am ...",
+    )
     add_common(p)
     p.set_defaults(func=cmd_train_am)
 
-    p = add_verb(sub, "align-am", "realign with a trained hybrid AM through the tree's training graphs (Kaldi's "
-                                  "steps/nnet3/align.sh): OUT_DIR/ali.{ark,scp}, ali_pdf.{ark,scp}, {word,phone}.ctm, "
-                                  "textgrid/ and the tree's model (so OUT_DIR is a tree dir for train-am)")
+    p = add_verb(
+        sub,
+        "align-am",
+        "realign with a trained hybrid AM through the tree's training graphs (Kaldi's "
+        "steps/nnet3/align.sh): OUT_DIR/ali.{ark,scp}, ali_pdf.{ark,scp}, {word,phone}.ctm, "
+        "textgrid/ and the tree's model (so OUT_DIR is a tree dir for train-am)",
+    )
     p.add_argument("cuts", type=Path)
     p.add_argument("lang_dir", type=Path)
     p.add_argument("tree_dir", type=Path, help="the tree dir the AM was trained on (tree, trans.pkl)")
@@ -87,8 +127,12 @@ def add_am_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_align_am)
 
-    p = add_verb(sub, "compute-loglikes", "scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) "
-                                          "per utterance: OUT_ARK (+ .scp), a Kaldi float-matrix table")
+    p = add_verb(
+        sub,
+        "compute-loglikes",
+        "scaled log-likelihoods acwt x (log posterior - prior_scale x log prior) "
+        "per utterance: OUT_ARK (+ .scp), a Kaldi float-matrix table",
+    )
     p.add_argument("cuts", type=Path)
     p.add_argument("exp_dir", type=Path, help="a trained system (train-am's EXP_DIR)")
     p.add_argument("out_ark", type=Path)

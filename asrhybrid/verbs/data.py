@@ -31,19 +31,42 @@ def cmd_synth_corpus(args: argparse.Namespace) -> None:
         cfg = SynthConfig(**options)
     except TypeError as e:
         raise ConfigError(f"synth-corpus: bad option: {e}") from None
-    run_once(args.out_dir, "synth-corpus", asdict(cfg), args.force,
-             lambda done: generate_corpus(args.out_dir, cfg, resume_key=done.resume_key()))
+    run_once(
+        args.out_dir,
+        "synth-corpus",
+        asdict(cfg),
+        args.force,
+        lambda done: generate_corpus(args.out_dir, cfg, resume_key=done.resume_key()),
+    )
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     options, resample, verify = parse_options(args.opt), not args.no_resample, not args.no_verify_audio
-    params = {"preparer": args.preparer or args.corpus, "sample_rate": args.sample_rate, "options": options,
-              "resample": resample, "verify_audio": verify}
-    run_once(args.manifest_dir, f"data-{args.corpus}", params, args.force,
-             lambda done: prepare_data(args.corpus, args.preparer or args.corpus, args.corpus_dir, args.manifest_dir,
-                                       args.sample_rate, options, resample=resample, verify_audio=verify),
-             inputs={"corpus": args.corpus_dir},
-             outputs=[f"{args.corpus}_recordings_*", f"{args.corpus}_supervisions_*"])
+    params = {
+        "preparer": args.preparer or args.corpus,
+        "sample_rate": args.sample_rate,
+        "options": options,
+        "resample": resample,
+        "verify_audio": verify,
+    }
+    run_once(
+        args.manifest_dir,
+        f"data-{args.corpus}",
+        params,
+        args.force,
+        lambda done: prepare_data(
+            args.corpus,
+            args.preparer or args.corpus,
+            args.corpus_dir,
+            args.manifest_dir,
+            args.sample_rate,
+            options,
+            resample=resample,
+            verify_audio=verify,
+        ),
+        inputs={"corpus": args.corpus_dir},
+        outputs=[f"{args.corpus}_recordings_*", f"{args.corpus}_supervisions_*"],
+    )
 
 
 def cmd_compute_fbank(args: argparse.Namespace) -> None:
@@ -57,13 +80,24 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
         raise DataError([f"no {args.corpus}_supervisions_*.jsonl.gz in {args.manifest_dir}: run prepare-data first"])
     for part in parts:  # one step per part: a new part does not redo the others
         recordings, supervisions = manifest_paths(args.manifest_dir, args.corpus, part)
-        run_once(args.fbank_dir, FeatureSet(args.fbank_dir, args.corpus, part).marker_name, {"config": asdict(config), "chunk_size": args.chunk_size},
-                 args.force,
-                 lambda done, part=part: compute_fbank(args.manifest_dir, args.fbank_dir, args.corpus, part, config,
-                                                       num_jobs=args.num_jobs, chunk_size=args.chunk_size,
-                                                       resume_key=done.resume_key()),
-                 inputs={"recordings": recordings, "supervisions": supervisions},
-                 outputs=FeatureSet(args.fbank_dir, args.corpus, part).outputs())
+        run_once(
+            args.fbank_dir,
+            FeatureSet(args.fbank_dir, args.corpus, part).marker_name,
+            {"config": asdict(config), "chunk_size": args.chunk_size},
+            args.force,
+            lambda done, part=part: compute_fbank(
+                args.manifest_dir,
+                args.fbank_dir,
+                args.corpus,
+                part,
+                config,
+                num_jobs=args.num_jobs,
+                chunk_size=args.chunk_size,
+                resume_key=done.resume_key(),
+            ),
+            inputs={"recordings": recordings, "supervisions": supervisions},
+            outputs=FeatureSet(args.fbank_dir, args.corpus, part).outputs(),
+        )
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -85,7 +119,9 @@ def add_data_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_download)
 
-    p = add_verb(sub, "prepare-data", "stage 0: Lhotse manifests MANIFEST_DIR/<corpus>_{recordings,supervisions}_<part>.jsonl.gz")
+    p = add_verb(
+        sub, "prepare-data", "stage 0: Lhotse manifests MANIFEST_DIR/<corpus>_{recordings,supervisions}_<part>.jsonl.gz"
+    )
     p.add_argument("corpus_dir", type=Path)
     p.add_argument("manifest_dir", type=Path)
     p.add_argument("--corpus", required=True, help="name used in the manifest file names")
@@ -97,7 +133,11 @@ def add_data_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_prepare_data)
 
-    p = add_verb(sub, "compute-fbank", "stage 1: Kaldi fbank into FBANK_DIR: <corpus>_cuts_<part>.jsonl.gz, lilcom features, CMVN arks")
+    p = add_verb(
+        sub,
+        "compute-fbank",
+        "stage 1: Kaldi fbank into FBANK_DIR: <corpus>_cuts_<part>.jsonl.gz, lilcom features, CMVN arks",
+    )
     p.add_argument("manifest_dir", type=Path)
     p.add_argument("fbank_dir", type=Path)
     p.add_argument("--corpus", required=True)

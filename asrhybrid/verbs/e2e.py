@@ -44,8 +44,13 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
 
     def work(_):
         s = decode_e2e(args.exp_dir, args.cuts, args.out_dir, cfg, args.lm, args.device)
-        log.info("decoded %d utterances (%d failed) with %s search, real-time factor %.4f", s["utterances"],
-                 len(s["failed"]), cfg.method, s["real_time_factor"])
+        log.info(
+            "decoded %d utterances (%d failed) with %s search, real-time factor %.4f",
+            s["utterances"],
+            len(s["failed"]),
+            cfg.method,
+            s["real_time_factor"],
+        )
 
     run_once(args.out_dir, "decode-e2e", asdict(cfg), args.force, work, inputs=inputs)
 
@@ -56,15 +61,25 @@ def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
             stats = make_hlg_graph(args.tokens_dir, args.lang_dir, tmp)
         print(f"HLG: {stats['states']} states, {stats['arcs']} arcs, {stats['words']} words, {stats['seconds']} s")
 
-    run_once(args.graph_dir, "mkgraph-ctc", {}, args.force, work,
-             inputs={"tokens": args.tokens_dir, "G": args.lang_dir / "G.fst", "words": args.lang_dir / "words.txt"})
+    run_once(
+        args.graph_dir,
+        "mkgraph-ctc",
+        {},
+        args.force,
+        work,
+        inputs={"tokens": args.tokens_dir, "G": args.lang_dir / "G.fst", "words": args.lang_dir / "words.txt"},
+    )
 
 
 def add_e2e_verbs(sub) -> None:
-    p = add_verb(sub, "train-e2e", "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T; las: Listen, "
-                                   "Attend and Spell) on stage 3's "
-                                   "tokens: "
-                                   "EXP_DIR/final.pt, tokens/, epoch-N.pt, train.json")
+    p = add_verb(
+        sub,
+        "train-e2e",
+        "stage 9: an end-to-end system (ctc: Deep Speech; rnnt: ContextNet RNN-T; las: Listen, "
+        "Attend and Spell) on stage 3's "
+        "tokens: "
+        "EXP_DIR/final.pt, tokens/, epoch-N.pt, train.json",
+    )
     p.add_argument("cuts", type=Path, help="training cuts with features and transcripts")
     p.add_argument("lang_dir", type=Path, help="stage 3's token dir (data/lang_<type>_<N>: *.model, tokens.txt)")
     p.add_argument("exp_dir", type=Path)
@@ -72,28 +87,44 @@ def add_e2e_verbs(sub) -> None:
     p.add_argument("--system", default="ctc", choices=["ctc", "rnnt", "las"])
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="E2EConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. hidden=512")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
-                                                   "torchrun --nproc-per-node N -m asrhybrid train-e2e ...")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda, cuda:N; data-parallel: "
+        "torchrun --nproc-per-node N -m asrhybrid train-e2e ...",
+    )
     add_common(p)
     p.set_defaults(func=cmd_train_e2e)
 
-    p = add_verb(sub, "mkgraph-ctc", "icefall's HLG for a CTC system: GRAPH_DIR/HLG.k2.pt and words.txt, which "
-                                     "asrhybrid decode reads (lattices for rescore and score)")
+    p = add_verb(
+        sub,
+        "mkgraph-ctc",
+        "icefall's HLG for a CTC system: GRAPH_DIR/HLG.k2.pt and words.txt, which "
+        "asrhybrid decode reads (lattices for rescore and score)",
+    )
     p.add_argument("tokens_dir", type=Path, help="the system's tokens (EXP_DIR/tokens) or stage 3's token dir")
     p.add_argument("lang_dir", type=Path, help="a lang dir with G.fst (format-lm's, e.g. data/lang_test_small)")
     p.add_argument("graph_dir", type=Path)
     add_common(p)
     p.set_defaults(func=cmd_mkgraph_ctc)
 
-    p = add_verb(sub, "decode-e2e", "stage 10: recognise cuts with an end-to-end system: OUT_DIR/hyp.txt, decode.json "
-                                    "(then asrhybrid score OUT_DIR CUTS)")
+    p = add_verb(
+        sub,
+        "decode-e2e",
+        "stage 10: recognise cuts with an end-to-end system: OUT_DIR/hyp.txt, decode.json "
+        "(then asrhybrid score OUT_DIR CUTS)",
+    )
     p.add_argument("exp_dir", type=Path, help="train-e2e's EXP_DIR")
     p.add_argument("cuts", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--lm", type=Path, help="word n-gram LM for shallow fusion (ARPA or KenLM binary; flashlight: ARPA)")
-    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                   help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta, "
-                        "max_symbols (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)")
+    p.add_argument(
+        "--opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta, "
+        "max_symbols (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     add_common(p)
     p.set_defaults(func=cmd_decode_e2e)

@@ -53,18 +53,32 @@ def cmd_prepare_dict(args: argparse.Namespace) -> None:
         with atomic_output(args.dict_dir) as tmp:  # swapped in whole: no file of an earlier run survives
             oov = prepare_dict(args.lexicon, tmp, read_texts(args.text), stress=not args.no_stress)
         if oov and args.lexicon != "cmudict":  # (CMUdict's misses are listed in missing_words.txt, and logged)
-            log.warning("%d transcript word(s) are not in the %s lexicon and map to the OOV word: %s", len(oov),
-                        args.lexicon, " ".join(oov[:20]) + (" ..." if len(oov) > 20 else ""))
+            log.warning(
+                "%d transcript word(s) are not in the %s lexicon and map to the OOV word: %s",
+                len(oov),
+                args.lexicon,
+                " ".join(oov[:20]) + (" ..." if len(oov) > 20 else ""),
+            )
 
     run_once(args.dict_dir, "prepare-dict", params, args.force, work, inputs)
 
 
 def cmd_prepare_lang(args: argparse.Namespace) -> None:
     params = {"oov": args.oov, "position_dependent": not args.no_position_dependent, "sil_prob": args.sil_prob}
-    run_once(args.lang_dir, "prepare-lang", params, args.force,
-             lambda done: prepare_lang(args.dict_dir, args.lang_dir, args.oov, sil_prob=args.sil_prob,
-                                       position_dependent_phones=not args.no_position_dependent),
-             inputs={"dict": args.dict_dir})
+    run_once(
+        args.lang_dir,
+        "prepare-lang",
+        params,
+        args.force,
+        lambda done: prepare_lang(
+            args.dict_dir,
+            args.lang_dir,
+            args.oov,
+            sil_prob=args.sil_prob,
+            position_dependent_phones=not args.no_position_dependent,
+        ),
+        inputs={"dict": args.dict_dir},
+    )
 
 
 def cmd_train_lm(args: argparse.Namespace) -> None:
@@ -75,8 +89,18 @@ def cmd_train_lm(args: argparse.Namespace) -> None:
     def work(done):
         texts, dev = read_texts(args.text), read_texts(args.dev)
         words = set(read_symbol_table(args.words)) if args.words else None
-        summary = train_lm(texts, args.out_dir, args.name, args.order, words=words, oov_word=args.oov,
-                           prune=args.prune, binary=args.binary, dev_lines=dev, source=" ".join(map(str, args.text)))
+        summary = train_lm(
+            texts,
+            args.out_dir,
+            args.name,
+            args.order,
+            words=words,
+            oov_word=args.oov,
+            prune=args.prune,
+            binary=args.binary,
+            dev_lines=dev,
+            source=" ".join(map(str, args.text)),
+        )
         write_text_atomic(args.out_dir / f"{args.name}.json", json.dumps(summary, indent=1) + "\n")
 
     run_once(args.out_dir, f"train-lm-{args.name}", params, args.force, work, inputs, outputs=[f"{args.name}.*"])
@@ -99,23 +123,36 @@ def cmd_format_lm(args: argparse.Namespace) -> None:
 
 def cmd_train_bpe(args: argparse.Namespace) -> None:
     params = {"vocab_size": args.vocab_size, "model_type": args.model_type}
-    run_once(args.out_dir, f"train-bpe-{args.model_type}", params, args.force,
-             lambda done: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
-             text_inputs(args.text))
+    run_once(
+        args.out_dir,
+        f"train-bpe-{args.model_type}",
+        params,
+        args.force,
+        lambda done: train_tokens(read_texts(args.text), args.out_dir, args.vocab_size, args.model_type),
+        text_inputs(args.text),
+    )
 
 
 def add_lang_verbs(sub) -> None:
     """Stages 2-3's verbs on ``sub`` (argparse subparsers)."""
 
-    p = add_verb(sub, "prepare-dict", "stage 2: a Kaldi dict dir DICT_DIR (lexicon.txt, phone lists) for a corpus's words")
+    p = add_verb(
+        sub, "prepare-dict", "stage 2: a Kaldi dict dir DICT_DIR (lexicon.txt, phone lists) for a corpus's words"
+    )
     p.add_argument("dict_dir", type=Path)
     p.add_argument("--lexicon", required=True, help="yesno, cmudict, or a Kaldi dict dir to copy")
-    p.add_argument("--text", type=Path, nargs="+", required=True, help="transcripts: supervisions manifests or text files")
+    p.add_argument(
+        "--text", type=Path, nargs="+", required=True, help="transcripts: supervisions manifests or text files"
+    )
     p.add_argument("--no-stress", action="store_true", help="strip CMUdict's stress marks")
     add_common(p)
     p.set_defaults(func=cmd_prepare_dict)
 
-    p = add_verb(sub, "prepare-lang", "stage 2: Kaldi's prepare_lang.sh into LANG_DIR (phones, words, topo, L.fst, L_disambig.fst)")
+    p = add_verb(
+        sub,
+        "prepare-lang",
+        "stage 2: Kaldi's prepare_lang.sh into LANG_DIR (phones, words, topo, L.fst, L_disambig.fst)",
+    )
     p.add_argument("dict_dir", type=Path)
     p.add_argument("lang_dir", type=Path)
     p.add_argument("--oov", required=True, help="the word OOVs map to (e.g. <UNK>)")
@@ -124,7 +161,11 @@ def add_lang_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_prepare_lang)
 
-    p = add_verb(sub, "train-lm", "stage 3: an n-gram LM with KenLM's lmplz: OUT_DIR/NAME.arpa (and .bin), NAME.json (perplexity)")
+    p = add_verb(
+        sub,
+        "train-lm",
+        "stage 3: an n-gram LM with KenLM's lmplz: OUT_DIR/NAME.arpa (and .bin), NAME.json (perplexity)",
+    )
     p.add_argument("text", type=Path, nargs="+", help="supervisions manifests or text files")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True)
@@ -151,7 +192,9 @@ def add_lang_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_format_lm)
 
-    p = add_verb(sub, "train-bpe", "stage 3: SentencePiece tokens for end-to-end models: OUT_DIR/<type>.model, tokens.txt")
+    p = add_verb(
+        sub, "train-bpe", "stage 3: SentencePiece tokens for end-to-end models: OUT_DIR/<type>.model, tokens.txt"
+    )
     p.add_argument("text", type=Path, nargs="+")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--vocab-size", type=int, default=500)

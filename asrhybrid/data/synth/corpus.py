@@ -166,8 +166,15 @@ def render_utterance(cfg: SynthConfig, plan: _Plan, syn: Synthesis):
     return samples, {"text": text, "alignment": alignment, **meta}
 
 
-def _generate_part(cfg: SynthConfig, part: str, speakers: list[Speaker], target_seconds: float, out_dir: Path,
-                   synthesizer: FreshSynthesizer, block: int = 32) -> list[dict]:
+def _generate_part(
+    cfg: SynthConfig,
+    part: str,
+    speakers: list[Speaker],
+    target_seconds: float,
+    out_dir: Path,
+    synthesizer: FreshSynthesizer,
+    block: int = 32,
+) -> list[dict]:
     """Utterances of one part until ``target_seconds`` of audio (or the utterance cap)."""
     entries, total, index = [], 0.0, 0
     limit = cfg.max_utterances_per_part or None
@@ -186,8 +193,19 @@ def _generate_part(cfg: SynthConfig, part: str, speakers: list[Speaker], target_
                     sf.write(tmp, samples, cfg.sampling_rate, subtype="PCM_16", format="WAV")
             duration = len(samples) / cfg.sampling_rate
             spk = plan.speaker
-            entries.append({"id": plan.id, "part": part, "speaker": spk.id, "voice": spk.voice, "rate": spk.rate,
-                            "pitch": spk.pitch, "audio": str(rel), "duration": round(duration, 4), **meta})
+            entries.append(
+                {
+                    "id": plan.id,
+                    "part": part,
+                    "speaker": spk.id,
+                    "voice": spk.voice,
+                    "rate": spk.rate,
+                    "pitch": spk.pitch,
+                    "audio": str(rel),
+                    "duration": round(duration, 4),
+                    **meta,
+                }
+            )
             total += duration
             index += 1
             bar.update(round(duration))
@@ -210,5 +228,7 @@ def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), resum
         for part in PARTS:
             entries += _generate_part(cfg, part, speakers[part], targets[part], out_dir, synthesizer)
     write_text_atomic(out_dir / "metadata.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-    write_text_atomic(out_dir / "speakers.json", json.dumps({p: [asdict(s) for s in v] for p, v in speakers.items()}, indent=1))
+    write_text_atomic(
+        out_dir / "speakers.json", json.dumps({p: [asdict(s) for s in v] for p, v in speakers.items()}, indent=1)
+    )
     return out_dir

@@ -160,7 +160,9 @@ def _timings(text: str, events, num_samples: int, phoneme_count):
     split by each word's phoneme count in isolation (``phoneme_count``), or in
     proportion to those counts when reduction changed them.
     """
-    phonemes = [(pos, sample, ident.decode("ascii", "replace")) for t, pos, sample, ident in events if t == EVENT_PHONEME]
+    phonemes = [
+        (pos, sample, ident.decode("ascii", "replace")) for t, pos, sample, ident in events if t == EVENT_PHONEME
+    ]
     phones: list[tuple[str, int, int, int]] = []
     for k, (pos, start, symbol) in enumerate(phonemes):
         end = phonemes[k + 1][1] if k + 1 < len(phonemes) else num_samples
