@@ -150,6 +150,63 @@ def _train(
     return loss_sum / max(total, 1), correct / max(total, 1), counts
 
 
+def _equal_alignments(corpus, compiler, tid_to_phone, lang_dir: Path, cfg: FlatStartConfig, out_ark: Path) -> int:
+    """Iteration 0: every utterance's graph aligned equally over its frames (silence at the edges with
+    ``edge_silence``) into ``out_ark``; returns the number of utterances."""
+    silence = np.zeros(len(tid_to_phone), dtype=bool)
+    silence[1:] = np.isin(tid_to_phone[1:], read_int_list(lang_dir / "phones" / "silence.int"))
+    prefer = (lambda tids: silence[tids[0]] and silence[tids[-1]]) if cfg.edge_silence else None
+    failed, num_utts = [], 0
+    with alignment_table_writer(out_ark) as write:
+        for block in tqdm(corpus.blocks(cfg.align_block_frames), desc="equal alignment", unit="block", leave=False):
+            for utt, feats, text in block:
+                ali = equal_alignment(compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts, prefer=prefer)
+                write(utt, ali) if ali else failed.append(utt)
+                num_utts += 1
+    log.info(
+        "iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
+        num_utts - len(failed),
+        len(failed),
+        f": {' '.join(failed[:10])}" if failed else "",
+    )
+    return num_utts
+
+
+def _realign(
+    model, corpus, compiler, previous, log_prior, tid_to_pdf, tid_to_phone, cfg: FlatStartConfig, out_ark: Path, it: int
+):
+    """One realignment pass with the network's pseudo log-likelihoods into ``out_ark``: (failed utterances,
+    aligned count, frames compared, frames whose pdf changed, frames whose phone changed)."""
+    failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
+    with alignment_table_writer(out_ark) as write:
+        for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}", unit="block", leave=False):
+            with torch.no_grad():
+                loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
+            results = align(
+                [compiler.compile(text) for _, _, text in block],
+                loglikes,
+                tid_to_pdf,
+                backend=cfg.backend,
+                beam=cfg.beam,
+                retry_beam=cfg.retry_beam,
+            )
+            for (utt, _, _), result in zip(block, results):
+                if result is None:
+                    failed.append(utt)
+                    continue
+                new = np.asarray(result[0])
+                write(utt, new)
+                aligned += 1
+                if utt in previous:
+                    old = np.asarray(previous[utt])
+                    frames += len(old)
+                    changed_pdf += int((tid_to_pdf[new] != tid_to_pdf[old]).sum())
+                    # Phone-level changes measure convergence: the ergodic silence HMM lets frames
+                    # move between its states freely, so pdf-level changes never quite reach zero.
+                    changed_phone += int((tid_to_phone[new] != tid_to_phone[old]).sum())
+    return failed, aligned, frames, changed_pdf, changed_phone
+
+
 def flat_start(
     cuts_path: Path | str,
     lang_dir: Path | str,
@@ -188,24 +245,7 @@ def flat_start(
         num_utts = checkpoint["utterances"]
         log.info("resuming after iteration %d (its checkpoint %s)", first, exp_dir / f"{first}.pt")
     else:
-        silence = np.zeros(len(tid_to_phone), dtype=bool)
-        silence[1:] = np.isin(tid_to_phone[1:], read_int_list(lang_dir / "phones" / "silence.int"))
-        prefer = (lambda tids: silence[tids[0]] and silence[tids[-1]]) if cfg.edge_silence else None
-        failed, num_utts = [], 0
-        with alignment_table_writer(exp_dir / "ali.0.ark") as write:
-            for block in tqdm(corpus.blocks(cfg.align_block_frames), desc="equal alignment", unit="block", leave=False):
-                for utt, feats, text in block:
-                    ali = equal_alignment(
-                        compiler.compile(text), feats.shape[0], seed=cfg.seed + num_utts, prefer=prefer
-                    )
-                    write(utt, ali) if ali else failed.append(utt)
-                    num_utts += 1
-        log.info(
-            "iteration 0: equal alignment of %d utterances, %d failed (too short for their graphs)%s",
-            num_utts - len(failed),
-            len(failed),
-            f": {' '.join(failed[:10])}" if failed else "",
-        )
+        num_utts = _equal_alignments(corpus, compiler, tid_to_phone, lang_dir, cfg, exp_dir / "ali.0.ark")
 
     for it in range(first + 1, cfg.iterations + 1):
         previous = AlignmentTable(exp_dir / f"ali.{it - 1}.ark")
@@ -215,33 +255,9 @@ def flat_start(
         )
         log_prior = log_priors(counts + 1.0, silence_scale=1.0)  # add-one: a flat start's priors, no silence scaling
         model.eval()
-        failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
-        with alignment_table_writer(exp_dir / f"ali.{it}.ark") as write:
-            for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}", unit="block", leave=False):
-                with torch.no_grad():
-                    loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
-                results = align(
-                    [compiler.compile(text) for _, _, text in block],
-                    loglikes,
-                    tid_to_pdf,
-                    backend=cfg.backend,
-                    beam=cfg.beam,
-                    retry_beam=cfg.retry_beam,
-                )
-                for (utt, _, _), result in zip(block, results):
-                    if result is None:
-                        failed.append(utt)
-                        continue
-                    new = np.asarray(result[0])
-                    write(utt, new)
-                    aligned += 1
-                    if utt in previous:
-                        old = np.asarray(previous[utt])
-                        frames += len(old)
-                        changed_pdf += int((tid_to_pdf[new] != tid_to_pdf[old]).sum())
-                        # Phone-level changes measure convergence: the ergodic silence HMM lets frames
-                        # move between its states freely, so pdf-level changes never quite reach zero.
-                        changed_phone += int((tid_to_phone[new] != tid_to_phone[old]).sum())
+        failed, aligned, frames, changed_pdf, changed_phone = _realign(
+            model, corpus, compiler, previous, log_prior, tid_to_pdf, tid_to_phone, cfg, exp_dir / f"ali.{it}.ark", it
+        )
         previous.close()
         frames = max(frames, 1)
         entry = {

@@ -128,22 +128,9 @@ def probe_audio(audio: str, verify: bool) -> _AudioInfo:
     return _AudioInfo(info.samplerate, info.frames, info.channels)
 
 
-def build_manifests(
-    utterances: Iterable[Utterance],
-    sample_rate: int,
-    resample: bool = True,
-    verify_audio: bool = True,
-    context: str = "",
-) -> tuple[RecordingSet, SupervisionSet]:
-    """Check every utterance and build (recordings, supervisions).
-
-    Recordings at another rate than ``sample_rate`` are resampled on load
-    (Lhotse ``Recording.resample``) when ``resample`` is set, else reported.
-    Raises DataError listing every problem found.
-    """
-    utterances = list(utterances)
+def _check_utterances(utterances: list[Utterance]) -> list[str]:
+    """The problems of the utterances' ids, transcripts and speakers."""
     problems: list[str] = []
-
     seen: dict[str, Utterance] = {}
     for utt in utterances:
         if utt.id in seen:
@@ -158,7 +145,13 @@ def build_manifests(
             problems.append(f"{_where(utt)}: empty transcript (audio {utt.audio})")
         if not utt.speaker:
             problems.append(f"{_where(utt)}: no speaker")
+    return problems
 
+
+def _probe_recordings(
+    utterances: list[Utterance], sample_rate: int, resample: bool, verify_audio: bool, context: str, problems: list[str]
+) -> dict[str, _AudioInfo]:
+    """Each usable recording's audio facts, by recording id; what is wrong with the others goes to ``problems``."""
     # One probe per distinct audio source (segments share a recording).
     infos: dict[str, _AudioInfo] = {}
     rec_audio: dict[str, str] = {}
@@ -193,7 +186,14 @@ def build_manifests(
             )
             continue
         infos[rec_id] = info
+    return infos
 
+
+def _recordings_and_supervisions(
+    utterances: list[Utterance], infos: dict[str, _AudioInfo], sample_rate: int, problems: list[str]
+) -> tuple[dict[str, Recording], list[SupervisionSegment], dict[int, int]]:
+    """Lhotse's recordings (resampled where their rate is not ``sample_rate``) and one supervision per utterance
+    whose segment lies inside its recording; and how many recordings each other rate had."""
     recordings: dict[str, Recording] = {}
     supervisions: list[SupervisionSegment] = []
     rates: dict[int, int] = {}
@@ -245,7 +245,26 @@ def build_manifests(
                 alignment=utt.alignment,
             )
         )
+    return recordings, supervisions, rates
 
+
+def build_manifests(
+    utterances: Iterable[Utterance],
+    sample_rate: int,
+    resample: bool = True,
+    verify_audio: bool = True,
+    context: str = "",
+) -> tuple[RecordingSet, SupervisionSet]:
+    """Check every utterance and build (recordings, supervisions).
+
+    Recordings at another rate than ``sample_rate`` are resampled on load
+    (Lhotse ``Recording.resample``) when ``resample`` is set, else reported.
+    Raises DataError listing every problem found.
+    """
+    utterances = list(utterances)
+    problems = _check_utterances(utterances)
+    infos = _probe_recordings(utterances, sample_rate, resample, verify_audio, context, problems)
+    recordings, supervisions, rates = _recordings_and_supervisions(utterances, infos, sample_rate, problems)
     if problems:
         raise DataError(problems, context)
     for rate, count in sorted(rates.items()):

@@ -100,6 +100,59 @@ def _common_prefix(strings: list[tuple[int, ...]]) -> int:
     return n
 
 
+def _within_beam(num_states: int, out: list[list], order: list[int], to_end: list[float], limit: float) -> list[list]:
+    """The arcs of the input that lie on a path within ``limit`` (Kaldi prunes its raw lattice so first)."""
+    from_start = [math.inf] * num_states
+    from_start[0] = 0.0
+    for s in order:
+        for _, dst, _, g, a, _ in out[s]:
+            if from_start[s] + g + a < from_start[dst]:
+                from_start[dst] = from_start[s] + g + a
+    return [
+        [arc for arc in arcs if from_start[s] + arc[3] + arc[4] + to_end[arc[1]] <= limit] for s, arcs in enumerate(out)
+    ]
+
+
+def _closure(elements: dict[int, tuple[float, float, tuple[int, ...]]], base: float, out, position, to_end, limit):
+    """``elements`` extended along the arcs without words (in topological order), keeping each state's best
+    (graph, acoustic, string); ``base``: the cost of the best path into the elements' subset."""
+    heap = [(position[s], s) for s in elements]
+    heapq.heapify(heap)
+    done: set[int] = set()
+    while heap:
+        _, s = heapq.heappop(heap)
+        if s in done:
+            continue
+        done.add(s)
+        g0, a0, str0 = elements[s]
+        for _, dst, word, g, a, tid in out[s]:
+            if word or base + g0 + g + a0 + a + to_end[dst] > limit:
+                continue
+            cand = (g0 + g, a0 + a, str0 + ((tid,) if tid else ()))
+            old = elements.get(dst)
+            if old is None or cand[0] + cand[1] < old[0] + old[1]:
+                elements[dst] = cand
+                heapq.heappush(heap, (position[dst], dst))
+    return elements
+
+
+def _subset_key(elements) -> tuple:
+    """A subset's identity: its elements with their weights quantized."""
+    return tuple(
+        sorted((s, round(g / _QUANTUM), round(a / _QUANTUM), string) for s, (g, a, string) in elements.items())
+    )
+
+
+def _normalize(elements):
+    """(weight and string of the arc into the subset, the subset with residuals)."""
+    best = min(elements.values(), key=lambda e: e[0] + e[1])
+    strings = [e[2] for e in elements.values()]
+    n = _common_prefix(strings)
+    return (best[0], best[1], best[2][:n]), {
+        s: (g - best[0], a - best[1], string[n:]) for s, (g, a, string) in elements.items()
+    }
+
+
 def determinize(
     lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.0, max_states: int = 100_000
 ) -> tuple[WordLattice, DeterminizeStats]:
@@ -116,59 +169,18 @@ def determinize(
     if not lat.num_states or to_end[0] == math.inf:
         return WordLattice([], {}), DeterminizeStats(len(lat.arcs), 0, 0, 0, False)
     best_total = to_end[0]
-    # first the arcs of the input that lie on no path within the beam go (Kaldi prunes its raw lattice so)
-    from_start = [math.inf] * lat.num_states
-    from_start[0] = 0.0
-    for s in order:
-        for _, dst, _, g, a, _ in out[s]:
-            if from_start[s] + g + a < from_start[dst]:
-                from_start[dst] = from_start[s] + g + a
     limit = best_total + beam
-    out = [
-        [arc for arc in arcs if from_start[s] + arc[3] + arc[4] + to_end[arc[1]] <= limit] for s, arcs in enumerate(out)
-    ]
+    out = _within_beam(lat.num_states, out, order, to_end, limit)
 
     # an element: state -> (graph, acoustic, string); a subset's key: its elements, weights quantized
-    def closure(elements: dict[int, tuple[float, float, tuple[int, ...]]], base: float):
-        """Follows the arcs without words; ``base``: the cost of the best path into the elements' subset."""
-        heap = [(position[s], s) for s in elements]
-        heapq.heapify(heap)
-        done: set[int] = set()
-        while heap:
-            _, s = heapq.heappop(heap)
-            if s in done:
-                continue
-            done.add(s)
-            g0, a0, str0 = elements[s]
-            for _, dst, word, g, a, tid in out[s]:
-                if word or base + g0 + g + a0 + a + to_end[dst] > limit:
-                    continue
-                cand = (g0 + g, a0 + a, str0 + ((tid,) if tid else ()))
-                old = elements.get(dst)
-                if old is None or cand[0] + cand[1] < old[0] + old[1]:
-                    elements[dst] = cand
-                    heapq.heappush(heap, (position[dst], dst))
-        return elements
-
-    def key(elements) -> tuple:
-        return tuple(
-            sorted((s, round(g / _QUANTUM), round(a / _QUANTUM), string) for s, (g, a, string) in elements.items())
-        )
-
-    def normalize(elements):
-        """(weight and string of the arc into the subset, the subset with residuals)."""
-        best = min(elements.values(), key=lambda e: e[0] + e[1])
-        strings = [e[2] for e in elements.values()]
-        n = _common_prefix(strings)
-        return (best[0], best[1], best[2][:n]), {
-            s: (g - best[0], a - best[1], string[n:]) for s, (g, a, string) in elements.items()
-        }
+    def closure(elements, base):
+        return _closure(elements, base, out, position, to_end, limit)
 
     def heuristic(elements) -> float:
         return min(g + a + to_end[s] for s, (g, a, _) in elements.items())
 
     start = closure({0: (0.0, 0.0, ())}, 0.0)
-    ids = {key(start): 0}
+    ids = {_subset_key(start): 0}
     subsets = [start]
     forward = [0.0]
     queue = [(heuristic(start), 0)]
@@ -209,8 +221,8 @@ def determinize(
                 if old is None or cand[0] + cand[1] < old[0] + old[1]:
                     nxt[dst] = cand
         for word, nxt in sorted(by_word.items()):
-            weight, residual = normalize(closure(nxt, forward[sid]))
-            k = key(residual)
+            weight, residual = _normalize(closure(nxt, forward[sid]))
+            k = _subset_key(residual)
             target = ids.get(k)
             f = forward[sid] + weight[0] + weight[1]
             if target is None:

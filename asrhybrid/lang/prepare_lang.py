@@ -221,6 +221,83 @@ def compile_fst(text: str, isymbols: dict[str, int], osymbols: dict[str, int]):
     return kaldifst.compile(s="\n".join(numeric) + "\n", acceptor=False)
 
 
+def _write_phone_lists(
+    phones_dir: Path, d, expand, silence, nonsilence, disambig, phone_ids, word_ids, position_dependent_phones
+):
+    """phones/: the phone sets and roots of the tree, the silence/nonsilence/disambiguation lists, the extra
+    questions, #0 and the word-boundary table (prepare_lang.sh's phone lists)."""
+    sets = [expand(s) for s in d.silence_sets + d.nonsilence_sets]
+    _write_phone_list(phones_dir, "sets", sets, phone_ids, csl=False)
+    roots = [["shared", "split"] + s for s in sets]
+    write_text_atomic(phones_dir / "roots.txt", "".join(" ".join(r) + "\n" for r in roots))
+    write_text_atomic(
+        phones_dir / "roots.int",
+        "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots),
+    )
+    for name, lst in (
+        ("silence", silence),
+        ("nonsilence", nonsilence),
+        ("context_indep", silence),
+        ("optional_silence", [d.optional_silence]),
+        ("disambig", disambig),
+    ):
+        _write_phone_list(phones_dir, name, [[p] for p in lst], phone_ids)
+    questions = [expand(q) for q in d.extra_questions]
+    if position_dependent_phones:
+        nonsil_base = [p for s in d.nonsilence_sets for p in s]
+        sil_base = [p for s in d.silence_sets for p in s]
+        questions += [[p + s for p in nonsil_base] for s in POSITIONS]
+        questions += [[p + s for p in sil_base] for s in ("",) + POSITIONS]
+    _write_phone_list(phones_dir, "extra_questions", questions, phone_ids, csl=False)
+    _write_phone_list(phones_dir, "wdisambig", [["#0"]], phone_ids, csl=False)
+    write_text_atomic(phones_dir / "wdisambig_phones.int", f"{phone_ids['#0']}\n")
+    write_text_atomic(phones_dir / "wdisambig_words.int", f"{word_ids['#0']}\n")
+    if position_dependent_phones:
+        kinds = {"_B": "begin", "_E": "end", "_I": "internal", "_S": "singleton"}
+        boundary = [(p, kinds.get(p[-2:], "nonword")) for p in silence + nonsilence]
+        write_text_atomic(phones_dir / "word_boundary.txt", "".join(f"{p} {k}\n" for p, k in boundary))
+        write_text_atomic(phones_dir / "word_boundary.int", "".join(f"{phone_ids[p]} {k}\n" for p, k in boundary))
+
+
+def _write_align_lexicon(phones_dir: Path, entries, optional_silence: str, phone_ids, word_ids) -> None:
+    """phones/align_lexicon.{txt,int}: each word's pronunciations, for word alignments (CTM)."""
+    # The optional silence aligns as the word <eps> (Kaldi adds it whatever sil_prob is).
+    align = sorted(
+        {(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (optional_silence,))},
+        key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"),
+    )
+    write_text_atomic(phones_dir / "align_lexicon.txt", "".join(f"{w} {w} {' '.join(p)}\n" for w, p in align))
+    write_text_atomic(
+        phones_dir / "align_lexicon.int",
+        "".join(
+            f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n" for w, p in align
+        ),
+    )
+
+
+def _write_lexicon_fsts(
+    lang_dir: Path, entries, disambig_prons, num_disambig, sil_prob, sil_phone, phone_ids, word_ids
+):
+    """L.fst and L_disambig.fst (with the disambiguation symbols and #0 self-loops); returns L."""
+    symbol_ids = {**phone_ids, "<eps>": 0}
+    L = compile_fst(lexicon_fst_text(entries, sil_prob, sil_phone), symbol_ids, word_ids)
+    kaldifst.arcsort(L, sort_type="olabel")
+    with atomic_output(lang_dir / "L.fst") as tmp:
+        L.write(str(tmp))
+    disambig_entries = [(w, p, pron) for (w, p, _), pron in zip(entries, disambig_prons)]
+    L_disambig = compile_fst(
+        lexicon_fst_text(disambig_entries, sil_prob, sil_phone, f"#{num_disambig}" if sil_prob > 0 else None),
+        symbol_ids,
+        word_ids,
+    )
+    # #0 self-loops where words come out (fstaddselfloops), so G's #0 backoff arcs can pass L.
+    kaldifst.add_self_loops(L_disambig, isyms=[phone_ids["#0"]], osyms=[word_ids["#0"]])
+    kaldifst.arcsort(L_disambig, sort_type="olabel")
+    with atomic_output(lang_dir / "L_disambig.fst") as tmp:
+        L_disambig.write(str(tmp))
+    return L
+
+
 def prepare_lang(
     dict_dir: Path | str,
     lang_dir: Path | str,
@@ -267,72 +344,18 @@ def prepare_lang(
         write_text_atomic(lang_dir / "oov.txt", f"{oov_word}\n")
         write_text_atomic(lang_dir / "oov.int", f"{word_ids[oov_word]}\n")
 
-        sets = [expand(s) for s in d.silence_sets + d.nonsilence_sets]
-        _write_phone_list(phones_dir, "sets", sets, phone_ids, csl=False)
-        roots = [["shared", "split"] + s for s in sets]
-        write_text_atomic(phones_dir / "roots.txt", "".join(" ".join(r) + "\n" for r in roots))
-        write_text_atomic(
-            phones_dir / "roots.int",
-            "".join(" ".join(r[:2] + [str(phone_ids[p]) for p in r[2:]]) + "\n" for r in roots),
+        _write_phone_lists(
+            phones_dir, d, expand, silence, nonsilence, disambig, phone_ids, word_ids, position_dependent_phones
         )
-        for name, lst in (
-            ("silence", silence),
-            ("nonsilence", nonsilence),
-            ("context_indep", silence),
-            ("optional_silence", [d.optional_silence]),
-            ("disambig", disambig),
-        ):
-            _write_phone_list(phones_dir, name, [[p] for p in lst], phone_ids)
-        questions = [expand(q) for q in d.extra_questions]
-        if position_dependent_phones:
-            nonsil_base = [p for s in d.nonsilence_sets for p in s]
-            sil_base = [p for s in d.silence_sets for p in s]
-            questions += [[p + s for p in nonsil_base] for s in POSITIONS]
-            questions += [[p + s for p in sil_base] for s in ("",) + POSITIONS]
-        _write_phone_list(phones_dir, "extra_questions", questions, phone_ids, csl=False)
-        _write_phone_list(phones_dir, "wdisambig", [["#0"]], phone_ids, csl=False)
-        write_text_atomic(phones_dir / "wdisambig_phones.int", f"{phone_ids['#0']}\n")
-        write_text_atomic(phones_dir / "wdisambig_words.int", f"{word_ids['#0']}\n")
-        if position_dependent_phones:
-            kinds = {"_B": "begin", "_E": "end", "_I": "internal", "_S": "singleton"}
-            boundary = [(p, kinds.get(p[-2:], "nonword")) for p in silence + nonsilence]
-            write_text_atomic(phones_dir / "word_boundary.txt", "".join(f"{p} {k}\n" for p, k in boundary))
-            write_text_atomic(phones_dir / "word_boundary.int", "".join(f"{phone_ids[p]} {k}\n" for p, k in boundary))
-        # The optional silence aligns as the word <eps> (Kaldi adds it whatever sil_prob is).
-        align = sorted(
-            {(w, tuple(pron)) for w, _, pron in entries} | {("<eps>", (d.optional_silence,))},
-            key=lambda e: " ".join((e[0], e[0]) + e[1]).encode("utf-8"),
-        )
-        write_text_atomic(phones_dir / "align_lexicon.txt", "".join(f"{w} {w} {' '.join(p)}\n" for w, p in align))
-        write_text_atomic(
-            phones_dir / "align_lexicon.int",
-            "".join(
-                f"{word_ids.get(w, 0)} {word_ids.get(w, 0)} {' '.join(str(phone_ids[x]) for x in p)}\n"
-                for w, p in align
-            ),
-        )
+        _write_align_lexicon(phones_dir, entries, d.optional_silence, phone_ids, word_ids)
 
         nonsil_ids = [phone_ids[p] for p in nonsilence]
         sil_ids = [phone_ids[p] for p in silence]
         write_text_atomic(lang_dir / "topo", make_topo(nonsil_ids, sil_ids))
 
-        sil_phone = d.optional_silence
-        symbol_ids = {**phone_ids, "<eps>": 0}
-        L = compile_fst(lexicon_fst_text(entries, sil_prob, sil_phone), symbol_ids, word_ids)
-        kaldifst.arcsort(L, sort_type="olabel")
-        with atomic_output(lang_dir / "L.fst") as tmp:
-            L.write(str(tmp))
-        disambig_entries = [(w, p, pron) for (w, p, _), pron in zip(entries, disambig_prons)]
-        L_disambig = compile_fst(
-            lexicon_fst_text(disambig_entries, sil_prob, sil_phone, f"#{num_disambig}" if sil_prob > 0 else None),
-            symbol_ids,
-            word_ids,
+        L = _write_lexicon_fsts(
+            lang_dir, entries, disambig_prons, num_disambig, sil_prob, d.optional_silence, phone_ids, word_ids
         )
-        # #0 self-loops where words come out (fstaddselfloops), so G's #0 backoff arcs can pass L.
-        kaldifst.add_self_loops(L_disambig, isyms=[phone_ids["#0"]], osyms=[word_ids["#0"]])
-        kaldifst.arcsort(L_disambig, sort_type="olabel")
-        with atomic_output(lang_dir / "L_disambig.fst") as tmp:
-            L_disambig.write(str(tmp))
 
     log.info(
         "lang %s: %d phones (%d disambiguation symbols), %d words, L %d states",

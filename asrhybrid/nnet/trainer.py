@@ -250,10 +250,7 @@ def fit(
     kernels = cpu_kernels()
     log.info("CPU kernels: %s", kernels)
     generator = torch.Generator().manual_seed(cfg.seed)
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    optimizer = _optimizer(model, cfg)
     history: list[dict] = []
     step = 0
     first, checkpoint = last_checkpoint([(e, exp_dir / f"epoch-{e}.pt") for e in range(1, cfg.epochs + 1)], resume_key)
@@ -268,39 +265,14 @@ def fit(
         remove_old_run(exp_dir)
     workers.broadcast_model(model)
     writer = _tensorboard(exp_dir) if leader else None
-    key = objective.loss_name
     for epoch in range(first + 1, cfg.epochs + 1):
-        model.train()
         lr = cfg.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums = dict.fromkeys(("count", *objective.stat_names), 0.0)
         start = time.time()
-        batches = objective.batches(train, generator, workers.rank, workers.world, epoch)
-        for batch in tqdm(
-            batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False, disable=not leader
-        ):
-            if cfg.warmup_steps:
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr_at_step(epoch, step)
-            optimizer.zero_grad()
-            loss, stats = None, {"count": 0.0}
-            if batch is not None:
-                with autocast(device, cfg.amp):
-                    loss, stats = objective.forward(model, batch, device)
-            (n_global,) = workers.sum([stats["count"]], device)
-            if loss is not None and stats["count"]:
-                (loss / max(n_global, 1)).backward()
-                _add(sums, stats)
-                if writer is not None:
-                    writer.add_scalar(f"train/{key}_batch", float(loss.detach()) / stats["count"], step + 1)
-            workers.sum_gradients(model)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-        sums = workers.sum_dict(sums, device)
+        sums, step = _train_epoch(
+            model, objective, train, optimizer, generator, workers, cfg, epoch, step, device, writer
+        )
         seconds = time.time() - start
-        train_metrics = objective.metrics(sums) if sums["count"] else {key: None}
+        train_metrics = objective.metrics(sums) if sums["count"] else {objective.loss_name: None}
         scores = evaluate(model, objective, valid, device, workers, cfg.amp)
         entry = {
             "epoch": epoch,
@@ -323,50 +295,10 @@ def fit(
             objective.count_name,
         )
         if leader:
-            for k, v in train_metrics.items():
-                if v is not None:
-                    writer.add_scalar(f"train/{k}", v, epoch)
-            for k, v in scores.items():
-                if v is not None and k != "count":
-                    writer.add_scalar(f"valid/{k}", v, epoch)
-            writer.add_scalar("train/lr", lr, epoch)
-            writer.flush()
-            plot_curves(
-                history,
-                exp_dir / "curves.png",
-                objective.name,
-                key,
-                objective.metric_name,
-                getattr(objective, "loss_parts", ()),
-            )
-            if hasattr(objective, "plot_epoch"):  # e.g. LAS's attention weights on held-out utterances
-                objective.plot_epoch(model, valid, exp_dir, epoch, device)
-            with atomic_output(exp_dir / f"epoch-{epoch}.pt") as tmp:  # written last: the epoch is finished
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "history": history,
-                        "resume_key": resume_key,
-                    },
-                    tmp,
-                )
+            _report_epoch(writer, objective, history, train_metrics, scores, lr, model, valid, exp_dir, epoch, device)
+            _save_epoch(exp_dir, epoch, model, optimizer, step, generator, history, resume_key)
         workers.barrier()  # the checkpoint is on disk before any worker goes on
-    averaged = list(range(max(1, cfg.epochs - cfg.average_last + 1), cfg.epochs + 1))
-    final = {k.removeprefix("valid_"): v for k, v in history[-1].items() if k.startswith("valid_")}
-    if len(averaged) > 1:
-        model.load_state_dict(average_models([exp_dir / f"epoch-{e}.pt" for e in averaged]))
-        scores = evaluate(model, objective, valid, device, workers, cfg.amp)
-        final = {k: _round(v) for k, v in scores.items()}
-        log.info(
-            "final weights: the average of epochs %s: held-out %s",
-            averaged,
-            _format({k: v for k, v in scores.items() if k != "count"}),
-        )
+    averaged, final = _final_weights(model, objective, valid, exp_dir, cfg, history, device, workers)
     if writer is not None:
         writer.close()
     return {
@@ -378,6 +310,101 @@ def fit(
         "device": device.type,
         "kernels": kernels,
     }
+
+
+def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, epoch, step, device, writer):
+    """One pass over the training batches: (the summed statistics over every worker, the step after it)."""
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr_at(epoch)
+    sums = dict.fromkeys(("count", *objective.stat_names), 0.0)
+    batches = objective.batches(train, generator, workers.rank, workers.world, epoch)
+    for batch in tqdm(
+        batches, desc=f"{objective.name} epoch {epoch}", unit="batch", leave=False, disable=workers.rank != 0
+    ):
+        if cfg.warmup_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at_step(epoch, step)
+        optimizer.zero_grad()
+        loss, stats = None, {"count": 0.0}
+        if batch is not None:
+            with autocast(device, cfg.amp):
+                loss, stats = objective.forward(model, batch, device)
+        (n_global,) = workers.sum([stats["count"]], device)
+        if loss is not None and stats["count"]:
+            (loss / max(n_global, 1)).backward()
+            _add(sums, stats)
+            if writer is not None:
+                writer.add_scalar(f"train/{objective.loss_name}_batch", float(loss.detach()) / stats["count"], step + 1)
+        workers.sum_gradients(model)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+    return workers.sum_dict(sums, device), step
+
+
+def _report_epoch(writer, objective, history, train_metrics, scores, lr, model, valid, exp_dir, epoch, device) -> None:
+    """What a researcher looks at after an epoch: TensorBoard's scalars, curves.png, and the objective's own
+    pictures (LAS's attention weights on held-out utterances)."""
+    for k, v in train_metrics.items():
+        if v is not None:
+            writer.add_scalar(f"train/{k}", v, epoch)
+    for k, v in scores.items():
+        if v is not None and k != "count":
+            writer.add_scalar(f"valid/{k}", v, epoch)
+    writer.add_scalar("train/lr", lr, epoch)
+    writer.flush()
+    plot_curves(
+        history,
+        exp_dir / "curves.png",
+        objective.name,
+        objective.loss_name,
+        objective.metric_name,
+        getattr(objective, "loss_parts", ()),
+    )
+    if hasattr(objective, "plot_epoch"):
+        objective.plot_epoch(model, valid, exp_dir, epoch, device)
+
+
+def _save_epoch(exp_dir, epoch, model, optimizer, step, generator, history, resume_key) -> None:
+    """epoch-N.pt: everything a killed run resumes from. Written last: it marks the epoch finished."""
+    with atomic_output(exp_dir / f"epoch-{epoch}.pt") as tmp:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "resume_key": resume_key,
+            },
+            tmp,
+        )
+
+
+def _final_weights(model, objective, valid, exp_dir, cfg, history, device, workers) -> tuple[list[int], dict]:
+    """The model's final weights, the average of the last ``average_last`` epochs (icefall's --avg): (those
+    epochs, the held-out metrics of the final weights)."""
+    averaged = list(range(max(1, cfg.epochs - cfg.average_last + 1), cfg.epochs + 1))
+    final = {k.removeprefix("valid_"): v for k, v in history[-1].items() if k.startswith("valid_")}
+    if len(averaged) > 1:
+        model.load_state_dict(average_models([exp_dir / f"epoch-{e}.pt" for e in averaged]))
+        scores = evaluate(model, objective, valid, device, workers, cfg.amp)
+        final = {k: _round(v) for k, v in scores.items()}
+        log.info(
+            "final weights: the average of epochs %s: held-out %s",
+            averaged,
+            _format({k: v for k, v in scores.items() if k != "count"}),
+        )
+    return averaged, final
 
 
 def _round(value):

@@ -257,7 +257,13 @@ def cmd_mkgraph(args: argparse.Namespace) -> None:
 
 def add_decode_verbs(sub) -> None:
     """Stages 7-8's verbs on ``sub`` (argparse subparsers)."""
+    _add_search_verbs(sub)
+    _add_scoring_verbs(sub)
+    _add_lattice_verbs(sub)
 
+
+def _add_search_verbs(sub) -> None:
+    """The graph and the first pass: mkgraph, decode, adapt-am (a second pass's model), transcribe."""
     p = add_verb(
         sub,
         "mkgraph",
@@ -333,36 +339,6 @@ def add_decode_verbs(sub) -> None:
 
     p = add_verb(
         sub,
-        "score",
-        "Kaldi's scoring grid over a decode dir's lattices: wer_LMWT_WIP, best_wer (or chosen_wer "
-        "with --params-from a dev decode), errs-*/recogs-*, scoring.json",
-    )
-    p.add_argument("decode_dir", type=Path)
-    p.add_argument("refs", type=Path, help="the cuts manifest decoded, or a Kaldi text file")
-    p.add_argument("--lmwt", default="7:17", help="LM weights: A:B or a list (default 7:17)")
-    p.add_argument("--wip", default="0,0.5,1.0", help="word insertion penalties (default 0,0.5,1.0)")
-    p.add_argument("--params-from", type=Path, help="a scored dev decode dir: apply its best LMWT and WIP here")
-    add_common(p)
-    p.set_defaults(func=cmd_score)
-
-    p = add_verb(
-        sub,
-        "rescore",
-        "LM rescoring of saved lattices (Kaldi's lmrescore: old LM out, new LM in) into OUT_DIR, "
-        "a decode dir: whole-lattice through k2 or n-best through KenLM",
-    )
-    p.add_argument("lat_dir", type=Path, help="a decode dir")
-    p.add_argument("old_lm", type=Path, help="the first pass's LM (ARPA or KenLM binary)")
-    p.add_argument("new_lm", type=Path, help="ARPA (or G.fst for --method lattice, KenLM binary for nbest)")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--method", default="lattice", choices=["lattice", "nbest"])
-    p.add_argument("--n", type=int, default=100, help="n-best: unique word sequences per lattice")
-    p.add_argument("--nbest-lmwt", type=float, default=10.0, help="n-best: the LM weight they are drawn at")
-    add_common(p)
-    p.set_defaults(func=cmd_rescore)
-
-    p = add_verb(
-        sub,
         "transcribe",
         "recognise audio with a trained system (features, CMVN, network, priors, graph, "
         "optional rescoring): prints 'utt-id words' per file",
@@ -381,6 +357,39 @@ def add_decode_verbs(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_transcribe, log_file=None, force=False)
 
+
+def _add_scoring_verbs(sub) -> None:
+    """Rescoring and scoring a decode dir, and the RESULTS.md of a workdir."""
+    p = add_verb(
+        sub,
+        "rescore",
+        "LM rescoring of saved lattices (Kaldi's lmrescore: old LM out, new LM in) into OUT_DIR, "
+        "a decode dir: whole-lattice through k2 or n-best through KenLM",
+    )
+    p.add_argument("lat_dir", type=Path, help="a decode dir")
+    p.add_argument("old_lm", type=Path, help="the first pass's LM (ARPA or KenLM binary)")
+    p.add_argument("new_lm", type=Path, help="ARPA (or G.fst for --method lattice, KenLM binary for nbest)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--method", default="lattice", choices=["lattice", "nbest"])
+    p.add_argument("--n", type=int, default=100, help="n-best: unique word sequences per lattice")
+    p.add_argument("--nbest-lmwt", type=float, default=10.0, help="n-best: the LM weight they are drawn at")
+    add_common(p)
+    p.set_defaults(func=cmd_rescore)
+
+    p = add_verb(
+        sub,
+        "score",
+        "Kaldi's scoring grid over a decode dir's lattices: wer_LMWT_WIP, best_wer (or chosen_wer "
+        "with --params-from a dev decode), errs-*/recogs-*, scoring.json",
+    )
+    p.add_argument("decode_dir", type=Path)
+    p.add_argument("refs", type=Path, help="the cuts manifest decoded, or a Kaldi text file")
+    p.add_argument("--lmwt", default="7:17", help="LM weights: A:B or a list (default 7:17)")
+    p.add_argument("--wip", default="0,0.5,1.0", help="word insertion penalties (default 0,0.5,1.0)")
+    p.add_argument("--params-from", type=Path, help="a scored dev decode dir: apply its best LMWT and WIP here")
+    add_common(p)
+    p.set_defaults(func=cmd_score)
+
     p = add_verb(
         sub,
         "results",
@@ -398,6 +407,9 @@ def add_decode_verbs(sub) -> None:
     add_common(p)
     p.set_defaults(func=cmd_results)
 
+
+def _add_lattice_verbs(sub) -> None:
+    """Lattices out of and into a decode dir: CTM, and Kaldi's lattice archives."""
     p = add_verb(
         sub,
         "lattice-ctm",
