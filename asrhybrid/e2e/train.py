@@ -23,7 +23,7 @@ from asrhybrid.e2e.data import TrainingCheck, ctc_frames_needed, e2e_batches
 from asrhybrid.e2e.las import LAS, LasObjective
 from asrhybrid.e2e.rnnt import RnntObjective, RnnTransducer
 from asrhybrid.e2e.tokens import TokenSet
-from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.features.layout import FeatureSet
 from asrhybrid.nnet.augment import WaveformPerturbation
@@ -154,9 +154,7 @@ def train_e2e(
 
 def load_e2e(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainedSystem]:
     """(model in eval mode, the trained system) of an end-to-end system's directory."""
-    trained = TrainedSystem.load(exp_dir)
-    if trained.kind != E2E:
-        raise DataError([f"{exp_dir}: a hybrid acoustic model ({trained.system}), not an end-to-end system"])
+    trained = TrainedSystem.load(exp_dir, E2E)
     cfg = E2EConfig(**trained.config)
     options = dict(cfg.model)
     if cfg.system == "las" and "ctc_weight" not in options and not any(k.startswith("ctc.") for k in trained.weights):

@@ -26,6 +26,7 @@ from asrhybrid.outputs import atomic_output
 
 FINAL = "final.pt"
 AM, E2E = "am", "e2e"  # a hybrid acoustic model over senones; a stage-9 system over tokens
+_KIND_NAMES = {AM: "a hybrid acoustic model", E2E: "an end-to-end system"}
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,21 @@ class TrainedSystem:
         return path
 
     @classmethod
-    def load(cls, exp_dir: Path | str) -> TrainedSystem:
-        """The system in ``exp_dir`` (its final.pt); a clear error when there is none."""
+    def load(cls, exp_dir: Path | str, kind: str | None = None) -> TrainedSystem:
+        """The system in ``exp_dir`` (its final.pt); a clear error when there is none, or when it is not of
+        ``kind`` (AM or E2E) where one is asked for."""
         path = Path(exp_dir) / FINAL
         if not path.is_file():
             raise DataError([f"{path} not found: {exp_dir} is not a trained system (train-am, train-e2e, adapt-am)"])
         saved = torch.load(path, weights_only=False, map_location="cpu")
         if not isinstance(saved, dict) or "model" not in saved or not ({"num_pdfs", "num_tokens"} & saved.keys()):
             raise DataError([f"{path}: not a trained system's checkpoint (no model weights and output width)"])
-        e2e = "num_tokens" in saved
+        found = E2E if "num_tokens" in saved else AM
+        if kind is not None and kind != found:
+            raise DataError([f"{exp_dir}: {_KIND_NAMES[found]} ({saved['config']['system']}), not {_KIND_NAMES[kind]}"])
+        e2e = found == E2E
         return cls(
-            kind=E2E if e2e else AM,
+            kind=found,
             config=saved["config"],
             weights=saved["model"],
             feat_mean=saved["feat_mean"],

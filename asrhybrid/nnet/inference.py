@@ -13,7 +13,6 @@ from lhotse.dataset import SimpleCutSampler
 from torch import nn
 
 from asrhybrid.data.manifests import load_cuts
-from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import FeatureNormalizer, speaker_of
 from asrhybrid.kaldi_tables import matrix_table_writer
 from asrhybrid.nnet.adapt import SpeakerAdaptedAM
@@ -30,9 +29,7 @@ from asrhybrid.nnet.trainer import (
 def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainedSystem]:
     """(model in eval mode, the trained system) of a hybrid system's directory; an adapted system's model carries
     its speakers' transforms (asrhybrid.nnet.adapt)."""
-    trained = TrainedSystem.load(exp_dir)
-    if trained.kind != AM:
-        raise DataError([f"{exp_dir}: an end-to-end system ({trained.system}), not a hybrid acoustic model"])
+    trained = TrainedSystem.load(exp_dir, AM)
     cfg = TrainConfig(**trained.config)
     model = build_model(cfg.system, trained.feat_dim, trained.num_outputs, cfg.model)
     model.load_state_dict(trained.weights)

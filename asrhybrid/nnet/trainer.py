@@ -269,7 +269,7 @@ def fit(
         lr = cfg.lr_at(epoch)
         start = time.time()
         sums, step = _train_epoch(
-            model, objective, train, optimizer, generator, workers, cfg, epoch, step, device, writer
+            model, objective, train, optimizer, generator, workers, cfg, epoch, lr, step, device, writer
         )
         seconds = time.time() - start
         train_metrics = objective.metrics(sums) if sums["count"] else {objective.loss_name: None}
@@ -318,11 +318,11 @@ def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
 
 
-def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, epoch, step, device, writer):
+def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, epoch, lr, step, device, writer):
     """One pass over the training batches: (the summed statistics over every worker, the step after it)."""
     model.train()
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr_at(epoch)
+        group["lr"] = lr
     sums = dict.fromkeys(("count", *objective.stat_names), 0.0)
     batches = objective.batches(train, generator, workers.rank, workers.world, epoch)
     for batch in tqdm(

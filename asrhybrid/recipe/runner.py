@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from asrhybrid.data.download import downloaded_corpus_dir
+from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import AsrHybridError, ConfigError
 from asrhybrid.features.layout import FeatureSet
 from asrhybrid.options import e2e_kind, format_options
@@ -64,27 +65,31 @@ class RecipeRun:
 
     def supervisions(self, role: str, must_exist: bool = True) -> Path:
         """The supervisions manifest of a part role (train, dev, test), under the corpus's name for it."""
-        return self._part_file(self.manifest_dir, "supervisions", role, must_exist)
+        path = manifest_paths(self.manifest_dir, self.config.corpus, self.config.part(role))[1]
+        return self._part_file(path, "supervisions", role) if must_exist else path
+
+    def features(self, role: str) -> FeatureSet:
+        """Stage 1's features of a part role."""
+        return FeatureSet(self.fbank_dir, self.config.corpus, self.config.part(role))
 
     def cuts(self, role: str) -> Path:
         """The cuts (with features) of a part role."""
-        return self._part_file(self.fbank_dir, "cuts", role, must_exist=True)
+        return self._part_file(self.features(role).cuts, "cuts", role)
 
-    def _part_file(self, directory: Path, kind: str, role: str, must_exist: bool) -> Path:
-        """``<corpus>_<kind>_<part>.jsonl.gz``; when it must exist and does not, an error naming the parts there are."""
-        part, prefix = self.config.part(role), f"{self.config.corpus}_{kind}_"
-        path = directory / f"{prefix}{part}.jsonl.gz"
-        if must_exist and not path.is_file():
-            found = sorted(p.name[len(prefix) : -len(".jsonl.gz")] for p in directory.glob(f"{prefix}*.jsonl.gz"))
+    def _part_file(self, path: Path, kind: str, role: str) -> Path:
+        """``path`` (``<corpus>_<kind>_<part>.jsonl.gz``) when it exists, else an error naming the parts there are."""
+        if not path.is_file():
+            prefix = f"{self.config.corpus}_{kind}_"
+            found = sorted(p.name[len(prefix) : -len(".jsonl.gz")] for p in path.parent.glob(f"{prefix}*.jsonl.gz"))
             raise ConfigError(
-                f"{path} not found: the recipe's {role} part is '{part}'; the parts in {directory} are "
-                f"{', '.join(found) or 'none (run the earlier stages)'}. Name it in the recipe: "
+                f"{path} not found: the recipe's {role} part is '{self.config.part(role)}'; the parts in "
+                f"{path.parent} are {', '.join(found) or 'none (run the earlier stages)'}. Name it in the recipe: "
                 f"parts: {{{role}: NAME}}"
             )
         return path
 
     def cmvn(self, role: str) -> Path:
-        return FeatureSet(self.fbank_dir, self.config.corpus, self.config.part(role)).global_cmvn
+        return self.features(role).global_cmvn
 
     def log_file(self, stage: str, verb: str) -> Path:
         return self.workdir / "exp" / stage / "log" / f"{verb}.log"
