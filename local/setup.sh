@@ -23,9 +23,18 @@ TORCH_VERSION=2.13.0
 K2_COMMIT=a741ae88abc6995345aa166464a239b7d270dd4c  # 2025-07-14, k2 1.24.4
 
 log() { echo "[setup $(date +%H:%M:%S)] $*"; }
+# step N WHAT EXPECTED: a step of a cold set-up, with its time on 2 cores and an empty cache
+# (docs/setup.md); the previous step's elapsed time is printed as the next starts.
+step_start=$SECONDS; step_name=
+step() {
+  [ -z "$step_name" ] || log "  ($step_name took $(( (SECONDS - step_start) / 60 )) min $(( (SECONDS - step_start) % 60 )) s)"
+  step_name=$2; step_start=$SECONDS
+  log "step $1/6: $2 (${3})"
+}
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 
 # --- 1. system packages (KenLM's builder needs boost; kaldifeat needs cmake) ---
+step 1 "system packages" "seconds; minutes where apt-get installs"
 debs=(cmake g++ make patch zlib1g-dev libbz2-dev liblzma-dev
       libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev)
 if command -v dpkg-query >/dev/null; then
@@ -48,6 +57,7 @@ else
 fi
 
 # --- 2. the virtual environment and the pinned Python packages ---
+step 2 "the virtual environment and the pinned Python packages" "about 3 min"
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
@@ -80,17 +90,18 @@ fetch_sdist() {  # name version -> path of the sdist in the cache
 
 # --- 3. kaldifeat from source (PyPI has only an sdist; its CMake would fetch
 #        pybind11 from the internet, so we hand it PyPI's pybind11 sdist) ---
+step 3 "kaldifeat $KALDIFEAT_VERSION from source" "about 6 min; seconds when cached"
 kaldifeat_ok() { "$PY" -c "import kaldifeat, torch; kaldifeat.Fbank(kaldifeat.FbankOptions())" >/dev/null 2>&1; }
 if ! kaldifeat_ok; then
   wheel_dir="$CACHE/kaldifeat-$KALDIFEAT_VERSION/torch-$torch_ver-$py_tag"
   if ! ls "$wheel_dir"/kaldifeat-*.whl >/dev/null 2>&1; then
-    log "building kaldifeat $KALDIFEAT_VERSION against torch $torch_ver (about 6 min on 2 cores; cached in $wheel_dir)"
+    log "building kaldifeat $KALDIFEAT_VERSION against torch $torch_ver (cached in $wheel_dir)"
     sdist=$(fetch_sdist kaldifeat $KALDIFEAT_VERSION)
     pb_sdist=$(fetch_sdist pybind11 $PYBIND11_VERSION)
     pb_dir="$CACHE/src/pybind11-$PYBIND11_VERSION"
     [ -d "$pb_dir" ] || tar -xzf "$pb_sdist" -C "$CACHE/src"
     rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
-    KALDIFEAT_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_STANDARD=17 -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$pb_dir" \
+    KALDIFEAT_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF -DCMAKE_CXX_STANDARD=17 -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$pb_dir" \
       KALDIFEAT_MAKE_ARGS="-j$JOBS" MAKEFLAGS="-j$JOBS" \
       "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$wheel_dir.tmp" "$sdist" > "$CACHE/kaldifeat-build.log" 2>&1 \
       || die "kaldifeat build failed; see $CACHE/kaldifeat-build.log"
@@ -105,6 +116,7 @@ fi
 #        and kaldifeat, so it gets PyPI's sdists of both: pybind11 at the
 #        version torch bundles (they share pybind11's internals), kaldifeat's
 #        C++ sources. One patch for pybind11 3 (local/k2-pybind11-pickle.patch). ---
+step 4 "k2 ${K2_COMMIT:0:8} (CPU) from source" "about 8 min; seconds when cached"
 k2_ok() { "$PY" -c "import k2; k2.Fsa.from_str('0 1 1 0.5\n1 2 -1 0\n2')" >/dev/null 2>&1; }
 k2_source() {  # -> a folder holding k2's source at K2_COMMIT (a copy: the patch never touches K2_SOURCE)
   local dest=$1 archive
@@ -127,17 +139,18 @@ k2_source() {  # -> a folder holding k2's source at K2_COMMIT (a copy: the patch
 if ! k2_ok; then
   wheel_dir="$CACHE/k2-${K2_COMMIT:0:8}/torch-$torch_ver-$py_tag"
   if ! ls "$wheel_dir"/k2-*.whl >/dev/null 2>&1; then
-    log "building k2 ${K2_COMMIT:0:8} (CPU) against torch $torch_ver (about 8 min on 2 cores; cached in $wheel_dir)"
+    log "building k2 ${K2_COMMIT:0:8} (CPU) against torch $torch_ver (cached in $wheel_dir)"
     build_log="$CACHE/k2-build.log"
     src=$(mktemp -d "$CACHE/k2-src.XXXXXX")
     trap 'rm -rf "$src"' EXIT  # the copy goes whatever happens; the build log stays
     k2_source "$src"
     [ -f "$src/setup.py" ] && [ -d "$src/k2/csrc" ] \
       || die "${K2_SOURCE:-the k2 archive} does not look like k2's source at $K2_COMMIT (no setup.py, k2/csrc)"
-    patch_file="$PWD/local/k2-pybind11-pickle.patch"
-    if ! (cd "$src" && patch -p1 -R -s -f --dry-run < "$patch_file" >/dev/null 2>&1); then  # not applied yet
-      (cd "$src" && patch -p1 -N -s < "$patch_file") || die "local/k2-pybind11-pickle.patch does not apply to $src"
-    fi
+    for patch_file in "$PWD"/local/k2-*.patch; do
+      if ! (cd "$src" && patch -p1 -R -s -f --dry-run < "$patch_file" >/dev/null 2>&1); then  # not applied yet
+        (cd "$src" && patch -p1 -N -s < "$patch_file") || die "$patch_file does not apply to $src"
+      fi
+    done
     torch_pybind11=$("$PY" - <<'PYEOF'
 import re, torch, pathlib
 h = (pathlib.Path(torch.__file__).parent / "include/pybind11/detail/common.h").read_text()
@@ -146,10 +159,10 @@ PYEOF
 )
     pb_sdist=$(fetch_sdist pybind11 "$torch_pybind11")
     [ -d "$CACHE/src/pybind11-$torch_pybind11" ] || tar -xzf "$pb_sdist" -C "$CACHE/src"
-    kf_sdist=$(fetch_sdist kaldifeat $KALDIFEAT_VERSION)
-    [ -d "$CACHE/src/kaldifeat-$KALDIFEAT_VERSION" ] || tar -xzf "$kf_sdist" -C "$CACHE/src"
     rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
-    K2_CMAKE_ARGS="-DK2_WITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release -DK2_ENABLE_TESTS=OFF -DK2_ENABLE_BENCHMARK=OFF -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$CACHE/src/pybind11-$torch_pybind11 -DFETCHCONTENT_SOURCE_DIR_KALDIFEAT=$CACHE/src/kaldifeat-$KALDIFEAT_VERSION" \
+    # No link-time optimisation: pybind11 adds -flto=auto to _k2 unless CMAKE_INTERPROCEDURAL_OPTIMIZATION
+    # is defined. No k2/torch (local/k2-python-only.patch). docs/setup.md has what each saves.
+    K2_CMAKE_ARGS="-DK2_WITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release -DK2_ENABLE_TESTS=OFF -DK2_ENABLE_BENCHMARK=OFF -DK2_ENABLE_TORCH_API=OFF -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$CACHE/src/pybind11-$torch_pybind11" \
       K2_MAKE_ARGS="-j$JOBS" MAKEFLAGS="-j$JOBS" \
       "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$wheel_dir.tmp" "$src" > "$build_log" 2>&1 \
       || { tail -n 20 "$build_log" >&2; die "k2 build failed; the whole log is $build_log"; }
@@ -161,9 +174,10 @@ fi
 
 # --- 5. KenLM's lmplz and build_binary (the PyPI module only queries models;
 #        the same sdist holds lm/builder) ---
+step 5 "KenLM's lmplz and build_binary" "about 1.5 min; none when cached"
 kenlm_bin="$CACHE/kenlm-$KENLM_VERSION/bin"
 if [ ! -x "$kenlm_bin/lmplz" ] || [ ! -x "$kenlm_bin/build_binary" ]; then
-  log "building KenLM $KENLM_VERSION lmplz and build_binary (about 1 min; cached in $kenlm_bin)"
+  log "building KenLM $KENLM_VERSION lmplz and build_binary (cached in $kenlm_bin)"
   sdist=$(fetch_sdist kenlm $KENLM_VERSION)
   build=$(mktemp -d)
   tar -xzf "$sdist" -C "$build"
@@ -180,6 +194,8 @@ ln -sf "$kenlm_bin/lmplz" "$VENV/bin/lmplz"
 ln -sf "$kenlm_bin/build_binary" "$VENV/bin/build_binary"
 
 # --- 6. check the whole stack in a fresh process ---
+step 6 "the installation check" "seconds"
 "$VENV/bin/asrhybrid" check-install || die "the installation check failed"
 echo "$want_stamp" > "$stamp"
-log "done: activate with 'source $VENV/bin/activate'"
+step_name=; log "  (the installation check took $(( SECONDS - step_start )) s)"
+log "done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s: activate with 'source $VENV/bin/activate'"
