@@ -35,6 +35,26 @@ def test_attention_weights_sum_to_one_and_skip_padding():
     assert torch.isinf(lp[:, 0]).all()  # blank is never spelled
 
 
+def test_speller_steps_equal_the_speller_module_over_the_sequence():
+    """The speller's per-step cells (torch.lstm_cell on the module's weights) give the outputs, states and weight
+    gradients of the nn.LSTM module run over the whole input sequence."""
+    torch.manual_seed(2)
+    model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8)
+    x = torch.randn(3, 6, 8 + 32)
+    whole, (h, c) = model.speller(x)
+    state, steps = None, []
+    for u in range(x.shape[1]):
+        out, state = model._speller_step(x[:, u], state)
+        steps.append(out)
+    stepped = torch.stack(steps, dim=1)
+    torch.testing.assert_close(stepped, whole)
+    torch.testing.assert_close(state[0], h)
+    torch.testing.assert_close(state[1], c)
+    grads = [torch.autograd.grad(y.square().sum(), list(model.speller.parameters())) for y in (whole, stepped)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_beam_of_one_is_greedy_and_wider_beams_score_no_worse():
     torch.manual_seed(1)
     model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8).eval()

@@ -210,3 +210,23 @@ def test_replicate_padding_hides_the_utterance_edges_from_the_encoder():
         assert torch.allclose(short[0, 0], long[0, 5], atol=1e-5) == same
     with pytest.raises(ValueError, match="padding"):
         RnnTransducer(23, 6, channels=16, blocks=4, padding="reflect")
+
+
+def test_blank_penalty_is_a_lower_blank_bias_and_lengthens_the_output():
+    """A blank penalty p in both searches gives what the same model with p taken from blank's output bias gives,
+    and raising it lengthens the greedy output of a model that prefers blank (the remedy for a transducer that
+    deletes)."""
+    torch.manual_seed(5)
+    model = RnnTransducer(23, 6, channels=16, blocks=4, layers=1, pred_dim=12, joint_dim=12).eval()
+    with torch.no_grad():
+        model.joint_out.bias[BLANK] += 4.0  # a model that prefers blank, as one that deletes does
+        feats, lens = torch.randn(1, 160, 23), torch.tensor([160])
+        enc, n = model.encode(feats, lens)
+        enc = enc[0, : n[0]]
+        with_penalty = {
+            p: (rnnt_greedy(model, enc, 2, p), modified_beam_search(model, enc, 4, None, 2, p)) for p in (0, 2, 4)
+        }
+        model.joint_out.bias[BLANK] -= 2.0
+        assert (rnnt_greedy(model, enc, 2), modified_beam_search(model, enc, 4, None, 2)) == with_penalty[2]
+    lengths = [len(with_penalty[p][0]) for p in (0, 2, 4)]
+    assert lengths == sorted(lengths) and lengths[-1] > lengths[0]

@@ -50,6 +50,7 @@ class E2EDecodeConfig:
     ctc_weight: float | None = None  # LAS beam: CTC's share of the joint score (None: the training's ctc_weight)
     length_bonus: float = 0.0  # LAS beam: added per token
     lm_fusion: str = "rescore"  # LAS beam with an LM: rescore (the paper's n-best rescoring) or shallow (in the search)
+    blank_penalty: float = 0.0  # RNN-T: taken from blank's logit at every frame (sherpa's): fewer deletions
 
     def __post_init__(self):
         if self.max_symbols < 1:
@@ -58,6 +59,8 @@ class E2EDecodeConfig:
             raise ConfigError(f"lm_fusion '{self.lm_fusion}': rescore or shallow")
         if self.ctc_weight is not None and not 0.0 <= self.ctc_weight < 1.0:
             raise ConfigError(f"ctc_weight {self.ctc_weight}: in [0, 1)")
+        if self.blank_penalty < 0:
+            raise ConfigError(f"blank_penalty {self.blank_penalty}: at least 0")
         if self.method not in METHODS:
             raise ConfigError(f"end-to-end search '{self.method}': one of {', '.join(METHODS)}")
 
@@ -108,12 +111,12 @@ def _rnnt_searcher(cfg: E2EDecodeConfig, tokens, model, lm: Path | None):
     if cfg.method == "flashlight":
         raise ConfigError("flashlight's decoder is a CTC search: RNN-T decodes with greedy or beam")
     if cfg.method == "greedy":
-        return lambda enc: tokens.words(rnnt_greedy(model, enc, cfg.max_symbols))
+        return lambda enc: tokens.words(rnnt_greedy(model, enc, cfg.max_symbols, cfg.blank_penalty))
     scorer = _lm_scorer(lm)
 
     def search(enc: torch.Tensor) -> list[str]:
         fusion = WordFusion(tokens, scorer, cfg.alpha, cfg.beta) if scorer is not None else None
-        return tokens.words(modified_beam_search(model, enc, cfg.beam, fusion, cfg.max_symbols))
+        return tokens.words(modified_beam_search(model, enc, cfg.beam, fusion, cfg.max_symbols, cfg.blank_penalty))
 
     return search
 

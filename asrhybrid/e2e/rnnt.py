@@ -249,15 +249,17 @@ class RnnTransducer(nn.Module):
         return self.simple_scale * simple + pruned
 
 
-def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -> list[int]:
+def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5, blank_penalty: float = 0.0) -> list[int]:
     """Greedy search over one utterance's encodings [T, C]: at each frame, emit the best token until blank
-    (at most ``max_symbols`` a frame)."""
+    (at most ``max_symbols`` a frame), blank's logit lowered by ``blank_penalty``."""
     enc = model.enc_proj(enc)
     hyp: list[int] = []
     pred, state = model.predict(torch.tensor([[BLANK]], device=enc.device))
     for t in range(enc.shape[0]):
         for _ in range(max_symbols):
-            token = int(model.joint(enc[t], model.pred_proj(pred[0, -1])).argmax())
+            logits = model.joint(enc[t], model.pred_proj(pred[0, -1]))
+            logits[BLANK] -= blank_penalty
+            token = int(logits.argmax())
             if token == BLANK:
                 break
             hyp.append(token)
@@ -266,12 +268,18 @@ def rnnt_greedy(model: RnnTransducer, enc: torch.Tensor, max_symbols: int = 5) -
 
 
 def modified_beam_search(
-    model: RnnTransducer, enc: torch.Tensor, beam: int = 4, fusion=None, max_symbols: int = 1
+    model: RnnTransducer,
+    enc: torch.Tensor,
+    beam: int = 4,
+    fusion=None,
+    max_symbols: int = 1,
+    blank_penalty: float = 0.0,
 ) -> list[int]:
     """icefall's modified beam search: hypotheses with the same tokens merge (their probabilities added), at
     most ``max_symbols`` tokens a frame (icefall's: 1; more for character tokens over 8x-subsampled frames, where
     a word can have more tokens than frames). With ``fusion`` (asrhybrid.e2e.search.WordFusion) a word's LM
-    score and bonus join a hypothesis when its next word starts, and the last word's at the end."""
+    score and bonus join a hypothesis when its next word starts, and the last word's at the end. Blank's logit
+    is lowered by ``blank_penalty`` before the softmax (sherpa's remedy for a transducer that deletes)."""
     enc = model.enc_proj(enc)
     start_pred, start_state = model.predict(torch.tensor([[BLANK]], device=enc.device))
     # tokens: (acoustic log prob, label-encoder output, state)
@@ -284,7 +292,9 @@ def modified_beam_search(
         """(hypotheses ending the frame with blank, hypotheses that emitted a token) of one expansion round."""
         keys = list(frontier)
         preds = torch.stack([model.pred_proj(frontier[k][1]) for k in keys])
-        log_probs = torch.log_softmax(model.joint(frame[None], preds).float(), dim=-1)
+        logits = model.joint(frame[None], preds).float()
+        logits[:, BLANK] -= blank_penalty
+        log_probs = torch.log_softmax(logits, dim=-1)
         ended: dict[tuple[int, ...], float] = {}
         emitted: dict[tuple[int, ...], float] = {}
         for k, lp in zip(keys, log_probs):

@@ -123,7 +123,7 @@ def add_e2e_verbs(sub) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="E2EDecodeConfig field: method (greedy, beam, flashlight), beam, token_beam, alpha, beta, "
-        "max_symbols (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)",
+        "max_symbols and blank_penalty (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     add_common(p)
