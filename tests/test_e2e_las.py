@@ -22,6 +22,21 @@ def test_pyramid_halves_time_three_times():
     ]
 
 
+@pytest.mark.parametrize("stack, pyramid", [(1, 3), (2, 2)])
+def test_stacked_input_frames_keep_the_output_rate_and_each_sequence_its_own(stack, pyramid):
+    """stack 2 with two pyramid layers reduces time 8x like the paper's three; a sequence's encodings are the same
+    alone and in a batch beside a longer one (an odd last frame is paired with itself, not with padding)."""
+    torch.manual_seed(0)
+    listener = Listener(23, hidden=16, pyramid=pyramid, stack=stack).eval()
+    feats = torch.randn(2, 51, 23)
+    with torch.no_grad():
+        enc, lens = listener(feats, torch.tensor([51, 21]))
+        alone, alone_lens = listener(feats[1:, :21], torch.tensor([21]))
+    assert lens.tolist() == [listener.output_frames(51), listener.output_frames(21)] == [7, 3]
+    assert enc.shape == (2, 7, 32) and alone_lens.tolist() == [3]
+    torch.testing.assert_close(enc[1, :3], alone[0])
+
+
 def test_attention_weights_sum_to_one_and_skip_padding():
     torch.manual_seed(0)
     model = LAS(23, 9, listener_hidden=16, pyramid=2, speller_hidden=16, embed_dim=8, attention_dim=8).eval()

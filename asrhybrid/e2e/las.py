@@ -36,28 +36,46 @@ from asrhybrid.e2e.tokens import BLANK, SOS_EOS
 from asrhybrid.outputs import atomic_output
 
 
+def _stack_frames(h: torch.Tensor, lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each ``n`` consecutive frames of [B, T, D] as one of [B, ceil(T/n), nD], a sequence's short last group
+    filled with its own last frame, whatever the batch's padding holds."""
+    last = torch.minimum(torch.arange(h.shape[1], device=h.device)[None], lengths.to(h.device)[:, None] - 1)
+    h = h.gather(1, last[..., None].expand(-1, -1, h.shape[-1]))
+    if h.shape[1] % n:
+        h = torch.cat([h, h[:, -1:].expand(-1, n - h.shape[1] % n, -1)], dim=1)
+    B, T, D = h.shape
+    return h.reshape(B, T // n, n * D), (lengths + n - 1) // n
+
+
 class Listener(nn.Module):
-    def __init__(self, feat_dim: int, hidden: int = 256, pyramid: int = 3):
+    """The paper's pyramidal BLSTM: a first layer, then ``pyramid`` layers each over pairs of the last one's
+    frames. ``stack`` > 1 stacks that many input frames before the first layer (Kaldi's low frame rate): the
+    first layer runs at 1/stack of the frame rate, so ``stack`` 2 with one pyramid layer fewer gives the same
+    output rate for about half the listener's time."""
+
+    def __init__(self, feat_dim: int, hidden: int = 256, pyramid: int = 3, stack: int = 1):
         super().__init__()
-        self.first = nn.LSTM(feat_dim, hidden, batch_first=True, bidirectional=True)
+        if stack < 1:
+            raise ValueError(f"stack {stack}: at least 1")
+        self.stack = stack
+        self.first = nn.LSTM(stack * feat_dim, hidden, batch_first=True, bidirectional=True)
         self.pyramid = nn.ModuleList(
             nn.LSTM(4 * hidden, hidden, batch_first=True, bidirectional=True) for _ in range(pyramid)
         )
         self.output_dim = 2 * hidden
 
     def output_frames(self, num_frames: int) -> int:
+        num_frames = (num_frames + self.stack - 1) // self.stack
         for _ in self.pyramid:
             num_frames = (num_frames + 1) // 2
         return num_frames
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stack > 1:
+            feats, lengths = _stack_frames(feats, lengths, self.stack)
         h = bidirectional(self.first, feats, lengths)
         for layer in self.pyramid:
-            if h.shape[1] % 2:  # an odd last frame is paired with itself
-                h = torch.cat([h, h[:, -1:]], dim=1)
-            B, T, D = h.shape
-            h = h.reshape(B, T // 2, 2 * D)
-            lengths = (lengths + 1) // 2
+            h, lengths = _stack_frames(h, lengths, 2)  # an odd last frame is paired with itself
             h = bidirectional(layer, h, lengths)
         return h, lengths
 
@@ -126,6 +144,7 @@ class LAS(nn.Module):
         num_tokens: int,
         listener_hidden: int = 256,
         pyramid: int = 3,
+        stack: int = 1,
         speller_hidden: int = 256,
         speller_layers: int = 2,
         embed_dim: int = 128,
@@ -143,7 +162,7 @@ class LAS(nn.Module):
             raise ValueError(f"attention '{attention}': dot or location")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing {label_smoothing}: in [0, 1)")
-        self.listener = Listener(feat_dim, listener_hidden, pyramid)
+        self.listener = Listener(feat_dim, listener_hidden, pyramid, stack)
         enc = self.listener.output_dim
         self.embed = nn.Embedding(num_tokens, embed_dim)
         self.speller = nn.LSTM(embed_dim + enc, speller_hidden, num_layers=speller_layers, batch_first=True)
