@@ -57,7 +57,7 @@ else
 fi
 
 # --- 2. the virtual environment and the pinned Python packages ---
-step 2 "the virtual environment and the pinned Python packages" "about 3 min"
+step 2 "the virtual environment and the pinned Python packages" "about 2 min"
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
@@ -90,7 +90,7 @@ fetch_sdist() {  # name version -> path of the sdist in the cache
 
 # --- 3. kaldifeat from source (PyPI has only an sdist; its CMake would fetch
 #        pybind11 from the internet, so we hand it PyPI's pybind11 sdist) ---
-step 3 "kaldifeat $KALDIFEAT_VERSION from source" "about 6 min; seconds when cached"
+step 3 "kaldifeat $KALDIFEAT_VERSION from source" "about 5 min; seconds when cached"
 kaldifeat_ok() { "$PY" -c "import kaldifeat, torch; kaldifeat.Fbank(kaldifeat.FbankOptions())" >/dev/null 2>&1; }
 if ! kaldifeat_ok; then
   wheel_dir="$CACHE/kaldifeat-$KALDIFEAT_VERSION/torch-$torch_ver-$py_tag"
@@ -116,7 +116,7 @@ fi
 #        and kaldifeat, so it gets PyPI's sdists of both: pybind11 at the
 #        version torch bundles (they share pybind11's internals), kaldifeat's
 #        C++ sources. One patch for pybind11 3 (local/k2-pybind11-pickle.patch). ---
-step 4 "k2 ${K2_COMMIT:0:8} (CPU) from source" "about 8 min; seconds when cached"
+step 4 "k2 ${K2_COMMIT:0:8} (CPU) from source" "about 7 min; seconds when cached"
 k2_ok() { "$PY" -c "import k2; k2.Fsa.from_str('0 1 1 0.5\n1 2 -1 0\n2')" >/dev/null 2>&1; }
 k2_source() {  # -> a folder holding k2's source at K2_COMMIT (a copy: the patch never touches K2_SOURCE)
   local dest=$1 archive
@@ -174,7 +174,7 @@ fi
 
 # --- 5. KenLM's lmplz and build_binary (the PyPI module only queries models;
 #        the same sdist holds lm/builder) ---
-step 5 "KenLM's lmplz and build_binary" "about 1.5 min; none when cached"
+step 5 "KenLM's lmplz and build_binary" "about 1 min; none when cached"
 kenlm_bin="$CACHE/kenlm-$KENLM_VERSION/bin"
 if [ ! -x "$kenlm_bin/lmplz" ] || [ ! -x "$kenlm_bin/build_binary" ]; then
   log "building KenLM $KENLM_VERSION lmplz and build_binary (cached in $kenlm_bin)"

@@ -47,6 +47,13 @@ def test_every_scored_dir_has_its_line_named_searches_with_their_settings(tmp_pa
             15.0,
             {"method": "beam", "beam": 16, "lm": "G", "alpha": 0.5, "beta": 1.0, "lm_fusion": "shallow"},
         ),
+        _scored(
+            tmp_path,
+            "rnnt",
+            "decode_test_large_bp15",
+            23.14,
+            {"method": "beam", "beam": 8, "lm": "G", "alpha": 0.3, "beta": 2.0, "blank_penalty": 1.5},
+        ),
         _scored(tmp_path, "lstmp", "decode_test_small", 2.5, None),
     ]
     text = results_markdown(tmp_path, "toy")
@@ -54,4 +61,5 @@ def test_every_scored_dir_has_its_line_named_searches_with_their_settings(tmp_pa
         assert line in text
     assert "| las | nolm | ctc05 | 0.42 | beam 16, CTC weight 0.5 |" in text
     assert "| las | large | beam | 15.00 | beam 16, LM weight 0.5 in the search, word bonus 1 |" in text
+    assert "| rnnt | large | bp15 | 23.14 | beam 8, blank penalty 1.5, LM weight 0.3, word bonus 2 |" in text
     assert "| lstmp | small | 1st pass | 2.50 | best of the grid: LMWT 10, WIP 0 |" in text

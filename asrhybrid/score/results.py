@@ -49,6 +49,8 @@ def _search_setting(search: dict) -> str:
         parts.append(f"CTC weight {search['ctc_weight']:g}")
     if search.get("length_bonus"):
         parts.append(f"length bonus {search['length_bonus']:g}")
+    if search.get("blank_penalty"):
+        parts.append(f"blank penalty {search['blank_penalty']:g}")
     if search.get("lm"):
         fusion = " in the search" if search.get("lm_fusion") == "shallow" else ""
         parts.append(f"LM weight {search['alpha']:g}{fusion}, word bonus {search['beta']:g}")
