@@ -24,10 +24,14 @@ K2_COMMIT=a741ae88abc6995345aa166464a239b7d270dd4c  # 2025-07-14, k2 1.24.4
 
 log() { echo "[setup $(date +%H:%M:%S)] $*"; }
 # step N WHAT EXPECTED: a step of a cold set-up, with its time on 2 cores and an empty cache
-# (docs/setup.md); the previous step's elapsed time is printed as the next starts.
+# (docs/setup.md); step_end prints what the running step took (step calls it as the next starts).
 step_start=$SECONDS; step_name=
+step_end() {
+  local took=$((SECONDS - step_start))
+  [ -z "$step_name" ] || log "  ($step_name took $((took / 60)) min $((took % 60)) s)"
+}
 step() {
-  [ -z "$step_name" ] || log "  ($step_name took $(( (SECONDS - step_start) / 60 )) min $(( (SECONDS - step_start) % 60 )) s)"
+  step_end
   step_name=$2; step_start=$SECONDS
   log "step $1/6: $2 (${3})"
 }
@@ -197,5 +201,5 @@ ln -sf "$kenlm_bin/build_binary" "$VENV/bin/build_binary"
 step 6 "the installation check" "seconds"
 "$VENV/bin/asrhybrid" check-install || die "the installation check failed"
 echo "$want_stamp" > "$stamp"
-step_name=; log "  (the installation check took $(( SECONDS - step_start )) s)"
+step_end
 log "done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s: activate with 'source $VENV/bin/activate'"
