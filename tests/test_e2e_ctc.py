@@ -217,3 +217,11 @@ def test_training_check_counts_empty_unknown_and_too_short_utterances(yes_no_tok
         "shorter than its labels": 1,
     }
     assert "u3" in check.examples["shorter than its labels"]
+    assert check.too_short_for_head == 0  # a Deep Speech model has no auxiliary head
+
+    # a joint LAS at 8x (three pyramid layers): attention trains on every utterance with a transcript, and the
+    # CTC head's too-short ones are counted, kept and named, not left out
+    joint = TrainingCheck(yes_no_tokens, lambda n: (n + 7) // 8, lambda ids: 0, head_frames_needed=ctc_frames_needed)
+    assert joint.survey([cut(0, "YES NO", 100), cut(3, "YES NO YES", 40), cut(4, "NO", 100)]) == 3
+    assert joint.too_short_for_head == 1 and joint.head_example.startswith("u3: 5 output frames")
+    assert not joint.counts

@@ -10,7 +10,9 @@ background meets test files whose background is louder (yesno has 3).
 Utterances that cannot be trained on are counted and logged by reason, never a crash or a NaN loss (an
 infinite CTC or RNN-T loss would make one): an empty transcript, characters outside the token set, or, for
 the system's loss, fewer output frames than its label sequence needs (CTC: one frame per token and one more
-between repeated tokens). Batches come from a Lhotse sampler by duration, features read per batch.
+between repeated tokens). An auxiliary CTC head (the joint LAS's, the RNN-T's) does not leave an utterance
+out: one too short for it is counted and warned about, since its CTC term is zero there and joint decoding
+cannot spell its transcript. Batches come from a Lhotse sampler by duration, features read per batch.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class TrainingCheck:
     tokens: TokenSet
     output_frames: Callable[[int], int]
     frames_needed: Callable[[list[int]], int] = ctc_frames_needed
+    head_frames_needed: Callable[[list[int]], int] | None = None  # an auxiliary CTC head's: counted, kept
     counts: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    too_short_for_head: int = 0
+    head_example: str = ""
 
     def reason(self, cut) -> str | None:
         text = transcript(cut)
@@ -72,13 +77,32 @@ class TrainingCheck:
             why = self.reason(cut)
             if why is None:
                 kept += 1
+                self._survey_head(cut)
                 continue
             kind = why.split(":")[0].split(" (")[0]
             self.counts[kind] += 1
             self.examples.setdefault(kind, f"{cut.id}: {why}")
         for kind, n in self.counts.items():
             log.warning("%d utterance(s) left out of training: %s (e.g. %s)", n, kind, self.examples[kind])
+        if self.too_short_for_head:
+            log.warning(
+                "%d of %d utterance(s) have fewer output frames than the CTC head needs (e.g. %s): its loss is 0 "
+                "on them and a search weighting it cannot spell their transcripts; a lower frame-rate reduction "
+                "(a LAS's stack or pyramid) gives the head its frames",
+                self.too_short_for_head,
+                kept,
+                self.head_example,
+            )
         return kept
+
+    def _survey_head(self, cut) -> None:
+        if self.head_frames_needed is None:
+            return
+        needed = self.head_frames_needed(self.tokens.encode(transcript(cut)))
+        available = self.output_frames(cut.num_frames)
+        if needed > available:
+            self.too_short_for_head += 1
+            self.head_example = self.head_example or f"{cut.id}: {available} output frames, {needed} needed"
 
     def keep(self, cut) -> bool:
         return self.reason(cut) is None

@@ -92,7 +92,8 @@ def train_e2e(
     # CTC needs a frame per token (and one between repeats); RNN-T emits any number of tokens a frame; LAS
     # attends to any frame from any step
     needed = {"ctc": ctc_frames_needed, "rnnt": _one_frame, "las": _no_frame}[cfg.system]
-    check = TrainingCheck(tokens, model.output_frames, needed)
+    head = ctc_frames_needed if cfg.system != "ctc" and getattr(model, "ctc", None) is not None else None
+    check = TrainingCheck(tokens, model.output_frames, needed, head)
     kept = check.survey(cuts)
     train = cuts.filter(HeldOut(cfg.valid_fraction, keep=False))
     valid = cuts.filter(HeldOut(cfg.valid_fraction, keep=True))
@@ -137,6 +138,7 @@ def train_e2e(
         "parameters": sum(p.numel() for p in model.parameters()),
         "left_out": dict(check.counts),
         "left_out_examples": check.examples,
+        "too_short_for_ctc_head": check.too_short_for_head,
         "workers": result["workers"],
         "device": result["device"],
         "kernels": result["kernels"],
