@@ -58,26 +58,36 @@ class TrainingCheck:
     head_example: str = ""
 
     def reason(self, cut) -> str | None:
+        return self._check(cut)[0]
+
+    def _check(self, cut) -> tuple[str | None, list[int]]:
+        """(why the utterance is left out or None, its token ids: empty when it has none)."""
         text = transcript(cut)
         if not text:
-            return "empty transcript"
+            return "empty transcript", []
         unknown = self.tokens.unknown_characters(text)
         if unknown:
-            return f"characters outside the token set: {''.join(sorted(unknown))}"
-        needed, available = self.frames_needed(self.tokens.encode(text)), self.output_frames(cut.num_frames)
-        if needed > available:
-            return f"shorter than its labels ({available} output frames, {needed} needed)"
-        return None
+            return f"characters outside the token set: {''.join(sorted(unknown))}", []
+        ids = self.tokens.encode(text)
+        short = self._short(cut, ids, self.frames_needed)
+        return (f"shorter than its labels ({short})" if short else None), ids
+
+    def _short(self, cut, ids: list[int], frames_needed: Callable[[list[int]], int]) -> str | None:
+        needed, available = frames_needed(ids), self.output_frames(cut.num_frames)
+        return f"{available} output frames, {needed} needed" if needed > available else None
 
     def survey(self, cuts) -> int:
         """Count the bad utterances of ``cuts`` by reason (one pass over the manifest, no features read) and
         log them; returns how many are kept."""
         kept = 0
         for cut in cuts:
-            why = self.reason(cut)
+            why, ids = self._check(cut)
             if why is None:
                 kept += 1
-                self._survey_head(cut)
+                short = self._short(cut, ids, self.head_frames_needed) if self.head_frames_needed else None
+                if short:
+                    self.too_short_for_head += 1
+                    self.head_example = self.head_example or f"{cut.id}: {short}"
                 continue
             kind = why.split(":")[0].split(" (")[0]
             self.counts[kind] += 1
@@ -94,15 +104,6 @@ class TrainingCheck:
                 self.head_example,
             )
         return kept
-
-    def _survey_head(self, cut) -> None:
-        if self.head_frames_needed is None:
-            return
-        needed = self.head_frames_needed(self.tokens.encode(transcript(cut)))
-        available = self.output_frames(cut.num_frames)
-        if needed > available:
-            self.too_short_for_head += 1
-            self.head_example = self.head_example or f"{cut.id}: {available} output frames, {needed} needed"
 
     def keep(self, cut) -> bool:
         return self.reason(cut) is None

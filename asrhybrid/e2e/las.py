@@ -206,9 +206,8 @@ class LAS(nn.Module):
             zeros = x.new_zeros(self.speller.num_layers, x.shape[0], self.speller.hidden_size)
             state = (zeros, zeros)
         hs, cs = [], []
-        weights = (
-            self.speller._flat_weights
-        )  # per layer: weight_ih, weight_hh, bias_ih, bias_hh (as e2e/rnn.py reads them)
+        # per layer: weight_ih, weight_hh, bias_ih, bias_hh (as e2e/rnn.py reads them)
+        weights = self.speller._flat_weights
         for layer in range(self.speller.num_layers):
             h, c = torch.lstm_cell(x, (state[0][layer], state[1][layer]), *weights[4 * layer : 4 * layer + 4])
             hs.append(h)
