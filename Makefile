@@ -2,7 +2,9 @@
 #   make setup                        create .venv (pinned deps, kaldifeat, KenLM tools)
 #   make test                         the test suite (CPU)
 #   make [stage=N] [stop_stage=M] [corpus=NAME] [corpus_dir=PATH] [workdir=PATH] [force=1] [fold=NAME]
-#                                     run stages N..M of recipes/NAME (default: synth, all stages)
+#        [engine=local|dask|slurm] [nj=N] [address=tcp://HOST:8786] [workers=N]
+#                                     run stages N..M of recipes/NAME (default: synth, all stages); the
+#                                     parallel stages' jobs on ENGINE (default: the recipe's jobs:, else local)
 corpus     ?= synth
 stage      ?= 0
 stop_stage ?= 100
@@ -10,6 +12,10 @@ workdir    ?= work/$(corpus)
 corpus_dir ?=
 force      ?= 0
 fold       ?=
+engine     ?=
+nj         ?=
+address    ?=
+workers    ?=
 VENV       ?= .venv
 PYTEST_ARGS ?=
 
@@ -19,7 +25,8 @@ ASRHYBRID := $(VENV)/bin/asrhybrid
 recipe:
 	$(ASRHYBRID) run-recipe recipes/$(corpus) --stage $(stage) --stop-stage $(stop_stage) \
 	  --workdir $(workdir) $(if $(corpus_dir),--corpus-dir $(corpus_dir)) $(if $(filter 1 yes true,$(force)),--force) \
-	  $(if $(fold),--fold $(fold))
+	  $(if $(fold),--fold $(fold)) $(if $(engine),--engine $(engine)) $(if $(nj),--nj $(nj)) \
+	  $(if $(address),--address $(address)) $(if $(workers),--workers $(workers))
 
 setup:
 	bash local/setup.sh
@@ -62,4 +69,6 @@ help:
 	@echo "  corpus_dir=$(corpus_dir)   where the corpus is (synth: where it is generated)"
 	@echo "  force=$(force)       1: redo stages that finished before"
 	@echo "  fold=$(fold)        a recipe with folds (fsdd): only this fold (NAME[,NAME]; default every fold)"
+	@echo "  engine=$(engine) nj=$(nj) address=$(address) workers=$(workers)   where the parallel stages' jobs run"
+	@echo "                   (local, dask, slurm; default: the recipe's jobs:, else local processes)"
 	@echo "  VENV=$(VENV)   PYTEST_ARGS=$(PYTEST_ARGS)   the virtualenv; extra pytest arguments"

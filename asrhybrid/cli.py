@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from asrhybrid.errors import AsrHybridError
+from asrhybrid.jobs import ENGINES
 from asrhybrid.logs import setup_logging
 from asrhybrid.recipe.runner import run_recipe
 from asrhybrid.verbs import add_verbs, run_verb
@@ -30,6 +31,7 @@ def cmd_run_recipe(args: argparse.Namespace) -> None:
         args.corpus_dir,
         args.force,
         args.fold.split(",") if args.fold else None,
+        {"engine": args.engine, "address": args.address, "workers": args.workers, "nj": args.nj},
     )
 
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus-dir", type=Path, help="where the corpus is (generated there for synth)")
     p.add_argument("--force", action="store_true", help="redo stages that finished before")
     p.add_argument("--fold", help="NAME[,NAME...]: in a recipe with folds, only these (default: every fold)")
+    p.add_argument("--engine", choices=ENGINES, help="where parallel stages' jobs run (default: the recipe's jobs:)")
+    p.add_argument("--address", help="dask: the scheduler's address (tcp://host:8786)")
+    p.add_argument("--workers", type=int, help="local processes or Dask LocalCluster workers")
+    p.add_argument("--nj", type=int, help="jobs of every parallel stage (default: the recipe's)")
     p.set_defaults(func=cmd_run_recipe, log_file=None)
     add_verbs(sub)
     return parser

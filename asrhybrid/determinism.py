@@ -4,7 +4,9 @@ more threads adds in another order), torch's deterministic algorithms, and a rep
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -21,6 +23,19 @@ def fix_training_threads(num_threads: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextlib.contextmanager
+def intra_op_threads(num_threads: int | None) -> Iterator[None]:
+    """``num_threads`` intra-op threads inside the block (None: as they are), as before after it: a job of
+    several on one machine takes one core, whether the engine runs it in its own process or in this one."""
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_kernels() -> dict[str, str]:

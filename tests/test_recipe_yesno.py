@@ -341,6 +341,51 @@ def test_align_verb_backends_write_identical_alignments(yesno_through_stage_4):
     assert tables["k2"] == tables["kaldi"] == tables["torch"]
 
 
+def test_align_jobs_on_a_dask_cluster_write_what_local_jobs_write(yesno_through_stage_4):
+    """`asrhybrid align --nj 3` on a real dask LocalCluster of 2 worker processes: the same bytes as the same jobs
+    run locally, and the same alignments, CTM lines and TextGrids as one job (only the tables' order differs)."""
+    import kaldi_native_io as kio
+
+    work, _ = yesno_through_stage_4
+    outs = {}
+    for name, extra in (
+        ("one", []),
+        ("local3", ["--nj", "3"]),
+        ("dask3", ["--nj", "3", "--engine", "dask", "--workers", "2"]),
+    ):
+        outs[name] = work / "exp" / "mono_flat" / f"align_jobs_{name}"
+        cli = [
+            sys.executable,
+            "-m",
+            "asrhybrid.cli",
+            "align",
+            str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+            str(work / "data" / "lang"),
+            str(work / "exp" / "mono_flat"),
+            str(outs[name]),
+            *extra,
+        ]
+        result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    local, dask = outs["local3"], outs["dask3"]
+    for name in ("ali.ark", "ali_pdf.ark", "word.ctm", "phone.ctm"):
+        assert (local / name).read_bytes() == (dask / name).read_bytes(), name
+    grids = sorted(p.name for p in (local / "textgrid").iterdir())
+    assert len(grids) == 30 and grids == sorted(p.name for p in (dask / "textgrid").iterdir())
+    for grid in grids:
+        assert (local / "textgrid" / grid).read_bytes() == (dask / "textgrid" / grid).read_bytes()
+        assert (outs["one"] / "textgrid" / grid).read_bytes() == (dask / "textgrid" / grid).read_bytes()
+    assert sorted((outs["one"] / "word.ctm").read_text().splitlines()) == sorted(
+        (dask / "word.ctm").read_text().splitlines()
+    )
+    tables = {}
+    for name, out in outs.items():
+        with kio.RandomAccessInt32VectorReader(f"scp:{out / 'ali.scp'}") as table:  # the joined scp's offsets
+            tables[name] = {utt: list(table[utt]) for utt in (line.split()[0] for line in (out / "ali.scp").open())}
+    assert len(tables["one"]) == 30 and tables["one"] == tables["local3"] == tables["dask3"]
+    assert (dask / "log" / "align.3.log").is_file() and not (dask / "split3").exists()
+
+
 def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_through_stage_4):
     """SIGKILL after some iterations; the re-run resumes from the last checkpoint and ends as an uninterrupted run."""
     import signal
@@ -386,6 +431,24 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     assert json.loads((killed / "flat_start.json").read_text()) == json.loads(
         (tmp_path / "whole" / "flat_start.json").read_text()
     )
+    # the realignments as 3 jobs on a dask LocalCluster of 2 worker processes: the same alignments (joined in job
+    # order), so the same networks and the same log
+    from asrhybrid.kaldi_tables import read_alignments
+
+    jobs = subprocess.run(
+        args(tmp_path / "jobs") + ["--nj", "3", "--engine", "dask", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert jobs.returncode == 0, jobs.stderr
+    assert read_alignments(tmp_path / "jobs" / "ali.ark") == read_alignments(tmp_path / "whole" / "ali.ark")
+    c = torch.load(tmp_path / "jobs" / "final.pt", weights_only=False)
+    assert all(torch.equal(c["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    assert json.loads((tmp_path / "jobs" / "flat_start.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "flat_start.json").read_text()
+    )
+    assert (tmp_path / "jobs" / "log" / "realign.4.3.log").is_file()
 
 
 def test_flat_start_equal_alignment_begins_and_ends_in_silence(yesno_through_stage_4):
@@ -500,6 +563,23 @@ def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
         np.testing.assert_allclose(np.exp(loglikes + log_prior).sum(1), 1.0, rtol=1e-4)
         seen += 1
     assert seen == len(test) and out.with_suffix(".scp").is_file()
+    # as 3 jobs on a dask LocalCluster of 2 worker processes: the same matrices, read through the joined scp
+    jobs = tmp_path / "loglikes" / "jobs.ark"
+    result = subprocess.run(
+        asrhybrid_cmd()
+        + ["compute-loglikes", str(fbank / "yesno_cuts_test.jsonl.gz"), str(exp), str(jobs), "--nj", "3"]
+        + ["--engine", "dask", "--workers", "2", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    one = dict(iter_matrices(out))
+    import kaldi_native_io as kio
+
+    with kio.RandomAccessFloatMatrixReader(f"scp:{jobs.with_suffix('.scp')}") as table:
+        assert all(np.array_equal(table[utt], m) for utt, m in one.items())
+    assert len(dict(iter_matrices(jobs))) == len(one) and not list(jobs.parent.glob("*.split3"))
 
 
 def test_yesno_stage_6_trains_the_recipes_hybrid_systems(yesno_through_stage_4):
@@ -585,6 +665,40 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
         scoring = json.loads((exp / f"{system}_sa" / "decode_test_small" / "scoring.json").read_text())
         assert scoring["utterances"] == 30 and scoring["wer"] <= 3.33, scoring  # spread: 0.42-2.92
         assert f"exp/{system}_sa/decode_test_small/wer_" in results
+    # adapt-am as 2 jobs (a speaker's job: a hash of its name) on a dask LocalCluster: yesno's one speaker lands in
+    # one job, the other has nothing to adapt, and the transforms are the recipe's one job's
+    import torch
+
+    jobs_dir = tmp_path / "dnn_sa_jobs"
+    adapt = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asrhybrid",
+            "adapt-am",
+            str(exp / "dnn"),
+            str(exp / "dnn" / "decode_test_small"),
+            str(jobs_dir),
+            "--cuts",
+            str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
+            "--opt",
+            "epochs=3",
+            "--nj",
+            "2",
+            "--engine",
+            "dask",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert adapt.returncode == 0, adapt.stderr[-2000:]
+    ours = torch.load(jobs_dir / "final.pt", weights_only=False)["adaptation"]
+    recipe = torch.load(exp / "dnn_sa" / "adapt_test_1" / "final.pt", weights_only=False)["adaptation"]
+    assert ours["speakers"] == recipe["speakers"] == ["yesno"]
+    assert all(torch.equal(ours["state"][k], recipe["state"][k]) for k in recipe["state"])
     again = make(work, yesno_dir, stages=(7, 8))
     assert again.returncode == 0 and "'decode' already done" in again.stderr and "'score' already done" in again.stderr
 
@@ -758,6 +872,35 @@ def test_two_gloo_workers_under_torchrun_follow_one_process(tmp_path, yesno_thro
         assert b["valid_frame_accuracy"] == pytest.approx(a["valid_frame_accuracy"], abs=2e-3)
     assert single["epochs"][-1]["train_ce"] < single["epochs"][0]["train_ce"]
     assert len(list((tmp_path / "two").glob(".done.*"))) == 1
+    # the same 2 workers as one submitit allocation (the Slurm path; its local executor runs the tasks here),
+    # torch.distributed's variables from submitit: the same steps as under torchrun
+    from asrhybrid.jobs import JobsConfig, run_distributed
+    from asrhybrid.recipe.runner import run_verb_task
+
+    engine = JobsConfig(engine="slurm", slurm={"cluster": "local", "time_min": 10})
+    argv = [*args[:4], str(tmp_path / "slurm"), *args[4:], "--log-file", str(tmp_path / "slurm" / "log" / "train.log")]
+    run_distributed(run_verb_task, [argv], 1, 2, engine, tmp_path / "slurm" / "log", "train-am")
+    slurm = json.loads((tmp_path / "slurm" / "train.json").read_text())
+    keys = ("train_ce", "valid_ce", "valid_frame_accuracy")
+    assert slurm["workers"] == 2
+    assert [[e[k] for k in keys] for e in slurm["epochs"]] == [[e[k] for k in keys] for e in parallel["epochs"]]
+    assert "data-parallel training: 2 workers (gloo)" in (tmp_path / "slurm" / "log" / "train.log").read_text()
+    # two "nodes" of one worker each through torchrun's c10d rendezvous (the runner's command for nnodes 2, started
+    # twice as on two machines): the same steps again
+    import socket
+
+    from asrhybrid.recipe.runner import torchrun_argv
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = torchrun_argv([*args[:4], str(tmp_path / "c10d"), *args[4:]], 1, 2, f"127.0.0.1:{port}", "train-am-test")
+    nodes = [subprocess.Popen(node, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=600)[1] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], errors
+    c10d = json.loads((tmp_path / "c10d" / "train.json").read_text())
+    assert c10d["workers"] == 2
+    assert [[e[k] for k in keys] for e in c10d["epochs"]] == [[e[k] for k in keys] for e in parallel["epochs"]]
 
 
 def test_redoing_stage_2_makes_the_stages_that_read_it_redo(yesno_through_stage_4):

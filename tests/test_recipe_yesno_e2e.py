@@ -109,8 +109,37 @@ def test_yesno_stages_9_10_ctc_rnnt_and_las_to_results(yesno_through_stage_3):
     assert not (work / "exp" / "rnnt" / "decode_test_large_flashlight").exists()
     assert not (work / "exp" / "las" / "decode_test_large_flashlight").exists()
     assert not (work / "exp" / "rnnt" / "graph_small").exists()
-    # a CTC system and an HCLG (a monophone one) do not go together: said before anything is decoded
     cli = [sys.executable, "-m", "asrhybrid.cli"]
+    # decode-e2e as 3 jobs, locally and on a real dask LocalCluster of 2 worker processes: the same bytes, and the
+    # same words as the recipe's one job
+    test_cuts = str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz")
+    hyps = {}
+    for name, extra in (("local", []), ("dask", ["--engine", "dask", "--workers", "2"])):
+        out = work / "exp" / "rnnt" / f"decode_test_jobs_{name}"
+        run = subprocess.run(
+            cli
+            + [
+                "decode-e2e",
+                str(work / "exp" / "rnnt"),
+                test_cuts,
+                str(out),
+                "--opt",
+                "method=greedy",
+                "--nj",
+                "3",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        hyps[name] = (out / "hyp.txt").read_bytes()
+        assert json.loads((out / "decode.json").read_text())["nj"] == 3 and (out / "log" / "decode-e2e.3.log").is_file()
+    assert hyps["local"] == hyps["dask"]
+    one = (work / "exp" / "rnnt" / "decode_test_nolm_greedy" / "hyp.txt").read_text().splitlines()
+    assert sorted(one) == sorted(hyps["dask"].decode().splitlines()) and len(one) == 30
+    # a CTC system and an HCLG (a monophone one) do not go together: said before anything is decoded
     lang_test, mono = work / "data" / "lang_test_small", work / "exp" / "mono_hclg"
     assert subprocess.run(cli + ["init-mono", str(lang_test), str(mono)], timeout=120).returncode == 0
     assert (

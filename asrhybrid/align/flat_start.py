@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,15 +32,16 @@ from tqdm import tqdm
 from asrhybrid.align import BACKENDS
 from asrhybrid.align.graphs import GraphCompiler, align, equal_alignment, transition_arrays
 from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
-from asrhybrid.determinism import fix_training_threads
+from asrhybrid.determinism import fix_training_threads, intra_op_threads
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.features.cmvn import global_mean_std, normalized_features
-from asrhybrid.hmm import init_mono_model
-from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer, iter_alignments
+from asrhybrid.hmm import init_mono_model, load_model
+from asrhybrid.jobs import InJob, JobsConfig, run_jobs, split_jobs
+from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer, iter_alignments, merge_tables
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.nnet.mlp import SplicedMLP, splice
 from asrhybrid.nnet.priors import log_priors
-from asrhybrid.outputs import atomic_output, last_checkpoint, write_text_atomic
+from asrhybrid.outputs import atomic_output, last_checkpoint, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,11 @@ class _Corpus:
     """The training cuts, streamed from disk in blocks of about ``max_frames`` frames: (utterance, normalised
     features, transcript). Nothing proportional to the corpus stays in memory."""
 
-    def __init__(self, cuts_path: Path, mean: np.ndarray, std: np.ndarray):
+    def __init__(self, cuts_path: Path, mean: np.ndarray, std: np.ndarray, only: InJob | None = None):
         self.path, self.mean, self.std = cuts_path, mean, std
         self.cuts = load_cuts(cuts_path)  # lazy; a missing file or an empty set is a clear error here
+        if only is not None:  # one job's share (realignment)
+            self.cuts = self.cuts.filter(only)
 
     def _shuffled(self, generator, window: int):
         """The cuts through a shuffle buffer of ``window`` cuts (their descriptions, not their features): a
@@ -173,13 +177,59 @@ def _equal_alignments(corpus, compiler, tid_to_phone, lang_dir: Path, cfg: FlatS
 
 
 def _realign(
-    model, corpus, compiler, previous, log_prior, tid_to_pdf, tid_to_phone, cfg: FlatStartConfig, out_ark: Path, it: int
+    exp_dir: Path,
+    cuts_path: Path,
+    lang_dir: Path,
+    cmvn_ark: Path,
+    cfg: FlatStartConfig,
+    it: int,
+    nj: int,
+    engine: JobsConfig,
 ):
-    """One realignment pass with the network's pseudo log-likelihoods into ``out_ark``: (failed utterances,
-    aligned count, frames compared, frames whose pdf changed, frames whose phone changed)."""
+    """One realignment pass with the network of ``exp_dir/realign.<it>.pt`` as ``nj`` jobs on ``engine`` into
+    ``ali.<it>.ark`` (the jobs' tables joined in job order): (failed utterances, aligned count, frames compared,
+    frames whose pdf changed, frames whose phone changed)."""
+    split = exp_dir / f"ali.{it}.split{nj}"
+    resume_or_clear(split, None)  # an iteration's jobs are redone whole: its network is the one just trained
+    shared = {"exp_dir": exp_dir, "cuts_path": cuts_path, "lang_dir": lang_dir, "cmvn_ark": cmvn_ark, "cfg": cfg}
+    jobs = split_jobs(f"realign.{it}", realign_job, nj, {**shared, "it": it}, lambda j: {"out_ark": split / f"{j}.ark"})
+    results = run_jobs(jobs, engine, exp_dir / "log", desc=f"realign {it}")
+    merge_tables([split / f"{j}.ark" for j in range(1, nj + 1)], exp_dir / f"ali.{it}.ark")
+    shutil.rmtree(split)
+    counts = [results[job.name] for job in jobs]
+    failed = [u for c in counts for u in c["failed"]]
+    return failed, *(sum(c[k] for c in counts) for k in ("aligned", "frames", "changed_pdf", "changed_phone"))
+
+
+def realign_job(
+    exp_dir: Path,
+    cuts_path: Path,
+    lang_dir: Path,
+    cmvn_ark: Path,
+    cfg: FlatStartConfig,
+    it: int,
+    out_ark: Path,
+    job: int,
+    nj: int,
+) -> dict:
+    """Job ``job`` of ``nj`` of iteration ``it``'s realignment: its utterances into ``out_ark``; returns its
+    counts (failed utterances, aligned, frames compared with iteration ``it - 1``, frames whose pdf or phone
+    changed)."""
+    tree, trans_model = load_model(exp_dir)
+    tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    tid_to_phone, _ = transition_arrays(trans_model)
+    compiler = GraphCompiler(lang_dir, tree, trans_model)
+    mean, std = global_mean_std(cmvn_ark)
+    corpus = _Corpus(cuts_path, mean, std, InJob(job, nj))
+    saved = torch.load(exp_dir / f"realign.{it}.pt", weights_only=False)
+    model = SplicedMLP(int(mean.shape[0]), trans_model.num_pdfs, cfg.context, cfg.hidden, cfg.layers)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    log_prior = saved["log_prior"]
+    previous = AlignmentTable(exp_dir / f"ali.{it - 1}.ark")
     failed, aligned, frames, changed_pdf, changed_phone = [], 0, 0, 0, 0
-    with alignment_table_writer(out_ark) as write:
-        for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}", unit="block", leave=False):
+    with intra_op_threads(1 if nj > 1 else None), alignment_table_writer(out_ark) as write:
+        for block in tqdm(corpus.blocks(cfg.align_block_frames), desc=f"realign {it}.{job}", unit="block", leave=False):
             with torch.no_grad():
                 loglikes = [model.log_posteriors(feats).numpy() - log_prior for _, feats, _ in block]
             results = align(
@@ -204,7 +254,14 @@ def _realign(
                     # Phone-level changes measure convergence: the ergodic silence HMM lets frames
                     # move between its states freely, so pdf-level changes never quite reach zero.
                     changed_phone += int((tid_to_phone[new] != tid_to_phone[old]).sum())
-    return failed, aligned, frames, changed_pdf, changed_phone
+    previous.close()
+    return {
+        "failed": failed,
+        "aligned": aligned,
+        "frames": frames,
+        "changed_pdf": changed_pdf,
+        "changed_phone": changed_phone,
+    }
 
 
 def flat_start(
@@ -214,12 +271,17 @@ def flat_start(
     cmvn_ark: Path | str,
     cfg: FlatStartConfig = FlatStartConfig(),
     resume_key: str | None = None,
+    nj: int = 1,
+    engine: JobsConfig | None = None,
 ) -> dict:
     """Align ``cuts_path`` from scratch into ``exp_dir`` (ali.N.{ark,scp} per iteration, final.pt, ali.{ark,scp}).
 
     The cuts are streamed from disk block by block in every pass (features read, graphs compiled per
-    block), and alignments go to tables on disk: memory stays flat as the corpus grows.
+    block), and alignments go to tables on disk: memory stays flat as the corpus grows. Each realignment
+    is ``nj`` jobs on ``engine`` (asrhybrid.jobs) with the iteration's network (``realign.N.pt``); an
+    utterance's alignment does not depend on its job, so neither do the iterations.
     """
+    engine = engine or JobsConfig()
     cuts_path, lang_dir, exp_dir = Path(cuts_path), Path(lang_dir), Path(exp_dir)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"align-flat-start: backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
@@ -255,10 +317,13 @@ def flat_start(
         )
         log_prior = log_priors(counts + 1.0, silence_scale=1.0)  # add-one: a flat start's priors, no silence scaling
         model.eval()
-        failed, aligned, frames, changed_pdf, changed_phone = _realign(
-            model, corpus, compiler, previous, log_prior, tid_to_pdf, tid_to_phone, cfg, exp_dir / f"ali.{it}.ark", it
-        )
         previous.close()
+        with atomic_output(exp_dir / f"realign.{it}.pt") as tmp:  # the network the realignment jobs score with
+            torch.save({"state_dict": model.state_dict(), "log_prior": log_prior}, tmp)
+        failed, aligned, frames, changed_pdf, changed_phone = _realign(
+            exp_dir, cuts_path, lang_dir, Path(cmvn_ark), cfg, it, nj, engine
+        )
+        (exp_dir / f"realign.{it}.pt").unlink()
         frames = max(frames, 1)
         entry = {
             "iteration": it,

@@ -10,7 +10,9 @@ optional silence. Times are frame index x frame shift.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from asrhybrid.data.manifests import frame_blocks, load_cuts, transcript
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import normalized_features
 from asrhybrid.hmm import load_model
-from asrhybrid.kaldi_tables import alignment_table_writer
+from asrhybrid.jobs import InJob, JobsConfig, run_jobs, split_jobs, unfinished
+from asrhybrid.kaldi_tables import alignment_table_writer, merge_tables
 from asrhybrid.nnet.inference import iter_loglikes, load_am
-from asrhybrid.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +166,80 @@ def align_corpus(
     backend: str = "auto",
     block_frames: int = 20_000,
     am_dir: Path | str | None = None,
+    nj: int = 1,
+    engine: JobsConfig | None = None,
+    resume_key: str | None = None,
 ) -> dict:
     """Align every cut; write ali.{ark,scp} (transition ids), ali_pdf.{ark,scp}, {word,phone}.ctm, and a TextGrid
     per recording.
 
     The scores come from the flat-start network of ``model_dir``, or, with ``am_dir``, from that hybrid
     acoustic model (train-am's final.pt, realignment: Kaldi's steps/nnet3/align.sh), through the tree and
-    transition model of ``model_dir`` (the tree dir it was trained on). Cuts are streamed from disk in blocks
-    of about ``block_frames`` frames and every output is written as it goes (CTM lines in the cuts' order: by
-    recording and time when, as in every manifest asrhybrid writes, a recording's cuts are together and in
-    order), so memory does not grow with the corpus.
+    transition model of ``model_dir`` (the tree dir it was trained on). The work is ``nj`` jobs on ``engine``
+    (asrhybrid.jobs), a recording's cuts all in one job (its TextGrid is one file); job ``n`` writes
+    ``split<nj>/{ali,ali_pdf}.n.{ark,scp}``, ``{word,phone}.n.ctm`` and its counts (``.job.n.json``, last), and
+    the tables and CTMs are joined in job order when all have finished (a re-run redoes only the jobs that did
+    not finish under the same ``resume_key``; None: start over). Within a job, cuts are streamed from disk in blocks of about ``block_frames`` frames and every
+    output is written as it goes (CTM lines in the cuts' order), so memory does not grow with the corpus.
     """
     cuts_path, lang_dir, model_dir, out_dir = map(Path, (cuts_path, lang_dir, model_dir, out_dir))
+    split = out_dir / f"split{nj}"
+    resume_or_clear(split, resume_key)
+    shared = {"cuts_path": cuts_path, "lang_dir": lang_dir, "model_dir": model_dir, "split_dir": split}
+    jobs = split_jobs(
+        "align",
+        align_job,
+        nj,
+        {
+            **shared,
+            "textgrid_dir": out_dir / "textgrid",
+            "backend": backend,
+            "block_frames": block_frames,
+            "am_dir": am_dir,
+        },
+    )
+    todo = unfinished(jobs, lambda j: split / f".job.{j}.json", f"align {out_dir}")
+    run_jobs(todo, engine or JobsConfig(), out_dir / "log", desc=f"align {out_dir.name}")
+
+    for table in ("ali", "ali_pdf"):
+        merge_tables([split / f"{table}.{j}.ark" for j in range(1, nj + 1)], out_dir / f"{table}.ark")
+    for ctm in ("word", "phone"):
+        with atomic_output(out_dir / f"{ctm}.ctm") as tmp, open(tmp, "wb") as out:
+            for j in range(1, nj + 1):
+                out.write((split / f"{ctm}.{j}.ctm").read_bytes())
+    counts = [json.loads((split / f".job.{j}.json").read_text()) for j in range(1, nj + 1)]
+    aligned, failed = sum(c["aligned"] for c in counts), [u for c in counts for u in c["failed"]]
+    if failed:
+        write_text_atomic(out_dir / "failed.txt", "".join(f"{u}\n" for u in failed))
+        log.warning(
+            "%d utterance(s) could not be aligned (listed in %s): %s",
+            len(failed),
+            out_dir / "failed.txt",
+            " ".join(failed[:10]),
+        )
+    shutil.rmtree(split)  # joined: the per-job pieces would double the alignments on disk
+    log.info("align %s: %d utterances aligned, %d failed (%d jobs)", out_dir, aligned, len(failed), nj)
+    return {"aligned": aligned, "failed": failed}
+
+
+def recording_of(cut) -> str:
+    """An alignment job's key: a recording's cuts in one job (its TextGrid is one file)."""
+    return cut.recording_id
+
+
+def align_job(
+    cuts_path: Path,
+    lang_dir: Path,
+    model_dir: Path,
+    split_dir: Path,
+    textgrid_dir: Path,
+    backend: str,
+    block_frames: int,
+    am_dir: Path | str | None,
+    job: int,
+    nj: int,
+) -> dict:
+    """Job ``job`` of ``nj`` of :func:`align_corpus`: the cuts of its recordings into ``split_dir``."""
     tree, trans_model = load_model(model_dir)
     score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs, cuts_path)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
@@ -183,29 +248,29 @@ def align_corpus(
     phone_names = {int(i): s for s, i in (line.split() for line in (lang_dir / "phones.txt").read_text().splitlines())}
     optional_silence = (lang_dir / "phones" / "optional_silence.txt").read_text().strip()
     prons = read_align_lexicon(lang_dir)
-    cuts = load_cuts(cuts_path)
+    cuts = load_cuts(cuts_path).filter(InJob(job, nj, key=recording_of))
 
-    (out_dir / "textgrid").mkdir(parents=True, exist_ok=True)
+    textgrid_dir.mkdir(parents=True, exist_ok=True)
     failed, aligned = [], 0
     grid: list = [None, 0.0, {}]  # the recording whose TextGrid is being filled: id, duration, tiers
 
     def flush_grid():
         if grid[0] is not None:
             write_textgrid(
-                out_dir / "textgrid" / f"{grid[0]}.TextGrid",
+                textgrid_dir / f"{grid[0]}.TextGrid",
                 grid[1],
                 {name: sorted(items) for name, items in grid[2].items()},
             )
 
     with (
-        alignment_table_writer(out_dir / "ali.ark") as write_ali,
-        alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdf,
-        atomic_output(out_dir / "word.ctm") as word_tmp,
-        atomic_output(out_dir / "phone.ctm") as phone_tmp,
+        alignment_table_writer(split_dir / f"ali.{job}.ark") as write_ali,
+        alignment_table_writer(split_dir / f"ali_pdf.{job}.ark") as write_pdf,
+        atomic_output(split_dir / f"word.{job}.ctm") as word_tmp,
+        atomic_output(split_dir / f"phone.{job}.ctm") as phone_tmp,
         open(word_tmp, "w", encoding="utf-8") as word_ctm,
         open(phone_tmp, "w", encoding="utf-8") as phone_ctm,
     ):
-        for block in tqdm(frame_blocks(cuts, block_frames), desc="align", unit="block", leave=False):
+        for block in tqdm(frame_blocks(cuts, block_frames), desc=f"align.{job}", unit="block", leave=False):
             texts = [transcript(cut, cuts_path) for cut in block]
             results = align(
                 [compiler.compile(text) for text in texts],
@@ -238,13 +303,6 @@ def align_corpus(
                 grid[2]["words"] += [(cut.start + s, cut.start + e, w) for s, e, w in word_items]
                 grid[2]["phones"] += [(cut.start + s, cut.start + e, p) for s, e, p in phone_items]
         flush_grid()
-    if failed:
-        write_text_atomic(out_dir / "failed.txt", "".join(f"{u}\n" for u in failed))
-        log.warning(
-            "%d utterance(s) could not be aligned (listed in %s): %s",
-            len(failed),
-            out_dir / "failed.txt",
-            " ".join(failed[:10]),
-        )
-    log.info("align %s: %d utterances aligned, %d failed", out_dir, aligned, len(failed))
-    return {"aligned": aligned, "failed": failed}
+    counts = {"aligned": aligned, "failed": failed}
+    write_text_atomic(split_dir / f".job.{job}.json", json.dumps(counts) + "\n")
+    return counts

@@ -34,11 +34,17 @@ def _find_wavs(corpus_dir: Path, subdir: str) -> tuple[Path, list[Path]]:
     raise DataError([f"no .wav files in {corpus_dir} or {corpus_dir / subdir}"], "corpus_dir")
 
 
-def prepare_yesno(corpus_dir: Path, num_train: int = 30) -> Parts:
+def prepare_yesno(corpus_dir: Path, num_train: int = 30, split: str = "sorted") -> Parts:
     """Kaldi's egs/yesno split: files sorted by name, the first ``num_train`` train, the rest test.
 
-    The transcript is the file name: 1 = YES, 0 = NO (one speaker).
+    The transcript is the file name: 1 = YES, 0 = NO (one speaker). Kaldi's
+    split puts every file that starts with NO in train and all but one of those
+    that start with YES in test. ``split: alternate`` takes every other file
+    instead (``num_train`` is then ignored: 30/30), so both parts start with
+    both words: it measures what the first word's bias costs a system.
     """
+    if split not in ("sorted", "alternate"):
+        raise ConfigError(f"data.options.split: {split!r}, expected 'sorted' or 'alternate'")
     wav_dir, wavs = _find_wavs(corpus_dir, "waves_yesno")
     problems = []
     utterances = []
@@ -51,6 +57,8 @@ def prepare_yesno(corpus_dir: Path, num_train: int = 30) -> Parts:
         utterances.append(Utterance(id=wav.stem, speaker="yesno", text=text, audio=str(wav), origin=str(wav)))
     if problems:
         raise DataError(problems, str(wav_dir))
+    if split == "alternate":
+        return {"train": utterances[0::2], "test": utterances[1::2]}
     if len(utterances) <= num_train:
         raise DataError([f"{wav_dir}: {len(utterances)} files, need more than num_train={num_train}"])
     return {"train": utterances[:num_train], "test": utterances[num_train:]}

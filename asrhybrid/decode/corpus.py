@@ -15,31 +15,31 @@ density; ``words.txt`` is the graph's, so the directory reads by itself.
 An utterance that cannot be decoded (a score matrix of the wrong width, zero
 frames, no path within the beams) is reported and counted; the others go on.
 
-Utterances go to job ``n`` by a hash of their id; each job's files are
-written under temporary names and renamed when complete, so a killed decode
-resumes from the jobs it finished.
+Utterances go to job ``n`` by a hash of their id (asrhybrid.jobs.job_of); the
+jobs run on the run's engine (asrhybrid.jobs: local processes, Dask, Slurm),
+each writing its files under temporary names renamed when complete and its
+counts last (``.job.n.json``), with its log in ``log/decode.n.log``, so a
+killed decode resumes from the jobs it finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from asrhybrid.decode.decoder import DecodeConfig, Hypothesis, KaldiDecoder, decode_batch
 from asrhybrid.decode.lattice import read_kaldi_lattices, write_kaldi_lattices
 from asrhybrid.decode.scores import ScoreSource
+from asrhybrid.determinism import intra_op_threads
 from asrhybrid.errors import DataError
 from asrhybrid.graph.k2graph import DecodingGraph
-from asrhybrid.logs import setup_logging
+from asrhybrid.jobs import JobsConfig, run_jobs, split_jobs, unfinished
 from asrhybrid.outputs import atomic_output, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -69,55 +69,65 @@ def decode_job(
     device: str = "cpu",
     compare_kaldi: bool = False,
 ) -> dict:
-    """Decode job ``job`` of ``nj`` into ``out_dir/lat.job.gz`` and ``best.job.jsonl``; returns its counts."""
-    if device == "cpu" and nj > 1:
-        torch.set_num_threads(1)
-    graph = DecodingGraph.load(graph_dir)
-    kaldi = KaldiDecoder(graph, cfg) if compare_kaldi else None
-    stats = {
-        "utterances": 0,
-        "failed": [],
-        "frames": 0,
-        "audio_seconds": 0.0,
-        "decode_seconds": 0.0,
-        "search_seconds": 0.0,
-        "state_lattice_arcs": 0,
-        "lattice_arcs": 0,
-        "kaldi": None,
-    }
-    if kaldi is not None:
-        stats["kaldi"] = {"compared": 0, "same_words": 0, "k2_better_or_equal": 0, "kaldi_better": [], "seconds": 0.0}
-    with atomic_output(out_dir / f"best.{job}.jsonl") as best_tmp, atomic_output(out_dir / f"lat.{job}.gz") as lat_tmp:
-        with open(best_tmp, "w", encoding="utf-8") as best_file:
+    """Decode job ``job`` of ``nj`` into ``out_dir/lat.job.gz`` and ``best.job.jsonl``, then its counts into
+    ``.job.job.json`` (written last: the job is done when it exists); returns them."""
+    with intra_op_threads(1 if device == "cpu" and nj > 1 else None):
+        graph = DecodingGraph.load(graph_dir)
+        kaldi = KaldiDecoder(graph, cfg) if compare_kaldi else None
+        stats = {
+            "utterances": 0,
+            "failed": [],
+            "frames": 0,
+            "audio_seconds": 0.0,
+            "decode_seconds": 0.0,
+            "search_seconds": 0.0,
+            "state_lattice_arcs": 0,
+            "lattice_arcs": 0,
+            "kaldi": None,
+        }
+        if kaldi is not None:
+            stats["kaldi"] = {
+                "compared": 0,
+                "same_words": 0,
+                "k2_better_or_equal": 0,
+                "kaldi_better": [],
+                "seconds": 0.0,
+            }
+        with (
+            atomic_output(out_dir / f"best.{job}.jsonl") as best_tmp,
+            atomic_output(out_dir / f"lat.{job}.gz") as lat_tmp,
+        ):
+            with open(best_tmp, "w", encoding="utf-8") as best_file:
 
-            def results():
-                for batch in frame_batches(source.scores(job, nj, device), cfg.batch_frames):
-                    start = time.perf_counter()
-                    hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
-                    stats["decode_seconds"] += time.perf_counter() - start
-                    for (utt, ll, seconds), hyp in zip(batch, hyps):
-                        _record(stats, hyp, ll, seconds)
-                        if kaldi is not None and hyp.ok:
-                            _compare(stats["kaldi"], hyp, kaldi, ll)
-                        best_file.write(
-                            json.dumps(
-                                {
-                                    "utt": utt,
-                                    "words": [graph.words[w] for w in hyp.words],
-                                    "tids": hyp.tids,
-                                    "cost": round(hyp.cost, 4),
-                                    "frames": int(ll.shape[0]) if ll.ndim == 2 else 0,
-                                    "lattice_arcs": hyp.lattice_arcs,
-                                    "error": hyp.error,
-                                }
+                def results():
+                    for batch in frame_batches(source.scores(job, nj, device), cfg.batch_frames):
+                        start = time.perf_counter()
+                        hyps = decode_batch(graph, [(u, ll) for u, ll, _ in batch], cfg, device)
+                        stats["decode_seconds"] += time.perf_counter() - start
+                        for (utt, ll, seconds), hyp in zip(batch, hyps):
+                            _record(stats, hyp, ll, seconds)
+                            if kaldi is not None and hyp.ok:
+                                _compare(stats["kaldi"], hyp, kaldi, ll)
+                            best_file.write(
+                                json.dumps(
+                                    {
+                                        "utt": utt,
+                                        "words": [graph.words[w] for w in hyp.words],
+                                        "tids": hyp.tids,
+                                        "cost": round(hyp.cost, 4),
+                                        "frames": int(ll.shape[0]) if ll.ndim == 2 else 0,
+                                        "lattice_arcs": hyp.lattice_arcs,
+                                        "error": hyp.error,
+                                    }
+                                )
+                                + "\n"
                             )
-                            + "\n"
-                        )
-                        if hyp.ok:
-                            yield utt, hyp.lattice
+                            if hyp.ok:
+                                yield utt, hyp.lattice
 
-            write_kaldi_lattices(lat_tmp, results())
-    return stats
+                write_kaldi_lattices(lat_tmp, results())
+        write_text_atomic(out_dir / f".job.{job}.json", json.dumps(stats) + "\n")
+        return stats
 
 
 def _record(stats: dict, hyp: Hypothesis, ll: np.ndarray, seconds: float) -> None:
@@ -147,11 +157,6 @@ def _compare(stats: dict, hyp: Hypothesis, kaldi: KaldiDecoder, ll: np.ndarray) 
         stats["kaldi_better"].append({"utt": hyp.utt, "k2_cost": round(hyp.cost, 4), "kaldi_cost": round(ref.cost, 4)})
 
 
-def _run_job(kwargs: dict) -> dict:
-    setup_logging(logging.WARNING)  # a spawned worker: its warnings and errors to stderr
-    return decode_job(**kwargs)
-
-
 def decode_corpus(
     graph_dir: Path | str,
     source: ScoreSource,
@@ -160,11 +165,13 @@ def decode_corpus(
     nj: int = 1,
     device: str = "cpu",
     compare_kaldi: bool = False,
+    engine: JobsConfig | None = None,
 ) -> dict:
     """Decode every utterance of ``source`` (asrhybrid.decode.scores) into ``out_dir`` (see the module's doc) with
-    ``nj`` jobs (processes on CPU); the jobs already complete there (same options: the verb clears the folder
-    otherwise) are kept. Returns decode.json."""
+    ``nj`` jobs on ``engine`` (default: processes on this machine); the jobs already complete there (same
+    options: the verb clears the folder otherwise) are kept. Returns decode.json."""
     cfg = cfg or DecodeConfig()
+    engine = engine or JobsConfig()
     graph_dir, out_dir = Path(graph_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = DecodingGraph.load(graph_dir)  # errors before any job starts; caches the k2 form for the jobs
@@ -189,39 +196,17 @@ def decode_corpus(
             )
     if compare_kaldi and graph.is_hlg:
         raise DataError([f"{graph_dir}: Kaldi's decoder needs an HCLG and its model; an HLG has no Kaldi reference"])
-    jobs = [
-        dict(
-            graph_dir=graph_dir,
-            source=source,
-            out_dir=out_dir,
-            cfg=cfg,
-            job=j,
-            nj=nj,
-            device=device,
-            compare_kaldi=compare_kaldi,
-        )
-        for j in range(1, nj + 1)
-    ]
-    todo = [k for k in jobs if not _job_done(out_dir, k["job"])]
-    if len(todo) < len(jobs):
-        log.info("%s: %d of %d jobs already decoded", out_dir, len(jobs) - len(todo), len(jobs))
+    shared = {"graph_dir": graph_dir, "source": source, "out_dir": out_dir, "cfg": cfg, "device": device}
+    jobs = split_jobs("decode", decode_job, nj, {**shared, "compare_kaldi": compare_kaldi})
+    # a job is done when its counts, written last, are there (its lattices and best paths landed before)
+    todo = unfinished(jobs, lambda j: out_dir / f".job.{j}.json", str(out_dir))
     start = time.perf_counter()
-    if nj > 1 and device == "cpu" and len(todo) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(len(todo), os.cpu_count() or 1)) as pool:
-            results = pool.map(_run_job, todo)
-    else:
-        results = [decode_job(**k) for k in todo]
+    run_jobs(todo, engine.on_device(device), out_dir / "log", desc=f"decode {out_dir.name}")
     wall = time.perf_counter() - start
-    for k, stats in zip(todo, results):
-        write_text_atomic(out_dir / f".job.{k['job']}.json", json.dumps(stats) + "\n")
     summary = _summary(out_dir, nj, cfg, graph_dir, source, device, wall)
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
     (out_dir / "words.txt").write_bytes((graph_dir / "words.txt").read_bytes())
     return summary
-
-
-def _job_done(out_dir: Path, job: int) -> bool:
-    return all((out_dir / name).is_file() for name in (f".job.{job}.json", f"lat.{job}.gz", f"best.{job}.jsonl"))
 
 
 def _summary(

@@ -19,8 +19,10 @@ with every tool here.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import heapq
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +193,19 @@ def _format_cost(x: float) -> str:
     return f"{x:.6g}" if math.isfinite(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
-def _open(path: Path, mode: str) -> TextIO:
-    return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+@contextlib.contextmanager
+def _open(path: Path, mode: str) -> Iterator[TextIO]:
+    if path.suffix != ".gz":
+        with open(path, mode, encoding="utf-8") as f:
+            yield f
+    elif mode == "r":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            yield f
+    else:  # no file name and no time in the gzip header: the same lattices give the same bytes, whichever job,
+        # engine or temporary name wrote them
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            with io.TextIOWrapper(gz, encoding="utf-8") as f:
+                yield f
 
 
 def read_kaldi_lattices(path: Path | str, bad: list[str] | None = None) -> Iterator[tuple[str, WordLattice]]:

@@ -37,6 +37,7 @@ from asrhybrid.decode.corpus import lattice_files
 from asrhybrid.decode.lattice import Arc, WordLattice, paths_lattice, read_kaldi_lattices, write_kaldi_lattices
 from asrhybrid.errors import DataError
 from asrhybrid.fsa.fsa import from_kaldi
+from asrhybrid.jobs import Job, JobsConfig, run_jobs
 from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
@@ -270,10 +271,12 @@ def rescore_decode_dir(
     method: str = "lattice",
     n: int = 100,
     nbest_lmwt: float = 10.0,
+    engine: JobsConfig | None = None,
 ) -> dict:
     """Rescore every lattice of a decode directory into ``out_dir`` (a decode directory again: lat.N.gz per
     job, words.txt, decode.json with the rescoring's counts). ``new_lm`` for ``lattice`` is an ARPA file
-    (compiled to ``out_dir/G.fst`` over words.txt) or a G.fst; for ``nbest`` an ARPA file or a KenLM binary."""
+    (compiled to ``out_dir/G.fst`` over words.txt) or a G.fst; for ``nbest`` an ARPA file or a KenLM binary.
+    Each lattice archive is a job on ``engine`` (asrhybrid.jobs; logs in ``out_dir/log``)."""
 
     decode_dir, out_dir, old_lm, new_lm = Path(decode_dir), Path(out_dir), Path(old_lm), Path(new_lm)
     if method not in ("lattice", "nbest"):
@@ -282,15 +285,53 @@ def rescore_decode_dir(
     words = {i: w for w, i in read_symbol_table(words_txt).items()}
     for lm in (old_lm, new_lm):
         check_lm_words(lm, words)
-    old = open_lm(old_lm, words)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if method == "lattice" and new_lm.suffix == ".arpa":
+        arpa_to_g(new_lm, words_txt, out_dir / "G.fst")
+        new_lm = out_dir / "G.fst"
+    jobs = [
+        Job(
+            f"rescore.{path.name.split('.')[1]}",
+            rescore_archive,
+            {
+                "lattices": path,
+                "out": out_dir / path.name,
+                "words_txt": words_txt,
+                "old_lm": old_lm,
+                "new_lm": new_lm,
+                "method": method,
+                "n": n,
+                "nbest_lmwt": nbest_lmwt,
+            },
+        )
+        for path in lattice_files(decode_dir)
+    ]
+    results = run_jobs(jobs, engine or JobsConfig(workers=1), out_dir / "log", desc=f"rescore {out_dir.name}")
+    stats = {
+        "method": method,
+        "old_lm": str(old_lm),
+        "new_lm": str(new_lm),
+        "n": n if method == "nbest" else None,
+        **{key: sum(results[job.name][key] for job in jobs) for key in ("lattices", "seconds", "arcs_in", "arcs_out")},
+    }
+    stats["seconds_per_lattice"] = round(stats["seconds"] / max(1, stats["lattices"]), 5)
+    source = json.loads((decode_dir / "decode.json").read_text())
+    summary = {**source, "rescoring": stats, "rescored_from": str(decode_dir)}
+    (out_dir / "words.txt").write_bytes(words_txt.read_bytes())
+    for name in decode_dir.glob("best.*.jsonl"):  # the first pass's failures stay counted
+        (out_dir / name.name).write_bytes(name.read_bytes())
+    write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def rescore_archive(
+    lattices: Path, out: Path, words_txt: Path, old_lm: Path, new_lm: Path, method: str, n: int, nbest_lmwt: float
+) -> dict:
+    """One job of :func:`rescore_decode_dir`: the lattices of one archive into ``out``; returns its counts."""
+    words = {i: w for w, i in read_symbol_table(words_txt).items()}
+    old = open_lm(old_lm, words)
     if method == "lattice":
-        if new_lm.suffix == ".arpa":
-            arpa_to_g(new_lm, words_txt, out_dir / "G.fst")
-            g_fst = out_dir / "G.fst"
-        else:
-            g_fst = new_lm
-        new_k2 = K2LanguageModel.from_g_fst(g_fst, words)
+        new_k2 = K2LanguageModel.from_g_fst(new_lm, words)
 
         def rescore(lat):
             return rescore_lattice(lat, old, new_k2)
@@ -300,35 +341,18 @@ def rescore_decode_dir(
         def rescore(lat):
             return rescore_nbest(lat, old, new, n, nbest_lmwt)
 
-    stats = {
-        "method": method,
-        "old_lm": str(old_lm),
-        "new_lm": str(new_lm),
-        "n": n if method == "nbest" else None,
-        "lattices": 0,
-        "seconds": 0.0,
-        "arcs_in": 0,
-        "arcs_out": 0,
-    }
-    for path in lattice_files(decode_dir):
+    stats = {"lattices": 0, "seconds": 0.0, "arcs_in": 0, "arcs_out": 0}
 
-        def rescored(path=path):
-            for utt, lat in read_kaldi_lattices(path):
-                start = time.perf_counter()
-                new_lat = rescore(lat)
-                stats["seconds"] += time.perf_counter() - start
-                stats["lattices"] += 1
-                stats["arcs_in"] += len(lat.arcs)
-                stats["arcs_out"] += len(new_lat.arcs)
-                yield utt, new_lat
+    def rescored():
+        for utt, lat in read_kaldi_lattices(lattices):
+            start = time.perf_counter()
+            new_lat = rescore(lat)
+            stats["seconds"] += time.perf_counter() - start
+            stats["lattices"] += 1
+            stats["arcs_in"] += len(lat.arcs)
+            stats["arcs_out"] += len(new_lat.arcs)
+            yield utt, new_lat
 
-        with atomic_output(out_dir / path.name) as tmp:
-            write_kaldi_lattices(tmp, rescored())
-    stats["seconds_per_lattice"] = round(stats["seconds"] / max(1, stats["lattices"]), 5)
-    source = json.loads((decode_dir / "decode.json").read_text())
-    summary = {**source, "rescoring": stats, "rescored_from": str(decode_dir)}
-    (out_dir / "words.txt").write_bytes(words_txt.read_bytes())
-    for name in decode_dir.glob("best.*.jsonl"):  # the first pass's failures stay counted
-        (out_dir / name.name).write_bytes(name.read_bytes())
-    write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
-    return summary
+    with atomic_output(out) as tmp:
+        write_kaldi_lattices(tmp, rescored())
+    return stats

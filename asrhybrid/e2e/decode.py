@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from asrhybrid.data.manifests import load_cuts
 from asrhybrid.decode.rescore import open_lm
 from asrhybrid.decode.scores import Scores
+from asrhybrid.determinism import intra_op_threads
 from asrhybrid.e2e.ctc import greedy_ctc
 from asrhybrid.e2e.data import e2e_batches
 from asrhybrid.e2e.las import greedy_las, rescore_nbest
@@ -30,8 +32,8 @@ from asrhybrid.e2e.search import FlashlightDecoder, WordFusion, prefix_beam_sear
 from asrhybrid.e2e.tokens import TokenSet
 from asrhybrid.e2e.train import load_e2e
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.jobs import InJob
-from asrhybrid.outputs import write_text_atomic
+from asrhybrid.jobs import InJob, JobsConfig, run_jobs, split_jobs, unfinished
+from asrhybrid.outputs import atomic_output, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -200,42 +202,85 @@ def decode_e2e(
     cfg: E2EDecodeConfig,
     lm: Path | str | None = None,
     device: str = "cpu",
+    nj: int = 1,
+    engine: JobsConfig | None = None,
+    resume_key: str | None = None,
 ) -> dict:
-
+    """Decode the cuts with a trained system into ``out_dir`` (hyp.txt, decode.json) as ``nj`` jobs on ``engine``
+    (asrhybrid.jobs): job ``n`` writes ``split<nj>/hyp.n.txt`` and its counts, joined in job order when all
+    have finished (kept for a re-run under the same ``resume_key``). ``seconds`` and the real-time factor are
+    the jobs' decoding time summed (per core)."""
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    model, trained, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
-    system = trained.system
-    lm = Path(lm) if lm else None
-    if system == "ctc":
-        search = _ctc_searcher(cfg, tokens, lm)
-    elif system == "rnnt":
-        search = _rnnt_searcher(cfg, tokens, model, lm)
-    else:
-        search = _las_searcher(cfg, tokens, model, lm)
-    failed = [{"utt": c.id, "reason": "no frames"} for c in cuts if not c.num_frames]
-    usable = cuts.filter(_has_frames)
-    lines, frames, audio, start = [], 0, 0.0, time.time()
-    with torch.no_grad():
-        for batch in e2e_batches(usable, tokens, normalizer, cfg.max_duration, None):
-            outputs = _outputs(model, system, batch, device)
-            audio += sum(batch.durations)
-            for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
-                words = search(out)
-                lines.append(f"{utt} {' '.join(words)}".rstrip() + "\n")
-                frames += int(T)
-    for f in failed:
-        log.error("%s: %s", f["utt"], f["reason"])
-    seconds = time.time() - start
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "hyp.txt", "".join(lines))
+    engine = engine or JobsConfig()
+    split = out_dir / f"split{nj}"
+    resume_or_clear(split, resume_key)
+    shared = {"exp_dir": exp_dir, "cuts_path": Path(cuts_path), "split_dir": split, "cfg": cfg, "device": device}
+    jobs = split_jobs("decode-e2e", decode_e2e_job, nj, {**shared, "lm": Path(lm) if lm else None})
+    todo = unfinished(jobs, lambda j: split / f".job.{j}.json", str(out_dir))
+    run_jobs(todo, engine.on_device(device), out_dir / "log", desc=f"decode-e2e {out_dir.name}")
+    counts = [json.loads((split / f".job.{j}.json").read_text()) for j in range(1, nj + 1)]
+    with atomic_output(out_dir / "hyp.txt") as tmp, open(tmp, "wb") as out:
+        for j in range(1, nj + 1):
+            out.write((split / f"hyp.{j}.txt").read_bytes())
+    failed = [f for c in counts for f in c["failed"]]
+    seconds, audio = sum(c["seconds"] for c in counts), sum(c["audio_seconds"] for c in counts)
     summary = {
-        "system": system,
+        "system": counts[0]["system"],
         "search": {**asdict(cfg), "lm": str(lm) if lm else None},
-        "utterances": len(lines) + len(failed),
+        "utterances": sum(c["utterances"] for c in counts),
         "failed": failed,
-        "frames": frames,
+        "frames": sum(c["frames"] for c in counts),
+        "nj": nj,
         "seconds": round(seconds, 2),
         "real_time_factor": round(seconds / max(audio, 1e-9), 4),
     }
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")
+    shutil.rmtree(split)
     return summary
+
+
+def decode_e2e_job(
+    exp_dir: Path,
+    cuts_path: Path,
+    split_dir: Path,
+    cfg: E2EDecodeConfig,
+    lm: Path | None,
+    device: str,
+    job: int,
+    nj: int,
+) -> dict:
+    """Job ``job`` of ``nj`` of :func:`decode_e2e`: ``split_dir/hyp.job.txt``, then its counts (``.job.job.json``)."""
+    with intra_op_threads(1 if device == "cpu" and nj > 1 else None):
+        model, trained, tokens, cuts, normalizer = _load_system(exp_dir, cuts_path, device)
+        system = trained.system
+        if system == "ctc":
+            search = _ctc_searcher(cfg, tokens, lm)
+        elif system == "rnnt":
+            search = _rnnt_searcher(cfg, tokens, model, lm)
+        else:
+            search = _las_searcher(cfg, tokens, model, lm)
+        mine = cuts.filter(InJob(job, nj))
+        failed = [{"utt": c.id, "reason": "no frames"} for c in mine if not c.num_frames]
+        lines, frames, audio, start = [], 0, 0.0, time.perf_counter()
+        with torch.no_grad():
+            for batch in e2e_batches(mine.filter(_has_frames), tokens, normalizer, cfg.max_duration, None):
+                outputs = _outputs(model, system, batch, device)
+                audio += sum(batch.durations)
+                for utt, out, T in zip(batch.ids, outputs, batch.feat_lens):
+                    words = search(out)
+                    lines.append(f"{utt} {' '.join(words)}".rstrip() + "\n")
+                    frames += int(T)
+        seconds = time.perf_counter() - start
+    for f in failed:
+        log.error("%s: %s", f["utt"], f["reason"])
+    write_text_atomic(split_dir / f"hyp.{job}.txt", "".join(lines))
+    counts = {
+        "system": system,
+        "utterances": len(lines) + len(failed),
+        "failed": failed,
+        "frames": frames,
+        "audio_seconds": audio,
+        "seconds": seconds,
+    }
+    write_text_atomic(split_dir / f".job.{job}.json", json.dumps(counts) + "\n")
+    return counts

@@ -3,9 +3,13 @@
 Per part, cuts are cut into fixed chunks (sorted by id, ``chunk_size`` cuts
 each). A chunk writes ``chunk-NNNN.lca`` and then ``chunk-NNNN.jsonl.gz``, both
 under temporary names renamed when complete, so a killed run resumes at the
-first unfinished chunk and redoes nothing else. Chunks run in ``num_jobs``
-processes on CPU; on CUDA one process feeds kaldifeat batches of
-``batch_duration`` seconds. The chunks are then joined into icefall's
+first unfinished chunk and redoes nothing else. A chunk is a job
+(asrhybrid.jobs: ``fbank.<part>.K``, its log in the part's ``feats/log``) on
+the run's engine: ``num_jobs`` processes on this machine by default, or Dask
+or Slurm; on CUDA one process feeds kaldifeat batches of ``batch_duration``
+seconds. (Lhotse's own ``compute_and_store_features(executor=)`` splits a cut
+set the same way but writes one storage per split without resuming a killed
+split; the chunks here are jobs that any engine can redo alone.) The chunks are then joined into icefall's
 ``<corpus>_cuts_<part>.jsonl.gz`` and CMVN statistics are written beside it
 (asrhybrid.features.layout has the layout).
 """
@@ -13,21 +17,21 @@ processes on CPU; on CUDA one process feeds kaldifeat batches of
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from lhotse import CutSet, Features, load_manifest
 from lhotse.features.io import LilcomChunkyWriter
 from lhotse.utils import fastcopy
-from tqdm import tqdm
 
 from asrhybrid.data.manifests import manifest_paths
+from asrhybrid.determinism import intra_op_threads
 from asrhybrid.errors import DataError
 from asrhybrid.features.cmvn import CmvnStats, speaker_of, write_cmvn
 from asrhybrid.features.fbank import KaldiFbank, KaldiFbankConfig
 from asrhybrid.features.layout import FeatureSet
+from asrhybrid.jobs import Job, JobsConfig, run_jobs
 from asrhybrid.outputs import atomic_output, remove_stale_temporaries, resume_or_clear
 
 log = logging.getLogger(__name__)
@@ -98,27 +102,17 @@ def process_chunk(cuts: list, config: dict, lca_path: Path, manifest_path: Path,
     """Compute a chunk unless it is done; return (computed, {speaker: Kaldi CMVN stats}).
 
     The statistics are of the features as stored (after lilcom), as training reads
-    them, like Kaldi's compute-cmvn-stats on compressed features. Runs in a worker.
+    them, like Kaldi's compute-cmvn-stats on compressed features. A job: one core.
     """
     computed = not manifest_path.is_file()
     if computed:
-        compute_chunk(cuts, config, lca_path, manifest_path, batch_duration)
+        with intra_op_threads(1):
+            compute_chunk(cuts, config, lca_path, manifest_path, batch_duration)
     stats: dict[str, CmvnStats] = {}
     for cut in load_manifest(manifest_path):
         feats = cut.load_features()
         stats.setdefault(speaker_of(cut), CmvnStats(feats.shape[1])).accumulate(feats)
     return computed, stats
-
-
-def _accumulate(results, speakers: dict[str, CmvnStats], bar) -> None:
-    for num_cuts, (_, chunk_stats) in results:
-        for speaker, st in chunk_stats.items():
-            speakers.setdefault(speaker, CmvnStats(st.stats.shape[1] - 1)).stats += st.stats
-        bar.update(num_cuts)
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
 
 
 def compute_fbank(
@@ -131,9 +125,11 @@ def compute_fbank(
     chunk_size: int = 500,
     batch_duration: float | None = None,
     resume_key: str | None = None,
+    engine: JobsConfig | None = None,
 ) -> None:
     """Features of one part laid out as asrhybrid.features.layout says: the cuts, their lilcom chunks and the
-    CMVN statistics. Chunks of a killed run are kept when it ran under ``resume_key`` (None: start over)."""
+    CMVN statistics. Chunks of a killed run are kept when it ran under ``resume_key`` (None: start over).
+    The chunks run on ``engine`` (default: ``num_jobs`` processes here)."""
     manifest_dir, fbank_dir = Path(manifest_dir), Path(fbank_dir)
     fbank_dir.mkdir(parents=True, exist_ok=True)
     features = FeatureSet(fbank_dir, corpus, part)
@@ -153,17 +149,26 @@ def compute_fbank(
         log.info("fbank %s/%s: resuming, %d of %d chunks already done", corpus, part, finished, len(chunks))
     cfg = asdict(config)
     cfg["device"] = device
+    engine = (engine or JobsConfig(workers=num_jobs)).on_device(device)
+    jobs = [
+        Job(
+            f"fbank.{part}.{k}",
+            process_chunk,
+            {
+                "cuts": chunks[k],
+                "config": cfg,
+                "lca_path": paths[k][0],
+                "manifest_path": paths[k][1],
+                "batch_duration": batch_duration,
+            },
+        )
+        for k in range(len(chunks))
+    ]
+    results = run_jobs(jobs, engine, feats_dir / "log", desc=f"fbank {part} ({len(cuts)} cuts)")
     speakers: dict[str, CmvnStats] = {}
-    bar = tqdm(total=len(cuts), desc=f"fbank {part}", unit="utt")
-    jobs = [(chunks[k], cfg, *paths[k], batch_duration) for k in range(len(chunks))]
-    if device == "cpu" and num_jobs > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(min(num_jobs, len(chunks)), initializer=_worker_init) as pool:
-            futures = {pool.submit(process_chunk, *job): len(job[0]) for job in jobs}
-            results = ((futures[f], f.result()) for f in as_completed(futures))
-            _accumulate(results, speakers, bar)
-    else:
-        _accumulate(((len(job[0]), process_chunk(*job)) for job in jobs), speakers, bar)
-    bar.close()
+    for job in jobs:  # in chunk order: the same sums whichever order the jobs ended in
+        for speaker, st in results[job.name][1].items():
+            speakers.setdefault(speaker, CmvnStats(st.stats.shape[1] - 1)).stats += st.stats
 
     # gzip members concatenate into one valid gzip file: join the chunk manifests as bytes.
     with atomic_output(features.cuts) as tmp, open(tmp, "wb") as out:

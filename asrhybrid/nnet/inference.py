@@ -3,6 +3,7 @@ for the decoder or into a Kaldi matrix table (compute-loglikes)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -13,17 +14,18 @@ from lhotse.dataset import SimpleCutSampler
 from torch import nn
 
 from asrhybrid.data.manifests import load_cuts
+from asrhybrid.determinism import intra_op_threads
 from asrhybrid.features.cmvn import FeatureNormalizer, speaker_of
-from asrhybrid.kaldi_tables import matrix_table_writer
+from asrhybrid.jobs import InJob, JobsConfig, run_jobs, split_jobs, unfinished
+from asrhybrid.kaldi_tables import matrix_table_writer, merge_tables
 from asrhybrid.nnet.adapt import SpeakerAdaptedAM
 from asrhybrid.nnet.batches import pad_batch
 from asrhybrid.nnet.checkpoint import AM, TrainedSystem
 from asrhybrid.nnet.models import build_model
 from asrhybrid.nnet.priors import scaled_loglikes
 from asrhybrid.nnet.train import TrainConfig
-from asrhybrid.nnet.trainer import (
-    default_device,
-)
+from asrhybrid.nnet.trainer import default_device
+from asrhybrid.outputs import resume_or_clear, write_text_atomic
 
 
 def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainedSystem]:
@@ -76,16 +78,58 @@ def compute_loglikes(
     prior_scale: float = 1.0,
     max_duration: float = 120.0,
     device: torch.device | str | None = None,
+    nj: int = 1,
+    engine: JobsConfig | None = None,
+    resume_key: str | None = None,
 ) -> int:
     """Every cut's scaled log-likelihoods (:func:`iter_loglikes`) into a Kaldi float-matrix table ``out_ark``
-    (+ .scp); returns the count."""
-    device = torch.device(device) if device is not None else default_device()
-    model, trained = load_am(exp_dir, device)
-    done = 0
-    cuts = load_cuts(cuts_path)
-    normalizer = trained.normalizer(cuts, cuts_path)
-    with matrix_table_writer(out_ark) as write:
-        for cut, loglikes in iter_loglikes(model, trained, cuts, acwt, prior_scale, max_duration, device, normalizer):
-            write(cut.id, loglikes)
-            done += 1
+    (+ .scp) as ``nj`` jobs on ``engine`` (asrhybrid.jobs): job ``n`` writes ``<out_ark>.split<nj>/n.ark``, the
+    tables joined in job order when all have finished (kept for a re-run under the same ``resume_key``);
+    returns the count."""
+    out_ark = Path(out_ark)
+    device = str(torch.device(device) if device is not None else default_device())
+    engine = engine or JobsConfig()
+    split = out_ark.parent / f"{out_ark.name}.split{nj}"
+    resume_or_clear(split, resume_key)
+    shared = {"cuts_path": Path(cuts_path), "exp_dir": Path(exp_dir), "acwt": acwt, "prior_scale": prior_scale}
+    jobs = split_jobs(
+        "loglikes",
+        loglikes_job,
+        nj,
+        {**shared, "max_duration": max_duration, "device": device},
+        lambda j: {"out_ark": split / f"{j}.ark"},
+    )
+    todo = unfinished(jobs, lambda j: split / f"{j}.count", str(out_ark))
+    run_jobs(todo, engine.on_device(device), out_ark.parent / "log" / out_ark.stem, desc=f"loglikes {out_ark.name}")
+    merge_tables([split / f"{j}.ark" for j in range(1, nj + 1)], out_ark)
+    count = sum(int((split / f"{j}.count").read_text()) for j in range(1, nj + 1))
+    shutil.rmtree(split)
+    return count
+
+
+def loglikes_job(
+    cuts_path: Path,
+    exp_dir: Path,
+    out_ark: Path,
+    acwt: float,
+    prior_scale: float,
+    max_duration: float,
+    device: str,
+    job: int,
+    nj: int,
+) -> int:
+    """Job ``job`` of ``nj`` of :func:`compute_loglikes`: its cuts into ``out_ark``, then its count beside it."""
+    with intra_op_threads(1 if device == "cpu" and nj > 1 else None):
+        model, trained = load_am(exp_dir, device)
+        cuts = load_cuts(cuts_path)
+        normalizer = trained.normalizer(cuts, cuts_path)  # the speakers' statistics span every job's cuts
+        done = 0
+        with matrix_table_writer(out_ark) as write:
+            mine = cuts.filter(InJob(job, nj))
+            for cut, loglikes in iter_loglikes(
+                model, trained, mine, acwt, prior_scale, max_duration, device, normalizer
+            ):
+                write(cut.id, loglikes)
+                done += 1
+    write_text_atomic(out_ark.with_suffix(".count"), f"{done}\n")
     return done

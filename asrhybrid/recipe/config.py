@@ -35,7 +35,9 @@ A recipe config names the corpus and gives each stage's options::
       lstmp: {chunk_frames: 150, model: {cells: 320, proj: 128}, realign: 0, ali: tree}
                              # per system; realign: rounds of realigning with itself; ali: the alignments
                              # (tree, or an earlier system's realignment, e.g. dnn_ali1)
-      nproc: 1               # > 1: data-parallel workers through torchrun
+      nproc: 1               # > 1: data-parallel workers through torchrun (per node)
+      nnodes: 1              # > 1: nodes, nproc workers each: one Slurm allocation (jobs: {engine: slurm}), or
+      rdzv_endpoint: head:29400   # torchrun's c10d rendezvous, joined by the same command on the other nodes
     decode:                  # stages 7-8: HCLG of the tree with the small LM, lattices, rescoring, scoring
       options: {acwt: 0.1, search_beam: 20, lattice_beam: 6}   # DecodeConfig fields
       nj: 2                  # decoding jobs (processes on CPU)
@@ -45,12 +47,19 @@ A recipe config names the corpus and gives each stage's options::
       kaldi_reference: true  # also decode with Kaldi's decoder and report the agreement
       adapt: {iterations: 2, epochs: 10}   # optional: unsupervised speaker adaptation (LIN + LHUC on the
                              # first pass's best paths; AdaptConfig fields), a second pass as system <system>_sa
+    jobs:                    # where every parallel stage's jobs run (asrhybrid.jobs; make ... engine= nj= address=)
+      engine: local          # local processes (default), dask (a scheduler at address, or a LocalCluster of
+      address: null          # workers), slurm (submitit; options under slurm:)
+      nj: 8                  # jobs of each parallel stage (default: the stage's own, decode.nj, features.num_jobs)
+      max_retries: 2         # a job that failed or whose worker was lost runs again
+      slurm: {partition: cpu, time_min: 60, mem_gb: 8, cpus_per_task: 1}
     e2e:                     # stages 9-10: end-to-end systems on the tokens, one exp/<system> each
       systems: [ctc]
       common: {epochs: 50, max_duration: 7}   # E2EConfig fields for every system
       ctc: {model: {hidden: 256}}   # tokens: {model_type: char, vocab_size: 40}: a system's own token model
       decode:
         hlg: {}              # CTC over HLG (DecodeConfig fields): stage 8's decode, rescore and score
+        nj: 1                # jobs of each search (an utterance's job: a hash of its id)
         searches:            # one decode dir each: decode_<part>_<lm or nolm>_<method>
           - {method: greedy}
           - {method: beam, lm: large, alpha: 0.5, beta: 1.0}   # E2EDecodeConfig fields; lm: small or large
@@ -73,6 +82,7 @@ from asrhybrid.e2e.decode import E2EDecodeConfig
 from asrhybrid.e2e.train import E2EConfig
 from asrhybrid.errors import ConfigError
 from asrhybrid.features.fbank import KaldiFbankConfig
+from asrhybrid.jobs import JobsConfig
 from asrhybrid.nnet.adapt import AdaptConfig
 from asrhybrid.nnet.train import TrainConfig
 from asrhybrid.options import E2E_SYSTEMS, SYSTEMS, e2e_kind, load_yaml
@@ -96,6 +106,7 @@ class RecipeConfig:
     e2e: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
     folds: dict[str, list[Any]] = field(default_factory=dict)  # {data option: one value per fold}
+    jobs: dict[str, Any] = field(default_factory=dict)  # JobsConfig fields and nj
 
     @property
     def fold_option(self) -> str | None:
@@ -187,7 +198,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for system in e2e.get("systems") or []:
         if not isinstance(system, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", system):
             raise ConfigError(f"{path}: 'e2e.systems': {system!r} is not a system name (letters, digits, _)")
-        if system in ("common", "decode", "systems", "nproc"):
+        if system in ("common", "decode", "systems", "nproc", "nnodes", "rdzv_endpoint"):
             raise ConfigError(f"{path}: 'e2e.systems': '{system}' is a key of the e2e section, not a system name")
         if e2e_kind(e2e, system) not in E2E_SYSTEMS:
             raise ConfigError(
@@ -195,7 +206,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
                 f"which with 'system:' (e2e: {{systems: [las_paper], las_paper: {{system: las}}}})"
             )
     systems = list(e2e.get("systems") or [])
-    _check_keys(path, "e2e.decode", e2e.get("decode") or {}, {"searches", "hlg"})
+    _check_keys(path, "e2e.decode", e2e.get("decode") or {}, {"searches", "hlg", "nj"})
     hlg = (e2e.get("decode") or {}).get("hlg")
     if hlg is not None and not isinstance(hlg, dict):
         raise ConfigError(
@@ -212,6 +223,14 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
                     f"{path}: a search of 'e2e.decode.searches' names the system '{system}', which "
                     f"'e2e.systems' does not train ({', '.join(map(str, systems)) or 'none'})"
                 )
+    jobs = dict(raw.get("jobs") or {})
+    nj = jobs.get("nj")
+    if nj is not None and not (isinstance(nj, int) and nj >= 1):
+        raise ConfigError(f"{path}: 'jobs.nj' is a number of jobs (1 or more), not {nj!r}")
+    try:
+        JobsConfig(**{k: v for k, v in jobs.items() if k != "nj"})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     folds = raw.get("folds") or {}
     if not (isinstance(folds, dict) and len(folds) <= 1 and all(isinstance(v, list) and v for v in folds.values())):
         raise ConfigError(
@@ -242,6 +261,7 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
         e2e=dict(raw.get("e2e") or {}),
         parts={k: str(v) for k, v in (raw.get("parts") or {}).items()},
         folds=dict(folds),
+        jobs=jobs,
     )
 
 
@@ -270,6 +290,7 @@ TOP_KEYS = {
     "e2e",
     "parts",
     "folds",
+    "jobs",
     "description",
 }
 
@@ -301,10 +322,11 @@ def _section_keys() -> dict[str, set[str]]:
         "tokens": {"model_type", "vocab_size"},
         "align": _field_names("align"),
         "tree": {"num_leaves", "min_count", "questions"},
-        "am": {"systems", "common", "nproc", *SYSTEMS},
+        "am": {"systems", "common", "nproc", "nnodes", "rdzv_endpoint", *SYSTEMS},
         "decode": {"options", "nj", "lmwt", "wip", "rescore", "kaldi_reference", "nbest", "adapt"},
-        "e2e": {"systems", "common", "nproc", "decode", *E2E_SYSTEMS},
+        "e2e": {"systems", "common", "nproc", "nnodes", "rdzv_endpoint", "decode", *E2E_SYSTEMS},
         "parts": {"train", "dev", "test"},
+        "jobs": {f.name for f in fields(JobsConfig)} | {"nj"},
     }
 
 

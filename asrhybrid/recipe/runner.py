@@ -36,6 +36,8 @@ from asrhybrid.data.download import downloaded_corpus_dir
 from asrhybrid.data.manifests import manifest_paths
 from asrhybrid.errors import AsrHybridError, ConfigError
 from asrhybrid.features.layout import FeatureSet
+from asrhybrid.jobs import JobsConfig, run_distributed
+from asrhybrid.logs import setup_logging
 from asrhybrid.options import e2e_kind, format_options
 from asrhybrid.recipe.config import RecipeConfig, load_recipe
 from asrhybrid.score.results import fold_workdir
@@ -50,6 +52,24 @@ class RecipeRun:
     workdir: Path
     corpus_dir: Path | None
     force: bool
+    jobs: dict | None = None  # the command line's engine options over the recipe's ``jobs:``
+
+    def _job_options(self) -> dict:
+        """The recipe's ``jobs:`` under the command line's options."""
+        return {**self.config.jobs, **{k: v for k, v in (self.jobs or {}).items() if v is not None}}
+
+    def job_args(self, nj: int | None) -> list[str]:
+        """A parallel verb's job options: ``--nj`` (the command line's, the recipe's ``jobs.nj``, or ``nj``, the
+        stage's own; None: the verb has no --nj, its input decides) and the engine's (asrhybrid.jobs)."""
+        jobs = self._job_options()
+        given = jobs.pop("nj", None)
+        args = [] if nj is None else ["--nj", str(given or nj)]
+        for key, value in jobs.items():
+            if key == "slurm":
+                args += [arg for k, v in value.items() for arg in ("--slurm", f"{k}={v}")]
+            elif value is not None:
+                args += [f"--{key.replace('_', '-')}", str(value)]
+        return args
 
     @property
     def manifest_dir(self) -> Path:
@@ -107,25 +127,75 @@ class RecipeRun:
             log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
             raise
 
-    def run_verb_workers(self, stage: str, verb: str, args: list[str], nproc: int) -> None:
-        """``run_verb`` over ``nproc`` data-parallel workers: ``torchrun -m asrhybrid VERB ARGS`` (its own processes)."""
-        if nproc <= 1:
-            return self.run_verb(stage, verb, args)
+    def engine(self) -> JobsConfig:
+        """The run's engine (asrhybrid.jobs)."""
+        return JobsConfig(**{k: v for k, v in self._job_options().items() if k != "nj"})
 
-        argv = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "asrhybrid",
-            *self._verb_argv(stage, verb, args),
-        ]
+    def run_verb_workers(
+        self, stage: str, verb: str, args: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None
+    ) -> None:
+        """``run_verb`` over ``nnodes`` x ``nproc`` data-parallel workers: with ``engine: slurm`` one allocation
+        through submitit (asrhybrid.jobs.run_distributed); else torchrun on this machine, with ``--standalone``
+        on one node or, over several, a c10d rendezvous at ``rdzv_endpoint`` that the other nodes join with the
+        command the log gives."""
+        engine = self.engine()
+        if engine.engine == "slurm":
+            run_distributed(
+                run_verb_task,
+                [self._verb_argv(stage, verb, args)],
+                nnodes,
+                nproc,
+                engine,
+                self.log_file(stage, verb).parent,
+                f"{verb}-{stage}",
+            )
+            return
+        if nproc <= 1 and nnodes <= 1:
+            return self.run_verb(stage, verb, args)
+        argv = torchrun_argv(self._verb_argv(stage, verb, args), nproc, nnodes, rdzv_endpoint, f"{verb}-{stage}")
         log.info("%s", shlex.join(argv))
+        if nnodes > 1:
+            log.info("start the same on each of the other %d nodes (the workdir on a shared filesystem)", nnodes - 1)
         if subprocess.run(argv).returncode != 0:
             log.error("'asrhybrid %s' failed; its log: %s", verb, self.log_file(stage, verb))
-            raise AsrHybridError(f"'asrhybrid {verb}' over {nproc} workers failed (see {self.log_file(stage, verb)})")
+            raise AsrHybridError(
+                f"'asrhybrid {verb}' over {nnodes} x {nproc} workers failed (see {self.log_file(stage, verb)})"
+            )
+
+
+def torchrun_argv(verb_argv: list[str], nproc: int, nnodes: int, rdzv_endpoint: str | None, rdzv_id: str) -> list[str]:
+    """torchrun's command line for ``asrhybrid VERB_ARGV``: ``--standalone`` on one node, a c10d rendezvous at
+    ``rdzv_endpoint`` (HOST:PORT, reachable from every node) over several."""
+    if nnodes <= 1:
+        rendezvous = ["--standalone"]
+    elif not rdzv_endpoint:
+        raise ConfigError(
+            f"training over {nnodes} nodes with torchrun needs the rendezvous: rdzv_endpoint: HOST:PORT (a host "
+            "every node reaches) beside nnodes, or jobs: {engine: slurm} for one Slurm allocation"
+        )
+    else:
+        rendezvous = [
+            f"--nnodes={nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "asrhybrid",
+        *verb_argv,
+    ]
+
+
+def run_verb_task(argv: list[str]) -> None:
+    """One worker of a distributed training submitted through submitit: the verb, logging as the command line's."""
+    setup_logging()
+    run_verb(argv)
 
 
 def stage_data(run: RecipeRun) -> None:
@@ -134,7 +204,7 @@ def stage_data(run: RecipeRun) -> None:
     if cfg.synth is not None:
         corpus_dir = corpus_dir or run.workdir / "download" / cfg.corpus
         synth_opts = {"sampling_rate": cfg.sample_rate, **cfg.synth}
-        run.run_verb("data", "synth-corpus", [str(corpus_dir), *format_options(synth_opts)])
+        run.run_verb("data", "synth-corpus", [str(corpus_dir), *format_options(synth_opts), *run.job_args(None)])
     if corpus_dir is None and cfg.data.get("download"):
         target = run.workdir / "download"
         run.run_verb("data", "download", [cfg.data["download"], str(target)])
@@ -167,8 +237,7 @@ def stage_fbank(run: RecipeRun) -> None:
         str(run.fbank_dir),
         "--corpus",
         run.config.corpus,
-        "--num-jobs",
-        str(feats.get("num_jobs", 2)),
+        *run.job_args(feats.get("num_jobs", 2)),
         *format_options(fbank_opts),
     ]
     run.run_verb("make_fbank", "compute-fbank", args)
@@ -235,7 +304,7 @@ def stage_align(run: RecipeRun) -> None:
         str(run.cmvn("train")),
         *format_options(run.config.align),
     ]
-    run.run_verb("mono_flat", "align-flat-start", args)
+    run.run_verb("mono_flat", "align-flat-start", [*args, *run.job_args(1)])
 
 
 def stage_tree(run: RecipeRun) -> None:
@@ -281,11 +350,20 @@ def stage_am(run: RecipeRun) -> None:
         for r in range(rounds + 1):  # round r < rounds: a first pass whose alignments the next one trains on
             out = exp / system if r == rounds else exp / f"{system}_pass{r + 1}"
             run.run_verb_workers(
-                system, "train-am", [cuts, str(ali_dir), str(run.lang_dir), str(out), *common], int(am.get("nproc", 1))
+                system,
+                "train-am",
+                [cuts, str(ali_dir), str(run.lang_dir), str(out), *common],
+                int(am.get("nproc", 1)),
+                int(am.get("nnodes", 1)),
+                am.get("rdzv_endpoint"),
             )
             if r < rounds:
                 realigned = exp / f"{system}_ali{r + 1}"
-                run.run_verb(system, "align-am", [cuts, str(run.lang_dir), str(ali_dir), str(out), str(realigned)])
+                run.run_verb(
+                    system,
+                    "align-am",
+                    [cuts, str(run.lang_dir), str(ali_dir), str(out), str(realigned), *run.job_args(1)],
+                )
                 ali_dir = realigned
 
 
@@ -338,7 +416,15 @@ def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
         run.run_verb(
             adapted,
             "adapt-am",
-            [str(exp / system), str(previous), str(model), "--cuts", str(run.cuts(role)), *format_options(adapt)],
+            [
+                str(exp / system),
+                str(previous),
+                str(model),
+                "--cuts",
+                str(run.cuts(role)),
+                *format_options(adapt),
+                *run.job_args(1),
+            ],
         )
         if i < iterations:
             previous = model / "decode_small"
@@ -351,8 +437,7 @@ def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
                     str(previous),
                     "--cuts",
                     str(run.cuts(role)),
-                    "--nj",
-                    str(dec.get("nj", 1)),
+                    *run.job_args(dec.get("nj", 1)),
                     *format_options(dec.get("options") or {}),
                 ],
             )
@@ -381,8 +466,7 @@ def lattice_decode(
         str(decode_dir),
         "--cuts",
         str(run.cuts(role)),
-        "--nj",
-        str(dec.get("nj", 1)),
+        *run.job_args(dec.get("nj", 1)),
         *format_options(options),
     ]
     run.run_verb(system, "decode", args + (["--kaldi-reference"] if kaldi_reference else []))
@@ -399,6 +483,7 @@ def lattice_decode(
                 str(rescored),
                 "--method",
                 method,
+                *run.job_args(None),
             ],
         )
         dirs.append(rescored)
@@ -428,7 +513,9 @@ def stage_e2e(run: RecipeRun) -> None:
             *format_options(opts),
             *["--model-opt" if a == "--opt" else a for a in format_options(model_opts)],
         ]
-        run.run_verb_workers(system, "train-e2e", args, int(e2e.get("nproc", 1)))
+        run.run_verb_workers(
+            system, "train-e2e", args, int(e2e.get("nproc", 1)), int(e2e.get("nnodes", 1)), e2e.get("rdzv_endpoint")
+        )
 
 
 def token_specs(run: RecipeRun) -> list[dict]:
@@ -486,7 +573,7 @@ def stage_e2e_decode(run: RecipeRun) -> None:
                 args = [str(exp / system), str(run.cuts(role)), str(out), *format_options(search)]
                 if lm:
                     args += ["--lm", str(lm_dir / f"{lm}.arpa")]
-                run.run_verb(system, "decode-e2e", args)
+                run.run_verb(system, "decode-e2e", [*args, *run.job_args((e2e.get("decode") or {}).get("nj", 1))])
                 run.run_verb(system, "score", [str(out), str(run.cuts(role))])
     run.run_verb("decode", "results", [str(run.workdir), "--corpus", run.config.corpus])
 
@@ -514,10 +601,12 @@ def run_recipe(
     corpus_dir: Path | str | None = None,
     force: bool = False,
     folds: list[str] | None = None,
+    jobs: dict | None = None,
 ) -> None:
     """Stages ``stage..stop_stage`` of a recipe in ``workdir``. A recipe with ``folds`` runs them once per fold
     (``folds``: only those), each in WORKDIR/fold_<name>, and a run that scores (stage 8 or 10) writes
-    WORKDIR/RESULTS.md over the folds."""
+    WORKDIR/RESULTS.md over the folds. ``jobs`` (engine, address, workers, nj) overrides the recipe's
+    ``jobs:`` for every parallel stage."""
     config = load_recipe(recipe)
     corpus = Path(corpus_dir) if corpus_dir else None
     selected = [s for s in STAGES if stage <= s[0] <= stop_stage]
@@ -529,10 +618,10 @@ def run_recipe(
         if folds:
             raise ConfigError(f"{config.path} has no folds (a 'folds' key), so no fold {', '.join(folds)}")
         with workdir_lock(Path(workdir)):
-            _run_stages(RecipeRun(config, Path(workdir), corpus, force), selected)
+            _run_stages(RecipeRun(config, Path(workdir), corpus, force, jobs), selected)
         return
     runs = {
-        fold: RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force)
+        fold: RecipeRun(config.with_fold(fold), fold_workdir(workdir, fold), corpus, force, jobs)
         for fold in folds or config.fold_names()
     }  # an unknown fold stops the run before any stage
     for fold, run in runs.items():

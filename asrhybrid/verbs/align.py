@@ -19,7 +19,7 @@ from asrhybrid.hmm import MODEL_FILES, init_mono_model
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import run_once, write_text_atomic
 from asrhybrid.tree.build import build_senone_tree
-from asrhybrid.verbs.common import add_common, add_verb
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config
 
 log = logging.getLogger("asrhybrid")
 
@@ -52,7 +52,14 @@ def cmd_align_flat_start(args: argparse.Namespace) -> None:
         asdict(cfg),
         args.force,
         lambda done: flat_start(
-            args.cuts, args.lang_dir, args.exp_dir, args.cmvn, cfg, resume_key=done.resume_key("iterations")
+            args.cuts,
+            args.lang_dir,
+            args.exp_dir,
+            args.cmvn,
+            cfg,
+            resume_key=done.resume_key("iterations"),
+            nj=args.nj,
+            engine=jobs_config(args),
         ),
         inputs={"cuts": args.cuts, "lang": args.lang_dir, "cmvn": args.cmvn},
     )
@@ -62,9 +69,18 @@ def cmd_align(args: argparse.Namespace) -> None:
     run_once(
         args.out_dir,
         "align",
-        {"backend": args.backend},
+        {"backend": args.backend},  # not nj: the jobs' tables join into the same alignments
         args.force,
-        lambda done: align_corpus(args.cuts, args.lang_dir, args.model_dir, args.out_dir, backend=args.backend),
+        lambda done: align_corpus(
+            args.cuts,
+            args.lang_dir,
+            args.model_dir,
+            args.out_dir,
+            backend=args.backend,
+            nj=args.nj,
+            engine=jobs_config(args),
+            resume_key=done.resume_key(),
+        ),
         inputs={"cuts": args.cuts, "lang": args.lang_dir, "model": args.model_dir},
     )
 
@@ -128,6 +144,7 @@ def add_align_verbs(sub) -> None:
         choices=BACKENDS,
         help="aligner for the realignments (default: the device's; see docs/alignment.md)",
     )
+    add_jobs(p, what="jobs of each realignment (their alignments do not depend on it)")
     add_common(p)
     p.set_defaults(func=cmd_align_flat_start)
 
@@ -144,6 +161,7 @@ def add_align_verbs(sub) -> None:
         choices=BACKENDS,
         help="kaldi (C++ aligner, beams), k2 or torch (exact FSA engines); auto: the device's default",
     )
+    add_jobs(p, what="jobs (a recording's utterances in one)")
     add_common(p)
     p.set_defaults(func=cmd_align)
 

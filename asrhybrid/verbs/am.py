@@ -16,7 +16,7 @@ from asrhybrid.nnet.inference import compute_loglikes
 from asrhybrid.nnet.priors import silence_pdfs
 from asrhybrid.nnet.train import TrainConfig, train_am
 from asrhybrid.outputs import run_once
-from asrhybrid.verbs.common import add_common, add_verb, run_training, train_config
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config, run_training, train_config
 
 log = logging.getLogger("asrhybrid")
 
@@ -55,13 +55,23 @@ def cmd_align_am(args: argparse.Namespace) -> None:
     def work(done):
         for name in MODEL_FILES:  # the tree's model beside its alignments: train-am reads OUT_DIR as a tree dir
             shutil.copyfile(args.tree_dir / name, args.out_dir / name)
-        align_corpus(args.cuts, args.lang_dir, args.tree_dir, args.out_dir, backend=args.backend, am_dir=args.am_dir)
+        align_corpus(
+            args.cuts,
+            args.lang_dir,
+            args.tree_dir,
+            args.out_dir,
+            backend=args.backend,
+            am_dir=args.am_dir,
+            nj=args.nj,
+            engine=jobs_config(args),
+            resume_key=done.resume_key(),
+        )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     run_once(
         args.out_dir,
         "align-am",
-        {"backend": args.backend},
+        {"backend": args.backend},  # not nj: the jobs' tables join into the same alignments
         args.force,
         work,
         inputs={"cuts": args.cuts, "lang": args.lang_dir, "tree": args.tree_dir, "am": args.am_dir / "final.pt"},
@@ -78,7 +88,17 @@ def cmd_compute_loglikes(args: argparse.Namespace) -> None:
         args.force,
         lambda done: log.info(
             "%d utterances",
-            compute_loglikes(args.cuts, args.exp_dir, args.out_ark, args.acwt, args.prior_scale, device=device),
+            compute_loglikes(
+                args.cuts,
+                args.exp_dir,
+                args.out_ark,
+                args.acwt,
+                args.prior_scale,
+                device=device,
+                nj=args.nj,
+                engine=jobs_config(args),
+                resume_key=done.resume_key(),
+            ),
         ),
         inputs={"cuts": args.cuts, "model": args.exp_dir / "final.pt"},
         outputs=[args.out_ark.name, args.out_ark.with_suffix(".scp").name],
@@ -124,6 +144,7 @@ def add_am_verbs(sub) -> None:
     p.add_argument("am_dir", type=Path, help="train-am's EXP_DIR (final.pt)")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
+    add_jobs(p, what="jobs (a recording's utterances in one)")
     add_common(p)
     p.set_defaults(func=cmd_align_am)
 
@@ -139,5 +160,6 @@ def add_am_verbs(sub) -> None:
     p.add_argument("--acwt", type=float, default=1.0)
     p.add_argument("--prior-scale", type=float, default=1.0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add_jobs(p, what="jobs (an utterance's job: a hash of its id)")
     add_common(p)
     p.set_defaults(func=cmd_compute_loglikes)

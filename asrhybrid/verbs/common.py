@@ -1,5 +1,6 @@
-"""What every verb shares: its parser's shape (``--log-file``, ``--force``) and, for the training verbs, the
-frame that runs a training alone or under torchrun, once (asrhybrid.outputs' completion marker)."""
+"""What every verb shares: its parser's shape (``--log-file``, ``--force``), the parallel verbs' job options
+(``--nj``, ``--engine``: asrhybrid.jobs) and, for the training verbs, the frame that runs a training alone or
+under torchrun, once (asrhybrid.outputs' completion marker)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from asrhybrid.errors import ConfigError
+from asrhybrid.jobs import ENGINES, JobsConfig
 from asrhybrid.nnet.trainer import default_device
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import Completion
@@ -32,6 +34,39 @@ def add_verb(sub, name: str, what: str) -> argparse.ArgumentParser:
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", type=Path, help="also write the log here (the recipe runner sets exp/.../log/)")
     p.add_argument("--force", action="store_true", help="redo the work even if it finished before")
+
+
+def add_jobs(p: argparse.ArgumentParser, nj: int | None = 1, what: str = "jobs", workers: int | None = None) -> None:
+    """A parallel verb's job options: how many jobs (none where its input decides: one per lattice archive),
+    and the engine they run on (asrhybrid.jobs)."""
+    if nj is not None:
+        p.add_argument("--nj", type=int, default=nj, help=what)
+    p.add_argument("--engine", default="local", choices=ENGINES, help="where the jobs run (default: this machine)")
+    p.add_argument("--address", help="dask: the scheduler (tcp://host:8786); none: a LocalCluster")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=workers,
+        help=f"local processes or LocalCluster workers (default: {workers or 'min(jobs, cores)'})",
+    )
+    p.add_argument("--max-retries", type=int, default=2, help="tries again for a job that failed or was lost")
+    p.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="submitit/Slurm: partition, account, qos, time_min, mem_gb, cpus_per_task, gpus_per_node, cluster",
+    )
+
+
+def jobs_config(args: argparse.Namespace) -> JobsConfig:
+    """The engine of ``add_jobs``' options."""
+    return JobsConfig(
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        max_retries=args.max_retries,
+        slurm=parse_options(args.slurm),
+    )
 
 
 def train_config(cls, args: argparse.Namespace, verb: str):

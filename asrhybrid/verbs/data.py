@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from asrhybrid.data.download import download_corpus
@@ -17,7 +17,7 @@ from asrhybrid.features.fbank import KaldiFbankConfig
 from asrhybrid.features.layout import FeatureSet
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import run_once
-from asrhybrid.verbs.common import add_common, add_verb
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config
 
 log = logging.getLogger("asrhybrid")
 
@@ -36,7 +36,7 @@ def cmd_synth_corpus(args: argparse.Namespace) -> None:
         "synth-corpus",
         asdict(cfg),
         args.force,
-        lambda done: generate_corpus(args.out_dir, cfg, resume_key=done.resume_key()),
+        lambda done: generate_corpus(args.out_dir, cfg, resume_key=done.resume_key(), engine=jobs_config(args)),
     )
 
 
@@ -78,6 +78,7 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
     parts = args.parts or manifest_parts(args.manifest_dir, args.corpus)
     if not parts:
         raise DataError([f"no {args.corpus}_supervisions_*.jsonl.gz in {args.manifest_dir}: run prepare-data first"])
+    engine = replace(jobs_config(args), workers=args.workers or args.nj)
     for part in parts:  # one step per part: a new part does not redo the others
         recordings, supervisions = manifest_paths(args.manifest_dir, args.corpus, part)
         run_once(
@@ -91,9 +92,10 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
                 args.corpus,
                 part,
                 config,
-                num_jobs=args.num_jobs,
+                num_jobs=args.nj,
                 chunk_size=args.chunk_size,
                 resume_key=done.resume_key(),
+                engine=engine,
             ),
             inputs={"recordings": recordings, "supervisions": supervisions},
             outputs=FeatureSet(args.fbank_dir, args.corpus, part).outputs(),
@@ -110,6 +112,7 @@ def add_data_verbs(sub) -> None:
     p = add_verb(sub, "synth-corpus", "generate the synthetic corpus: OUT_DIR/wav/<part>/*.wav, metadata.jsonl")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="SynthConfig field (seed, train_hours, ...)")
+    add_jobs(p, nj=None, workers=1)  # one job: the corpus is one sequence of eSpeak calls (asrhybrid.data.synth)
     add_common(p)
     p.set_defaults(func=cmd_synth_corpus)
 
@@ -143,7 +146,8 @@ def add_data_verbs(sub) -> None:
     p.add_argument("--corpus", required=True)
     p.add_argument("--parts", nargs="+", help="default: every part in manifest_dir")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="fbank option, e.g. num_mel_bins=40")
-    p.add_argument("--num-jobs", type=int, default=1)
+    add_jobs(p, what="chunks computed at once (a chunk is a job)")
+    p.add_argument("--num-jobs", dest="nj", type=int, help=argparse.SUPPRESS)  # the name before --nj
     p.add_argument("--chunk-size", type=int, default=500, help="cuts per resumable chunk")
     add_common(p)
     p.set_defaults(func=cmd_compute_fbank)

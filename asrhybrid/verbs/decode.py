@@ -30,7 +30,7 @@ from asrhybrid.outputs import Completion, atomic_output, resume_or_clear, run_on
 from asrhybrid.score.grid import refs_from_cuts, score_decode_dir
 from asrhybrid.score.results import write_folds_results, write_results
 from asrhybrid.score.wer import read_text
-from asrhybrid.verbs.common import add_common, add_verb
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config
 
 log = logging.getLogger("asrhybrid")
 
@@ -78,7 +78,14 @@ def cmd_decode(args: argparse.Namespace) -> None:
     resume_or_clear(args.out_dir, done.resume_key())  # finished jobs of the same decode are kept
     source = score_source(args.scores, args.cuts, cfg)
     summary = decode_corpus(
-        args.graph_dir, source, args.out_dir, cfg, args.nj, device, compare_kaldi=args.kaldi_reference
+        args.graph_dir,
+        source,
+        args.out_dir,
+        cfg,
+        args.nj,
+        device,
+        compare_kaldi=args.kaldi_reference,
+        engine=jobs_config(args),
     )
     log.info(
         "decoded %d of %d utterances (%d failed), %.0f frames/s, lattices %.2f arcs/frame",
@@ -111,7 +118,17 @@ def cmd_adapt_am(args: argparse.Namespace) -> None:
     device = str(default_device()) if args.device == "auto" else args.device
 
     def work(done):
-        report = adapt_am(args.exp_dir, args.decode_dir, args.cuts, args.out_dir, cfg, args.graph, device)
+        report = adapt_am(
+            args.exp_dir,
+            args.decode_dir,
+            args.cuts,
+            args.out_dir,
+            cfg,
+            args.graph,
+            device,
+            nj=args.nj,
+            engine=jobs_config(args),
+        )
         for speaker, r in report["speakers"].items():
             log.info(
                 "%s: %d frames, frame cross-entropy on the first pass %.4f -> %.4f",
@@ -124,7 +141,9 @@ def cmd_adapt_am(args: argparse.Namespace) -> None:
     inputs = {"model": _scores_input(args.exp_dir), "first_pass": args.decode_dir / "decode.json", "cuts": args.cuts}
     if args.graph:
         inputs["graph"] = args.graph / "trans.pkl"
-    run_once(args.out_dir, "adapt-am", asdict(cfg), args.force, work, inputs=inputs)
+    # nj: a job's speakers share its batches (and their last digits); one job keeps the key of earlier runs
+    params = {**asdict(cfg), **({"nj": args.nj} if args.nj != 1 else {})}
+    run_once(args.out_dir, "adapt-am", params, args.force, work, inputs=inputs)
 
 
 def _references(source: Path) -> dict[str, str]:
@@ -172,7 +191,14 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_rescore(args: argparse.Namespace) -> None:
     def work(done):
         summary = rescore_decode_dir(
-            args.lat_dir, args.old_lm, args.new_lm, args.out_dir, args.method, args.n, args.nbest_lmwt
+            args.lat_dir,
+            args.old_lm,
+            args.new_lm,
+            args.out_dir,
+            args.method,
+            args.n,
+            args.nbest_lmwt,
+            engine=jobs_config(args),
         )
         r = summary["rescoring"]
         log.info("rescored %d lattices (%s): %.4f s per lattice", r["lattices"], r["method"], r["seconds_per_lattice"])
@@ -303,7 +329,7 @@ def _add_search_verbs(sub) -> None:
         help="DecodeConfig field: acwt, prior_scale, search_beam, output_beam, min_active, max_active, "
         "lattice_beam, max_lattice_states, batch_frames",
     )
-    p.add_argument("--nj", type=int, default=1, help="jobs (worker processes on CPU)")
+    add_jobs(p, what="jobs (an utterance's job: a hash of its id)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--kaldi-reference",
@@ -334,6 +360,7 @@ def _add_search_verbs(sub) -> None:
         help="AdaptConfig field: transforms ([lin, lhuc]), epochs, lr, max_duration, max_grad_norm, seed",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_jobs(p, what="jobs (a speaker's job: a hash of its name)")
     add_common(p)
     p.set_defaults(func=cmd_adapt_am)
 
@@ -373,6 +400,7 @@ def _add_scoring_verbs(sub) -> None:
     p.add_argument("--method", default="lattice", choices=["lattice", "nbest"])
     p.add_argument("--n", type=int, default=100, help="n-best: unique word sequences per lattice")
     p.add_argument("--nbest-lmwt", type=float, default=10.0, help="n-best: the LM weight they are drawn at")
+    add_jobs(p, nj=None, workers=1)  # one job per lattice archive; in this process unless told (milliseconds a lattice)
     add_common(p)
     p.set_defaults(func=cmd_rescore)
 

@@ -15,7 +15,7 @@ from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import atomic_output, run_once
-from asrhybrid.verbs.common import add_common, add_verb, run_training, train_config
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config, run_training, train_config
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,18 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
     if args.lm:
         inputs["lm"] = args.lm
 
-    def work(_):
-        s = decode_e2e(args.exp_dir, args.cuts, args.out_dir, cfg, args.lm, args.device)
+    def work(done):
+        s = decode_e2e(
+            args.exp_dir,
+            args.cuts,
+            args.out_dir,
+            cfg,
+            args.lm,
+            args.device,
+            nj=args.nj,
+            engine=jobs_config(args),
+            resume_key=done.resume_key(),
+        )
         log.info(
             "decoded %d utterances (%d failed) with %s search, real-time factor %.4f",
             s["utterances"],
@@ -52,7 +62,9 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
             s["real_time_factor"],
         )
 
-    run_once(args.out_dir, "decode-e2e", asdict(cfg), args.force, work, inputs=inputs)
+    # nj: the jobs' batches differ, and so may the last digits; one job keeps the key of decodes made before jobs
+    params = {**asdict(cfg), **({"nj": args.nj} if args.nj != 1 else {})}
+    run_once(args.out_dir, "decode-e2e", params, args.force, work, inputs=inputs)
 
 
 def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
@@ -126,5 +138,6 @@ def add_e2e_verbs(sub) -> None:
         "max_symbols and blank_penalty (RNN-T), ctc_weight, length_bonus, lm_fusion (rescore or shallow; LAS)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    add_jobs(p, what="jobs (an utterance's job: a hash of its id)")
     add_common(p)
     p.set_defaults(func=cmd_decode_e2e)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from asrhybrid.data.synth.espeak import FreshSynthesizer, Synthesis
 from asrhybrid.data.synth.grammar import generate_sentence
+from asrhybrid.jobs import Job, JobsConfig, run_jobs
 from asrhybrid.outputs import atomic_output, remove_stale_temporaries, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -214,10 +215,29 @@ def _generate_part(
     return entries
 
 
-def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), resume_key: str | None = None) -> Path:
+def generate_corpus(
+    out_dir: Path | str,
+    cfg: SynthConfig = SynthConfig(),
+    resume_key: str | None = None,
+    engine: JobsConfig | None = None,
+) -> Path:
     """Write the corpus into ``out_dir``. WAVs of a killed run are kept when it ran under ``resume_key``
-    (the verb's options; None: start over)."""
+    (the verb's options; None: start over). The generation is one job on ``engine`` (asrhybrid.jobs: a Dask
+    worker or a Slurm node may run it, and a lost one is retried, resuming from the WAVs it wrote), not
+    several: eSpeak's audio for an utterance depends on the calls made before it in the same process (a
+    second block of 32 utterances synthesised in a fresh process changed 31 of its 32 waveforms), so a
+    corpus split over processes would be another corpus."""
     out_dir = Path(out_dir)
+    run_jobs(
+        [Job("synth", _generate, {"out_dir": out_dir, "cfg": cfg, "resume_key": resume_key})],
+        engine or JobsConfig(workers=1),
+        out_dir / "log",
+        desc="synth",
+    )
+    return out_dir
+
+
+def _generate(out_dir: Path, cfg: SynthConfig, resume_key: str | None) -> None:
     resume_or_clear(out_dir / "wav", resume_key)
     for folder in (out_dir / "wav").glob("*"):
         remove_stale_temporaries(folder)
@@ -231,4 +251,3 @@ def generate_corpus(out_dir: Path | str, cfg: SynthConfig = SynthConfig(), resum
     write_text_atomic(
         out_dir / "speakers.json", json.dumps({p: [asdict(s) for s in v] for p, v in speakers.items()}, indent=1)
     )
-    return out_dir
