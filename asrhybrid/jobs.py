@@ -275,16 +275,24 @@ def _run_dask(jobs: list[Job], cfg: JobsConfig, logs: dict[str, Path], finished)
     # one that raises is retried by the scheduler through submit(retries=). Workers are not daemons, so that
     # a job may start processes of its own (the synthetic corpus's eSpeak; a daemon may have no children).
     settings = {"distributed.scheduler.allowed-failures": cfg.max_retries, "distributed.worker.daemon": False}
-    with dask.config.set(settings):
-        if cfg.address:
-            cluster, client = None, Client(cfg.address)
-        else:
-            n = min(len(jobs), cfg.workers or os.cpu_count() or 1)
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-            )
-            client = Client(cluster)
-        try:
+    chatter = logging.getLogger("distributed")  # its INFO lines (workers starting, connections) are not the stage's
+    level = chatter.level
+    chatter.setLevel(max(logging.WARNING, level))
+    cluster = client = None
+    try:
+        with dask.config.set(settings):
+            if cfg.address:
+                client = Client(cfg.address)
+            else:
+                n = min(len(jobs), cfg.workers or os.cpu_count() or 1)
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+                client = Client(cluster)
             run_id = uuid.uuid4().hex[:8]
             futures = {
                 client.submit(
@@ -298,10 +306,12 @@ def _run_dask(jobs: list[Job], cfg: JobsConfig, logs: dict[str, Path], finished)
                     finished(job, future.result(), None)
                 else:
                     finished(job, None, _error_text(future.exception()))
-        finally:
+    finally:
+        if client is not None:
             client.close()
-            if cluster is not None:
-                cluster.close()
+        if cluster is not None:
+            cluster.close()
+        chatter.setLevel(level)
 
 
 def _run_slurm(jobs: list[Job], cfg: JobsConfig, logs: dict[str, Path], finished) -> None:
