@@ -78,45 +78,70 @@ def test_submitits_local_executor_decodes_the_same_bytes(planted_archive, local_
     assert list((tmp_path / "decode" / "log" / "submitit").glob("*_log.out"))  # submitit's own logs beside ours
 
 
-def test_a_worker_killed_mid_job_is_retried_and_the_outputs_are_the_same(
+def _kill_a_running_job(log_dir, killed: list[int], timeout: float = 120) -> None:
+    """SIGKILL the process of the first decode job seen running (its log's first line, no end yet): as the OOM
+    killer or a lost node would."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not killed:
+        for log in log_dir.glob("decode.*.log"):
+            lines = log.read_text().splitlines()
+            if len(lines) == 1 and " attempt 1 started " in lines[0]:
+                pid = int(lines[0].rsplit("pid ", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.01)
+
+
+def _decode_with_a_worker_killed(graph_dir, ark, out, engine: JobsConfig, caplog) -> dict:
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_running_job, args=(out / "log", killed))
+    killer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="asrhybrid"):
+            summary = _decode(graph_dir, ark, out, engine)
+    finally:
+        killer.join()
+    assert killed, "no job was seen running"
+    assert summary["decoded"] == 240
+    retried = [log for log in (out / "log").glob("decode.*.log") if " attempt 2 started " in log.read_text()]
+    assert any(f"pid {killed[0]}" in log.read_text() for log in retried)
+    assert any("finished at attempt 2" in r.getMessage() for r in caplog.records)
+    assert not list(out.glob(".tmp*")), "the lost attempt's temporaries are removed"
+    return summary
+
+
+def test_a_dask_worker_killed_mid_job_is_retried_and_the_outputs_are_the_same(
     planted_archive, local_decode, tmp_path, caplog
 ):
-    """The test kills the worker process that runs a decode job (SIGKILL, as the OOM killer or a lost node):
-    the scheduler runs the job again on a live worker, the stage finishes and logs the retry."""
+    """The test kills the worker process that runs a decode job: the scheduler runs the job again on a live
+    worker (the nanny restarts the dead one), the stage finishes and logs the retry."""
     from distributed import Client, LocalCluster
 
     graph_dir, ark = planted_archive
     out = tmp_path / "decode"
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR)
-    killed: list[int] = []
-
-    def kill_a_running_job():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            for log in (out / "log").glob("decode.*.log"):
-                lines = log.read_text().splitlines()
-                if len(lines) == 1 and " attempt 1 started " in lines[0]:  # running, not ended
-                    pid = int(lines[0].rsplit("pid ", 1)[1])
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_a_running_job)
     try:
-        killer.start()
-        with caplog.at_level(logging.WARNING, logger="asrhybrid"):
-            summary = _decode(graph_dir, ark, out, JobsConfig(engine="dask", address=cluster.scheduler_address))
-        killer.join()
+        _decode_with_a_worker_killed(
+            graph_dir, ark, out, JobsConfig(engine="dask", address=cluster.scheduler_address), caplog
+        )
     finally:
         Client(cluster).close()
         cluster.close()
-    assert killed, "no job was seen running"
-    assert summary["decoded"] == 240
     assert _job_outputs(out) == _job_outputs(local_decode)
     retried = [log for log in (out / "log").glob("decode.*.log") if " attempt 2 started " in log.read_text()]
-    assert len(retried) == 1 and f"pid {killed[0]}" in retried[0].read_text()
-    assert any("finished at attempt 2" in r.getMessage() for r in caplog.records)
+    assert len(retried) == 1  # the scheduler reran only the lost task
+
+
+def test_a_local_worker_killed_mid_job_is_retried_and_the_outputs_are_the_same(
+    planted_archive, local_decode, tmp_path, caplog
+):
+    """The same with the local engine's process pool: a dead worker breaks the pool, and the jobs it left
+    unfinished run again in a new one."""
+    graph_dir, ark = planted_archive
+    out = tmp_path / "decode"
+    _decode_with_a_worker_killed(graph_dir, ark, out, JobsConfig(workers=2), caplog)
+    assert _job_outputs(out) == _job_outputs(local_decode)
 
 
 def _fbank(manifest_dir, fbank_dir, engine: JobsConfig, resume_key="k"):
@@ -133,38 +158,66 @@ def _features(fbank_dir) -> dict[str, np.ndarray]:
     return {c.id: c.load_features() for c in load_manifest(fbank_dir / "yesno_cuts_train.jsonl.gz")}
 
 
-def test_fbank_on_dask_equals_local_and_a_corrupt_file_stops_only_its_chunk(tmp_path, caplog):
+@pytest.fixture(scope="module")
+def yesno_manifests(tmp_path_factory):
+    """A copy of the yesno corpus (a test corrupts a file of it), its manifests, and its training features
+    computed by one local job at a time: (corpus, manifest dir, features by cut)."""
     from asrhybrid.data.prepare import prepare_data
+
+    root = tmp_path_factory.mktemp("fbank_jobs")
+    corpus = root / "corpus"
+    shutil.copytree(require_shared("corpora", "yesno", "waves_yesno"), corpus)
+    prepare_data("yesno", "yesno", corpus, root / "m", 8000)
+    _fbank(root / "m", root / "local", JobsConfig(workers=1))
+    return corpus, root / "m", root / "local"
+
+
+def test_fbank_on_dask_equals_local(yesno_manifests, tmp_path):
     from asrhybrid.features.layout import FeatureSet
 
-    corpus = tmp_path / "corpus"
-    shutil.copytree(require_shared("corpora", "yesno", "waves_yesno"), corpus)
-    prepare_data("yesno", "yesno", corpus, tmp_path / "m", 8000)
-    _fbank(tmp_path / "m", tmp_path / "local", JobsConfig(workers=1))
-    _fbank(tmp_path / "m", tmp_path / "dask", JobsConfig(engine="dask", workers=2))
-    local, dask = _features(tmp_path / "local"), _features(tmp_path / "dask")
+    _, manifests, local_dir = yesno_manifests
+    _fbank(manifests, tmp_path / "dask", JobsConfig(engine="dask", workers=2))
+    local, dask = _features(local_dir), _features(tmp_path / "dask")
     assert list(local) == list(dask) and len(local) == 30  # 4 chunks of 8, 8, 8, 6 cuts
     assert all(np.array_equal(local[k], dask[k]) for k in local)
-    chunks = sorted(FeatureSet(tmp_path / "local", "yesno", "train").feats_dir.glob("chunk-*.lca"))
+    chunks = sorted(FeatureSet(local_dir, "yesno", "train").feats_dir.glob("chunk-*.lca"))
     assert len(chunks) == 4 and all(
         c.read_bytes() == (FeatureSet(tmp_path / "dask", "yesno", "train").feats_dir / c.name).read_bytes()
         for c in chunks
     )
-    # the first file of chunk 2 (cuts 16..23 by id) cut short after its header: that chunk fails three times
-    # (two retries), the others finish; nothing is joined
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        JobsConfig(workers=2),
+        JobsConfig(engine="dask", workers=2),
+        JobsConfig(engine="slurm", slurm={"cluster": "local", "time_min": 10}),
+    ],
+    ids=["local", "dask", "submitit"],
+)
+def test_a_corrupt_file_stops_only_its_chunk_and_a_rerun_redoes_only_it(yesno_manifests, tmp_path, engine):
+    """The first file of chunk 2 (cuts 16..23 by id) cut short after its header: that chunk fails three times
+    (two retries) on every engine, the others finish, nothing is joined; fixed, a re-run computes chunk 2 alone."""
+    from asrhybrid.features.layout import FeatureSet
+
+    corpus, manifests, local_dir = yesno_manifests
+    local = _features(local_dir)
     bad = corpus / f"{sorted(local)[16]}.wav"
     good_bytes = bad.read_bytes()
     bad.write_bytes(good_bytes[:30])
     out = tmp_path / "retry"
-    with pytest.raises(JobsFailed, match=r"job fbank\.train\.2 failed: .*\(log: .*fbank\.train\.2\.log\)"):
-        _fbank(tmp_path / "m", out, JobsConfig(engine="dask", workers=2))
+    try:
+        with pytest.raises(JobsFailed, match=r"job fbank\.train\.2 failed: .*\(log: .*fbank\.train\.2\.log\)"):
+            _fbank(manifests, out, engine)
+    finally:
+        bad.write_bytes(good_bytes)  # fixed (the corpus is the module's)
     feats = FeatureSet(out, "yesno", "train")
     assert not feats.cuts.exists()
     done = {p.name: p.stat().st_mtime_ns for p in feats.feats_dir.glob("chunk-*.jsonl.gz")}
     assert sorted(done) == ["chunk-0000.jsonl.gz", "chunk-0001.jsonl.gz", "chunk-0003.jsonl.gz"]
     assert (feats.feats_dir / "log" / "fbank.train.2.log").read_text().count(" started ") == 3
-    bad.write_bytes(good_bytes)  # fixed: the re-run computes only chunk 2
-    _fbank(tmp_path / "m", out, JobsConfig(engine="dask", workers=2))
+    _fbank(manifests, out, engine)
     assert {n: (feats.feats_dir / n).stat().st_mtime_ns for n in done} == done
     again = _features(out)
     assert all(np.array_equal(local[k], again[k]) for k in local)

@@ -40,7 +40,7 @@ from asrhybrid.determinism import intra_op_threads
 from asrhybrid.errors import DataError
 from asrhybrid.graph.k2graph import DecodingGraph
 from asrhybrid.jobs import JobsConfig, run_jobs, split_jobs, unfinished
-from asrhybrid.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, remove_stale_temporaries, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ def decode_corpus(
     todo = unfinished(jobs, lambda j: out_dir / f".job.{j}.json", str(out_dir))
     start = time.perf_counter()
     run_jobs(todo, engine.on_device(device), out_dir / "log", desc=f"decode {out_dir.name}")
+    remove_stale_temporaries(out_dir)  # what the attempts of lost workers began
     wall = time.perf_counter() - start
     summary = _summary(out_dir, nj, cfg, graph_dir, source, device, wall)
     write_text_atomic(out_dir / "decode.json", json.dumps(summary, indent=1) + "\n")

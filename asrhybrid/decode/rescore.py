@@ -42,7 +42,7 @@ from asrhybrid.kaldi_wrappers import kaldifst
 from asrhybrid.lang.io import read_symbol_table
 from asrhybrid.lm.arpa import BOS, EOS, UNK, read_arpa
 from asrhybrid.lm.train import arpa_to_g
-from asrhybrid.outputs import atomic_output, write_text_atomic
+from asrhybrid.outputs import atomic_output, remove_stale_temporaries, write_text_atomic
 
 LN10 = math.log(10.0)
 
@@ -307,6 +307,7 @@ def rescore_decode_dir(
         for path in lattice_files(decode_dir)
     ]
     results = run_jobs(jobs, engine or JobsConfig(workers=1), out_dir / "log", desc=f"rescore {out_dir.name}")
+    remove_stale_temporaries(out_dir)  # what the attempts of lost workers began
     stats = {
         "method": method,
         "old_lm": str(old_lm),

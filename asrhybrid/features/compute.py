@@ -165,6 +165,7 @@ def compute_fbank(
         for k in range(len(chunks))
     ]
     results = run_jobs(jobs, engine, feats_dir / "log", desc=f"fbank {part} ({len(cuts)} cuts)")
+    remove_stale_temporaries(feats_dir)  # what the attempts of lost workers began
     speakers: dict[str, CmvnStats] = {}
     for job in jobs:  # in chunk order: the same sums whichever order the jobs ended in
         for speaker, st in results[job.name][1].items():
