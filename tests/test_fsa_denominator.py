@@ -81,6 +81,17 @@ def test_totals_and_gradients_equal_brute_force(leaky):
     torch.testing.assert_close(x.grad[0], posteriors, atol=1e-9, rtol=1e-9)
 
 
+def test_gradients_are_finite_where_states_are_unreachable():
+    """The default initial state (all mass on state 0) leaves states at -inf for the first frame: their
+    gradient is 0, not NaN, with and without a leak, in a batch of several lengths."""
+    x = torch.zeros(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    for leaky in (0.0, 0.1):
+        denominator_log_likelihood(_graph(), _dense(x, [5, 4]), leaky).sum().backward()
+        assert torch.isfinite(x.grad).all()
+        assert float(x.grad[1, 4].abs().sum()) == 0.0  # the shorter sequence's padding is not read
+        x.grad = None
+
+
 @pytest.mark.parametrize("engine", ["torch", "k2"])
 def test_without_a_leak_it_is_the_engines_total_over_every_path(engine):
     if engine == "k2":

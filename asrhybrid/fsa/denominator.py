@@ -62,9 +62,16 @@ def denominator_log_likelihood(
         values = alpha[:, src] + score + x[:, t, column]  # [B, emitting arcs]
         a = _logsumexp_into(values, dst, num_states)
         if log_leaky is not None:
-            a = torch.logaddexp(a, log_leaky + torch.logsumexp(a, dim=1, keepdim=True) + initial)
+            a = _logaddexp(a, log_leaky + torch.logsumexp(a, dim=1, keepdim=True) + initial)
         alpha = torch.where((t < lengths)[:, None], a, alpha)  # a sequence's last frame is its own
     return torch.logsumexp(alpha + final, dim=1)
+
+
+def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``logaddexp`` whose gradient is 0, not NaN, where both sides are -inf (states the leak does not reach)."""
+    some = torch.isfinite(a) | torch.isfinite(b)
+    zero = torch.zeros_like(a)
+    return torch.where(some, torch.logaddexp(torch.where(some, a, zero), torch.where(some, b, zero)), -math.inf)
 
 
 def _logsumexp_into(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
