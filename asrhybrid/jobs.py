@@ -148,12 +148,11 @@ def run_jobs(jobs: list[Job], cfg: JobsConfig, log_dir: Path | str, desc: str = 
 
         def finished(job: Job, outcome: dict | None, error: str | None) -> None:
             bar.update(1)
+            error = error if outcome is None else outcome["input_error"]
             if error is not None:
                 failures[job.name] = error
                 log.error("job %s failed: %s (log: %s)", job.name, error.strip().splitlines()[-1], logs[job.name])
                 return
-            if outcome["input_error"]:
-                return finished(job, None, outcome["input_error"])
             results[job.name] = outcome["result"]
             if outcome["attempt"] > 1:
                 log.warning("job %s finished at attempt %d (%s)", job.name, outcome["attempt"], logs[job.name])
@@ -315,12 +314,7 @@ def _run_dask(jobs: list[Job], cfg: JobsConfig, logs: dict[str, Path], finished)
 
 
 def _run_slurm(jobs: list[Job], cfg: JobsConfig, logs: dict[str, Path], finished) -> None:
-    # imported here: only this engine needs submitit
-    import submitit
-
-    folder = next(iter(logs.values())).parent / "submitit"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cfg.slurm.get("cluster"))
-    executor.update_parameters(**{_SLURM_KEYS[k]: v for k, v in cfg.slurm.items() if k != "cluster"})
+    executor = _slurm_executor(cfg, next(iter(logs.values())).parent / "submitit")
 
     def round_(pending):
         submitted = [(job, executor.submit(execute, job, str(logs[job.name]))) for job in pending]
@@ -347,17 +341,8 @@ def run_distributed(
             f"torchrun on each node yourself: torchrun --nnodes {nnodes} --nproc-per-node {nproc} "
             "--rdzv-backend c10d --rdzv-endpoint HOST:29400 -m asrhybrid VERB ..."
         )
-    # imported here: only this engine needs submitit
-    import submitit
-
     log_dir = Path(log_dir)
-    executor = submitit.AutoExecutor(folder=log_dir / "submitit", cluster=cfg.slurm.get("cluster"))
-    executor.update_parameters(
-        name=name,
-        nodes=nnodes,
-        tasks_per_node=nproc,
-        **{_SLURM_KEYS[k]: v for k, v in cfg.slurm.items() if k != "cluster"},
-    )
+    executor = _slurm_executor(cfg, log_dir / "submitit", name=name, nodes=nnodes, tasks_per_node=nproc)
     for attempt in range(cfg.max_retries + 1):
         job = executor.submit(_distributed_task, fn, args)
         log.info("%s: %d x %d workers as submitit job %s (logs: %s)", name, nnodes, nproc, job.job_id, log_dir)
@@ -369,6 +354,16 @@ def run_distributed(
             if attempt == cfg.max_retries:
                 raise JobsFailed({name: error}, {name: log_dir / "submitit"}) from None
             log.warning("%s: %s; submitting again (%d of %d)", name, error.strip(), attempt + 1, cfg.max_retries)
+
+
+def _slurm_executor(cfg: JobsConfig, folder: Path, **parameters):
+    """submitit's AutoExecutor with the ``slurm:`` options (and ``parameters``), its files in ``folder``."""
+    # imported here: only this engine needs submitit
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cfg.slurm.get("cluster"))
+    executor.update_parameters(**parameters, **{_SLURM_KEYS[k]: v for k, v in cfg.slurm.items() if k != "cluster"})
+    return executor
 
 
 def _distributed_task(fn: Callable[..., Any], args: list) -> Any:

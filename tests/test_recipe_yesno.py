@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_make
+from conftest import asrhybrid_cmd, run_make
 from lhotse import load_manifest
 
 from asrhybrid.features.cmvn import read_cmvn
@@ -354,17 +354,12 @@ def test_align_jobs_on_a_dask_cluster_write_what_local_jobs_write(yesno_through_
         ("dask3", ["--nj", "3", "--engine", "dask", "--workers", "2"]),
     ):
         outs[name] = work / "exp" / "mono_flat" / f"align_jobs_{name}"
-        cli = [
-            sys.executable,
-            "-m",
-            "asrhybrid.cli",
-            "align",
-            str(work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz"),
-            str(work / "data" / "lang"),
-            str(work / "exp" / "mono_flat"),
-            str(outs[name]),
-            *extra,
-        ]
+        cuts, lang, model = (
+            work / "data" / "fbank" / "yesno_cuts_test.jsonl.gz",
+            work / "data" / "lang",
+            work / "exp" / "mono_flat",
+        )
+        cli = asrhybrid_cmd() + ["align", str(cuts), str(lang), str(model), str(outs[name]), *extra]
         result = subprocess.run(cli, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
     local, dask = outs["local3"], outs["dask3"]
@@ -392,7 +387,6 @@ def test_flat_start_killed_midway_resumes_to_the_same_model(tmp_path, yesno_thro
     import time
 
     import torch
-    from conftest import asrhybrid_cmd
 
     work, _ = yesno_through_stage_4
     fbank = work / "data" / "fbank"
@@ -516,7 +510,6 @@ def test_train_am_and_compute_loglikes_verbs(tmp_path, yesno_through_stage_4):
     """`asrhybrid train-am` then `compute-loglikes`: one [frames, pdfs] matrix per test utterance, whose rows are
     posteriors over priors (exp(loglike + log prior) sums to 1 at acwt 1); a re-run is a no-op."""
     import torch
-    from conftest import asrhybrid_cmd
 
     from asrhybrid.hmm import load_model
     from asrhybrid.kaldi_tables import iter_matrices
@@ -671,10 +664,8 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
 
     jobs_dir = tmp_path / "dnn_sa_jobs"
     adapt = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "asrhybrid",
+        asrhybrid_cmd()
+        + [
             "adapt-am",
             str(exp / "dnn"),
             str(exp / "dnn" / "decode_test_small"),

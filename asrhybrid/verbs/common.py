@@ -69,6 +69,12 @@ def jobs_config(args: argparse.Namespace) -> JobsConfig:
     )
 
 
+def nj_option(nj: int) -> dict:
+    """``nj`` as a step's option where the jobs' batches change its numbers' last digits (decode-e2e, adapt-am):
+    one job keeps the key of the steps made before jobs, so their markers stay valid."""
+    return {"nj": nj} if nj != 1 else {}
+
+
 def train_config(cls, args: argparse.Namespace, verb: str):
     """A training verb's config: ``--opt`` fields, ``--system`` and ``--model-opt`` model options."""
     options = {**parse_options(args.opt), "system": args.system, "model": parse_options(args.model_opt)}

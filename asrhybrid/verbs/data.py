@@ -92,7 +92,6 @@ def cmd_compute_fbank(args: argparse.Namespace) -> None:
                 args.corpus,
                 part,
                 config,
-                num_jobs=args.nj,
                 chunk_size=args.chunk_size,
                 resume_key=done.resume_key(),
                 engine=engine,

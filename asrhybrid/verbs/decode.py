@@ -30,7 +30,7 @@ from asrhybrid.outputs import Completion, atomic_output, resume_or_clear, run_on
 from asrhybrid.score.grid import refs_from_cuts, score_decode_dir
 from asrhybrid.score.results import write_folds_results, write_results
 from asrhybrid.score.wer import read_text
-from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config
+from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config, nj_option
 
 log = logging.getLogger("asrhybrid")
 
@@ -141,9 +141,7 @@ def cmd_adapt_am(args: argparse.Namespace) -> None:
     inputs = {"model": _scores_input(args.exp_dir), "first_pass": args.decode_dir / "decode.json", "cuts": args.cuts}
     if args.graph:
         inputs["graph"] = args.graph / "trans.pkl"
-    # nj: a job's speakers share its batches (and their last digits); one job keeps the key of earlier runs
-    params = {**asdict(cfg), **({"nj": args.nj} if args.nj != 1 else {})}
-    run_once(args.out_dir, "adapt-am", params, args.force, work, inputs=inputs)
+    run_once(args.out_dir, "adapt-am", {**asdict(cfg), **nj_option(args.nj)}, args.force, work, inputs=inputs)
 
 
 def _references(source: Path) -> dict[str, str]:

@@ -15,7 +15,15 @@ from asrhybrid.errors import ConfigError
 from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import atomic_output, run_once
-from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config, run_training, train_config
+from asrhybrid.verbs.common import (
+    add_common,
+    add_jobs,
+    add_verb,
+    jobs_config,
+    nj_option,
+    run_training,
+    train_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +70,7 @@ def cmd_decode_e2e(args: argparse.Namespace) -> None:
             s["real_time_factor"],
         )
 
-    # nj: the jobs' batches differ, and so may the last digits; one job keeps the key of decodes made before jobs
-    params = {**asdict(cfg), **({"nj": args.nj} if args.nj != 1 else {})}
-    run_once(args.out_dir, "decode-e2e", params, args.force, work, inputs=inputs)
+    run_once(args.out_dir, "decode-e2e", {**asdict(cfg), **nj_option(args.nj)}, args.force, work, inputs=inputs)
 
 
 def cmd_mkgraph_ctc(args: argparse.Namespace) -> None:
