@@ -9,7 +9,7 @@ from asrhybrid.fsa.engine import (
     shortest_path,
     state_posteriors,
 )
-from asrhybrid.fsa.fsa import BestPath, DenseFsaVec, Fsa, FsaVec, from_kaldi
+from asrhybrid.fsa.fsa import BestPath, DenseFsaVec, Fsa, FsaVec, from_kaldi, to_kaldi
 
 __all__ = [
     "ENGINES",
@@ -18,6 +18,7 @@ __all__ = [
     "Fsa",
     "FsaVec",
     "from_kaldi",
+    "to_kaldi",
     "arc_posteriors",
     "default_engine",
     "get_tot_scores",

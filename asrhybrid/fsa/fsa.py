@@ -222,6 +222,24 @@ class FsaVec:
         return owner.to(self.device)
 
 
+def to_kaldi(fsa: Fsa):
+    """An Fsa as a kaldifst acceptor (input = output label, cost = -score; arcs into the final state become
+    final weights): the inverse of :func:`from_kaldi` for acceptors, so OpenFst's algorithms can run on it."""
+    fst = kaldifst.StdVectorFst()
+    final_state = fsa.num_states - 1
+    for _ in range(final_state):
+        fst.add_state()
+    fst.start = 0
+    for s, d, label, score in zip(fsa.src.tolist(), fsa.dst.tolist(), fsa.label.tolist(), fsa.score.tolist()):
+        if label == -1:
+            if d != final_state:
+                raise ValueError(f"an arc labelled -1 from state {s} enters state {d}, not the final state")
+            fst.set_final(s, -score)
+        else:
+            fst.add_arc(s, kaldifst.StdArc(label, label, -score, d))
+    return fst
+
+
 @dataclass
 class BestPath:
     scores: torch.Tensor  # [B] best path score (-inf where no path)

@@ -1,0 +1,1 @@
+"""LF-MMI (chain) training: the phone LM, the denominator graph, the numerator supervision."""
