@@ -11,8 +11,21 @@ import yaml
 
 from asrhybrid.errors import ConfigError
 
-SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")  # stage 6's acoustic models (slow: Fast/Slow's slow encoder alone)
+# stage 6's acoustic models (slow: Fast/Slow's slow encoder alone); X_chain: network X trained with LF-MMI
+CE_SYSTEMS = ("dnn", "lstmp", "fast_slow", "slow")
+CHAIN_SUFFIX = "_chain"
+SYSTEMS = (*CE_SYSTEMS, *(s + CHAIN_SUFFIX for s in ("dnn", "lstmp", "fast_slow")))
 E2E_SYSTEMS = ("ctc", "rnnt", "las")  # stage 9's end-to-end systems
+
+
+def is_chain(system: str) -> bool:
+    """Whether a stage-6 system is a chain model (LF-MMI; its outputs are log-likelihoods, no priors)."""
+    return system.endswith(CHAIN_SUFFIX)
+
+
+def network_of(system: str) -> str:
+    """The network a stage-6 system trains: ``lstmp`` for ``lstmp`` and ``lstmp_chain``."""
+    return system.removesuffix(CHAIN_SUFFIX)
 
 
 class _Loader(yaml.SafeLoader):

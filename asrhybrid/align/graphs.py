@@ -81,8 +81,12 @@ class GraphCompiler:
         """Transcript words as ids; words outside words.txt become the OOV word (as Kaldi's sym2int.pl --map-oov)."""
         return [self.words.get(w, self.words[self.oov]) for w in text.split()]
 
-    def compile(self, text: str):
+    def compile(self, text: str, transition_probs: bool = True):
+        """The training graph of ``text``; with ``transition_probs`` the HMMs' (transition scale 1, self-loop
+        scale 0.1, as Kaldi's aligners), without them the lexicon's scores only (chain numerators)."""
         graph = self._compiler.compile_graph_from_text(self.word_ids(text))
+        if not transition_probs:
+            return graph
         khg.add_transition_probs(
             trans_model=self.trans_model,
             disambig_syms=self.disambig,

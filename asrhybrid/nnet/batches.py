@@ -47,6 +47,14 @@ def chunk_spans(num_frames: int, chunk: int, left: int, right: int) -> list[tupl
     ]
 
 
+def _spread(targets: torch.Tensor, num_frames: int, step: int) -> torch.Tensor:
+    """Targets at 1/``step`` of the frame rate placed at input frames 0, step, 2 step, ... (IGNORE between)."""
+    out = torch.full((num_frames,), IGNORE, dtype=torch.int64)
+    positions = torch.arange(0, num_frames, step)[: len(targets)]
+    out[positions] = targets[: len(positions)]
+    return out
+
+
 def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
     """[B, T_max, D], each sequence padded by repeating its last frame."""
     T = max(f.shape[0] for f in feats)
@@ -80,13 +88,18 @@ def frame_batches(
     world: int = 1,
     augmentation: Augmentation | None = None,
     perturbation: WaveformPerturbation | None = None,
+    with_cuts: bool = False,
+    subsampling: int = 1,
 ):
-    """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets) of this worker's share of
+    """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets[, the cut of each row with
+    ``with_cuts``]) of this worker's share of
     each global batch of the aligned ``cuts``; (None, None) when its share of a batch is empty. With a
     ``perturbation`` (training: noise added to the waveform, features computed again) and an active
     ``augmentation``, each utterance is warped before and masked after the normalisation, with draws
     from its own generator, seeded by the batch's draw from ``generator`` and the utterance's id (every worker
-    draws the batch's seed, so the generators stay in step whatever each one's share)."""
+    draws the batch's seed, so the generators stay in step whatever each one's share). With ``subsampling``
+    N > 1 (a chain model's targets at 1/N of the frame rate) target t sits at input frame N t and the frames
+    between have none. ``with_cuts``: each row's (cut, first target frame) too."""
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     perturbation = perturbation if generator is not None else None
     for batch in sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
@@ -95,16 +108,19 @@ def frame_batches(
             if augmentation is not None or perturbation is not None
             else 0
         )
-        xs, ys = [], []
+        xs, ys, rows = [], [], []
         for cut in list(batch)[rank::world]:
             f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)
             ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
+            if subsampling > 1:
+                ali = _spread(torch.as_tensor(targets[cut.id]), f.shape[0], subsampling)
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
                 y[s - a : e - a] = ali[s:e]
                 xs.append(f[a:b])
                 ys.append(y)
+                rows.append((cut, s))
         if not xs:
-            yield None, None
+            yield (None, None, None) if with_cuts else (None, None)
             continue
-        yield pad_batch(xs), pad_targets(ys)
+        yield (pad_batch(xs), pad_targets(ys), rows) if with_cuts else (pad_batch(xs), pad_targets(ys))

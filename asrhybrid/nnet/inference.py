@@ -25,7 +25,13 @@ from asrhybrid.nnet.models import build_model
 from asrhybrid.nnet.priors import scaled_loglikes
 from asrhybrid.nnet.train import TrainConfig
 from asrhybrid.nnet.trainer import default_device
+from asrhybrid.options import is_chain
 from asrhybrid.outputs import resume_or_clear, write_text_atomic
+
+# A chain model decodes at acoustic scale 1.0 and its lattices keep its scores x 10 (Kaldi: --acwt 1.0
+# --post-decode-acwt 10.0), so the decoder's default acwt 0.1, its beams and the LM-weight grid of scoring
+# mean for it what they mean for a cross-entropy model.
+CHAIN_OUTPUT_SCALE = 10.0
 
 
 def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainedSystem]:
@@ -50,12 +56,15 @@ def iter_loglikes(
     device: torch.device | str = "cpu",
     normalizer: FeatureNormalizer | None = None,
 ) -> Iterator[tuple[object, np.ndarray]]:
-    """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior)) per cut, in the
+    """(cut, [T, num_pdfs] scaled log-likelihoods acwt x (log posterior - prior_scale x log prior); of a chain
+    model, acwt x CHAIN_OUTPUT_SCALE x its output) per cut, in the
     cuts' order: what the decoder reads, in memory (decoding, transcribe) or from compute-loglikes' archive.
     ``normalizer``: built over ``cuts`` when not given (give it when ``cuts`` are a share of a set whose
     speakers' statistics span the whole set)."""
     cuts = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
     normalizer = normalizer or trained.normalizer(cuts)
+    chain = is_chain(trained.system)
+    step = int(trained.config.get("chain", {}).get("frame_subsampling_factor", 1)) if chain else 1
     model.eval()
     with torch.no_grad():
         for batch in SimpleCutSampler(cuts, max_duration=max_duration, world_size=1, rank=0):
@@ -65,9 +74,13 @@ def iter_loglikes(
                 logits = model(x, [speaker_of(c) for c in batch], [c.id for c in batch])
             else:
                 logits = model(x)
-            log_post = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for cut, f, lp in zip(batch, feats, log_post):
-                yield cut, scaled_loglikes(lp[: f.shape[0]].numpy(), trained.log_prior, acwt, prior_scale)
+            if chain:  # log-likelihoods already (the denominator normalised them in training): no priors
+                scores = (CHAIN_OUTPUT_SCALE * acwt * logits[:, ::step].float()).cpu()
+            else:
+                scores = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for cut, f, s in zip(batch, feats, scores):
+                s = s[: -(-f.shape[0] // step)].numpy()
+                yield cut, s if chain else scaled_loglikes(s, trained.log_prior, acwt, prior_scale)
 
 
 def compute_loglikes(

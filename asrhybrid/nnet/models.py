@@ -10,7 +10,7 @@ from asrhybrid.errors import ConfigError
 from asrhybrid.nnet.fast_slow import FastSlowAM, SlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
 from asrhybrid.nnet.mlp import SplicedMLP, splice
-from asrhybrid.options import SYSTEMS
+from asrhybrid.options import SYSTEMS, is_chain, network_of
 
 
 class FrameDNN(nn.Module):
@@ -28,11 +28,35 @@ class FrameDNN(nn.Module):
         return torch.stack([self.mlp(splice(x, self.mlp.context)) for x in feats])
 
 
+class ChainAM(nn.Module):
+    """A chain model (Kaldi's nnet3 chain recipes): the network with two outputs over the pdfs from its last
+    layer, the chain output (log-likelihoods for LF-MMI and decoding, no softmax) and the cross-entropy
+    regularisation output (``xent``, Povey et al. 2016 section 2.7) used only in training. Here the network's
+    output layer is twice as wide and split in two."""
+
+    def __init__(self, network: nn.Module, num_pdfs: int):
+        super().__init__()
+        self.network, self.num_pdfs = network, num_pdfs
+
+    @property
+    def right_context(self) -> int:
+        return getattr(self.network, "right_context", 0)
+
+    def forward_with_xent(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.network(feats)
+        return out[..., : self.num_pdfs], out[..., self.num_pdfs :]
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_xent(feats)[0]
+
+
 def build_model(system: str, feat_dim: int, num_pdfs: int, options: dict) -> nn.Module:
     classes = {"dnn": FrameDNN, "lstmp": LstmpAM, "fast_slow": FastSlowAM, "slow": SlowAM}
-    if system not in classes:
+    if system not in SYSTEMS:
         raise ConfigError(f"unknown acoustic model '{system}' (systems: {', '.join(SYSTEMS)})")
+    chain = is_chain(system)
     try:
-        return classes[system](feat_dim, num_pdfs, **options)
+        network = classes[network_of(system)](feat_dim, 2 * num_pdfs if chain else num_pdfs, **options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{system}: bad model option: {e}") from None
+    return ChainAM(network, num_pdfs) if chain else network

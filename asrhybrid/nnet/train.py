@@ -33,7 +33,8 @@ model, or the average of the last ``average_last`` epochs, icefall's
 TensorBoard event files in tensorboard/.
 
 Systems: ``dnn`` (spliced frames, asrhybrid.nnet.mlp), ``lstmp``
-(asrhybrid.nnet.lstmp), ``fast_slow`` (asrhybrid.nnet.fast_slow).
+(asrhybrid.nnet.lstmp), ``fast_slow`` (asrhybrid.nnet.fast_slow); each as ``X_chain``, the same network
+trained with LF-MMI by asrhybrid.chain, which gives :func:`train_am` its objective.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -64,6 +66,7 @@ from asrhybrid.nnet.models import build_model
 from asrhybrid.nnet.priors import log_priors
 from asrhybrid.nnet.trainer import (
     InputOptions,
+    Objective,
     Workers,
     default_device,
     fit,
@@ -84,6 +87,7 @@ class TrainConfig(InputOptions):
     silence_scale: float = 2.7  # silence states' counts are divided by this for the priors (Sak 2014)
     fast_weight: float = 0.5  # fast_slow: weight of the fast AM's own cross-entropy in the loss
     model: dict = field(default_factory=dict)  # the system's model options (e.g. cells, proj, layers, delay)
+    chain: dict = field(default_factory=dict)  # a chain system's LF-MMI options (asrhybrid.chain.objective)
 
     def __post_init__(self):
         super().__post_init__()
@@ -169,8 +173,11 @@ def train_am(
     cfg: TrainConfig,
     resume_key: str | None = None,
     device: torch.device | str | None = None,
+    objective: Callable[..., Objective] | None = None,
 ) -> dict:
-    """Train ``cfg.system`` into ``exp_dir`` (see the module's doc for the files); returns the summary."""
+    """Train ``cfg.system`` into ``exp_dir`` (see the module's doc for the files); returns the summary.
+    ``objective(cfg, targets, normalizer, right_context, perturbation)`` makes what the model learns from
+    (default: :class:`FrameObjective`, frame cross-entropy)."""
     exp_dir = Path(exp_dir)
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(cfg.seed)
@@ -196,7 +203,7 @@ def train_am(
     )
     result = fit(
         model,
-        FrameObjective(cfg, targets, normalizer, context, perturbation),
+        (objective or FrameObjective)(cfg, targets, normalizer, context, perturbation),
         train,
         valid,
         exp_dir,

@@ -163,7 +163,10 @@ def load_recipe(recipe_dir: Path | str) -> RecipeConfig:
     for name in ("common", *SYSTEMS):
         if not isinstance(am.get(name) or {}, dict):
             raise ConfigError(f"{path}: 'am.{name}' must be a mapping, not {am[name]!r}")
-        _check_keys(path, f"am.{name}", am.get(name) or {}, _field_names("train") - {"system"} | {"realign", "ali"})
+        _check_keys(
+            path, f"am.{name}", am.get(name) or {}, _field_names("train") - {"system"} | {"realign", "ali", "tree"}
+        )
+        _check_keys(path, f"am.{name}.tree", (am.get(name) or {}).get("tree") or {}, CHAIN_TREE_KEYS)
     for system in am.get("systems") or []:
         if system not in SYSTEMS:
             _check_keys(path, "am.systems", {system: None}, set(SYSTEMS))
@@ -328,6 +331,9 @@ def _section_keys() -> dict[str, set[str]]:
         "parts": {"train", "dev", "test"},
         "jobs": {f.name for f in fields(JobsConfig)} | {"nj"},
     }
+
+
+CHAIN_TREE_KEYS = {"num_leaves", "min_count", "questions", "frame_subsampling_factor"}  # a chain system's own tree
 
 
 def _check_keys(path: Path, section: str, values: dict, allowed: set[str]) -> None:

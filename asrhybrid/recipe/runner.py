@@ -38,8 +38,8 @@ from asrhybrid.errors import AsrHybridError, ConfigError
 from asrhybrid.features.layout import FeatureSet
 from asrhybrid.jobs import JobsConfig, run_distributed
 from asrhybrid.logs import setup_logging
-from asrhybrid.options import e2e_kind, format_options
-from asrhybrid.recipe.config import RecipeConfig, load_recipe
+from asrhybrid.options import e2e_kind, format_options, is_chain
+from asrhybrid.recipe.config import CHAIN_TREE_KEYS, RecipeConfig, load_recipe
 from asrhybrid.score.results import fold_workdir
 from asrhybrid.verbs import run_verb
 
@@ -326,13 +326,57 @@ def stage_tree(run: RecipeRun) -> None:
     run.run_verb("tree", "build-tree", args)
 
 
+def system_options(run: RecipeRun, system: str) -> dict:
+    am = run.config.am
+    return {**(am.get("common") or {}), **(am.get(system) or {})}
+
+
+def system_tree(run: RecipeRun, system: str) -> Path:
+    """The tree a stage-6 system's outputs are over: the tree stage's, or a chain system's own (Kaldi chain's
+    topology and frame rate, from the alignments it names with ``ali``): exp/chain_tree, or
+    exp/chain_tree_<ali> from another system's realignment."""
+    exp = run.workdir / "exp"
+    if not is_chain(system):
+        return exp / "tree"
+    ali = str(system_options(run, system).get("ali", "tree"))
+    return exp / ("chain_tree" if ali == "tree" else f"chain_tree_{ali}")
+
+
+def build_chain_tree(run: RecipeRun, system: str, ali_dir: Path, options: dict) -> Path:
+    """A chain system's tree from ``ali_dir``'s alignments (Kaldi's steps/nnet3/chain/build_tree.sh): the tree
+    stage's leaves and questions unless ``options`` (am.<system>.tree) say otherwise, frame subsampling 3."""
+    tree = {
+        "num_leaves": 500,
+        "min_count": 100,
+        "questions": "auto",
+        **run.config.tree,
+        "frame_subsampling_factor": 3,
+        **options,
+    }
+    out = system_tree(run, system)
+    args = [
+        str(run.cuts("train")),
+        str(run.lang_dir),
+        str(ali_dir),
+        str(out),
+        "--cmvn",
+        str(run.cmvn("train")),
+        "--topology",
+        "chain",
+        *[f"--{k.replace('_', '-')}={tree[k]}" for k in sorted(CHAIN_TREE_KEYS)],
+    ]
+    run.run_verb(system, "build-tree", args)
+    return out
+
+
 def stage_am(run: RecipeRun) -> None:
     am = run.config.am
     exp, cuts, cmvn = run.workdir / "exp", str(run.cuts("train")), str(run.cmvn("train"))
     for system in am.get("systems") or ["dnn"]:
-        opts = {**(am.get("common") or {}), **(am.get(system) or {})}
+        opts = system_options(run, system)
         rounds = int(opts.pop("realign", 0))
         model_opts = opts.pop("model", None) or {}
+        tree_opts = opts.pop("tree", None) or {}
         ali_dir = exp / str(opts.pop("ali", "tree"))  # another system's realignment (e.g. dnn_ali1), or the tree's
         common = [
             "--cmvn",
@@ -347,6 +391,12 @@ def stage_am(run: RecipeRun) -> None:
                 f"am.{system}: no alignments in {ali_dir} (ali_pdf.scp): the tree stage writes exp/tree, a "
                 "system with realign: N writes exp/<system>_ali1..N; list that system first"
             )
+        if is_chain(system):
+            if rounds:
+                raise ConfigError(f"am.{system}: a chain system is not realigned (realign: {rounds})")
+            ali_dir = build_chain_tree(run, system, ali_dir, tree_opts)
+        elif tree_opts:
+            raise ConfigError(f"am.{system}: 'tree' options are for chain systems (their own tree)")
         for r in range(rounds + 1):  # round r < rounds: a first pass whose alignments the next one trains on
             out = exp / system if r == rounds else exp / f"{system}_pass{r + 1}"
             run.run_verb_workers(
@@ -367,18 +417,21 @@ def stage_am(run: RecipeRun) -> None:
                 ali_dir = realigned
 
 
-def graph_dir(run: RecipeRun) -> Path:
-    """The decoding graph: the tree's, as Kaldi's nnet recipes decode with the tree's graph (every system of
-    stage 6 shares the tree, so one HCLG serves them all)."""
-    return run.workdir / "exp" / "tree" / "graph_small"
+def graph_dir(run: RecipeRun, system: str) -> Path:
+    """A system's decoding graph: its tree's, as Kaldi's nnet recipes decode with the tree's graph (the
+    cross-entropy systems of stage 6 share the tree, so one HCLG serves them all; a chain system's tree has
+    its own)."""
+    return system_tree(run, system) / "graph_small"
 
 
 def stage_graph(run: RecipeRun) -> None:
-    run.run_verb(
-        "graph",
-        "mkgraph",
-        [str(run.workdir / "data" / "lang_test_small"), str(run.workdir / "exp" / "tree"), str(graph_dir(run))],
-    )
+    lang = str(run.workdir / "data" / "lang_test_small")
+    trees = {system_tree(run, s) for s in run.config.am.get("systems") or ["dnn"]} | {run.workdir / "exp" / "tree"}
+    for tree in sorted(trees):
+        # a chain model's graph has self-loop scale 1.0 (Kaldi: utils/mkgraph.sh --self-loop-scale 1.0)
+        chain = tree.name.startswith("chain_tree")
+        args = [lang, str(tree), str(tree / "graph_small"), *(["--self-loop-scale", "1.0"] if chain else [])]
+        run.run_verb("graph", "mkgraph", args)
 
 
 def eval_parts(run: RecipeRun) -> list[str]:
@@ -393,7 +446,7 @@ def stage_decode(run: RecipeRun) -> None:
             lattice_decode(
                 run,
                 system,
-                graph_dir(run),
+                graph_dir(run, system),
                 role,
                 dec.get("options") or {},
                 kaldi_reference=dec.get("kaldi_reference", True),
@@ -432,7 +485,7 @@ def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
                 adapted,
                 "decode",
                 [
-                    str(graph_dir(run)),
+                    str(graph_dir(run, system)),
                     str(model),
                     str(previous),
                     "--cuts",
@@ -441,7 +494,7 @@ def adapted_decode(run: RecipeRun, system: str, role: str, adapt: dict) -> None:
                     *format_options(dec.get("options") or {}),
                 ],
             )
-    lattice_decode(run, adapted, graph_dir(run), role, dec.get("options") or {}, model_dir=model)
+    lattice_decode(run, adapted, graph_dir(run, system), role, dec.get("options") or {}, model_dir=model)
 
 
 def lattice_decode(

@@ -223,21 +223,35 @@ def accumulate_tree_stats(
     class and whether a new phone instance starts with it. The left/right
     context of an instance is its neighbour's phone (0 at the utterance edges, as in Kaldi).
     """
+
+    def instances():
+        for tids, feats in utterances:
+            x, tids = np.asarray(feats, dtype=np.float64), np.asarray(tids)
+            yield [
+                (left, phone, right, tid_pdf_class[tids[b:e]], x[b:e])
+                for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_starts_phone)
+            ]
+
+    return accumulate_instance_stats(instances())
+
+
+def accumulate_instance_stats(utterances) -> dict:
+    """The statistics of :func:`accumulate_tree_stats` from each utterance's phone instances, given as
+    (left, phone, right, the pdf class of each frame, the frames' features, ...)."""
     stats: dict[tuple[int, int, int, int], np.ndarray] = {}
-    for tids, feats in utterances:
-        x = np.asarray(feats, dtype=np.float64)
-        tids = np.asarray(tids)
-        for left, phone, right, begin, end in phone_instances(tids, tid_phone, tid_starts_phone):
-            classes = tid_pdf_class[tids[begin:end]]
+    for found in utterances:
+        for left, phone, right, classes, frames_of, *_ in found:
+            frames_of = np.asarray(frames_of, dtype=np.float64)
             for c in np.unique(classes):
-                frames = x[begin:end][classes == c]
+                frames = frames_of[classes == c]
                 key = (left, phone, right, int(c))
                 acc = stats.get(key)
                 if acc is None:
-                    acc = stats[key] = np.zeros(1 + 2 * x.shape[1])
+                    acc = stats[key] = np.zeros(1 + 2 * frames.shape[1])
+                dim = frames.shape[1]
                 acc[0] += len(frames)
-                acc[1 : 1 + x.shape[1]] += frames.sum(0)
-                acc[1 + x.shape[1] :] += (frames**2).sum(0)
+                acc[1 : 1 + dim] += frames.sum(0)
+                acc[1 + dim :] += (frames**2).sum(0)
     return stats
 
 
@@ -577,6 +591,55 @@ def tid_converter(old_tm, new_tm, classes_of_pdf: dict[tuple[int, int], list[int
     return convert
 
 
+# --- chain models: their topology and frame rate -------------------------------------
+
+
+def chain_topology(phones: list[int]) -> str:
+    """Kaldi chain's HMM topology (steps/nnet3/chain/gen_topo.py) for every phone: one emitting state whose
+    forward transition and self-loop have their own pdf classes, so a phone takes one frame or more and its
+    first frame has its own pdf (Povey et al. 2016, section 2.4)."""
+    return (
+        "<Topology>\n<TopologyEntry>\n<ForPhones>\n" + " ".join(str(p) for p in sorted(phones)) + "\n</ForPhones>\n"
+        "<State> 0 <ForwardPdfClass> 0 <SelfLoopPdfClass> 1 <Transition> 0 0.5 <Transition> 1 0.5 </State>\n"
+        "<State> 1 </State>\n</TopologyEntry>\n</Topology>\n"
+    )
+
+
+def subsampled_spans(spans: list[tuple[int, int]], num_frames: int, factor: int) -> list[tuple[int, int]] | None:
+    """Phone spans [begin, end) of an alignment at 1/``factor`` of its frame rate (frame t' is input frame
+    t' x factor; ceil(num_frames / factor) frames), every phone keeping at least one frame; None where the
+    utterance has more phones than frames at that rate. As Kaldi's convert-ali --frame-subsampling-factor:
+    the boundaries rounded, then moved apart where phones would vanish."""
+    total = -(-num_frames // factor)
+    bounds = [0] + [round(b / factor) for b, _ in spans[1:]] + [total]
+    for k in range(1, len(bounds)):
+        bounds[k] = max(bounds[k], bounds[k - 1] + 1)
+    bounds[-1] = total
+    for k in range(len(bounds) - 2, 0, -1):
+        bounds[k] = min(bounds[k], bounds[k + 1] - 1)
+    if any(e <= b for b, e in zip(bounds, bounds[1:])):
+        return None
+    return list(zip(bounds, bounds[1:]))
+
+
+def _chain_tids(trans_model) -> dict[tuple[int, int, int], tuple[int, int]]:
+    """(phone, forward pdf, self-loop pdf) -> (forward transition id, self-loop transition id) of a model with
+    the chain topology."""
+    out = {}
+    first = trans_model.state2id
+    for state in range(1, trans_model.num_transition_states + 1):
+        forward = loop = None
+        for t in range(first[state], first[state + 1]):
+            if trans_model.is_self_loop(t):
+                loop = t
+            else:
+                forward = t
+        phone = trans_model.transition_id_to_phone(forward)
+        key = (phone, trans_model.transition_id_to_pdf(forward), trans_model.transition_id_to_pdf(loop))
+        out[key] = (forward, loop)
+    return out
+
+
 # --- stage 5 -----------------------------------------------------------------------
 
 
@@ -589,23 +652,37 @@ def build_senone_tree(
     num_leaves: int = 500,
     min_count: float = 100.0,
     questions: str = "auto",
+    topology: str = "lang",
+    frame_subsampling_factor: int = 1,
 ) -> dict:
     """Tree from ``ci_dir/ali.ark`` (stage 4); writes tree, trans.pkl, topo, ali.ark and ali_pdf.ark into ``out_dir``.
 
     ``ali.ark`` holds the flat-start alignments converted to the new model's
     transition ids (Kaldi's convert-ali), ``ali_pdf.ark`` their senones.
+    With ``topology="chain"`` (a chain model's tree, Kaldi's steps/nnet3/chain/build_tree.sh) the model has
+    :func:`chain_topology` and every statistic and alignment is at 1/``frame_subsampling_factor`` of the
+    frame rate (features subsampled, phone spans by :func:`subsampled_spans`).
     """
 
     cuts_path, lang_dir, ci_dir, out_dir = map(Path, (cuts_path, lang_dir, ci_dir, out_dir))
+    if topology not in ("lang", "chain"):
+        raise ValueError(f"topology '{topology}': lang or chain")
+    if frame_subsampling_factor < 1 or (topology == "lang" and frame_subsampling_factor != 1):
+        raise ValueError(f"frame_subsampling_factor {frame_subsampling_factor}: 1, or >= 1 with the chain topology")
+    chain = topology == "chain"
+    factor = frame_subsampling_factor
     ci_tree, ci_tm = load_model(ci_dir)
-    topo_text = read_topo(lang_dir)
+    lang_topo = khg.HmmTopology()
+    lang_topo.read(read_topo(lang_dir))
+    topo_text = chain_topology(list(lang_topo.phones)) if chain else read_topo(lang_dir)
     topo = khg.HmmTopology()
     topo.read(topo_text)
     num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
 
     num_tids = ci_tm.num_transition_ids
+    ci_classes = {p: lang_topo.num_pdf_classes(p) for p in lang_topo.phones}
     pdf_pairs = ci_tree.get_pdf_info(
-        list(topo.phones), [0] + [num_classes.get(p, 0) for p in range(1, max(topo.phones) + 1)]
+        list(lang_topo.phones), [0] + [ci_classes.get(p, 0) for p in range(1, max(lang_topo.phones) + 1)]
     )
     tid_phone, tid_start = transition_arrays(ci_tm)
     tid_class = np.zeros(num_tids + 1, dtype=np.int64)
@@ -615,15 +692,42 @@ def build_senone_tree(
     mean, std = global_mean_std(Path(cmvn_ark))
     alignments = AlignmentTable(ci_dir / "ali.ark")
     cuts = load_cuts(cuts_path)  # lazy: read from disk as it is iterated
+    skipped: list[str] = []
 
-    def aligned():  # (cut, its alignment), streamed from disk in the cuts' order: one utterance at a time
+    def instances(tids, feats):
+        """Per phone instance: (left, phone, right, pdf class of each frame, its features, its old transition
+        ids or None), at the tree's frame rate; None for an utterance too short for it."""
+        found = phone_instances(tids, tid_phone, tid_start)
+        if not chain:
+            return [(l_, p, r, tid_class[tids[b:e]], feats[b:e], tids[b:e]) for l_, p, r, b, e in found]
+        spans = subsampled_spans([(b, e) for *_, b, e in found], len(tids), factor)
+        if spans is None:
+            return None
+        x = feats[: len(tids)][::factor]
+        out = []
+        for (l_, p, r, _, _), (b, e) in zip(found, spans):
+            classes = np.ones(e - b, dtype=np.int64)
+            classes[0] = 0  # the first frame is the forward transition's (Kaldi's reordered HMMs)
+            out.append((l_, p, r, classes, x[b:e], None))
+        return out
+
+    def aligned():  # (cut, its phone instances), streamed from disk in the cuts' order: one utterance at a time
         for cut in cuts:
             if cut.id in alignments:
-                yield cut, np.asarray(alignments[cut.id])
+                found = instances(np.asarray(alignments[cut.id]), (cut.load_features() - mean) / std)
+                if found is None:
+                    skipped.append(cut.id)
+                    continue
+                yield cut, found
 
-    stats = accumulate_tree_stats(
-        (((tids, (cut.load_features() - mean) / std) for cut, tids in aligned())), tid_phone, tid_class, tid_start
-    )
+    stats = accumulate_instance_stats(found for _, found in aligned())
+    if skipped:
+        log.warning(
+            "tree: %d utterances have more phones than frames at 1/%d of the frame rate, left out (e.g. %s)",
+            len(skipped),
+            factor,
+            skipped[0],
+        )
 
     phone_ids = read_symbol_table(lang_dir / "phones.txt")
     silence = {base_of(p) for p in (lang_dir / "phones" / "silence.txt").read_text().split()}
@@ -640,19 +744,29 @@ def build_senone_tree(
     trans_model = khg.TransitionModel(ctx_dep=ctx_dep, hmm_topo=topo)
     save_model(out_dir, topo_text, ctx_dep, trans_model)
 
-    convert = tid_converter(ci_tm, trans_model, tree.classes_of_pdf())
+    if chain:
+        chain_tids = _chain_tids(trans_model)
+    else:
+        convert = tid_converter(ci_tm, trans_model, tree.classes_of_pdf())
     num_utts = 0
+    skipped.clear()
     with (
         alignment_table_writer(out_dir / "ali_pdf.ark") as write_pdfs,
         alignment_table_writer(out_dir / "ali.ark") as write_tids,
     ):
-        for cut, tids in aligned():
+        for cut, found in aligned():
             pdfs, new_tids = [], []
-            for left, phone, right, b, e in phone_instances(tids, tid_phone, tid_start):
-                for tid in tids[b:e]:
-                    pdf = tree.pdf(left, phone, right, int(tid_class[tid]))
+            for left, phone, right, classes, _, old_tids in found:
+                if chain:
+                    forward, loop = tree.pdf(left, phone, right, 0), tree.pdf(left, phone, right, 1)
+                    first_tid, loop_tid = chain_tids[(phone, forward, loop)]
+                    pdfs += [forward] + [loop] * (len(classes) - 1)
+                    new_tids += [first_tid] + [loop_tid] * (len(classes) - 1)
+                    continue
+                for tid, c in zip(old_tids, classes):
+                    pdf = tree.pdf(left, phone, right, int(c))
                     pdfs.append(pdf)
-                    new_tids.append(convert(int(tid), phone, int(tid_class[tid]), pdf))
+                    new_tids.append(convert(int(tid), phone, int(c), pdf))
             write_pdfs(cut.id, pdfs)
             write_tids(cut.id, new_tids)
             num_utts += 1
@@ -667,5 +781,7 @@ def build_senone_tree(
         "frames": int(sum(s[0] for s in stats.values())),
         "utterances": num_utts,
     }
+    if chain:
+        summary.update(topology="chain", frame_subsampling_factor=factor, too_short=len(skipped))
     write_text_atomic(out_dir / "tree.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -105,13 +105,18 @@ def cmd_build_tree(args: argparse.Namespace) -> None:
                 num_leaves=args.num_leaves,
                 min_count=args.min_count,
                 questions=args.questions,
+                topology=args.topology,
+                frame_subsampling_factor=args.frame_subsampling_factor,
             ),
         )
 
+    options = {"num_leaves": args.num_leaves, "min_count": args.min_count, "questions": args.questions}
+    if args.topology != "lang":  # a chain tree; a standard tree's options stay as they were (no re-run)
+        options.update(topology=args.topology, frame_subsampling_factor=args.frame_subsampling_factor)
     run_once(
         args.out_dir,
         "build-tree",
-        {"num_leaves": args.num_leaves, "min_count": args.min_count, "questions": args.questions},
+        options,
         args.force,
         work,
         inputs={"cuts": args.cuts, "lang": args.lang_dir, "ci": args.ci_dir, "cmvn": args.cmvn},
@@ -177,7 +182,11 @@ def add_align_verbs(sub) -> None:
     )
     p.add_argument("cuts", type=Path, help="training cuts with features")
     p.add_argument("lang_dir", type=Path)
-    p.add_argument("ci_dir", type=Path, help="the flat-start dir (tree, trans.pkl, ali.ark)")
+    p.add_argument(
+        "ci_dir",
+        type=Path,
+        help="the flat-start dir (tree, trans.pkl, ali.ark); for a chain tree, any aligned model dir",
+    )
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
     p.add_argument("--num-leaves", type=int, default=500)
@@ -187,6 +196,18 @@ def add_align_verbs(sub) -> None:
         default="auto",
         choices=["auto", "arpabet", "both"],
         help="automatic phone clustering (any phone set), ARPAbet classes, or both",
+    )
+    p.add_argument(
+        "--topology",
+        default="lang",
+        choices=["lang", "chain"],
+        help="the lang dir's HMMs, or Kaldi chain's (one state, its own pdf on the first frame) for chain models",
+    )
+    p.add_argument(
+        "--frame-subsampling-factor",
+        type=int,
+        default=1,
+        help="chain topology: the tree and its alignments at 1/N of the frame rate (Kaldi's chain recipes: 3)",
     )
     add_common(p)
     p.set_defaults(func=cmd_build_tree)

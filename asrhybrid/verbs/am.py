@@ -9,12 +9,14 @@ from pathlib import Path
 
 from asrhybrid.align import BACKENDS
 from asrhybrid.align.generation import align_corpus
+from asrhybrid.chain.training import train_chain_am
 from asrhybrid.features.cmvn import global_mean_std
 from asrhybrid.hmm import MODEL_FILES, load_model
 from asrhybrid.lang.io import read_int_list
 from asrhybrid.nnet.inference import compute_loglikes
 from asrhybrid.nnet.priors import silence_pdfs
 from asrhybrid.nnet.train import TrainConfig, train_am
+from asrhybrid.options import SYSTEMS, is_chain
 from asrhybrid.outputs import run_once
 from asrhybrid.verbs.common import add_common, add_jobs, add_verb, jobs_config, run_training, train_config
 
@@ -25,8 +27,13 @@ def cmd_train_am(args: argparse.Namespace) -> None:
     cfg = train_config(TrainConfig, args, "train-am")
 
     def train(device, resume_key):
-        _, trans_model = load_model(args.tree_dir)
         mean, std = global_mean_std(args.cmvn)
+        if is_chain(cfg.system):
+            train_chain_am(
+                args.cuts, args.tree_dir, args.lang_dir, mean, std, args.exp_dir, cfg, resume_key, device=device
+            )
+            return
+        _, trans_model = load_model(args.tree_dir)
         silence = silence_pdfs(trans_model, read_int_list(args.lang_dir / "phones" / "silence.int"))
         train_am(
             args.cuts,
@@ -119,7 +126,7 @@ def add_am_verbs(sub) -> None:
     p.add_argument("lang_dir", type=Path)
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--cmvn", type=Path, required=True, help="global CMVN stats of the training features")
-    p.add_argument("--system", default="lstmp", choices=["dnn", "lstmp", "fast_slow", "slow"])
+    p.add_argument("--system", default="lstmp", choices=SYSTEMS, help="X_chain: network X trained with LF-MMI")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="TrainConfig field, e.g. epochs=10")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. cells=320")
     p.add_argument(

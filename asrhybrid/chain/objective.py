@@ -1,0 +1,187 @@
+"""LF-MMI training of a chain model through stage 6's trainer (asrhybrid.nnet.trainer.Objective).
+
+Per batch of whole utterances, the loss to minimise is Kaldi chain's (chain-training.cc), summed over frames:
+
+    -(numerator - denominator)  +  xent_regularize x cross-entropy  +  output_l2 / 2 x sum(chain output^2)
+
+- numerator: each sequence's supervision (asrhybrid.chain.supervision: the transcript's training graph for a
+  whole utterance, the alignment's phones for a chunk; frames limited to the pdfs the alignment puts within
+  ``tolerance``) through the FSA engine (k2's intersect_dense, double-precision totals);
+- denominator: the denominator graph with the leaky HMM (asrhybrid.fsa.denominator), from Kaldi's initial
+  probabilities;
+- cross-entropy regularisation: the network's second output (asrhybrid.nnet.models.ChainAM) against the
+  numerator's occupation posteriors as soft targets, as Kaldi's xent output;
+- the output penalty: Kaldi's --l2-regularize on the chain output, which keeps it from drifting (LF-MMI is
+  invariant to a constant added to a frame's outputs).
+
+The reported objective is (numerator - denominator) per frame, what Kaldi logs as log-prob-per-frame.
+
+With frame subsampling N the network runs at the input's rate and its outputs at input frames N t are used
+(Kaldi's chain models compute only those); training chunks (``chunk_frames``, in input frames, with
+``chunk_left_context`` before them, as the cross-entropy LSTMP's) keep the targets that fall inside them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from asrhybrid.chain.den_graph import DenominatorGraph
+from asrhybrid.chain.supervision import OUTSIDE_TOLERANCE, SupervisionMaker
+from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.fsa import DenseFsaVec, get_tot_scores
+from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
+from asrhybrid.fsa.k2_engine import available as k2_available
+from asrhybrid.kaldi_tables import AlignmentTable
+from asrhybrid.nnet.batches import IGNORE, frame_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChainConfig:
+    """A chain system's LF-MMI options (stage 6's ``chain:``), Kaldi's defaults."""
+
+    leaky_hmm_coefficient: float = 0.1
+    xent_regularize: float = 0.1
+    output_l2: float = 5e-5  # Kaldi's --chain.l2-regularize
+    tolerance: int = 5  # input frames either side of a phone's aligned span (Kaldi's left/right tolerance)
+    frame_subsampling_factor: int = 1  # the network's outputs used: every N-th frame (set from the tree dir)
+    ngram_order: int = 4  # the denominator's phone LM (asrhybrid.chain.phone_lm)
+    no_prune_ngram_order: int = 3
+    num_extra_states: int = 2000
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "ChainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"chain: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        cfg = cls(**options)
+        if cfg.leaky_hmm_coefficient < 0 or cfg.xent_regularize < 0 or cfg.output_l2 < 0 or cfg.tolerance < 0:
+            raise ConfigError("chain: leaky_hmm_coefficient, xent_regularize, output_l2 and tolerance must be >= 0")
+        if cfg.frame_subsampling_factor < 1:
+            raise ConfigError(f"chain: frame_subsampling_factor {cfg.frame_subsampling_factor} < 1")
+        return cfg
+
+
+class ChainObjective:
+    """LF-MMI (asrhybrid.nnet.trainer.Objective) on whole utterances or chunks; ``count`` is output frames."""
+
+    loss_name, metric_name, count_name = "chain", "xent", "frames"
+    stat_names = ("objf", "xent")
+
+    def __init__(
+        self,
+        train_cfg,
+        targets: AlignmentTable,
+        normalizer,
+        right_context: int,
+        perturbation,
+        chain: ChainConfig,
+        den: DenominatorGraph,
+        supervision: SupervisionMaker,
+    ):
+        self.name, self.cfg, self.chain = train_cfg.system, train_cfg, chain
+        self.targets, self.normalizer, self.perturbation = targets, normalizer, perturbation
+        self.right_context, self.den, self.supervision = right_context, den, supervision
+        tid_to_pdf = torch.as_tensor(supervision.tid_to_pdf)
+        self.num_columns = torch.cat([torch.zeros(1, dtype=torch.int64), tid_to_pdf[1:]])
+        self.engine = "k2" if k2_available() else "torch"
+        self._topology: dict[str, DenominatorTopology] = {}
+
+    def topology(self, device: torch.device) -> DenominatorTopology:
+        key = str(device)
+        if key not in self._topology:
+            self._topology[key] = DenominatorTopology.from_graph(self.den.fsa, self.den.initial, torch.float32, device)
+        return self._topology[key]
+
+    def batches(self, cuts, generator, rank: int, world: int, epoch: int = 0):
+        cfg, step = self.cfg, self.chain.frame_subsampling_factor
+        training = generator is not None
+        batches = frame_batches(
+            cuts,
+            self.targets,
+            self.normalizer,
+            cfg.max_duration,
+            generator,
+            cfg.chunk_frames if training else 0,
+            cfg.chunk_left_context,
+            self.right_context,
+            rank,
+            world,
+            cfg.augmentation if training else None,
+            self.perturbation if training else None,
+            with_cuts=True,
+            subsampling=step,
+        )
+        for x, y, rows in batches:
+            if x is None:
+                yield None
+                continue
+            supervision = []
+            for (cut, start), targets in zip(rows, y):
+                frames = int((targets != IGNORE).sum())
+                if cfg.chunk_frames and training:
+                    supervision.append(self.supervision.chunk(cut, -(-start // step), frames))
+                else:
+                    supervision.append(self.supervision.whole(cut, frames))
+            yield x, y, supervision
+
+    def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y, supervision = batch
+        output, xent_logits = model.forward_with_xent(x.to(device))
+        index, lengths = _target_positions(y)  # the outputs with targets: every N-th frame inside the chunk
+        index = index.to(device)[:, :, None].expand(-1, -1, output.shape[-1])
+        output, xent_logits = output.float().gather(1, index), xent_logits.float().gather(1, index)
+        valid = (torch.arange(output.shape[1])[None, :] < lengths[:, None]).to(device)  # [B, T]
+
+        numerator = _numerator(supervision, output, lengths, self.num_columns, self.engine)
+        denominator = denominator_log_likelihood(
+            self.topology(device),
+            DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
+            self.chain.leaky_hmm_coefficient,
+        )
+        objf = (numerator - denominator).sum()
+        if not torch.isfinite(objf):
+            raise DataError([f"LF-MMI objective {float(objf)} in a batch (numerator or denominator impossible)"])
+        loss = -objf
+        xent = torch.zeros((), device=device)
+        if self.chain.xent_regularize > 0 or not model.training:
+            if model.training:
+                (posteriors,) = torch.autograd.grad(numerator.sum(), output, retain_graph=True)
+            else:  # held-out batches run without a graph
+                with torch.enable_grad():
+                    leaf = output.detach().requires_grad_()
+                    total = _numerator(supervision, leaf, lengths, self.num_columns, self.engine)
+                    (posteriors,) = torch.autograd.grad(total.sum(), leaf)
+            xent = -(posteriors.detach() * torch.log_softmax(xent_logits, dim=-1)).sum()
+            loss = loss + self.chain.xent_regularize * xent
+        if self.chain.output_l2 > 0:
+            loss = loss + 0.5 * self.chain.output_l2 * (output.pow(2) * valid[:, :, None]).sum()
+        return loss, {"count": float(lengths.sum()), "objf": float(objf.detach()), "xent": float(xent.detach())}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"chain": sums["objf"] / sums["count"], "xent": sums["xent"] / sums["count"]}
+
+
+def _target_positions(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, T'] the frames of each row that have a target, padded with the last; [B] their counts)."""
+    positions = [torch.nonzero(row != IGNORE).squeeze(1) for row in y]
+    lengths = torch.tensor([len(p) for p in positions])
+    if int(lengths.min()) == 0:
+        raise DataError(["a training sequence without targets"])
+    width = int(lengths.max())
+    return torch.stack([torch.cat([p, p[-1:].expand(width - len(p))]) for p in positions]), lengths
+
+
+def _numerator(supervision, output: torch.Tensor, lengths: torch.Tensor, num_columns, engine) -> torch.Tensor:
+    """[B] float64: each sequence's numerator total, its frames limited to the pdfs its alignment allows."""
+    penalty = torch.zeros_like(output, requires_grad=False)
+    for b, sup in enumerate(supervision):
+        penalty[b, : sup.allowed.shape[0]] = torch.where(sup.allowed.to(output.device), 0.0, OUTSIDE_TOLERANCE)
+    dense = DenseFsaVec(output + penalty, lengths, num_columns)
+    return get_tot_scores([sup.graph for sup in supervision], dense, log_semiring=True, engine=engine).double()

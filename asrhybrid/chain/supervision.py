@@ -1,0 +1,100 @@
+"""The numerator of LF-MMI per training sequence (Kaldi's chain supervision), over transition ids, with the
+pdfs its alignment allows at each frame.
+
+- A whole utterance: its training graph over its transcript (stage 4's graphs: every pronunciation and
+  optional silence; the lexicon's scores, no transition probabilities).
+- A chunk of an utterance (chunk_frames > 0, Kaldi's 150-frame egs): the phones of its alignment that reach
+  into the chunk, in order, each in the chain topology (its forward transition, then its self-loop), entered at
+  any of those near the chunk's start (at its first frame or inside it) and left at any near its end: Kaldi
+  splits the supervision at chunk edges into such paths, with initial and final weights on every state.
+
+Either way a frame may only take pdfs of the phone instances the alignment puts within ``tolerance`` frames
+of it (Kaldi's --left-tolerance/--right-tolerance); the others get a score of -1e4, which keeps the total
+finite. Alignments, tolerance and frames are at the tree's frame rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from asrhybrid.align.graphs import GraphCompiler, phone_instances, transition_arrays
+from asrhybrid.errors import ConfigError, DataError
+from asrhybrid.fsa import Fsa, from_kaldi
+from asrhybrid.kaldi_tables import AlignmentTable
+
+OUTSIDE_TOLERANCE = -1e4  # the score of a pdf the alignment does not put near a frame
+
+
+@dataclass
+class Supervision:
+    graph: Fsa  # over transition ids
+    allowed: torch.Tensor  # bool [frames, num_pdfs]
+
+
+class SupervisionMaker:
+    def __init__(self, compiler: GraphCompiler, alignments: AlignmentTable, tolerance: int):
+        self.compiler, self.alignments, self.tolerance = compiler, alignments, tolerance
+        trans = compiler.trans_model
+        self.tid_phone, self.tid_starts_phone = transition_arrays(trans)
+        self.tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
+        self.num_pdfs = trans.num_pdfs
+        self._self_loop = {}  # forward transition id -> its state's self-loop (the chain topology)
+        for state in range(1, trans.num_transition_states + 1):
+            tids = range(trans.state2id[state], trans.state2id[state + 1])
+            loops = [t for t in tids if trans.is_self_loop(t)]
+            for t in tids:
+                if not trans.is_self_loop(t) and len(loops) == 1:
+                    self._self_loop[t] = loops[0]
+
+    def whole(self, cut, frames: int) -> Supervision:
+        text = " ".join(s.text for s in cut.supervisions if s.text)
+        graph = from_kaldi(self.compiler.compile(text, transition_probs=False))
+        tids, spans = self._alignment(cut, frames)
+        return Supervision(graph, self._allowed(tids, spans, 0, frames))
+
+    def chunk(self, cut, first: int, frames: int) -> Supervision:
+        """Output frames [first, first + frames) of ``cut``."""
+        tids, spans = self._alignment(cut, first + frames)
+        end, tol = first + frames, self.tolerance
+        near = [k for k, (b, e) in enumerate(spans) if b < end + tol and e > first - tol]
+        arcs, states = [], {k: i + 1 for i, k in enumerate(near)}  # 0 the start, then one state per instance
+        final = len(near) + 1
+        for k in near:
+            b, e = spans[k]
+            forward = int(tids[b])
+            loop = self._self_loop.get(forward)
+            if loop is None:
+                raise ConfigError(
+                    "chunks of chain training need the chain topology's transitions "
+                    "(asrhybrid build-tree --topology chain)"
+                )
+            s = states[k]
+            if k - 1 in states:
+                arcs.append((states[k - 1], s, forward, 0.0))
+            if b <= first + tol and e > first - tol:  # the chunk may start at this instance or inside it
+                arcs += [(0, s, forward, 0.0), (0, s, loop, 0.0)]
+            arcs.append((s, s, loop, 0.0))
+            if b < end + tol and e >= end - tol:  # or end in it
+                arcs.append((s, final, -1, 0.0))
+        return Supervision(Fsa.from_arcs(arcs, final + 1), self._allowed(tids, spans, first, frames))
+
+    def _alignment(self, cut, frames: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        if cut.id not in self.alignments:
+            raise DataError([f"{cut.id}: no alignment for its chain supervision"])
+        tids = np.asarray(self.alignments[cut.id])
+        if len(tids) < frames:
+            raise DataError([f"{cut.id}: its alignment has {len(tids)} frames, its targets {frames}"])
+        spans = [(b, e) for *_, b, e in phone_instances(tids, self.tid_phone, self.tid_starts_phone)]
+        return tids, spans
+
+    def _allowed(self, tids: np.ndarray, spans, first: int, frames: int) -> torch.Tensor:
+        allowed = torch.zeros(frames, self.num_pdfs, dtype=torch.bool)
+        tol = self.tolerance
+        for b, e in spans:
+            lo, hi = max(b - tol, first), min(e + tol, first + frames)
+            if lo < hi:
+                allowed[lo - first : hi - first, torch.as_tensor(np.unique(self.tid_to_pdf[tids[b:e]]))] = True
+        return allowed
