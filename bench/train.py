@@ -16,7 +16,16 @@ trainer's bf16 autocast):
   ``step / bare_lstm`` and ``epoch / bare_lstm`` ratios (the issue's target:
   >= 0.8 on GPU).
 
-Run: ``.venv/bin/python bench/train.py [--workdir work/synth] [--threads N]``.
+With ``--chain-tree`` (a chain system's tree dir, e.g. work/synth/exp/chain_tree, and ``--lang`` its lang dir),
+LF-MMI's step on the same batch (issue 24), per network:
+
+- ``chain_step``: forward, the LF-MMI objective (numerators: the alignment paths of the tree dir's first
+  utterances, chunks of 50 output frames; the denominator graph of its alignments, leaky HMM 0.1), the xent
+  regulariser, backward, clipping, Adam; input frames/s, beside the cross-entropy ``step`` and their ratio;
+- ``denominator``: the denominator's forward-backward alone on random outputs of the same shape, output
+  frames/s, with the graph's size.
+
+Run: ``.venv/bin/python bench/train.py [--workdir work/synth] [--chain-tree DIR --lang DIR] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -143,6 +152,83 @@ def epoch_rate(workdir: Path, system: str, model_opts: dict, chunk: int, device:
     return {"frames_per_s": round(frames / seconds), "frames": frames, "num_pdfs": trans_model.num_pdfs}
 
 
+def chain_rates(
+    tree_dir: Path, lang_dir: Path, systems: dict, feat_dim: int, batch: int, frames: int, device, repeats: int
+) -> dict:
+    """LF-MMI's training step per system and the denominator alone, on the chain tree's graph (see the doc)."""
+    from types import SimpleNamespace
+
+    from asrhybrid.align.graphs import GraphCompiler
+    from asrhybrid.chain.objective import ChainConfig, ChainObjective
+    from asrhybrid.chain.supervision import SupervisionMaker
+    from asrhybrid.chain.training import denominator_from_alignments, tree_frame_subsampling
+    from asrhybrid.fsa import DenseFsaVec
+    from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
+    from asrhybrid.hmm import load_model
+    from asrhybrid.kaldi_tables import AlignmentTable, iter_alignments
+    from asrhybrid.nnet.batches import IGNORE
+    from asrhybrid.nnet.models import build_model
+    from asrhybrid.nnet.train import TrainConfig
+    from asrhybrid.nnet.trainer import autocast as _autocast
+
+    factor = tree_frame_subsampling(tree_dir)
+    chain = ChainConfig(frame_subsampling_factor=factor)
+    started = time.perf_counter()
+    den, den_stats = denominator_from_alignments(tree_dir, chain)
+    den_seconds = time.perf_counter() - started
+    tree, trans = load_model(tree_dir)
+    alignments = AlignmentTable(tree_dir / "ali.ark")
+    maker = SupervisionMaker(GraphCompiler(lang_dir, tree, trans), alignments, -(-chain.tolerance // factor))
+    left = 40  # the chunk's left context, as --frames' default (150 + 40)
+    outputs = len(range(left, frames, factor))
+    utts = []
+    for utt, tids in iter_alignments(tree_dir / "ali.ark"):
+        if len(tids) >= outputs:
+            utts.append(utt)
+        if len(utts) == batch:
+            break
+    supervision = [maker.chunk(SimpleNamespace(id=u), 0, outputs) for u in utts]
+    y = torch.full((len(utts), frames), IGNORE, dtype=torch.int64)
+    y[:, left::factor] = 0  # where the chunk's targets are: the objective reads the positions only
+    x = torch.randn(len(utts), frames, feat_dim, device=device)
+    rows = {
+        "den_graph": {
+            **den_stats["den"],
+            "phone_lm_states": den_stats["phone_lm"]["states"],
+            "build_s": round(den_seconds, 2),
+        },
+        "frame_subsampling_factor": factor,
+        "output_frames": outputs,
+    }
+    for system, opts in systems.items():
+        torch.manual_seed(0)
+        model = build_model(f"{system}_chain", feat_dim, trans.num_pdfs, opts).to(device)
+        cfg = TrainConfig(system=f"{system}_chain", chunk_frames=frames - left)
+        objective = ChainObjective(cfg, None, None, getattr(model, "right_context", 0), None, chain, den, maker)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            optimizer.zero_grad()
+            with _autocast(device, cfg.amp):
+                loss, stats = objective.forward(model, (x, y, supervision), device)
+            (loss / stats["count"]).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+
+        rows[system] = {"chain_step_frames_per_s": round(len(utts) * frames / timed(step, repeats, device))}
+    topology = DenominatorTopology.from_graph(den.fsa, den.initial, torch.float32, device)
+    scores = torch.randn(len(utts), outputs, trans.num_pdfs, device=device, requires_grad=True)
+    dense = DenseFsaVec(scores, torch.full((len(utts),), outputs), den.label_to_column)
+
+    def den_alone():
+        scores.grad = None
+        denominator_log_likelihood(topology, dense, chain.leaky_hmm_coefficient).sum().backward()
+
+    rows["denominator"] = {"output_frames_per_s": round(len(utts) * outputs / timed(den_alone, repeats, device))}
+    alignments.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, help="a recipe workdir after stage 5: also time whole epochs")
@@ -153,7 +239,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--large", action="store_true", help="the paper's LSTMP: 2 layers of 800 cells, 512 projection")
+    parser.add_argument("--chain-tree", type=Path, help="a chain system's tree dir: also time LF-MMI's step")
+    parser.add_argument("--lang", type=Path, help="the lang dir of --chain-tree")
     args = parser.parse_args()
+    if args.chain_tree:  # the cross-entropy step over as many pdfs as the chain model's, for a like comparison
+        from asrhybrid.hmm import load_model
+
+        args.num_pdfs = load_model(args.chain_tree)[1].num_pdfs
     if args.threads:
         torch.set_num_threads(args.threads)
     lstmp = {"cells": 800, "proj": 512, "layers": 2} if args.large else {"cells": 320, "proj": 128, "layers": 2}
@@ -181,6 +273,16 @@ def main() -> None:
             for system, opts in systems.items():
                 rows[system]["epoch"] = epoch_rate(args.workdir, system, opts, args.frames - 40, device)
             rows["lstmp"]["epoch_over_bare_lstm"] = round(rows["lstmp"]["epoch"]["frames_per_s"] / bare, 3)
+        if args.chain_tree:
+            chain = chain_rates(
+                args.chain_tree, args.lang, systems, args.feat_dim, args.batch, args.frames, device, args.repeats
+            )
+            for system in systems:
+                rows[system].update(chain.pop(system))
+                rows[system]["chain_step_over_step"] = round(
+                    rows[system]["chain_step_frames_per_s"] / rows[system]["frames_per_s"], 3
+                )
+            rows["chain"] = chain
         report["devices"][device.type] = rows
     print(json.dumps(report, indent=1))
 

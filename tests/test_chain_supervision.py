@@ -61,7 +61,9 @@ def chain_yesno(tmp_path_factory):
         alignment += [tids[(phone, False)]] + [tids[(phone, True)]] * (frames - 1)
     with alignment_table_writer(tmp / "ali.ark") as write:
         write("utt", alignment)
-    cut = MonoCut("utt", 0, len(alignment) * 0.03, 0, supervisions=[SupervisionSegment("utt", "utt", 0, 1, text="NO YES NO")])
+    cut = MonoCut(
+        "utt", 0, len(alignment) * 0.03, 0, supervisions=[SupervisionSegment("utt", "utt", 0, 1, text="NO YES NO")]
+    )
     maker = SupervisionMaker(GraphCompiler(lang, tree, trans), AlignmentTable(tmp / "ali.ark"), tolerance=1)
     return maker, cut, np.asarray(alignment), trans
 
@@ -91,12 +93,7 @@ def test_each_frame_allows_the_pdfs_of_the_phones_within_the_tolerance(chain_yes
     tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
     starts = [0, 4, 9, 15, 17, 22, 25]  # the phone spans the fixture aligned
     for t in range(25):
-        near = {
-            int(p)
-            for b, e in zip(starts, starts[1:])
-            if b - 1 <= t < e + 1
-            for p in tid_to_pdf[alignment[b:e]]
-        }
+        near = {int(p) for b, e in zip(starts, starts[1:]) if b - 1 <= t < e + 1 for p in tid_to_pdf[alignment[b:e]]}
         assert set(torch.nonzero(maker.whole(cut, 25).allowed[t]).squeeze(1).tolist()) == near
     # 'YES' (frames 9-14) started 3 frames late: N's pdf held over frames 10-11 is outside the tolerance of 1,
     # and with no other pdf possible there the numerator pays -1e4 for each of those two frames

@@ -30,6 +30,7 @@ def test_every_shipped_recipe_loads(recipe):
         ("e2e hlg", "e2e: {decode: {hlg: {serch_beam: 10}}}", "e2e.decode.hlg.serch_beam", "search_beam"),
         ("adapt", "decode: {adapt: {iteration: 2}}", "decode.adapt.iteration", "iterations"),
         ("jobs", "jobs: {engin: dask}", "jobs.engin", "engine"),
+        ("chain tree", "am: {lstmp_chain: {tree: {num_leafs: 9}}}", "am.lstmp_chain.tree.num_leafs", "num_leaves"),
     ],
 )
 def test_unknown_nested_keys_name_the_nearest_valid_one(tmp_path: Path, section, text, where, near):
@@ -199,3 +200,14 @@ def test_bad_named_systems_are_refused(tmp_path: Path, e2e, message):
     )
     with pytest.raises(ConfigError, match=message):
         load_recipe(tmp_path)
+
+
+def test_chain_options_enter_a_training_runs_key_only_when_given():
+    """stage 6's `chain:` options came after runs that are done: a cross-entropy system's completion key has no
+    `chain` (its runs stay done), a chain system's has its options."""
+    from asrhybrid.nnet.train import TrainConfig
+    from asrhybrid.verbs.common import completion_options
+
+    assert "chain" not in completion_options(TrainConfig(system="lstmp"))
+    keyed = completion_options(TrainConfig(system="lstmp_chain", chain={"leaky_hmm_coefficient": 0.05}))
+    assert keyed["chain"] == {"leaky_hmm_coefficient": 0.05} and keyed["system"] == "lstmp_chain"

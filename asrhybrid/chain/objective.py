@@ -33,10 +33,11 @@ from asrhybrid.chain.den_graph import DenominatorGraph
 from asrhybrid.chain.supervision import OUTSIDE_TOLERANCE, SupervisionMaker
 from asrhybrid.errors import ConfigError, DataError
 from asrhybrid.fsa import DenseFsaVec, get_tot_scores
-from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
+from asrhybrid.fsa.denominator import DenominatorTopology
 from asrhybrid.fsa.k2_engine import available as k2_available
 from asrhybrid.kaldi_tables import AlignmentTable
 from asrhybrid.nnet.batches import IGNORE, frame_batches
+from asrhybrid.nnet.lfmmi import lfmmi_objective
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,15 @@ class ChainObjective:
         output, xent_logits = output.float().gather(1, index), xent_logits.float().gather(1, index)
         valid = (torch.arange(output.shape[1])[None, :] < lengths[:, None]).to(device)  # [B, T]
 
-        numerator = _numerator(supervision, output, lengths, self.num_columns, self.engine)
-        denominator = denominator_log_likelihood(
+        result = lfmmi_objective(
+            _numerator_dense(supervision, output, lengths, self.num_columns),
+            [sup.graph for sup in supervision],
             self.topology(device),
-            DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
             self.chain.leaky_hmm_coefficient,
+            engine=self.engine,
+            den_dense=DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
         )
-        objf = (numerator - denominator).sum()
+        numerator, objf = result.numerator, result.objective.sum()
         if not torch.isfinite(objf):
             raise DataError([f"LF-MMI objective {float(objf)} in a batch (numerator or denominator impossible)"])
         loss = -objf
@@ -156,8 +159,9 @@ class ChainObjective:
             else:  # held-out batches run without a graph
                 with torch.enable_grad():
                     leaf = output.detach().requires_grad_()
-                    total = _numerator(supervision, leaf, lengths, self.num_columns, self.engine)
-                    (posteriors,) = torch.autograd.grad(total.sum(), leaf)
+                    dense = _numerator_dense(supervision, leaf, lengths, self.num_columns)
+                    total = get_tot_scores([sup.graph for sup in supervision], dense, True, self.engine)
+                    (posteriors,) = torch.autograd.grad(total.double().sum(), leaf)
             xent = -(posteriors.detach() * torch.log_softmax(xent_logits, dim=-1)).sum()
             loss = loss + self.chain.xent_regularize * xent
         if self.chain.output_l2 > 0:
@@ -178,10 +182,9 @@ def _target_positions(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.cat([p, p[-1:].expand(width - len(p))]) for p in positions]), lengths
 
 
-def _numerator(supervision, output: torch.Tensor, lengths: torch.Tensor, num_columns, engine) -> torch.Tensor:
-    """[B] float64: each sequence's numerator total, its frames limited to the pdfs its alignment allows."""
+def _numerator_dense(supervision, output: torch.Tensor, lengths: torch.Tensor, num_columns) -> DenseFsaVec:
+    """The outputs as the numerators read them: each frame limited to the pdfs its alignment allows."""
     penalty = torch.zeros_like(output, requires_grad=False)
     for b, sup in enumerate(supervision):
         penalty[b, : sup.allowed.shape[0]] = torch.where(sup.allowed.to(output.device), 0.0, OUTSIDE_TOLERANCE)
-    dense = DenseFsaVec(output + penalty, lengths, num_columns)
-    return get_tot_scores([sup.graph for sup in supervision], dense, log_semiring=True, engine=engine).double()
+    return DenseFsaVec(output + penalty, lengths, num_columns)

@@ -37,7 +37,7 @@ from asrhybrid.features.cmvn import speaker_of
 from asrhybrid.nnet.batches import IGNORE, pad_batch, pad_targets, sampler
 from asrhybrid.nnet.fast_slow import FastSlowAM
 from asrhybrid.nnet.lstmp import LstmpAM
-from asrhybrid.nnet.models import FrameDNN
+from asrhybrid.nnet.models import ChainAM, FrameDNN
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class AdaptConfig:
 
 def lhuc_layers(model: nn.Module) -> list[nn.Linear]:
     """The affine layers whose inputs are hidden units, which LHUC scales."""
+    if isinstance(model, ChainAM):
+        return lhuc_layers(model.network)
     if isinstance(model, FrameDNN):
         return [m for m in model.mlp.body if isinstance(m, nn.Linear)][1:]
     if isinstance(model, LstmpAM):
@@ -96,7 +98,8 @@ class SpeakerAdaptedAM(nn.Module):
         layers = lhuc_layers(base) if "lhuc" in transforms else []
         self.lhuc = nn.ParameterList(nn.Parameter(torch.zeros(n, m.in_features)) for m in layers)
         self._scales: list[torch.Tensor] | None = None
-        self._per_sequence = isinstance(base, FrameDNN)  # its MLP runs per sequence, on [T, H] frames
+        network = base.network if isinstance(base, ChainAM) else base
+        self._per_sequence = isinstance(network, FrameDNN)  # its MLP runs per sequence, on [T, H] frames
         for k, m in enumerate(layers):
             m.register_forward_pre_hook(partial(self._scale_input, k))
 
@@ -123,6 +126,22 @@ class SpeakerAdaptedAM(nn.Module):
         return torch.as_tensor([self.speakers[s] for s in speakers], dtype=torch.long)
 
     def forward(self, feats: torch.Tensor, speakers: list[str], utts: list[str] | None = None) -> torch.Tensor:
+        return self._with_transforms(self.base, feats, speakers, utts)
+
+    @property
+    def frame_step(self) -> int:
+        """The frames of the input per frame of the outputs adaptation trains on (a chain model's subsampling)."""
+        return self.base.subsampling if isinstance(self.base, ChainAM) else 1
+
+    def adaptation_logits(self, feats: torch.Tensor, speakers: list[str], utts: list[str] | None = None):
+        """What adaptation's cross-entropy reads: the outputs, or of a chain model its cross-entropy output
+        (a softmax over the same pdfs) at the chain's frame rate."""
+        if not isinstance(self.base, ChainAM):
+            return self.forward(feats, speakers, utts)
+        step = self.frame_step
+        return self._with_transforms(lambda x: self.base.forward_with_xent(x)[1][:, ::step], feats, speakers, utts)
+
+    def _with_transforms(self, run, feats: torch.Tensor, speakers: list[str], utts: list[str] | None) -> torch.Tensor:
         idx = self.index(speakers, utts).to(feats.device)
         if self.lin_weight is not None:
             feats = torch.einsum("bed,btd->bte", self.lin_weight[idx], feats) + self.lin_bias[idx][:, None]
@@ -130,11 +149,11 @@ class SpeakerAdaptedAM(nn.Module):
         try:
             if not self._per_sequence:
                 self._scales = scales
-                return self.base(feats)
+                return run(feats)
             outputs = []  # the DNN's MLP sees one sequence's frames [T, H] at a time: its scales go with it
             for b in range(feats.shape[0]):
                 self._scales = [s[b : b + 1] for s in scales]
-                outputs.append(self.base(feats[b : b + 1]))
+                outputs.append(run(feats[b : b + 1]))
             return torch.cat(outputs)
         finally:
             self._scales = None
@@ -201,7 +220,7 @@ def adapt_speakers(
             for cut in batch:
                 f = normalizer(cut)
                 y = torch.as_tensor(np.asarray(targets[cut.id]), dtype=torch.long)
-                if len(y) != f.shape[0]:
+                if len(y) != -(-f.shape[0] // model.frame_step):
                     raise DataError(
                         [
                             f"{cut.id}: the first-pass best path has {len(y)} frames, the features "
@@ -219,7 +238,10 @@ def adapt_speakers(
         with torch.no_grad():
             for x, y, spk, utts in batches(False):
                 ce = nn.functional.cross_entropy(
-                    model(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE, reduction="none"
+                    model.adaptation_logits(x, spk, utts).float().transpose(1, 2),
+                    y,
+                    ignore_index=IGNORE,
+                    reduction="none",
                 ).sum(1)
                 for s, c, n in zip(spk, ce.tolist(), (y != IGNORE).sum(1).tolist()):
                     sums[s][0] += c
@@ -239,7 +261,7 @@ def adapt_speakers(
         for x, y, spk, utts in batches(True):
             n = int((y != IGNORE).sum())
             loss = nn.functional.cross_entropy(
-                model(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE, reduction="sum"
+                model.adaptation_logits(x, spk, utts).float().transpose(1, 2), y, ignore_index=IGNORE, reduction="sum"
             )
             opt.zero_grad()
             (loss / max(1, n)).backward()

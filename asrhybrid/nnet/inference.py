@@ -21,7 +21,7 @@ from asrhybrid.kaldi_tables import matrix_table_writer, merge_tables
 from asrhybrid.nnet.adapt import SpeakerAdaptedAM
 from asrhybrid.nnet.batches import pad_batch
 from asrhybrid.nnet.checkpoint import AM, TrainedSystem
-from asrhybrid.nnet.models import build_model
+from asrhybrid.nnet.models import ChainAM, build_model
 from asrhybrid.nnet.priors import scaled_loglikes
 from asrhybrid.nnet.train import TrainConfig
 from asrhybrid.nnet.trainer import default_device
@@ -41,6 +41,8 @@ def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn
     cfg = TrainConfig(**trained.config)
     model = build_model(cfg.system, trained.feat_dim, trained.num_outputs, cfg.model)
     model.load_state_dict(trained.weights)
+    if isinstance(model, ChainAM):
+        model.subsampling = int(cfg.chain.get("frame_subsampling_factor", 1))
     if trained.adaptation:
         model = SpeakerAdaptedAM.from_state(model, trained.feat_dim, trained.adaptation)
     return model.to(device).eval(), trained

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from asrhybrid.fsa import DenseFsaVec, Fsa, get_tot_scores
-from asrhybrid.fsa.denominator import denominator_log_likelihood
+from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
 
 
 @dataclass
@@ -28,14 +28,18 @@ class LfmmiObjective:
 def lfmmi_objective(
     dense: DenseFsaVec,
     num_graphs: list[Fsa],
-    den_graph: Fsa,
+    den_graph: Fsa | DenominatorTopology,
     leaky: float = 0.1,
     den_initial: torch.Tensor | None = None,
     engine: str | None = None,
+    den_dense: DenseFsaVec | None = None,
 ) -> LfmmiObjective:
     """The LF-MMI objective of each sequence of ``dense`` (the network's outputs as log-likelihoods, one per
     column): ``num_graphs[b]`` its numerator graph (through ``engine``: k2 or asrhybrid's torch engine),
-    ``den_graph`` the denominator shared by all, with Kaldi chain's leaky HMM coefficient ``leaky`` (0.1)."""
+    ``den_graph`` the denominator shared by all (or its prepared topology), with Kaldi chain's leaky HMM
+    coefficient ``leaky`` (0.1). ``den_dense``: the same outputs as the denominator reads them, where its labels
+    map to columns otherwise (pdf + 1 there, transition ids in the numerators) or the numerator's scores carry
+    the alignment's limits (asrhybrid.chain.supervision)."""
     numerator = get_tot_scores(num_graphs, dense, log_semiring=True, engine=engine).double()
-    denominator = denominator_log_likelihood(den_graph, dense, leaky, den_initial)
+    denominator = denominator_log_likelihood(den_graph, den_dense or dense, leaky, den_initial)
     return LfmmiObjective(numerator - denominator, numerator, denominator)

@@ -32,11 +32,11 @@ class ChainAM(nn.Module):
     """A chain model (Kaldi's nnet3 chain recipes): the network with two outputs over the pdfs from its last
     layer, the chain output (log-likelihoods for LF-MMI and decoding, no softmax) and the cross-entropy
     regularisation output (``xent``, Povey et al. 2016 section 2.7) used only in training. Here the network's
-    output layer is twice as wide and split in two."""
+    output layer is twice as wide and split in two. Its outputs count at every ``subsampling``-th frame."""
 
-    def __init__(self, network: nn.Module, num_pdfs: int):
+    def __init__(self, network: nn.Module, num_pdfs: int, subsampling: int = 1):
         super().__init__()
-        self.network, self.num_pdfs = network, num_pdfs
+        self.network, self.num_pdfs, self.subsampling = network, num_pdfs, subsampling
 
     @property
     def right_context(self) -> int:

@@ -84,12 +84,22 @@ def train_config(cls, args: argparse.Namespace, verb: str):
         raise ConfigError(f"{verb}: bad option: {e}") from None
 
 
+def completion_options(cfg) -> dict:
+    """A training config as its run's completion key: its fields, less those added later (``KEYED_WHEN_SET``)
+    where they are not given, so that runs made before them stay done."""
+    options = asdict(cfg)
+    for name in getattr(cfg, "KEYED_WHEN_SET", ()):
+        if not options[name]:
+            del options[name]
+    return options
+
+
 def run_training(args: argparse.Namespace, verb: str, cfg, inputs: dict, train) -> None:
     """The training verbs' frame: ``train(device, resume_key)`` under torchrun or alone, unless ``verb`` already
     finished in EXP_DIR with ``cfg`` and ``inputs``. The first worker decides (and alone writes the marker);
     checkpoints resume into more epochs."""
 
-    done = Completion(args.exp_dir, verb, asdict(cfg), inputs=inputs)
+    done = Completion(args.exp_dir, verb, completion_options(cfg), inputs=inputs)
     with _data_parallel(args.device) as (rank, device):
         skip, resume_key = _first_worker_decides(lambda: (done.is_done(args.force), done.resume_key("epochs")))
         if skip:
