@@ -1,6 +1,6 @@
 """LF-MMI training of a chain model through stage 6's trainer (asrhybrid.nnet.trainer.Objective).
 
-Per batch of whole utterances, the loss to minimise is Kaldi chain's (chain-training.cc), summed over frames:
+Per batch of utterances or chunks, the loss to minimise is Kaldi chain's (chain-training.cc), summed over frames:
 
     -(numerator - denominator)  +  xent_regularize x cross-entropy  +  output_l2 / 2 x sum(chain output^2)
 
