@@ -173,12 +173,10 @@ def chain_rates(
 
     factor = tree_frame_subsampling(tree_dir)
     chain = ChainConfig(frame_subsampling_factor=factor)
-    started = time.perf_counter()
-    den, den_stats = denominator_from_alignments(tree_dir, chain)
-    den_seconds = time.perf_counter() - started
     tree, trans = load_model(tree_dir)
+    den, den_stats = denominator_from_alignments(tree_dir / "ali.ark", tree, trans, chain)
     alignments = AlignmentTable(tree_dir / "ali.ark")
-    maker = SupervisionMaker(GraphCompiler(lang_dir, tree, trans), alignments, -(-chain.tolerance // factor))
+    maker = SupervisionMaker(GraphCompiler(lang_dir, tree, trans), alignments, chain.output_tolerance)
     left = 40  # the chunk's left context, as --frames' default (150 + 40)
     outputs = len(range(left, frames, factor))
     utts = []
@@ -195,7 +193,7 @@ def chain_rates(
         "den_graph": {
             **den_stats["den"],
             "phone_lm_states": den_stats["phone_lm"]["states"],
-            "build_s": round(den_seconds, 2),
+            "build_s": den_stats["seconds"],
         },
         "frame_subsampling_factor": factor,
         "output_frames": outputs,

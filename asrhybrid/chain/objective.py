@@ -23,7 +23,6 @@ With frame subsampling N the network runs at the input's rate and its outputs at
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 
 import torch
@@ -32,14 +31,13 @@ from torch import nn
 from asrhybrid.chain.den_graph import DenominatorGraph
 from asrhybrid.chain.supervision import OUTSIDE_TOLERANCE, SupervisionMaker
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.fsa import DenseFsaVec, get_tot_scores
+from asrhybrid.fsa import DenseFsaVec
 from asrhybrid.fsa.denominator import DenominatorTopology
 from asrhybrid.fsa.k2_engine import available as k2_available
 from asrhybrid.kaldi_tables import AlignmentTable
-from asrhybrid.nnet.batches import IGNORE, frame_batches
+from asrhybrid.nnet.batches import IGNORE
 from asrhybrid.nnet.lfmmi import lfmmi_objective
-
-log = logging.getLogger(__name__)
+from asrhybrid.nnet.train import FrameObjective
 
 
 @dataclass
@@ -55,6 +53,11 @@ class ChainConfig:
     no_prune_ngram_order: int = 3
     num_extra_states: int = 2000
 
+    @property
+    def output_tolerance(self) -> int:
+        """The tolerance in output frames (Kaldi's is in input frames)."""
+        return -(-self.tolerance // self.frame_subsampling_factor)
+
     @classmethod
     def from_dict(cls, options: dict) -> "ChainConfig":
         known = {f.name for f in fields(cls)}
@@ -69,8 +72,9 @@ class ChainConfig:
         return cfg
 
 
-class ChainObjective:
-    """LF-MMI (asrhybrid.nnet.trainer.Objective) on whole utterances or chunks; ``count`` is output frames."""
+class ChainObjective(FrameObjective):
+    """LF-MMI (asrhybrid.nnet.trainer.Objective) on whole utterances or chunks, batched as frame
+    cross-entropy's; ``count`` is output frames."""
 
     loss_name, metric_name, count_name = "chain", "xent", "frames"
     stat_names = ("objf", "xent")
@@ -86,9 +90,8 @@ class ChainObjective:
         den: DenominatorGraph,
         supervision: SupervisionMaker,
     ):
-        self.name, self.cfg, self.chain = train_cfg.system, train_cfg, chain
-        self.targets, self.normalizer, self.perturbation = targets, normalizer, perturbation
-        self.right_context, self.den, self.supervision = right_context, den, supervision
+        super().__init__(train_cfg, targets, normalizer, right_context, perturbation)
+        self.chain, self.den, self.supervision = chain, den, supervision
         tid_to_pdf = torch.as_tensor(supervision.tid_to_pdf)
         self.num_columns = torch.cat([torch.zeros(1, dtype=torch.int64), tid_to_pdf[1:]])
         self.engine = "k2" if k2_available() else "torch"
@@ -101,24 +104,8 @@ class ChainObjective:
         return self._topology[key]
 
     def batches(self, cuts, generator, rank: int, world: int, epoch: int = 0):
-        cfg, step = self.cfg, self.chain.frame_subsampling_factor
-        training = generator is not None
-        batches = frame_batches(
-            cuts,
-            self.targets,
-            self.normalizer,
-            cfg.max_duration,
-            generator,
-            cfg.chunk_frames if training else 0,
-            cfg.chunk_left_context,
-            self.right_context,
-            rank,
-            world,
-            cfg.augmentation if training else None,
-            self.perturbation if training else None,
-            with_cuts=True,
-            subsampling=step,
-        )
+        step, chunked = self.chain.frame_subsampling_factor, bool(self.cfg.chunk_frames and generator is not None)
+        batches = self.sequences(cuts, generator, rank, world, with_cuts=True, subsampling=step)
         for x, y, rows in batches:
             if x is None:
                 yield None
@@ -126,7 +113,7 @@ class ChainObjective:
             supervision = []
             for (cut, start), targets in zip(rows, y):
                 frames = int((targets != IGNORE).sum())
-                if cfg.chunk_frames and training:
+                if chunked:
                     supervision.append(self.supervision.chunk(cut, -(-start // step), frames))
                 else:
                     supervision.append(self.supervision.whole(cut, frames))
@@ -139,31 +126,27 @@ class ChainObjective:
         index = index.to(device)[:, :, None].expand(-1, -1, output.shape[-1])
         output, xent_logits = output.float().gather(1, index), xent_logits.float().gather(1, index)
         valid = (torch.arange(output.shape[1])[None, :] < lengths[:, None]).to(device)  # [B, T]
-
-        result = lfmmi_objective(
-            _numerator_dense(supervision, output, lengths, self.num_columns),
-            [sup.graph for sup in supervision],
-            self.topology(device),
-            self.chain.leaky_hmm_coefficient,
-            engine=self.engine,
-            den_dense=DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
-        )
-        numerator, objf = result.numerator, result.objective.sum()
-        if not torch.isfinite(objf):
-            raise DataError([f"LF-MMI objective {float(objf)} in a batch (numerator or denominator impossible)"])
-        loss = -objf
-        xent = torch.zeros((), device=device)
-        if self.chain.xent_regularize > 0 or not model.training:
-            if model.training:
-                (posteriors,) = torch.autograd.grad(numerator.sum(), output, retain_graph=True)
-            else:  # held-out batches run without a graph
-                with torch.enable_grad():
-                    leaf = output.detach().requires_grad_()
-                    dense = _numerator_dense(supervision, leaf, lengths, self.num_columns)
-                    total = get_tot_scores([sup.graph for sup in supervision], dense, True, self.engine)
-                    (posteriors,) = torch.autograd.grad(total.double().sum(), leaf)
-            xent = -(posteriors.detach() * torch.log_softmax(xent_logits, dim=-1)).sum()
-            loss = loss + self.chain.xent_regularize * xent
+        if not model.training:  # held-out batches run without a graph; the numerator's posteriors need one
+            output = output.detach().requires_grad_()
+        with torch.enable_grad():
+            result = lfmmi_objective(
+                _numerator_dense(supervision, output, lengths, self.num_columns),
+                [sup.graph for sup in supervision],
+                self.topology(device),
+                self.chain.leaky_hmm_coefficient,
+                engine=self.engine,
+                den_dense=DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
+            )
+            objf = result.objective.sum()
+            if not torch.isfinite(objf):
+                raise DataError([f"LF-MMI objective {float(objf)} in a batch (numerator or denominator impossible)"])
+            loss = -objf
+            xent = torch.zeros((), device=device)
+            if self.chain.xent_regularize > 0 or not model.training:
+                # Kaldi's xent targets: the numerator's occupation posteriors, its gradient on the outputs
+                (posteriors,) = torch.autograd.grad(result.numerator.sum(), output, retain_graph=model.training)
+                xent = -(posteriors.detach() * torch.log_softmax(xent_logits, dim=-1)).sum()
+                loss = loss + self.chain.xent_regularize * xent
         if self.chain.output_l2 > 0:
             loss = loss + 0.5 * self.chain.output_l2 * (output.pow(2) * valid[:, :, None]).sum()
         return loss, {"count": float(lengths.sum()), "objf": float(objf.detach()), "xent": float(xent.detach())}

@@ -41,6 +41,7 @@ class SupervisionMaker:
         self.tid_phone, self.tid_starts_phone = transition_arrays(trans)
         self.tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
         self.num_pdfs = trans.num_pdfs
+        self._last: tuple[str, np.ndarray, list[tuple[int, int]]] | None = None  # an utterance's chunks come together
         self._self_loop = {}  # forward transition id -> its state's self-loop (the chain topology)
         for state in range(1, trans.num_transition_states + 1):
             tids = range(trans.state2id[state], trans.state2id[state + 1])
@@ -82,12 +83,15 @@ class SupervisionMaker:
         return Supervision(Fsa.from_arcs(arcs, final + 1), self._allowed(tids, spans, first, frames))
 
     def _alignment(self, cut, frames: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        if cut.id not in self.alignments:
-            raise DataError([f"{cut.id}: no alignment for its chain supervision"])
-        tids = np.asarray(self.alignments[cut.id])
+        if self._last is None or self._last[0] != cut.id:
+            if cut.id not in self.alignments:
+                raise DataError([f"{cut.id}: no alignment for its chain supervision"])
+            tids = np.asarray(self.alignments[cut.id])
+            spans = [(b, e) for *_, b, e in phone_instances(tids, self.tid_phone, self.tid_starts_phone)]
+            self._last = (cut.id, tids, spans)
+        _, tids, spans = self._last
         if len(tids) < frames:
             raise DataError([f"{cut.id}: its alignment has {len(tids)} frames, its targets {frames}"])
-        spans = [(b, e) for *_, b, e in phone_instances(tids, self.tid_phone, self.tid_starts_phone)]
         return tids, spans
 
     def _allowed(self, tids: np.ndarray, spans, first: int, frames: int) -> torch.Tensor:

@@ -40,14 +40,14 @@ def tree_frame_subsampling(tree_dir: Path) -> int:
     return int(json.loads(info.read_text()).get("frame_subsampling_factor", 1)) if info.is_file() else 1
 
 
-def denominator_from_alignments(tree_dir: Path, chain: ChainConfig) -> tuple[DenominatorGraph, dict]:
-    """The denominator graph of the phone LM of ``tree_dir``'s training alignments (ali.ark), and its sizes."""
+def denominator_from_alignments(ali_ark: Path, tree, trans_model, chain: ChainConfig) -> tuple[DenominatorGraph, dict]:
+    """The denominator graph of the phone LM of the training alignments ``ali_ark`` (transition ids of
+    ``trans_model``), and its sizes."""
     started = time.perf_counter()
-    tree, trans_model = load_model(tree_dir)
     tid_phone, starts = transition_arrays(trans_model)
     estimator = PhoneLmEstimator(PhoneLmOptions(chain.ngram_order, chain.no_prune_ngram_order, chain.num_extra_states))
     utterances = 0
-    for _, tids in iter_alignments(tree_dir / "ali.ark"):
+    for _, tids in iter_alignments(ali_ark):
         estimator.add(p for _, p, _, _, _ in phone_instances(tids, tid_phone, starts))
         utterances += 1
     phone_lm = estimator.estimate()
@@ -83,15 +83,14 @@ def train_chain_am(
     chain.frame_subsampling_factor = factor
     cfg = replace(cfg, chain={**cfg.chain, "frame_subsampling_factor": factor})  # saved with the model
     exp_dir = Path(exp_dir)
-    den, den_stats = denominator_from_alignments(tree_dir, chain)
+    tree, trans_model = load_model(tree_dir)
+    den, den_stats = denominator_from_alignments(tree_dir / "ali.ark", tree, trans_model, chain)
     if Workers().rank == 0:
         exp_dir.mkdir(parents=True, exist_ok=True)
         den.save(exp_dir / "den.pt")
         write_text_atomic(exp_dir / "den.json", json.dumps(den_stats, indent=1) + "\n")
-    tree, trans_model = load_model(tree_dir)
     alignments = AlignmentTable(tree_dir / "ali.ark")
-    tolerance = -(-chain.tolerance // factor)  # Kaldi's tolerance is in input frames; ours at the tree's rate
-    supervision = SupervisionMaker(GraphCompiler(lang_dir, tree, trans_model), alignments, tolerance)
+    supervision = SupervisionMaker(GraphCompiler(lang_dir, tree, trans_model), alignments, chain.output_tolerance)
 
     def objective(train_cfg, targets, normalizer, right_context, perturbation):
         return ChainObjective(train_cfg, targets, normalizer, right_context, perturbation, chain, den, supervision)

@@ -42,10 +42,17 @@ def load_am(exp_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn
     model = build_model(cfg.system, trained.feat_dim, trained.num_outputs, cfg.model)
     model.load_state_dict(trained.weights)
     if isinstance(model, ChainAM):
-        model.subsampling = int(cfg.chain.get("frame_subsampling_factor", 1))
+        model.subsampling = frame_step(trained)
     if trained.adaptation:
         model = SpeakerAdaptedAM.from_state(model, trained.feat_dim, trained.adaptation)
     return model.to(device).eval(), trained
+
+
+def frame_step(trained: TrainedSystem) -> int:
+    """Input frames per output frame: a chain system's frame subsampling factor, else 1."""
+    return (
+        int((trained.config.get("chain") or {}).get("frame_subsampling_factor", 1)) if is_chain(trained.system) else 1
+    )
 
 
 def iter_loglikes(
@@ -65,8 +72,7 @@ def iter_loglikes(
     speakers' statistics span the whole set)."""
     cuts = cuts if isinstance(cuts, CutSet) else CutSet.from_cuts(cuts)
     normalizer = normalizer or trained.normalizer(cuts)
-    chain = is_chain(trained.system)
-    step = int(trained.config.get("chain", {}).get("frame_subsampling_factor", 1)) if chain else 1
+    chain, step = is_chain(trained.system), frame_step(trained)
     model.eval()
     with torch.no_grad():
         for batch in SimpleCutSampler(cuts, max_duration=max_duration, world_size=1, rank=0):

@@ -134,26 +134,32 @@ class FrameObjective:
         self.name, self.cfg, self.targets, self.normalizer = cfg.system, cfg, targets, normalizer
         self.right_context, self.perturbation = right_context, perturbation
 
-    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int, epoch: int = 0):
+    def sequences(self, cuts, generator: torch.Generator | None, rank: int, world: int, **more):
+        """frame_batches of ``cuts``: chunked and augmented in training (``generator``), held-out utterances
+        whole and clean; ``more``: frame_batches' other options."""
         cfg = self.cfg
         if generator is None:  # held out: whole utterances, no augmentation
-            batches = frame_batches(cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world)
-        else:
-            batches = frame_batches(
-                cuts,
-                self.targets,
-                self.normalizer,
-                cfg.max_duration,
-                generator,
-                cfg.chunk_frames,
-                cfg.chunk_left_context,
-                self.right_context,
-                rank,
-                world,
-                cfg.augmentation,
-                self.perturbation,
+            return frame_batches(
+                cuts, self.targets, self.normalizer, cfg.max_duration, None, rank=rank, world=world, **more
             )
-        return (None if x is None else (x, y) for x, y in batches)
+        return frame_batches(
+            cuts,
+            self.targets,
+            self.normalizer,
+            cfg.max_duration,
+            generator,
+            cfg.chunk_frames,
+            cfg.chunk_left_context,
+            self.right_context,
+            rank,
+            world,
+            cfg.augmentation,
+            self.perturbation,
+            **more,
+        )
+
+    def batches(self, cuts, generator: torch.Generator | None, rank: int, world: int, epoch: int = 0):
+        return (None if x is None else (x, y) for x, y in self.sequences(cuts, generator, rank, world))
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = (t.to(device) for t in batch)

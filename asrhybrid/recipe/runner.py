@@ -426,10 +426,10 @@ def graph_dir(run: RecipeRun, system: str) -> Path:
 
 def stage_graph(run: RecipeRun) -> None:
     lang = str(run.workdir / "data" / "lang_test_small")
-    trees = {system_tree(run, s) for s in run.config.am.get("systems") or ["dnn"]} | {run.workdir / "exp" / "tree"}
-    for tree in sorted(trees):
+    chain_trees = {run.workdir / "exp" / "tree": False}  # tree dir -> whether a chain system's
+    chain_trees.update((system_tree(run, s), is_chain(s)) for s in run.config.am.get("systems") or ["dnn"])
+    for tree, chain in sorted(chain_trees.items()):
         # a chain model's graph has self-loop scale 1.0 (Kaldi: utils/mkgraph.sh --self-loop-scale 1.0)
-        chain = tree.name.startswith("chain_tree")
         args = [lang, str(tree), str(tree / "graph_small"), *(["--self-loop-scale", "1.0"] if chain else [])]
         run.run_verb("graph", "mkgraph", args)
 

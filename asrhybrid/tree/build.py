@@ -672,11 +672,13 @@ def build_senone_tree(
     chain = topology == "chain"
     factor = frame_subsampling_factor
     ci_tree, ci_tm = load_model(ci_dir)
+    lang_topo_text = read_topo(lang_dir)
     lang_topo = khg.HmmTopology()
-    lang_topo.read(read_topo(lang_dir))
-    topo_text = chain_topology(list(lang_topo.phones)) if chain else read_topo(lang_dir)
-    topo = khg.HmmTopology()
-    topo.read(topo_text)
+    lang_topo.read(lang_topo_text)
+    topo_text, topo = lang_topo_text, lang_topo
+    if chain:
+        topo_text, topo = chain_topology(list(lang_topo.phones)), khg.HmmTopology()
+        topo.read(topo_text)
     num_classes = {p: topo.num_pdf_classes(p) for p in topo.phones}
 
     num_tids = ci_tm.num_transition_ids
