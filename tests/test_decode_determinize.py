@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from asrhybrid.decode.determinize import StateLattice, arrays_to_state_lattice, determinize
+from asrhybrid.decode.determinize import (
+    LatticeArrays,
+    StateLattice,
+    arrays_to_state_lattice,
+    determinize,
+    lattice_arrays,
+)
 
 
 def random_lattice(rng, frames: int, width: int) -> StateLattice:
@@ -117,3 +123,43 @@ def test_empty_and_dead_lattices():
     dead = StateLattice(2, [(0, 1, 3, 1.0, 1.0, 4)], {})
     assert determinize(dead)[0].best_path() is None
     assert math.isinf(min([math.inf]))
+
+
+def test_columns_round_trip_and_determinize_alike():
+    """A lattice as columns (what the decoder hands over) is the same lattice and determinizes the same."""
+    rng = np.random.default_rng(7)
+    lat = random_lattice(rng, frames=6, width=3)
+    cols = LatticeArrays.of(lat)
+    again = cols.state_lattice()
+    assert again.num_states == lat.num_states and again.final == lat.final
+    assert [a[:3] + (pytest.approx(a[3]), pytest.approx(a[4]), a[5]) for a in again.arcs] == lat.arcs
+    one, _ = determinize(lat, beam=3.0, acoustic_scale=0.1)
+    two, _ = determinize(cols, beam=3.0, acoustic_scale=0.1)
+    assert one.arcs == two.arcs and one.final == two.final
+
+
+def test_decoder_columns_with_ragged_words_equal_the_list_form():
+    """lattice_arrays (ragged words, vectorized) gives the lattice arrays_to_state_lattice gives from lists,
+    including arcs with several words, final arcs with and without words and several finals on one state."""
+    words = [[3], [], [4, -1, 5], [0], [-1], [-1], [6, -1], [7]]
+    src, dst = np.array([0, 1, 1, 2, 3, 3, 4, 2]), np.array([1, 2, 3, 3, 5, 5, 5, 4])
+    graph, acoustic = np.arange(8, dtype=float), np.linspace(0.5, 2.0, 8)
+    tids, final_arc = np.arange(10, 18), np.array([0, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
+    listed = arrays_to_state_lattice(6, src, dst, words, graph, acoustic, tids, final_arc)
+    splits = np.concatenate([[0], np.cumsum([len(w) for w in words])])
+    values = np.array([w for ws in words for w in ws])
+    cols = lattice_arrays(6, src, dst, values, splits, graph, acoustic, tids, final_arc)
+    assert cols.state_lattice() == listed
+    assert listed.final[3] == (4.0, pytest.approx(acoustic[4]))  # the better of state 3's two final arcs
+    assert listed.arcs[2:4] == [(1, 6, 4, 2.0, pytest.approx(acoustic[2]), 12), (6, 3, 5, 0.0, 0.0, 0)]
+    assert (4, 7, 6, 0.0, 0.0, 0) in listed.arcs and listed.final[7] == (6.0, pytest.approx(acoustic[6]))
+
+
+def test_bad_columns_are_refused():
+    cols = LatticeArrays.of(StateLattice(2, [(0, 1, 3, 1.0, 1.0, 4)], {1: (0.0, 0.0)}))
+    cols.dst = np.array([5], dtype=np.int32)
+    with pytest.raises(ValueError, match="out of range"):
+        determinize(cols)
+    cyclic = StateLattice(2, [(0, 1, 0, 1.0, 1.0, 4), (1, 0, 0, 1.0, 1.0, 4)], {1: (0.0, 0.0)})
+    with pytest.raises(ValueError, match="cycle"):
+        determinize(cyclic)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrhybrid.decode.determinize import arrays_to_state_lattice, determinize
+from asrhybrid.decode.determinize import determinize, lattice_arrays
 from asrhybrid.decode.lattice import WordLattice
 from asrhybrid.fsa.k2_engine import k2_module
 from asrhybrid.graph.k2graph import DecodingGraph
@@ -138,6 +138,19 @@ def _words_of_arcs(fsa, arcs: np.ndarray | None = None) -> list[list[int]]:
     return [values[splits[i] : splits[i + 1]].tolist() for i in index]
 
 
+def _word_columns(fsa, arcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The output labels of the given arcs as ragged columns (values, splits), one row per arc."""
+    aux = fsa.aux_labels
+    if isinstance(aux, torch.Tensor):
+        return aux.cpu().numpy()[arcs], np.arange(len(arcs) + 1)
+    values, splits = aux.values.cpu().numpy(), aux.shape.row_splits(1).cpu().numpy()
+    begin, end = splits[arcs], splits[arcs + 1]
+    lengths = end - begin
+    rows = np.concatenate([[0], np.cumsum(lengths)])
+    index = np.repeat(begin - rows[:-1], lengths) + np.arange(rows[-1])
+    return values[index], rows
+
+
 def _fill(hyp: Hypothesis, lattice, best, cfg: DecodeConfig, tropical) -> None:
     if best.num_arcs == 0:
         hyp.error = f"utterance {hyp.utt}: no path reached the end of the graph within the search beams"
@@ -152,17 +165,19 @@ def _fill(hyp: Hypothesis, lattice, best, cfg: DecodeConfig, tropical) -> None:
     arcs = lattice.arcs.values().cpu().numpy()
     scores = lattice.scores.detach().cpu().to(torch.float64).numpy()
     graph = lattice.graph_scores.detach().cpu().to(torch.float64).numpy()
-    # the arcs on no path within the lattice beam go first, vectorized (the determinization is Python)
+    # the arcs on no path within the lattice beam go first
     forward, backward = tropical
     keep = np.nonzero(forward[arcs[:, 0]] + scores + backward[arcs[:, 1]] >= backward[0] - cfg.lattice_beam)[0]
     # the states of the kept arcs, renumbered in order (the start stays 0, the order stays topological)
     states, renumbered = np.unique(np.concatenate([[0], arcs[keep, 0], arcs[keep, 1]]), return_inverse=True)
     src, dst = renumbered[1 : 1 + len(keep)], renumbered[1 + len(keep) :]
-    state_lattice = arrays_to_state_lattice(
+    word_values, word_splits = _word_columns(lattice, keep)
+    state_lattice = lattice_arrays(
         len(states),
         src,
         dst,
-        _words_of_arcs(lattice, keep),
+        word_values,
+        word_splits,
         -graph[keep],
         -(scores[keep] - graph[keep]),
         lattice.tids.cpu().numpy()[keep],

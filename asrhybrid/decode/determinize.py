@@ -19,24 +19,27 @@ prefix of the strings. Two sets are the same output state only when their
 elements, weights and strings are all equal, so each output path spells the
 frames of its input path exactly.
 
-Pruning: output states are expanded best first, by the cost of their best
-path through to the end (the exact cost to the end of the input lattice is
-known), and those more than ``beam`` above the best path are dropped, as
-Kaldi's pruned determinization does; ``max_states`` bounds the work (Kaldi's
+Pruning: the input's arcs on no path within ``beam`` of the best are dropped
+first; output states are expanded best first, by the cost of their best path
+through to the end (the exact cost to the end of the input lattice is known),
+and those more than ``beam`` above the best path are dropped, as Kaldi's
+pruned determinization does; ``max_states`` bounds the work (Kaldi's
 --max-mem): past it the best paths found so far are kept and the rest cut.
+
+The construction is compiled (determinize.cpp, the extension
+``asrhybrid.decode._determinize`` that ``make setup`` builds): its strings are
+nodes of a trie, so extending one by a frame costs a look-up, not a copy. This
+module prepares its input as arrays and reads its output.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from asrhybrid.decode import _determinize
 from asrhybrid.decode.lattice import Arc, WordLattice
-
-_QUANTUM = 1.0 / 1024  # Kaldi's delta: residual weights closer than this are one weight
 
 
 @dataclass
@@ -50,6 +53,48 @@ class StateLattice:
 
 
 @dataclass
+class LatticeArrays:
+    """A :class:`StateLattice` as columns (what the compiled construction reads): per arc ``src``, ``dst``,
+    ``word``, ``graph``, ``acoustic``, ``tid``; per final state ``final_state``, ``final_graph``,
+    ``final_acoustic``."""
+
+    num_states: int
+    src: np.ndarray
+    dst: np.ndarray
+    word: np.ndarray
+    graph: np.ndarray
+    acoustic: np.ndarray
+    tid: np.ndarray
+    final_state: np.ndarray
+    final_graph: np.ndarray
+    final_acoustic: np.ndarray
+
+    @classmethod
+    def of(cls, lat: StateLattice) -> "LatticeArrays":
+        arcs = np.array(lat.arcs, dtype=np.float64).reshape(-1, 6)
+        finals = sorted(lat.final.items())
+        return cls(
+            lat.num_states,
+            *(arcs[:, k].astype(np.int32) for k in range(3)),
+            arcs[:, 3],
+            arcs[:, 4],
+            arcs[:, 5].astype(np.int32),
+            np.array([s for s, _ in finals], dtype=np.int32),
+            np.array([g for _, (g, _) in finals], dtype=np.float64),
+            np.array([a for _, (_, a) in finals], dtype=np.float64),
+        )
+
+    def state_lattice(self) -> StateLattice:
+        columns = (self.src, self.dst, self.word, self.graph, self.acoustic, self.tid)
+        arcs = list(zip(*(c.tolist() for c in columns)))
+        final = {
+            s: (g, a)
+            for s, g, a in zip(*(c.tolist() for c in (self.final_state, self.final_graph, self.final_acoustic)))
+        }
+        return StateLattice(self.num_states, arcs, final)
+
+
+@dataclass
 class DeterminizeStats:
     input_arcs: int
     output_states: int
@@ -58,183 +103,55 @@ class DeterminizeStats:
     hit_max_states: bool
 
 
-def _topological_order(num_states: int, out: list[list]) -> list[int]:
-    indegree = [0] * num_states
-    for arcs in out:
-        for arc in arcs:
-            indegree[arc[1]] += 1
-    ready, order = [s for s in range(num_states) if indegree[s] == 0], []
-    while ready:
-        s = ready.pop()
-        order.append(s)
-        for arc in out[s]:
-            indegree[arc[1]] -= 1
-            if indegree[arc[1]] == 0:
-                ready.append(arc[1])
-    if len(order) != num_states:
-        raise ValueError("the lattice has a cycle (a decoder's lattices are acyclic)")
-    return order
-
-
-def _costs_to_end(lat: StateLattice, out: list[list], order: list[int]) -> list[float]:
-    to_end = [math.inf] * lat.num_states
-    for s, (g, a) in lat.final.items():
-        to_end[s] = g + a
-    for s in reversed(order):
-        for _, dst, _, g, a, _ in out[s]:
-            c = g + a + to_end[dst]
-            if c < to_end[s]:
-                to_end[s] = c
-    return to_end
-
-
-def _common_prefix(strings: list[tuple[int, ...]]) -> int:
-    first = strings[0]
-    n = len(first)
-    for s in strings[1:]:
-        n = min(n, len(s))
-        for i in range(n):
-            if s[i] != first[i]:
-                n = i
-                break
-    return n
-
-
-def _within_beam(num_states: int, out: list[list], order: list[int], to_end: list[float], limit: float) -> list[list]:
-    """The arcs of the input that lie on a path within ``limit`` (Kaldi prunes its raw lattice so first)."""
-    from_start = [math.inf] * num_states
-    from_start[0] = 0.0
-    for s in order:
-        for _, dst, _, g, a, _ in out[s]:
-            if from_start[s] + g + a < from_start[dst]:
-                from_start[dst] = from_start[s] + g + a
-    return [
-        [arc for arc in arcs if from_start[s] + arc[3] + arc[4] + to_end[arc[1]] <= limit] for s, arcs in enumerate(out)
-    ]
-
-
-def _closure(elements: dict[int, tuple[float, float, tuple[int, ...]]], base: float, out, position, to_end, limit):
-    """``elements`` extended along the arcs without words (in topological order), keeping each state's best
-    (graph, acoustic, string); ``base``: the cost of the best path into the elements' subset."""
-    heap = [(position[s], s) for s in elements]
-    heapq.heapify(heap)
-    done: set[int] = set()
-    while heap:
-        _, s = heapq.heappop(heap)
-        if s in done:
-            continue
-        done.add(s)
-        g0, a0, str0 = elements[s]
-        for _, dst, word, g, a, tid in out[s]:
-            if word or base + g0 + g + a0 + a + to_end[dst] > limit:
-                continue
-            cand = (g0 + g, a0 + a, str0 + ((tid,) if tid else ()))
-            old = elements.get(dst)
-            if old is None or cand[0] + cand[1] < old[0] + old[1]:
-                elements[dst] = cand
-                heapq.heappush(heap, (position[dst], dst))
-    return elements
-
-
-def _subset_key(elements) -> tuple:
-    """A subset's identity: its elements with their weights quantized."""
-    return tuple(
-        sorted((s, round(g / _QUANTUM), round(a / _QUANTUM), string) for s, (g, a, string) in elements.items())
-    )
-
-
-def _normalize(elements):
-    """(weight and string of the arc into the subset, the subset with residuals)."""
-    best = min(elements.values(), key=lambda e: e[0] + e[1])
-    strings = [e[2] for e in elements.values()]
-    n = _common_prefix(strings)
-    return (best[0], best[1], best[2][:n]), {
-        s: (g - best[0], a - best[1], string[n:]) for s, (g, a, string) in elements.items()
-    }
-
-
 def determinize(
-    lat: StateLattice, beam: float = 8.0, acoustic_scale: float = 1.0, max_states: int = 100_000
+    lat: StateLattice | LatticeArrays, beam: float = 8.0, acoustic_scale: float = 1.0, max_states: int = 100_000
 ) -> tuple[WordLattice, DeterminizeStats]:
     """The word lattice of ``lat`` (see the module's doc); its acoustic costs are divided by ``acoustic_scale``
     (unscaled, as Kaldi writes lattices), its graph costs are as they were."""
-    out: list[list] = [[] for _ in range(lat.num_states)]
-    for arc in lat.arcs:
-        out[arc[0]].append(arc)
-    order = _topological_order(lat.num_states, out)
-    position = [0] * lat.num_states
-    for i, s in enumerate(order):
-        position[s] = i
-    to_end = _costs_to_end(lat, out, order)
-    if not lat.num_states or to_end[0] == math.inf:
-        return WordLattice([], {}), DeterminizeStats(len(lat.arcs), 0, 0, 0, False)
-    best_total = to_end[0]
-    limit = best_total + beam
-    out = _within_beam(lat.num_states, out, order, to_end, limit)
-
-    # an element: state -> (graph, acoustic, string); a subset's key: its elements, weights quantized
-    def closure(elements, base):
-        return _closure(elements, base, out, position, to_end, limit)
-
-    def heuristic(elements) -> float:
-        return min(g + a + to_end[s] for s, (g, a, _) in elements.items())
-
-    start = closure({0: (0.0, 0.0, ())}, 0.0)
-    ids = {_subset_key(start): 0}
-    subsets = [start]
-    forward = [0.0]
-    queue = [(heuristic(start), 0)]
-    arcs: list[Arc] = []
-    final: dict[int, tuple[float, float, tuple[int, ...]]] = {}
-    expanded: set[int] = set()
-    pruned, hit_max = 0, False
-    while queue:
-        priority, sid = heapq.heappop(queue)
-        if sid in expanded:
-            continue
-        if priority > best_total + beam:
-            pruned += 1
-            continue
-        if len(expanded) >= max_states:
-            hit_max = True
-            break
-        expanded.add(sid)
-        elements = subsets[sid]
-        finals = [
-            (g + fg, a + fa, string)
-            for s, (g, a, string) in elements.items()
-            if (f := lat.final.get(s)) is not None
-            for fg, fa in [f]
-        ]
-        if finals:
-            best_final = min(finals, key=lambda e: e[0] + e[1])
-            if forward[sid] + best_final[0] + best_final[1] <= limit:
-                final[sid] = best_final
-        by_word: dict[int, dict[int, tuple[float, float, tuple[int, ...]]]] = {}
-        for s, (g0, a0, str0) in elements.items():
-            for _, dst, word, g, a, tid in out[s]:
-                if not word or forward[sid] + g0 + g + a0 + a + to_end[dst] > limit:
-                    continue
-                cand = (g0 + g, a0 + a, str0 + ((tid,) if tid else ()))
-                nxt = by_word.setdefault(word, {})
-                old = nxt.get(dst)
-                if old is None or cand[0] + cand[1] < old[0] + old[1]:
-                    nxt[dst] = cand
-        for word, nxt in sorted(by_word.items()):
-            weight, residual = _normalize(closure(nxt, forward[sid]))
-            k = _subset_key(residual)
-            target = ids.get(k)
-            f = forward[sid] + weight[0] + weight[1]
-            if target is None:
-                target = ids[k] = len(subsets)
-                subsets.append(residual)
-                forward.append(f)
-            elif f < forward[target]:
-                forward[target] = f
-            heapq.heappush(queue, (forward[target] + heuristic(residual), target))
-            arcs.append(Arc(sid, target, word, weight[0], weight[1], weight[2]))
+    cols = lat if isinstance(lat, LatticeArrays) else LatticeArrays.of(lat)
+    out = _determinize.determinize(
+        cols.num_states,
+        cols.src,
+        cols.dst,
+        cols.word,
+        cols.graph,
+        cols.acoustic,
+        cols.tid,
+        cols.final_state,
+        cols.final_graph,
+        cols.final_acoustic,
+        float(beam),
+        int(max_states),
+    )
+    arc_tids = _ragged(out["arc_tids"], out["arc_splits"])
+    arcs = [
+        Arc(s, d, w, g, a, t)
+        for s, d, w, g, a, t in zip(
+            out["arc_src"].tolist(),
+            out["arc_dst"].tolist(),
+            out["arc_word"].tolist(),
+            out["arc_graph"].tolist(),
+            out["arc_acoustic"].tolist(),
+            arc_tids,
+        )
+    ]
+    final_tids = _ragged(out["final_tids"], out["final_splits"])
+    final = {
+        s: (g, a, t)
+        for s, g, a, t in zip(
+            out["final_state"].tolist(), out["final_graph"].tolist(), out["final_acoustic"].tolist(), final_tids
+        )
+    }
     lattice = _connected(arcs, final, acoustic_scale)
-    return lattice, DeterminizeStats(len(lat.arcs), lattice.num_states, len(lattice.arcs), pruned, hit_max)
+    stats = DeterminizeStats(
+        len(cols.src), lattice.num_states, len(lattice.arcs), int(out["pruned"]), bool(out["hit_max_states"])
+    )
+    return lattice, stats
+
+
+def _ragged(values: np.ndarray, splits: np.ndarray) -> list[tuple[int, ...]]:
+    values, splits = values.tolist(), splits.tolist()
+    return [tuple(values[a:b]) for a, b in zip(splits, splits[1:])]
 
 
 def _connected(arcs: list[Arc], final: dict, acoustic_scale: float) -> WordLattice:
@@ -262,42 +179,99 @@ def _connected(arcs: list[Arc], final: dict, acoustic_scale: float) -> WordLatti
     return WordLattice(kept, finals, num_states=len(new))
 
 
-def arrays_to_state_lattice(
+def lattice_arrays(
     num_states: int,
     src: np.ndarray,
     dst: np.ndarray,
-    words: list[tuple[int, ...]],
+    word_values: np.ndarray,
+    word_splits: np.ndarray,
     graph: np.ndarray,
     acoustic: np.ndarray,
     tids: np.ndarray,
     final_arc: np.ndarray,
-) -> StateLattice:
-    """A :class:`StateLattice` from arc arrays: arcs whose ``final_arc`` is set become final weights of their
-    source; an arc with several words becomes a chain of arcs, its costs and frame on the first. A final arc
-    with words (an HLG's last word, put off until the end showed which word it was) becomes a chain of
-    frameless arcs with those words into a new state that takes the final weight."""
-    arcs: list[tuple[int, int, int, float, float, int]] = []
-    final: dict[int, tuple[float, float]] = {}
-    extra = num_states
-    for i in range(len(src)):
+) -> LatticeArrays:
+    """The :class:`LatticeArrays` of a decoder's arcs, each with its words (ragged: arc i's are
+    ``word_values[word_splits[i]:word_splits[i + 1]]``, those <= 0 not words): arcs whose ``final_arc`` is set
+    become final weights of their source (the best where several); an arc with several words becomes a chain
+    of arcs, its costs and frame on the first. A final arc with words (an HLG's last word, put off until the
+    end showed which word it was) becomes a chain of frameless arcs with those words into a new state that
+    takes the final weight. New states are numbered from ``num_states`` in the order of their arcs."""
+    word_values, word_splits = np.asarray(word_values), np.asarray(word_splits)
+    n = len(src)
+    positive = np.concatenate([[0], np.cumsum(word_values > 0)])[word_splits]
+    count = np.diff(positive)  # words per arc
+    first = np.zeros(n, dtype=np.int64)
+    has = count > 0
+    if has.any():  # each arc's first word: the first positive value in its row
+        rows = np.repeat(np.arange(n), np.diff(word_splits))
+        pos = np.nonzero(word_values > 0)[0]
+        first_pos = np.full(n, -1)
+        first_pos[rows[pos][::-1]] = pos[::-1]
+        first[has] = word_values[first_pos[has]]
+    final_arc = np.asarray(final_arc, dtype=bool)
+    simple = ~final_arc & (count <= 1)
+    order = [np.nonzero(simple)[0]]  # (original arc index) of each output arc, for the output's order
+    columns = [
+        (src[simple], dst[simple], first[simple], graph[simple], acoustic[simple], tids[simple]),
+    ]
+    finals: dict[int, tuple[float, float]] = {}
+    bare = np.nonzero(final_arc & (count == 0))[0]
+    for i in bare[np.argsort(graph[bare] + acoustic[bare], kind="stable")][::-1]:  # the best last: it stays
+        finals[int(src[i])] = (float(graph[i]), float(acoustic[i]))
+    extra, rows_out, index_out = num_states, [], []
+    for i in np.nonzero(~simple & ~(final_arc & (count == 0)))[0].tolist():  # rare: several words or final words
+        ws = [w for w in word_values[word_splits[i] : word_splits[i + 1]].tolist() if w > 0]
         s, d, g, a = int(src[i]), int(dst[i]), float(graph[i]), float(acoustic[i])
-        ws = [w for w in words[i] if w > 0]
         if final_arc[i]:
             for w in ws:
-                arcs.append((s, extra, w, 0.0, 0.0, 0))
+                rows_out.append((s, extra, w, 0.0, 0.0, 0))
+                index_out.append(i)
                 s, extra = extra, extra + 1
-            old = final.get(s)
+            old = finals.get(s)
             if old is None or g + a < old[0] + old[1]:
-                final[s] = (g, a)
-            continue
-        if len(ws) <= 1:
-            arcs.append((s, d, ws[0] if ws else 0, g, a, int(tids[i])))
+                finals[s] = (g, a)
             continue
         prev = s
         for k, w in enumerate(ws):
             nxt = d if k == len(ws) - 1 else extra
             if nxt == extra:
                 extra += 1
-            arcs.append((prev, nxt, w, g if k == 0 else 0.0, a if k == 0 else 0.0, int(tids[i]) if k == 0 else 0))
+            rows_out.append((prev, nxt, w, g if k == 0 else 0.0, a if k == 0 else 0.0, int(tids[i]) if k == 0 else 0))
+            index_out.append(i)
             prev = nxt
-    return StateLattice(extra, arcs, final)
+    if rows_out:
+        r = list(zip(*rows_out))
+        columns.append(tuple(np.array(c) for c in r))
+        order.append(np.array(index_out))
+    stacked = [np.concatenate([c[k] for c in columns]) for k in range(6)]
+    perm = np.argsort(np.concatenate(order), kind="stable")
+    src_o, dst_o, word_o, graph_o, acoustic_o, tid_o = (c[perm] for c in stacked)
+    fs = sorted(finals)
+    return LatticeArrays(
+        extra,
+        src_o.astype(np.int32),
+        dst_o.astype(np.int32),
+        word_o.astype(np.int32),
+        graph_o.astype(np.float64),
+        acoustic_o.astype(np.float64),
+        tid_o.astype(np.int32),
+        np.array(fs, dtype=np.int32),
+        np.array([finals[s][0] for s in fs], dtype=np.float64),
+        np.array([finals[s][1] for s in fs], dtype=np.float64),
+    )
+
+
+def arrays_to_state_lattice(
+    num_states: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    words: list[list[int]],
+    graph: np.ndarray,
+    acoustic: np.ndarray,
+    tids: np.ndarray,
+    final_arc: np.ndarray,
+) -> StateLattice:
+    """:func:`lattice_arrays` with each arc's words as a list, as a :class:`StateLattice`."""
+    splits = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+    values = np.array([w for ws in words for w in ws], dtype=np.int64)
+    return lattice_arrays(num_states, src, dst, values, splits, graph, acoustic, tids, final_arc).state_lattice()
