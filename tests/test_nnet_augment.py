@@ -135,3 +135,54 @@ def test_noise_keeps_the_hybrid_frames_in_place(yesno_fbank_cuts, tmp_path):
         changed += not torch.allclose(nx, px)
     assert 0 < changed < len(cuts) or len(cuts) < 3  # half the utterances, drawn per utterance
     targets.close()
+
+
+def test_chain_frame_shift_places_each_utterance_targets_at_one_phase(yesno_fbank_cuts, tmp_path):
+    """Kaldi's frame-shift augmentation of chain examples: with subsampling 3 and frame_shift, target t of an
+    utterance sits at input frame 3 t + k, k one draw per utterance in 0..2 (several phases over the corpus,
+    repeated with the seed); each chunk's row names the index of its first target; held-out batches (no
+    generator) and training without frame_shift stay at phase 0."""
+    from asrhybrid.features.cmvn import FeatureNormalizer
+    from asrhybrid.nnet.batches import IGNORE
+    from asrhybrid.nnet.batches import frame_batches as _batches
+
+    cuts = yesno_fbank_cuts
+    with alignment_table_writer(tmp_path / "ali_sub.ark") as write:
+        for cut in cuts:  # targets at a third of the frame rate: target t is t (its own index)
+            write(cut.id, np.arange(-(-cut.num_frames // 3)))
+    targets = AlignmentTable(tmp_path / "ali_sub.ark")
+    normalizer = FeatureNormalizer.for_cuts("global", np.zeros(23), np.ones(23), cuts)
+
+    def phases(generator, frame_shift, chunk=0):
+        """Per utterance the phases k of its rows (target t at input frame 3 t + k where the row starts at its
+        first frame: whole utterances)."""
+        found: dict[str, set[int]] = {}
+        for _, y, rows in _batches(
+            cuts,
+            targets,
+            normalizer,
+            100.0,
+            generator,
+            chunk,
+            10,
+            0,
+            with_cuts=True,
+            subsampling=3,
+            frame_shift=frame_shift,
+        ):
+            for row, (cut, first) in zip(y, rows):
+                where = torch.nonzero(row != IGNORE).squeeze(1)
+                values = row[where]
+                assert int(values[0]) == first and bool((torch.diff(values) == 1).all())
+                assert bool((torch.diff(where) == 3).all())
+                found.setdefault(cut.id, set()).update((where - 3 * values).tolist())
+        return found
+
+    shifted = phases(torch.Generator().manual_seed(0), True)
+    assert all(len(k) == 1 and k <= {0, 1, 2} for k in shifted.values()) and len(shifted) == len(cuts)
+    assert len(set().union(*shifted.values())) > 1
+    assert phases(torch.Generator().manual_seed(0), True) == shifted
+    assert set().union(*phases(torch.Generator().manual_seed(0), False).values()) == {0}
+    assert set().union(*phases(None, True).values()) == {0}
+    phases(torch.Generator().manual_seed(0), True, chunk=50)  # chunks: each row's first index is its first target
+    targets.close()

@@ -30,7 +30,7 @@ from asrhybrid.features.cmvn import normalized_features
 from asrhybrid.hmm import load_model
 from asrhybrid.jobs import InJob, JobsConfig, run_jobs, split_jobs, unfinished
 from asrhybrid.kaldi_tables import alignment_table_writer, merge_tables
-from asrhybrid.nnet.inference import iter_loglikes, load_am
+from asrhybrid.nnet.inference import frame_step, iter_loglikes, load_am
 from asrhybrid.outputs import atomic_output, resume_or_clear, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ def cut_entries(ctm: dict[str, list[CtmEntry]], cut) -> list[CtmEntry]:
 
 
 def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cuts_path: Path):
-    """block of cuts -> their [T, num_pdfs] scaled log-likelihoods, from the flat-start network or a hybrid AM
-    (normalised as it was trained, over the whole of ``cuts_path``: a speaker's statistics span the blocks)."""
+    """(block of cuts -> their [T, num_pdfs] scaled log-likelihoods, feature frames per row of them), from the
+    flat-start network or a hybrid AM (normalised as it was trained, over the whole of ``cuts_path``: a
+    speaker's statistics span the blocks; a chain AM's rows are every third frame)."""
     if am_dir is not None:
         model, trained = load_am(am_dir)
         if trained.num_outputs != num_pdfs:
@@ -129,7 +130,7 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
         def score(block):  # in the block's order
             return [loglikes for _, loglikes in iter_loglikes(model, trained, block, normalizer=normalizer)]
 
-        return score
+        return score, frame_step(trained)
 
     model, mean, std, log_prior = load_flat_start_model(model_dir)
 
@@ -137,7 +138,7 @@ def _block_scorer(model_dir: Path, am_dir: Path | str | None, num_pdfs: int, cut
         with torch.no_grad():
             return [model.log_posteriors(normalized_features(cut, mean, std)).numpy() - log_prior for cut in block]
 
-    return score
+    return score, 1
 
 
 def ctm_line(cut, start: float, end: float, label: str) -> str:
@@ -241,7 +242,7 @@ def align_job(
 ) -> dict:
     """Job ``job`` of ``nj`` of :func:`align_corpus`: the cuts of its recordings into ``split_dir``."""
     tree, trans_model = load_model(model_dir)
-    score_block = _block_scorer(model_dir, am_dir, trans_model.num_pdfs, cuts_path)
+    score_block, step = _block_scorer(model_dir, am_dir, trans_model.num_pdfs, cuts_path)
     tid_to_pdf = np.asarray(trans_model.transition_id_to_pdf_array(), dtype=np.int64)
     arrays = transition_arrays(trans_model)
     compiler = GraphCompiler(lang_dir, tree, trans_model)
@@ -288,7 +289,7 @@ def align_job(
                 write_ali(cut.id, tids)
                 write_pdf(cut.id, tid_to_pdf[np.asarray(tids, dtype=np.int64)].tolist())
                 aligned += 1
-                shift = cut.features.frame_shift
+                shift = cut.features.frame_shift * step  # seconds per alignment frame
                 phones = phone_segments(tids, arrays, phone_names)
                 words = word_segments(
                     phones, [w if w in prons else compiler.oov for w in text.split()], prons, optional_silence, cut.id

@@ -52,6 +52,7 @@ class ChainConfig:
     ngram_order: int = 4  # the denominator's phone LM (asrhybrid.chain.phone_lm)
     no_prune_ngram_order: int = 3
     num_extra_states: int = 2000
+    frame_shift: bool = False  # training outputs read at input frames N t + k, k drawn per utterance (Kaldi's)
 
     @property
     def output_tolerance(self) -> int:
@@ -105,16 +106,18 @@ class ChainObjective(FrameObjective):
 
     def batches(self, cuts, generator, rank: int, world: int, epoch: int = 0):
         step, chunked = self.chain.frame_subsampling_factor, bool(self.cfg.chunk_frames and generator is not None)
-        batches = self.sequences(cuts, generator, rank, world, with_cuts=True, subsampling=step)
+        batches = self.sequences(
+            cuts, generator, rank, world, with_cuts=True, subsampling=step, frame_shift=self.chain.frame_shift
+        )
         for x, y, rows in batches:
             if x is None:
                 yield None
                 continue
             supervision = []
-            for (cut, start), targets in zip(rows, y):
+            for (cut, first), targets in zip(rows, y):
                 frames = int((targets != IGNORE).sum())
                 if chunked:
-                    supervision.append(self.supervision.chunk(cut, -(-start // step), frames))
+                    supervision.append(self.supervision.chunk(cut, first, frames))
                 else:
                     supervision.append(self.supervision.whole(cut, frames))
             yield x, y, supervision

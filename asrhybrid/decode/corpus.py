@@ -232,6 +232,8 @@ def _summary(
         "decoded": total["utterances"] - len(failed),
         "failed": failed,
         "frames": total["frames"],
+        # feature frames per lattice frame (Kaldi's frame_subsampling_factor: a chain model's 3), for CTM times
+        "frame_subsampling_factor": getattr(source, "frame_step", 1),
         "decode_frames_per_second": round(total["frames"] / max(1e-9, total["decode_seconds"]), 1),
         "real_time_factor": (
             round(total["decode_seconds"] / total["audio_seconds"], 5) if total["audio_seconds"] else None

@@ -10,6 +10,7 @@ transition model), so this works on imported Kaldi lattices as well.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from asrhybrid.align.generation import phone_segments, read_align_lexicon, word_segments
@@ -28,9 +29,19 @@ def lattice_ctm(
     lmwt: float = 10.0,
     wip: float = 0.0,
     frame_shift: float = 0.01,
+    frame_subsampling_factor: int | None = None,
 ) -> dict:
-    """Write ``utt 1 start duration word`` lines (Kaldi's CTM, the utterance as the recording); returns counts."""
+    """Write ``utt 1 start duration word`` lines (Kaldi's CTM, the utterance as the recording); returns counts.
+    A lattice frame is ``frame_subsampling_factor`` feature frames of ``frame_shift`` seconds: by default the
+    factor the decode recorded (a chain model's 3; Kaldi's get_ctm.sh reads the model's), else 1."""
     graph_dir = Path(graph_dir)
+    if frame_subsampling_factor is None:
+        summary = Path(decode_dir) / "decode.json"
+        recorded = json.loads(summary.read_text()).get("frame_subsampling_factor") if summary.is_file() else None
+        frame_subsampling_factor = int(recorded or 1)
+    if frame_subsampling_factor < 1:
+        raise DataError([f"frame subsampling factor {frame_subsampling_factor}: at least 1"])
+    frame_shift *= frame_subsampling_factor
     _, trans_model = load_model(graph_dir)
     arrays = transition_arrays(trans_model)
     phone_names = {i: p for p, i in read_symbol_table(graph_dir / "phones.txt").items()}

@@ -6,7 +6,7 @@ one (asrhybrid.verbs.decode), the decoder only iterates it: ``source.scores(job,
 ``(utt, unscaled log-likelihoods [T, C], seconds of audio or 0)`` for the utterances of job ``job`` of ``nj``.
 ``kind`` is ``"am"`` (HCLG over pdfs), ``"ctc"`` (HLG over tokens) or ``"archive"`` (either: the graph decides),
 ``num_outputs`` the width of its matrices (None: unknown before reading; the verb reads a model's from the
-checkpoint it already opened)."""
+checkpoint it already opened); ``frame_step`` (where known) the feature frames per score row."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ class AcousticModelScores:
     cuts: Path
     num_outputs: int  # its pdfs
     prior_scale: float = 1.0
+    frame_step: int = 1  # input frames per score row (a chain model's frame subsampling factor)
     kind = "am"
 
     def scores(self, job: int, nj: int, device: str = "cpu") -> Scores:

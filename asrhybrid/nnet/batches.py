@@ -12,7 +12,7 @@ from lhotse.dataset import SimpleCutSampler
 
 from asrhybrid.features.cmvn import FeatureNormalizer
 from asrhybrid.kaldi_tables import AlignmentTable
-from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features
+from asrhybrid.nnet.augment import Augmentation, WaveformPerturbation, training_features, utterance_generator
 
 IGNORE = -100  # targets of padding and context frames
 
@@ -47,12 +47,17 @@ def chunk_spans(num_frames: int, chunk: int, left: int, right: int) -> list[tupl
     ]
 
 
-def _spread(targets: torch.Tensor, num_frames: int, step: int) -> torch.Tensor:
-    """Targets at 1/``step`` of the frame rate placed at input frames 0, step, 2 step, ... (IGNORE between)."""
+def _spread(targets: torch.Tensor, num_frames: int, step: int, shift: int = 0) -> torch.Tensor:
+    """Targets at 1/``step`` of the frame rate placed at input frames shift, shift + step, shift + 2 step, ...
+    (IGNORE between)."""
     out = torch.full((num_frames,), IGNORE, dtype=torch.int64)
-    positions = torch.arange(0, num_frames, step)[: len(targets)]
+    positions = torch.arange(shift, num_frames, step)[: len(targets)]
     out[positions] = targets[: len(positions)]
     return out
+
+
+def _draw_shift(batch_seed: int, utt: str, step: int) -> int:
+    return int(torch.randint(step, (1,), generator=utterance_generator(batch_seed + 1, utt)))
 
 
 def pad_batch(feats: list[torch.Tensor]) -> torch.Tensor:
@@ -90,6 +95,7 @@ def frame_batches(
     perturbation: WaveformPerturbation | None = None,
     with_cuts: bool = False,
     subsampling: int = 1,
+    frame_shift: bool = False,
 ):
     """(features [B, T, D], targets [B, T] with IGNORE outside the chunks' targets[, the cut of each row with
     ``with_cuts``]) of this worker's share of
@@ -99,27 +105,34 @@ def frame_batches(
     from its own generator, seeded by the batch's draw from ``generator`` and the utterance's id (every worker
     draws the batch's seed, so the generators stay in step whatever each one's share). With ``subsampling``
     N > 1 (a chain model's targets at 1/N of the frame rate) target t sits at input frame N t and the frames
-    between have none. ``with_cuts``: each row's (cut, first target frame) too."""
+    between have none; with ``frame_shift`` too (training), at input frame N t + k, k drawn per utterance from
+    0 .. N - 1 (Kaldi's frame-shift augmentation of chain examples: the network learns every phase of its input
+    against the same targets). ``with_cuts``: each row's (cut, index of its first target) too."""
     augmentation = augmentation if augmentation is not None and augmentation.active and generator is not None else None
     perturbation = perturbation if generator is not None else None
+    shifting = frame_shift and subsampling > 1 and generator is not None
     for batch in sampler(cuts.filter(partial(_cut_aligned, targets=targets)), max_duration, generator):
         batch_seed = (
             int(torch.randint(1 << 30, (1,), generator=generator))
-            if augmentation is not None or perturbation is not None
+            if augmentation is not None or perturbation is not None or shifting
             else 0
         )
         xs, ys, rows = [], [], []
         for cut in list(batch)[rank::world]:
             f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)
-            ali = torch.as_tensor(targets[cut.id])[: f.shape[0]]
+            ali, shift = torch.as_tensor(targets[cut.id])[: f.shape[0]], 0
             if subsampling > 1:
-                ali = _spread(torch.as_tensor(targets[cut.id]), f.shape[0], subsampling)
+                # the shift's own draws (salted apart from the augmentation's), in step across workers
+                shift = _draw_shift(batch_seed, cut.id, subsampling) if shifting else 0
+                ali = _spread(torch.as_tensor(targets[cut.id]), f.shape[0], subsampling, shift)
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
                 y[s - a : e - a] = ali[s:e]
+                if bool((y == IGNORE).all()):  # a shifted utterance's last few frames: no target left in them
+                    continue
                 xs.append(f[a:b])
                 ys.append(y)
-                rows.append((cut, s))
+                rows.append((cut, max(0, -(-(s - shift) // subsampling))))
         if not xs:
             yield (None, None, None) if with_cuts else (None, None)
             continue

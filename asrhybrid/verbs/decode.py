@@ -24,6 +24,7 @@ from asrhybrid.graph.k2graph import HLG_FILE
 from asrhybrid.graph.mkgraph import mkgraph
 from asrhybrid.nnet.adapt import AdaptConfig
 from asrhybrid.nnet.checkpoint import E2E, FINAL, TrainedSystem, is_trained_system
+from asrhybrid.nnet.inference import frame_step
 from asrhybrid.nnet.trainer import default_device
 from asrhybrid.options import parse_options
 from asrhybrid.outputs import Completion, atomic_output, resume_or_clear, run_once
@@ -58,7 +59,9 @@ def score_source(path: Path, cuts: Path | None, cfg: DecodeConfig) -> ScoreSourc
     trained = TrainedSystem.load(path)
     if trained.kind == E2E:
         return CtcSystemScores(path, cuts, trained.num_outputs, acwt=cfg.acwt)
-    return AcousticModelScores(path, cuts, trained.num_outputs, prior_scale=cfg.prior_scale)
+    return AcousticModelScores(
+        path, cuts, trained.num_outputs, prior_scale=cfg.prior_scale, frame_step=frame_step(trained)
+    )
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
@@ -228,7 +231,14 @@ def cmd_lattice_from_kaldi(args: argparse.Namespace) -> None:
 
 
 def cmd_lattice_ctm(args: argparse.Namespace) -> None:
-    summary = lattice_ctm(args.decode_dir, args.graph_dir, args.out, args.lmwt, args.wip)
+    summary = lattice_ctm(
+        args.decode_dir,
+        args.graph_dir,
+        args.out,
+        args.lmwt,
+        args.wip,
+        frame_subsampling_factor=args.frame_subsampling_factor,
+    )
     for problem in summary["failed"]:
         log.error("%s", problem)
     log.info("%d utterances aligned into %s (%d failed)", summary["utterances"], args.out, len(summary["failed"]))
@@ -447,6 +457,12 @@ def _add_lattice_verbs(sub) -> None:
     p.add_argument("out", type=Path, help="the CTM file")
     p.add_argument("--lmwt", type=float, default=10.0)
     p.add_argument("--wip", type=float, default=0.0)
+    p.add_argument(
+        "--frame-subsampling-factor",
+        type=int,
+        help="feature frames (10 ms) per lattice frame (default: the decode dir's decode.json, where a chain "
+        "model's decode records 3; else 1)",
+    )
     p.set_defaults(func=cmd_lattice_ctm, log_file=None, force=False)
 
     p = add_verb(
