@@ -141,13 +141,29 @@ def test_without_a_leak_it_is_the_engines_total_over_every_path(engine):
 
 
 def test_a_leak_gives_every_pdf_sequence_a_probability():
-    """pdf 2 never follows pdf 0 in the graph: impossible without a leak, finite with one."""
-    x = torch.full((1, 2, 3), -50.0, dtype=torch.float64)
+    """pdf 2 never follows pdf 0 in the graph: impossible without a leak (the other pdfs at -25, within the
+    outputs' limit of 30), finite with one."""
+    x = torch.full((1, 2, 3), -25.0, dtype=torch.float64)
     x[0, 0, 0] = x[0, 1, 2] = 0.0  # frame 0 says pdf 0, frame 1 pdf 2
     dense = _dense(x, [2])
     initial = torch.tensor([0.5, 0.3, 0.2]).log()
     plain = float(denominator_log_likelihood(_graph(), dense, 0.0, initial)[0])
     leaky = float(denominator_log_likelihood(_graph(), dense, 0.1, initial)[0])
-    assert plain < -45 and leaky > -10
+    assert plain < -20 and leaky > -10
     with pytest.raises(ValueError, match="epsilon"):
         denominator_log_likelihood(Fsa.from_arcs([(0, 1, 0, 0.0), (1, 2, -1, 0.0)], 3), dense)
+
+
+def test_runaway_outputs_are_limited_as_kaldi_does():
+    """Outputs beyond [-30, 30] (a network running away) count as +-30: the total and the gradient stay finite
+    in float32, and the total equals the one of the outputs clamped there."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 40, 3) * 1000).float().requires_grad_()
+    dense = _dense(x, [40, 33])
+    total = denominator_log_likelihood(_graph(), dense, 0.1, torch.tensor([0.5, 0.3, 0.2]).log())
+    total.sum().backward()
+    assert torch.isfinite(total).all() and torch.isfinite(x.grad).all()
+    clamped = denominator_log_likelihood(
+        _graph(), _dense(x.detach().clamp(-30, 30), [40, 33]), 0.1, torch.tensor([0.5, 0.3, 0.2]).log()
+    )
+    assert torch.allclose(total, clamped)

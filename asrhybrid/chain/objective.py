@@ -23,6 +23,7 @@ With frame subsampling N the network runs at the input's rate and its outputs at
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 
 import torch
@@ -38,6 +39,8 @@ from asrhybrid.kaldi_tables import AlignmentTable
 from asrhybrid.nnet.batches import IGNORE
 from asrhybrid.nnet.lfmmi import lfmmi_objective
 from asrhybrid.nnet.train import FrameObjective
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,8 +144,10 @@ class ChainObjective(FrameObjective):
                 den_dense=DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
             )
             objf = result.objective.sum()
-            if not torch.isfinite(objf):
-                raise DataError([f"LF-MMI objective {float(objf)} in a batch (numerator or denominator impossible)"])
+            if not torch.isfinite(objf):  # Kaldi zeroes such a minibatch's derivative and goes on; so does this
+                bad = [sup.utt for sup, o in zip(supervision, result.objective) if not torch.isfinite(o)]
+                log.warning("LF-MMI objective %s: batch skipped (impossible numerator of %s)", float(objf), bad)
+                return output.sum() * 0.0, {"count": 0.0, "objf": 0.0, "xent": 0.0}
             loss = -objf
             xent = torch.zeros((), device=device)
             if self.chain.xent_regularize > 0 or not model.training:

@@ -32,6 +32,7 @@ OUTSIDE_TOLERANCE = -1e4  # the score of a pdf the alignment does not put near a
 class Supervision:
     graph: Fsa  # over transition ids
     allowed: torch.Tensor  # bool [frames, num_pdfs]
+    utt: str = ""  # the utterance it supervises (named when its numerator is impossible)
 
 
 class SupervisionMaker:
@@ -54,7 +55,7 @@ class SupervisionMaker:
         text = " ".join(s.text for s in cut.supervisions if s.text)
         graph = from_kaldi(self.compiler.compile(text, transition_probs=False))
         tids, spans = self._alignment(cut, frames)
-        return Supervision(graph, self._allowed(tids, spans, 0, frames))
+        return Supervision(graph, self._allowed(tids, spans, 0, frames), cut.id)
 
     def chunk(self, cut, first: int, frames: int) -> Supervision:
         """Output frames [first, first + frames) of ``cut``."""
@@ -80,7 +81,7 @@ class SupervisionMaker:
             arcs.append((s, s, loop, 0.0))
             if b < end + tol and e >= end - tol:  # or end in it
                 arcs.append((s, final, -1, 0.0))
-        return Supervision(Fsa.from_arcs(arcs, final + 1), self._allowed(tids, spans, first, frames))
+        return Supervision(Fsa.from_arcs(arcs, final + 1), self._allowed(tids, spans, first, frames), cut.id)
 
     def _alignment(self, cut, frames: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         if self._last is None or self._last[0] != cut.id:

@@ -343,8 +343,13 @@ def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, ep
             if writer is not None:
                 writer.add_scalar(f"train/{objective.loss_name}_batch", float(loss.detach()) / stats["count"], step + 1)
         workers.sum_gradients(model)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if torch.isfinite(norm):
+            optimizer.step()
+        else:  # every worker sees the same summed gradients, so all skip it (AMP's GradScaler skips so too)
+            log.warning(
+                "%s epoch %d: a step's gradient is not finite (norm %s): step skipped", objective.name, epoch, norm
+            )
         step += 1
     return workers.sum_dict(sums, device), step
 
