@@ -13,7 +13,7 @@ import torch
 from conftest import require_shared
 
 from asrhybrid.align.graphs import GraphCompiler, equal_alignment, phone_instances, transition_arrays
-from asrhybrid.chain.den_graph import DenominatorGraph, make_den_graph
+from asrhybrid.chain.den_graph import INITIAL_STEPS, DenominatorGraph, make_den_graph
 from asrhybrid.chain.phone_lm import PhoneLmOptions, estimate_phone_lm
 from asrhybrid.fsa import DenseFsaVec
 from asrhybrid.fsa.denominator import denominator_log_likelihood
@@ -55,14 +55,18 @@ def test_an_alignments_pdfs_score_the_phone_lms_probability(yesno_alignments, tm
         total = float(denominator_log_likelihood(den.fsa, dense, 0.0)[0])  # from the start state
         # minimisation quantises weights to 1/1024 (OpenFst's kDelta, through kaldifst's minimize_encoded)
         assert total == pytest.approx(lm.sentence_log_prob(phones), abs=(len(phones) + 1) / 1024)
-    # Kaldi's initial probabilities: a distribution over the states, every training sequence possible from it
+    # Kaldi's initial probabilities: a distribution over the states, the start state's share 1/100 (Kaldi
+    # averages each step's probabilities before taking it), so every training sequence is possible from it with
+    # at least that share of its phone LM probability (no frame off the graph: each would cost 30)
     assert float(den.initial.exp().sum()) == pytest.approx(1.0, abs=1e-9)
-    for tids, _ in alignments:
+    assert float(den.initial[0].exp()) == pytest.approx(1.0 / INITIAL_STEPS)
+    for tids, phones in alignments:
         pdfs = torch.as_tensor(tid_to_pdf[np.asarray(tids)])
-        x = torch.full((1, len(tids), trans.num_pdfs), -30.0)
+        x = torch.full((1, len(tids), trans.num_pdfs), -30.0, dtype=torch.float64)
         x[0, torch.arange(len(tids)), pdfs] = 0.0
         dense = DenseFsaVec(x, torch.tensor([len(tids)]), den.label_to_column)
-        assert float(denominator_log_likelihood(den.fsa, dense, 0.0, den.initial)[0]) > -2.0 * len(tids)
+        total = float(denominator_log_likelihood(den.fsa, dense, 0.0, den.initial)[0])
+        assert total >= lm.sentence_log_prob(phones) + math.log(1.0 / INITIAL_STEPS) - (len(phones) + 1) / 1024
     den.save(tmp_path / "den.pt")
     again = DenominatorGraph.load(tmp_path / "den.pt")
     assert torch.equal(again.fsa.label, den.fsa.label) and torch.equal(again.initial, den.initial)

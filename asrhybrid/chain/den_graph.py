@@ -115,7 +115,7 @@ def initial_log_probs(fsa: Fsa, steps: int = INITIAL_STEPS) -> torch.Tensor:
     prob[0] = 1.0
     average = torch.zeros(n, dtype=torch.float64)
     for _ in range(steps):
+        average += prob / steps  # before the step, as Kaldi does: the start state keeps 1/steps of the mass
         prob = torch.zeros(n, dtype=torch.float64).index_add(0, dst, prob[src] * step_weight)
         prob = prob / prob.sum()  # the final weights' share leaves the HMM: renormalised, as Kaldi does
-        average += prob / steps
     return torch.log(average)
