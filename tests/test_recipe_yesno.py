@@ -658,7 +658,7 @@ def test_yesno_stages_7_8_decode_to_results_within_the_spread(tmp_path, yesno_th
     chain = exp / "dnn_chain" / "decode_test_small"
     kaldi = json.loads((chain / "decode.json").read_text())["kaldi_reference"]
     assert kaldi["compared"] == 30 and kaldi["same_words"] >= 30 * 0.99, kaldi
-    assert json.loads((chain / "scoring.json").read_text())["wer"] <= 2.08  # seeds 0-2: 0.42-1.67
+    assert json.loads((chain / "scoring.json").read_text())["wer"] <= 2.92  # seeds 0-2: 1.25-2.08 (two words spare)
     assert "asrhybrid decode exp/chain_tree_dnn_ali1/graph_small exp/dnn_chain" in results
     assert "asrhybrid decode exp/tree/graph_small exp/lstmp exp/lstmp/decode_test_small" in results
     # the second pass, adapted on the first (decode.adapt): its own lines, its transforms fitted to the first pass.
