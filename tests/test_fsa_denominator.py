@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from asrhybrid.fsa import DenseFsaVec, Fsa, get_tot_scores
-from asrhybrid.fsa.denominator import denominator_log_likelihood
+from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
 
 # 3 emitting states (0 start), labels 1-3 are pdfs 0-2; state 2 and state 1 are final; the super-final is 3.
 ARCS = [
@@ -167,3 +167,20 @@ def test_runaway_outputs_are_limited_as_kaldi_does():
         _graph(), _dense(x.detach().clamp(-30, 30), [40, 33]), 0.1, torch.tensor([0.5, 0.3, 0.2]).log()
     )
     assert torch.allclose(total, clamped)
+
+
+@pytest.mark.parametrize("arcs", [ARCS, MIXED])
+def test_all_final_is_every_state_final_with_probability_one(arcs):
+    """Kaldi's chain denominator lets a sequence end in any state: all_final equals the same graph with a
+    final arc of probability one from every state (whose totals the tests above check by brute force)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    dense = _dense(x, [6, 4])
+    initial = torch.tensor([0.5, 0.3, 0.2]).log()
+    every = [a for a in arcs if a[2] != -1] + [(s, 3, -1, 0.0) for s in range(3)]
+    reference = DenominatorTopology.from_graph(_graph(every), initial, torch.float64)
+    topology = DenominatorTopology.from_graph(_graph(arcs), initial, torch.float64, all_final=True)
+    for leaky in (0.0, 0.1):
+        expected = denominator_log_likelihood(reference, dense, leaky)
+        assert torch.allclose(denominator_log_likelihood(topology, dense, leaky), expected)
+        assert not torch.allclose(denominator_log_likelihood(_graph(arcs), dense, leaky, initial), expected)

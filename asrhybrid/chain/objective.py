@@ -56,6 +56,7 @@ class ChainConfig:
     no_prune_ngram_order: int = 3
     num_extra_states: int = 2000
     frame_shift: bool = False  # training outputs read at input frames N t + k, k drawn per utterance (Kaldi's)
+    all_final: bool = False  # the denominator may end in any state (Kaldi's), not only where the graph may end
 
     @property
     def output_tolerance(self) -> int:
@@ -104,7 +105,9 @@ class ChainObjective(FrameObjective):
     def topology(self, device: torch.device) -> DenominatorTopology:
         key = str(device)
         if key not in self._topology:
-            self._topology[key] = DenominatorTopology.from_graph(self.den.fsa, self.den.initial, torch.float32, device)
+            self._topology[key] = DenominatorTopology.from_graph(
+                self.den.fsa, self.den.initial, torch.float32, device, all_final=self.chain.all_final
+            )
         return self._topology[key]
 
     def batches(self, cuts, generator, rank: int, world: int, epoch: int = 0):

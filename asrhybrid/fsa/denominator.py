@@ -61,9 +61,12 @@ class DenominatorTopology:
         initial: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        all_final: bool = False,
     ) -> "DenominatorTopology":
         """``graph``: an acceptor with emitting labels > 0, no epsilons, its last state the final one;
-        ``initial``: log-probabilities over its other states (default: all mass on state 0)."""
+        ``initial``: log-probabilities over its other states (default: all mass on state 0); ``all_final``:
+        every state final with probability one (Kaldi's chain denominator: a chunk may end anywhere) instead
+        of the graph's final weights."""
         if bool((graph.label == 0).any()):
             raise ValueError("a denominator graph has no epsilon arcs (label 0)")
         n = graph.num_states - 1
@@ -74,6 +77,8 @@ class DenominatorTopology:
         final = torch.zeros(n, dtype=torch.float64).index_add(
             0, graph.src[into_final], torch.exp(graph.score[into_final].double())
         )
+        if all_final:
+            final = torch.ones(n, dtype=torch.float64)
         if initial is None:
             initial_prob = torch.zeros(n, dtype=torch.float64)
             initial_prob[0] = 1.0
