@@ -129,13 +129,9 @@ def decode_batch(
 
 def _words_of_arcs(fsa, arcs: np.ndarray | None = None) -> list[list[int]]:
     """The output labels of the given arcs (all by default) of an Fsa whose aux_labels may be ragged."""
-    aux = fsa.aux_labels
-    if isinstance(aux, torch.Tensor):
-        values = aux.cpu().numpy()
-        return [[int(values[i])] for i in (range(len(values)) if arcs is None else arcs)]
-    values, splits = aux.values.cpu().numpy(), aux.shape.row_splits(1).cpu().numpy()
-    index = range(len(splits) - 1) if arcs is None else arcs
-    return [values[splits[i] : splits[i + 1]].tolist() for i in index]
+    values, splits = _word_columns(fsa, np.arange(fsa.num_arcs) if arcs is None else arcs)
+    values, splits = values.tolist(), splits.tolist()
+    return [values[a:b] for a, b in zip(splits, splits[1:])]
 
 
 def _word_columns(fsa, arcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -198,16 +198,12 @@ def lattice_arrays(
     takes the final weight. New states are numbered from ``num_states`` in the order of their arcs."""
     word_values, word_splits = np.asarray(word_values), np.asarray(word_splits)
     n = len(src)
-    positive = np.concatenate([[0], np.cumsum(word_values > 0)])[word_splits]
-    count = np.diff(positive)  # words per arc
-    first = np.zeros(n, dtype=np.int64)
-    has = count > 0
-    if has.any():  # each arc's first word: the first positive value in its row
-        rows = np.repeat(np.arange(n), np.diff(word_splits))
-        pos = np.nonzero(word_values > 0)[0]
-        first_pos = np.full(n, -1)
-        first_pos[rows[pos][::-1]] = pos[::-1]
-        first[has] = word_values[first_pos[has]]
+    positive_at = np.nonzero(word_values > 0)[0]  # the words (values <= 0 are none) and the arc of each
+    owner = np.repeat(np.arange(n), np.diff(word_splits))[positive_at]
+    count = np.bincount(owner, minlength=n)  # words per arc
+    first = np.zeros(n, dtype=np.int64)  # each arc's first word (0: none)
+    with_words, first_at = np.unique(owner, return_index=True)
+    first[with_words] = word_values[positive_at[first_at]]
     final_arc = np.asarray(final_arc, dtype=bool)
     simple = ~final_arc & (count <= 1)
     order = [np.nonzero(simple)[0]]  # (original arc index) of each output arc, for the output's order

@@ -74,11 +74,13 @@ class DenominatorTopology:
         src, dst, label = graph.src[emitting], graph.dst[emitting], graph.label[emitting]
         weight = torch.exp(graph.score[emitting].double())
         into_final = graph.label == -1
-        final = torch.zeros(n, dtype=torch.float64).index_add(
-            0, graph.src[into_final], torch.exp(graph.score[into_final].double())
+        final = (
+            torch.ones(n, dtype=torch.float64)
+            if all_final
+            else torch.zeros(n, dtype=torch.float64).index_add(
+                0, graph.src[into_final], torch.exp(graph.score[into_final].double())
+            )
         )
-        if all_final:
-            final = torch.ones(n, dtype=torch.float64)
         if initial is None:
             initial_prob = torch.zeros(n, dtype=torch.float64)
             initial_prob[0] = 1.0

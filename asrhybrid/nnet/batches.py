@@ -120,11 +120,10 @@ def frame_batches(
         xs, ys, rows = [], [], []
         for cut in list(batch)[rank::world]:
             f = training_features(cut, normalizer, batch_seed, augmentation, perturbation)
-            ali, shift = torch.as_tensor(targets[cut.id])[: f.shape[0]], 0
-            if subsampling > 1:
-                # the shift's own draws (salted apart from the augmentation's), in step across workers
-                shift = _draw_shift(batch_seed, cut.id, subsampling) if shifting else 0
-                ali = _spread(torch.as_tensor(targets[cut.id]), f.shape[0], subsampling, shift)
+            ali = torch.as_tensor(targets[cut.id])  # read once
+            # the shift's own draws (salted apart from the augmentation's), in step across workers
+            shift = _draw_shift(batch_seed, cut.id, subsampling) if shifting else 0
+            ali = _spread(ali, f.shape[0], subsampling, shift) if subsampling > 1 else ali[: f.shape[0]]
             for a, s, e, b in chunk_spans(len(ali), chunk, left, right):
                 y = torch.full((b - a,), IGNORE, dtype=torch.int64)
                 y[s - a : e - a] = ali[s:e]
