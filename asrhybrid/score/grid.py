@@ -4,7 +4,10 @@ For every LM weight ``LMWT`` (default 7..17) and word insertion penalty
 ``WIP`` (0, 0.5, 1.0), each lattice's best path under ``LMWT x graph +
 acoustic + WIP x words`` is the hypothesis; ``wer_LMWT_WIP`` holds its
 ``%WER`` and ``%SER`` lines, ``scoring/LMWT_WIP.txt`` the hypotheses, and
-``best_wer`` the best line with the file it came from. With ``params``
+``best_wer`` the best line with the file it came from: the fewest errors, and among settings with as few
+the one nearest the middle of them on the grid (a small dev set often ties over the whole grid, and the edge
+of a plateau is the setting most likely to be off it on other data; Kaldi's best_wer.sh takes the first line
+sort gives, which is an accident of file names). With ``params``
 (the LMWT and WIP picked on a dev set, its ``scoring.json``) the setting is
 applied instead of picked (icefall's and Kaldi's honest test number), and
 ``chosen_wer`` and ``scoring_chosen.json`` hold it. ``errs-LMWT_WIP.txt`` and ``recogs-LMWT_WIP.txt``
@@ -70,6 +73,18 @@ def grid_hypotheses(
     return hyps
 
 
+def chosen_setting(results: Sequence[GridResult]) -> GridResult:
+    """The setting with the fewest errors; among those with as few, the one nearest their centroid in grid
+    positions (the index of its LMWT among the grid's LMWTs, of its WIP among its WIPs), then the lowest
+    LMWT and WIP."""
+    lmwts, wips = sorted({r.lmwt for r in results}), sorted({r.wip for r in results})
+    fewest = min(r.counts.errors for r in results)
+    tied = [(lmwts.index(r.lmwt), wips.index(r.wip), r) for r in results if r.counts.errors == fewest]
+    centre_lmwt = sum(i for i, _, _ in tied) / len(tied)
+    centre_wip = sum(j for _, j, _ in tied) / len(tied)
+    return min(tied, key=lambda t: ((t[0] - centre_lmwt) ** 2 + (t[1] - centre_wip) ** 2, t[2].lmwt, t[2].wip))[2]
+
+
 def score_decode_dir(
     decode_dir: Path | str,
     refs: Mapping[str, str],
@@ -100,7 +115,7 @@ def score_decode_dir(
         )
         write_text_atomic(decode_dir / f"wer_{name}", f"{total.wer_line()}\n{total.ser_line()}\n")
         results.append(GridResult(lmwt, wip, total, per_utt))
-    best = min(results, key=lambda r: (r.counts.wer, r.lmwt, r.wip))
+    best = chosen_setting(results)
     line = best.counts.wer_line(str(decode_dir / f"wer_{best.name}"))
     write_text_atomic(decode_dir / ("chosen_wer" if params is not None else "best_wer"), line + "\n")
     write_text_atomic(decode_dir / f"errs-{best.name}.txt", errs_text(best.counts, best.per_utt, str(decode_dir)))

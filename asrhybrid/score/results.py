@@ -134,7 +134,8 @@ def results_markdown(workdir: Path | str, corpus: str) -> str:
         f"`make corpus={corpus}` reproduces it (stages 0-10).",
         "",
         "Each line: the WER of the lattices' best paths at the LM weight (LMWT) and word insertion penalty (WIP) of "
-        "Kaldi's scoring grid, picked on dev where the corpus has one (the test line then uses dev's setting; the "
+        "Kaldi's scoring grid, picked on dev where the corpus has one (the fewest errors; among equals, the middle of "
+        "them on the grid; the test line then uses dev's setting; the "
         "best over the test grid is given beside it); without a dev part, the best over the grid (Kaldi's best_wer). "
         "End-to-end systems (stages 9-10): one line per search (LM `nolm`: no LM fusion); a CTC system's lines "
         "with the small LM and its rescorings are WFST decoding over HLG, scored as the hybrid lattices.",
