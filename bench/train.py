@@ -176,7 +176,7 @@ def chain_rates(
     tree, trans = load_model(tree_dir)
     den, den_stats = denominator_from_alignments(tree_dir / "ali.ark", tree, trans, chain)
     alignments = AlignmentTable(tree_dir / "ali.ark")
-    maker = SupervisionMaker(GraphCompiler(lang_dir, tree, trans), alignments, chain.output_tolerance)
+    maker = SupervisionMaker(GraphCompiler(lang_dir, tree, trans), alignments, chain.output_tolerance, den)
     left = 40  # the chunk's left context, as --frames' default (150 + 40)
     outputs = len(range(left, frames, factor))
     utts = []
@@ -208,7 +208,7 @@ def chain_rates(
         def step():
             optimizer.zero_grad()
             with _autocast(device, cfg.amp):
-                loss, stats = objective.forward(model, (x, y, supervision), device)
+                loss, stats = objective.forward(model, (x, y, (supervision, True)), device)
             (loss / stats["count"]).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

@@ -1,9 +1,13 @@
 """Chain supervision (asrhybrid.chain.supervision) on Kaldi's yesno lang with the chain topology: the
 alignment's own pdfs are a numerator path of its whole utterance and of every chunk of it; a pdf sequence the
-alignment does not put within the tolerance costs the -1e4 of each frame outside it; and Kaldi chain's tree
-helpers (the topology, phone spans at a third of the frame rate)."""
+alignment does not put within the tolerance costs the -1e4 of each frame outside it; normalised by a
+denominator, a numerator is a subset of the denominator's paths with their weights (equal totals where the
+outputs allow one pdf sequence, never more otherwise) and a phone sequence the denominator cannot produce has
+no numerator; and Kaldi chain's tree helpers (the topology, phone spans at a third of the frame rate)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -11,9 +15,12 @@ import torch
 from conftest import require_shared
 from lhotse import MonoCut, SupervisionSegment
 
-from asrhybrid.align.graphs import GraphCompiler
+from asrhybrid.align.graphs import GraphCompiler, phone_instances, transition_arrays
+from asrhybrid.chain.den_graph import make_den_graph
+from asrhybrid.chain.phone_lm import PhoneLmOptions, estimate_phone_lm
 from asrhybrid.chain.supervision import OUTSIDE_TOLERANCE, SupervisionMaker
 from asrhybrid.fsa import DenseFsaVec, get_tot_scores
+from asrhybrid.fsa.denominator import DenominatorTopology, denominator_log_likelihood
 from asrhybrid.kaldi_tables import AlignmentTable, alignment_table_writer
 from asrhybrid.kaldi_wrappers import khg
 from asrhybrid.lang.io import read_symbol_table
@@ -68,12 +75,25 @@ def chain_yesno(tmp_path_factory):
     return maker, cut, np.asarray(alignment), trans
 
 
+@pytest.fixture(scope="module")
+def normalised(chain_yesno):
+    """(SupervisionMaker normalised by the denominator of the fixture's alignment's phones, the denominator)."""
+    maker, _, alignment, trans = chain_yesno
+    tid_phone, starts = transition_arrays(trans)
+    phones = [p for _, p, _, _, _ in phone_instances(alignment, tid_phone, starts)]
+    den = make_den_graph(estimate_phone_lm([phones], PhoneLmOptions(4, 3, 2000)), maker.compiler.tree, trans)
+    return SupervisionMaker(maker.compiler, maker.alignments, tolerance=1, den=den), den
+
+
+def _columns(trans) -> torch.Tensor:
+    return torch.arange(trans.num_pdfs + 1) - 1  # the graphs' labels are pdf + 1
+
+
 def _numerator(sup, pdfs: list[int], trans, elsewhere: float = -30.0) -> float:
-    x = torch.full((1, len(pdfs), trans.num_pdfs), elsewhere)
+    x = torch.full((1, len(pdfs), trans.num_pdfs), elsewhere, dtype=torch.float64)
     x[0, torch.arange(len(pdfs)), torch.as_tensor(pdfs)] = 0.0
     x = x + torch.where(sup.allowed, 0.0, OUTSIDE_TOLERANCE)[None]
-    columns = torch.as_tensor(np.asarray(trans.transition_id_to_pdf_array()))
-    dense = DenseFsaVec(x, torch.tensor([len(pdfs)]), columns)
+    dense = DenseFsaVec(x, torch.tensor([len(pdfs)]), _columns(trans))
     return float(get_tot_scores([sup.graph], dense, log_semiring=True, engine="torch")[0])
 
 
@@ -102,3 +122,44 @@ def test_each_frame_allows_the_pdfs_of_the_phones_within_the_tolerance(chain_yes
     assert len(late) == 25
     total = _numerator(maker.chunk(cut, 0, 25), late, trans, elsewhere=-float("inf"))
     assert 2 * OUTSIDE_TOLERANCE - 1 < total < OUTSIDE_TOLERANCE
+
+
+def test_a_normalised_numerator_is_the_denominators_share_of_its_paths(chain_yesno, normalised):
+    _, cut, alignment, trans = chain_yesno
+    norm, den = normalised
+    pdfs = np.asarray(trans.transition_id_to_pdf_array())[alignment].tolist()
+    rng = torch.Generator().manual_seed(0)
+    for kind, first, frames in [
+        ("whole", 0, 25),
+        ("chunk", 0, 25),
+        ("chunk", 3, 7),
+        ("chunk", 20, 5),
+        ("chunk", 12, 1),
+    ]:
+        sup = norm.whole(cut, frames) if kind == "whole" else norm.chunk(cut, first, frames)
+        assert sup is not None and bool((sup.graph.label[sup.graph.label > 0] <= trans.num_pdfs).all())
+        # a chunk's denominator may end in any state, a whole utterance's where the graph ends (as training's)
+        topo = DenominatorTopology.from_graph(den.fsa, den.initial, torch.float64, all_final=kind == "chunk")
+        only = torch.full((1, frames, trans.num_pdfs), -math.inf, dtype=torch.float64)
+        only[0, torch.arange(frames), torch.as_tensor(pdfs[first : first + frames])] = 0.0
+        noise = torch.randn(3, 1, frames, trans.num_pdfs, generator=rng, dtype=torch.float64)
+        for x in [only, *noise]:
+            allowed = torch.where(sup.allowed, 0.0, OUTSIDE_TOLERANCE)[None]
+            dense = DenseFsaVec(x + allowed, torch.tensor([frames]), _columns(trans))
+            numerator = float(get_tot_scores([sup.graph], dense, log_semiring=True, engine="torch")[0])
+            dense = DenseFsaVec(x, torch.tensor([frames]), den.label_to_column)
+            denominator = float(denominator_log_likelihood(topo, dense)[0])
+            if x is only:  # one pdf sequence: the same paths of the denominator, the same total
+                assert -60 < numerator < 0, (kind, first, frames, numerator)  # the phone LM's weight, finite
+                assert numerator == pytest.approx(denominator, abs=1e-6), (kind, first, frames)
+            else:
+                assert numerator <= denominator + 1e-9, (kind, first, frames)
+
+
+def test_a_phone_sequence_the_denominator_cannot_make_has_no_numerator(chain_yesno, normalised):
+    maker, cut, _, _ = chain_yesno
+    norm, _ = normalised
+    text = SupervisionSegment("yy", "utt", 0, 1, text="YES YES YES")  # the phone LM never saw Y after Y or SIL
+    odd = MonoCut("utt", 0, cut.duration, 0, supervisions=[text])
+    assert maker.whole(odd, 25) is not None  # unnormalised: the transcript's own graph
+    assert norm.whole(odd, 25) is None

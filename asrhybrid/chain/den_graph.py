@@ -10,6 +10,11 @@ phone LM with the states the estimator leaves that is unnecessary (Povey et al. 
 The initial probabilities are Kaldi's (DenominatorGraph::SetInitialProbs): each state's outgoing weights
 normalised to sum to one, 100 steps of the HMM from the start state, the state distribution averaged over
 them. The leaky HMM enters through them, and a chunk cut out of an utterance starts from them.
+
+The normalisation FST (Kaldi's DenominatorGraph::GetNormalizationFst) is the same graph entered from a new
+start state with those initial probabilities: composed with a numerator, it gives each numerator path the
+weight the denominator gives it, so the numerator is a subset of the denominator's paths (asrhybrid.chain
+.supervision).
 """
 
 from __future__ import annotations
@@ -52,6 +57,32 @@ class DenominatorGraph:
         state = {"src": f.src, "dst": f.dst, "label": f.label, "score": f.score, "num_states": f.num_states}
         with atomic_output(Path(path)) as tmp:
             torch.save({"fsa": state, "initial": self.initial, "num_pdfs": self.num_pdfs}, tmp)
+
+    def normalization_fst(self, all_final: bool = False):
+        """Kaldi's normalisation FST as a kaldifst acceptor over pdf + 1, sorted on its labels: a new start state
+        (0) whose arcs are every state's arcs weighted by that state's initial probability (the epsilon arcs to
+        each state, removed), then the graph; final where the denominator may end: everywhere with ``all_final``
+        (Kaldi's), else where the graph may end."""
+        g, n = self.fsa, self.fsa.num_states - 1  # n: the graph's final state
+        emitting = g.label > 0
+        src, dst, label, score = g.src[emitting], g.dst[emitting], g.label[emitting], g.score[emitting]
+        if all_final:
+            final_src, final_score = torch.arange(n), torch.zeros(n)
+        else:
+            into_final = g.label == -1
+            final_src, final_score = g.src[into_final], g.score[into_final]
+        start_score = score + self.initial.to(score.dtype)[src]
+        entered = torch.isfinite(start_score)  # a state 100 steps do not reach has no initial probability
+        fsa = Fsa(
+            torch.cat([torch.zeros_like(src[entered]), src + 1, final_src + 1]),
+            torch.cat([dst[entered] + 1, dst + 1, torch.full_like(final_src, n + 1)]),
+            torch.cat([label[entered], label, torch.full_like(final_src, -1)]),
+            torch.cat([start_score[entered], score, final_score]).float(),
+            n + 2,
+        )
+        fst = to_kaldi(fsa)
+        kaldifst.arcsort(fst, sort_type="ilabel")
+        return fst
 
     @classmethod
     def load(cls, path: Path | str) -> "DenominatorGraph":

@@ -6,9 +6,11 @@ Per batch of utterances or chunks, the loss to minimise is Kaldi chain's (chain-
 
 - numerator: each sequence's supervision (asrhybrid.chain.supervision: the transcript's training graph for a
   whole utterance, the alignment's phones for a chunk; frames limited to the pdfs the alignment puts within
-  ``tolerance``) through the FSA engine (k2's intersect_dense, double-precision totals);
+  ``tolerance``; composed with the denominator's normalisation FST, so at most the denominator) through the
+  FSA engine (k2's intersect_dense, double-precision totals);
 - denominator: the denominator graph with the leaky HMM (asrhybrid.fsa.denominator), from Kaldi's initial
-  probabilities;
+  probabilities; a chunk may end in any state (Kaldi's: it is cut from the middle of an utterance), a whole
+  utterance where the graph may end (``all_final``: anywhere, as Kaldi's);
 - cross-entropy regularisation: the network's second output (asrhybrid.nnet.models.ChainAM) against the
   numerator's occupation posteriors as soft targets, as Kaldi's xent output;
 - the output penalty: Kaldi's --l2-regularize on the chain output, which keeps it from drifting (LF-MMI is
@@ -56,7 +58,8 @@ class ChainConfig:
     no_prune_ngram_order: int = 3
     num_extra_states: int = 2000
     frame_shift: bool = False  # training outputs read at input frames N t + k, k drawn per utterance (Kaldi's)
-    all_final: bool = False  # the denominator may end in any state (Kaldi's), not only where the graph may end
+    all_final: bool = False  # a whole utterance may end in any state (Kaldi's); a chunk always may
+    normalize_numerator: bool = True  # numerators composed with the denominator's normalisation FST (Kaldi's)
 
     @property
     def output_tolerance(self) -> int:
@@ -97,16 +100,17 @@ class ChainObjective(FrameObjective):
     ):
         super().__init__(train_cfg, targets, normalizer, right_context, perturbation)
         self.chain, self.den, self.supervision = chain, den, supervision
-        tid_to_pdf = torch.as_tensor(supervision.tid_to_pdf)
-        self.num_columns = torch.cat([torch.zeros(1, dtype=torch.int64), tid_to_pdf[1:]])
         self.engine = "k2" if k2_available() else "torch"
-        self._topology: dict[str, DenominatorTopology] = {}
+        self._topology: dict[tuple[str, bool], DenominatorTopology] = {}
 
-    def topology(self, device: torch.device) -> DenominatorTopology:
-        key = str(device)
+    def topology(self, device: torch.device, chunks: bool) -> DenominatorTopology:
+        """The denominator of chunks (ending in any state) or of whole utterances (where the graph ends, unless
+        ``all_final``), as their numerators (asrhybrid.chain.supervision)."""
+        all_final = chunks or self.chain.all_final
+        key = (str(device), all_final)
         if key not in self._topology:
             self._topology[key] = DenominatorTopology.from_graph(
-                self.den.fsa, self.den.initial, torch.float32, device, all_final=self.chain.all_final
+                self.den.fsa, self.den.initial, torch.float32, device, all_final=all_final
             )
         return self._topology[key]
 
@@ -119,17 +123,26 @@ class ChainObjective(FrameObjective):
             if x is None:
                 yield None
                 continue
-            supervision = []
-            for (cut, first), targets in zip(rows, y):
+            supervision, keep = [], []
+            for b, ((cut, first), targets) in enumerate(zip(rows, y)):
                 frames = int((targets != IGNORE).sum())
-                if chunked:
-                    supervision.append(self.supervision.chunk(cut, first, frames))
-                else:
-                    supervision.append(self.supervision.whole(cut, frames))
-            yield x, y, supervision
+                sup = self.supervision.chunk(cut, first, frames) if chunked else self.supervision.whole(cut, frames)
+                if sup is None:  # Kaldi drops such an example
+                    log.warning(
+                        "%s (frames from %d): no numerator path the denominator allows; left out", cut.id, first
+                    )
+                    continue
+                supervision.append(sup)
+                keep.append(b)
+            if not keep:
+                yield None
+                continue
+            if len(keep) < len(rows):
+                x, y = x[keep], y[keep]
+            yield x, y, (supervision, chunked)
 
     def forward(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        x, y, supervision = batch
+        x, y, (supervision, chunks) = batch
         output, xent_logits = model.forward_with_xent(x.to(device))
         index, lengths = _target_positions(y)  # the outputs with targets: every N-th frame inside the chunk
         index = index.to(device)[:, :, None].expand(-1, -1, output.shape[-1])
@@ -139,9 +152,9 @@ class ChainObjective(FrameObjective):
             output = output.detach().requires_grad_()
         with torch.enable_grad():
             result = lfmmi_objective(
-                _numerator_dense(supervision, output, lengths, self.num_columns),
+                _numerator_dense(supervision, output, lengths, self.den.label_to_column),
                 [sup.graph for sup in supervision],
-                self.topology(device),
+                self.topology(device, chunks),
                 self.chain.leaky_hmm_coefficient,
                 engine=self.engine,
                 den_dense=DenseFsaVec(output, lengths.to(device), self.den.label_to_column),
@@ -176,9 +189,9 @@ def _target_positions(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.cat([p, p[-1:].expand(width - len(p))]) for p in positions]), lengths
 
 
-def _numerator_dense(supervision, output: torch.Tensor, lengths: torch.Tensor, num_columns) -> DenseFsaVec:
+def _numerator_dense(supervision, output: torch.Tensor, lengths: torch.Tensor, columns) -> DenseFsaVec:
     """The outputs as the numerators read them: each frame limited to the pdfs its alignment allows."""
     penalty = torch.zeros_like(output, requires_grad=False)
     for b, sup in enumerate(supervision):
         penalty[b, : sup.allowed.shape[0]] = torch.where(sup.allowed.to(output.device), 0.0, OUTSIDE_TOLERANCE)
-    return DenseFsaVec(output + penalty, lengths, num_columns)
+    return DenseFsaVec(output + penalty, lengths, columns)

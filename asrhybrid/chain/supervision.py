@@ -11,6 +11,14 @@ pdfs its alignment allows at each frame.
 Either way a frame may only take pdfs of the phone instances the alignment puts within ``tolerance`` frames
 of it (Kaldi's --left-tolerance/--right-tolerance); the others get a score of -1e4, which keeps the total
 finite. Alignments, tolerance and frames are at the tree's frame rate.
+
+The graph is then made as Kaldi's AddWeightToSupervisionFst makes it: its transition ids mapped to pdf ids + 1
+(the denominator's labels), its weights dropped (the lexicon's and silence's: Kaldi's default lattice
+lm-scale is 0), epsilons removed and determinised (one path per pdf sequence), and composed with the
+denominator's normalisation FST (asrhybrid.chain.den_graph): each path then weighs what the denominator gives
+it, from the same initial probabilities, so the numerator is a subset of the denominator's paths and the
+objective numerator - denominator is at most 0. A sequence whose composition is empty (a phone sequence the
+phone LM cannot produce) has no supervision: Kaldi drops such an example, and so does training.
 """
 
 from __future__ import annotations
@@ -21,26 +29,43 @@ import numpy as np
 import torch
 
 from asrhybrid.align.graphs import GraphCompiler, phone_instances, transition_arrays
+from asrhybrid.chain.den_graph import DenominatorGraph
 from asrhybrid.errors import ConfigError, DataError
-from asrhybrid.fsa import Fsa, from_kaldi
+from asrhybrid.fsa import Fsa, from_kaldi, to_kaldi
 from asrhybrid.kaldi_tables import AlignmentTable
+from asrhybrid.kaldi_wrappers import kaldifst
 
 OUTSIDE_TOLERANCE = -1e4  # the score of a pdf the alignment does not put near a frame
 
 
 @dataclass
 class Supervision:
-    graph: Fsa  # over transition ids
+    graph: Fsa  # over pdf ids + 1
     allowed: torch.Tensor  # bool [frames, num_pdfs]
     utt: str = ""  # the utterance it supervises (named when its numerator is impossible)
 
 
 class SupervisionMaker:
-    def __init__(self, compiler: GraphCompiler, alignments: AlignmentTable, tolerance: int):
+    """Numerators normalised by the denominator ``den`` (None: without weights, for comparison); a chunk may
+    end in any of its states (Kaldi's), a whole utterance where the graph may end unless ``all_final``: as the
+    denominator's recursion (asrhybrid.fsa.denominator) is set up for each."""
+
+    def __init__(
+        self,
+        compiler: GraphCompiler,
+        alignments: AlignmentTable,
+        tolerance: int,
+        den: DenominatorGraph | None = None,
+        all_final: bool = False,
+    ):
         self.compiler, self.alignments, self.tolerance = compiler, alignments, tolerance
+        self.normalization = {}
+        if den is not None:
+            self.normalization = {"whole": den.normalization_fst(all_final), "chunk": den.normalization_fst(True)}
         trans = compiler.trans_model
         self.tid_phone, self.tid_starts_phone = transition_arrays(trans)
         self.tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
+        self._label_of_tid = torch.as_tensor(np.concatenate([[0], self.tid_to_pdf[1:] + 1]), dtype=torch.int64)
         self.num_pdfs = trans.num_pdfs
         self._last: tuple[str, np.ndarray, list[tuple[int, int]]] | None = None  # an utterance's chunks come together
         self._self_loop = {}  # forward transition id -> its state's self-loop (the chain topology)
@@ -51,14 +76,18 @@ class SupervisionMaker:
                 if not trans.is_self_loop(t) and len(loops) == 1:
                     self._self_loop[t] = loops[0]
 
-    def whole(self, cut, frames: int) -> Supervision:
+    def whole(self, cut, frames: int) -> Supervision | None:
+        """``cut`` whole; None where its numerator is empty after normalisation."""
         text = " ".join(s.text for s in cut.supervisions if s.text)
-        graph = from_kaldi(self.compiler.compile(text, transition_probs=False))
+        graph = self._numerator(from_kaldi(self.compiler.compile(text, transition_probs=False)), "whole")
+        if graph is None:
+            return None
         tids, spans = self._alignment(cut, frames)
         return Supervision(graph, self._allowed(tids, spans, 0, frames), cut.id)
 
-    def chunk(self, cut, first: int, frames: int) -> Supervision:
-        """Output frames [first, first + frames) of ``cut``."""
+    def chunk(self, cut, first: int, frames: int) -> Supervision | None:
+        """Output frames [first, first + frames) of ``cut``; None where its numerator is empty after
+        normalisation."""
         tids, spans = self._alignment(cut, first + frames)
         end, tol = first + frames, self.tolerance
         near = [k for k, (b, e) in enumerate(spans) if b < end + tol and e > first - tol]
@@ -81,7 +110,26 @@ class SupervisionMaker:
             arcs.append((s, s, loop, 0.0))
             if b < end + tol and e >= end - tol:  # or end in it
                 arcs.append((s, final, -1, 0.0))
-        return Supervision(Fsa.from_arcs(arcs, final + 1), self._allowed(tids, spans, first, frames), cut.id)
+        graph = self._numerator(Fsa.from_arcs(arcs, final + 1), "chunk")
+        if graph is None:
+            return None
+        return Supervision(graph, self._allowed(tids, spans, first, frames), cut.id)
+
+    def _numerator(self, graph: Fsa, kind: str) -> Fsa | None:
+        """``graph`` (over transition ids) as an epsilon-free deterministic acceptor over pdf ids + 1 without
+        weights, composed with the normalisation FST of ``kind`` where there is one."""
+        emitting = graph.label > 0
+        label = torch.where(emitting, self._label_of_tid[graph.label.clamp(min=0)], graph.label)
+        fst = to_kaldi(Fsa(graph.src, graph.dst, label, torch.zeros_like(graph.score), graph.num_states))
+        kaldifst.rmepsilon(fst)
+        fst = kaldifst.determinize(fst)
+        normalization = self.normalization.get(kind)
+        if normalization is not None:
+            kaldifst.arcsort(fst, sort_type="olabel")
+            fst = kaldifst.StdVectorFst(kaldifst.compose(fst, normalization))  # connected: empty where no path survives
+            if fst.num_states == 0:
+                return None
+        return from_kaldi(fst)
 
     def _alignment(self, cut, frames: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         if self._last is None or self._last[0] != cut.id:

@@ -90,7 +90,13 @@ def train_chain_am(
         den.save(exp_dir / "den.pt")
         write_text_atomic(exp_dir / "den.json", json.dumps(den_stats, indent=1) + "\n")
     alignments = AlignmentTable(tree_dir / "ali.ark")
-    supervision = SupervisionMaker(GraphCompiler(lang_dir, tree, trans_model), alignments, chain.output_tolerance)
+    supervision = SupervisionMaker(
+        GraphCompiler(lang_dir, tree, trans_model),
+        alignments,
+        chain.output_tolerance,
+        den if chain.normalize_numerator else None,
+        chain.all_final,
+    )
 
     def objective(train_cfg, targets, normalizer, right_context, perturbation):
         return ChainObjective(train_cfg, targets, normalizer, right_context, perturbation, chain, den, supervision)
