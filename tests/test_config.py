@@ -211,3 +211,27 @@ def test_chain_options_enter_a_training_runs_key_only_when_given():
     assert "chain" not in completion_options(TrainConfig(system="lstmp"))
     keyed = completion_options(TrainConfig(system="lstmp_chain", chain={"leaky_hmm_coefficient": 0.05}))
     assert keyed["chain"] == {"leaky_hmm_coefficient": 0.05} and keyed["system"] == "lstmp_chain"
+
+
+def test_weight_decay_enters_a_runs_key_only_when_given_and_decays_the_weights():
+    """`weight_decay` came after runs that are done: it keys a run (stage 6's and stage 9's) only when set; set,
+    a step with no gradient shrinks every weight by lr x weight_decay (AdamW's decoupled decay)."""
+    import torch
+
+    from asrhybrid.e2e.train import E2EConfig
+    from asrhybrid.nnet.train import TrainConfig
+    from asrhybrid.nnet.trainer import _optimizer
+    from asrhybrid.verbs.common import completion_options
+
+    assert "weight_decay" not in completion_options(TrainConfig(system="lstmp"))
+    assert "weight_decay" not in completion_options(E2EConfig(system="ctc"))
+    assert completion_options(TrainConfig(system="lstmp", weight_decay=0.1))["weight_decay"] == 0.1
+    with pytest.raises(ConfigError, match="weight_decay"):
+        TrainConfig(system="lstmp", weight_decay=-1.0)
+    layer = torch.nn.Linear(3, 2)
+    before = layer.weight.detach().clone()
+    optimizer = _optimizer(layer, TrainConfig(system="lstmp", lr=0.01, weight_decay=0.5))
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert torch.allclose(layer.weight, before * (1 - 0.01 * 0.5))

@@ -89,7 +89,7 @@ class TrainConfig(InputOptions):
     model: dict = field(default_factory=dict)  # the system's model options (e.g. cells, proj, layers, delay)
     chain: dict = field(default_factory=dict)  # a chain system's LF-MMI options (asrhybrid.chain.objective)
 
-    KEYED_WHEN_SET = ("chain",)  # enters a run's completion key only when given (older runs stay done)
+    KEYED_WHEN_SET = ("chain", "weight_decay")  # enter a run's completion key only when given (older runs stay done)
 
     def __post_init__(self):
         super().__post_init__()

@@ -61,6 +61,9 @@ class FitConfig:
     valid_fraction: float = 0.05  # utterances held out for the per-epoch metrics
     average_last: int = 1  # final.pt averages the last N epochs' models (icefall's --avg)
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on CPU)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW's; SGD's L2), icefall's and ESPnet's weight_decay
+
+    KEYED_WHEN_SET = ("weight_decay",)  # enter a run's completion key only when given (older runs stay done)
 
     def __post_init__(self):
         if isinstance(self.amp, str):  # parse_options keeps yes/no words as text
@@ -71,6 +74,8 @@ class FitConfig:
             raise ConfigError(f"optimizer '{self.optimizer}': adam or sgd")
         if self.epochs < 1 or self.lr <= 0 or self.max_duration <= 0 or self.average_last < 1:
             raise ConfigError("epochs, lr, max_duration and average_last must be positive")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay}: at least 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps}: at least 0")
 
@@ -314,8 +319,12 @@ def fit(
 
 def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
+        if cfg.weight_decay:
+            return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+    )
 
 
 def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, epoch, lr, step, device, writer):
