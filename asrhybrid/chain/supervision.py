@@ -1,8 +1,8 @@
-"""The numerator of LF-MMI per training sequence (Kaldi's chain supervision), over transition ids, with the
-pdfs its alignment allows at each frame.
+"""The numerator of LF-MMI per training sequence (Kaldi's chain supervision), an acceptor over pdf ids + 1, with
+the pdfs its alignment allows at each frame. It is built over transition ids:
 
 - A whole utterance: its training graph over its transcript (stage 4's graphs: every pronunciation and
-  optional silence; the lexicon's scores, no transition probabilities).
+  optional silence; no transition probabilities).
 - A chunk of an utterance (chunk_frames > 0, Kaldi's 150-frame egs): the phones of its alignment that reach
   into the chunk, in order, each in the chain topology (its forward transition, then its self-loop), entered at
   any of those near the chunk's start (at its first frame or inside it) and left at any near its end: Kaldi
