@@ -322,9 +322,7 @@ def _optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
         if cfg.weight_decay:
             return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
-    )
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
 
 
 def _train_epoch(model, objective, train, optimizer, generator, workers, cfg, epoch, lr, step, device, writer):
