@@ -104,9 +104,9 @@ class ChainObjective(FrameObjective):
         self._topology: dict[tuple[str, bool], DenominatorTopology] = {}
 
     def topology(self, device: torch.device, chunks: bool) -> DenominatorTopology:
-        """The denominator of chunks (ending in any state) or of whole utterances (where the graph ends, unless
-        ``all_final``), as their numerators (asrhybrid.chain.supervision)."""
-        all_final = chunks or self.chain.all_final
+        """The denominator of chunks or of whole utterances, ending where their numerators may
+        (SupervisionMaker.ends_anywhere)."""
+        all_final = self.supervision.ends_anywhere(chunks)
         key = (str(device), all_final)
         if key not in self._topology:
             self._topology[key] = DenominatorTopology.from_graph(

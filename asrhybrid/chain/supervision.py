@@ -58,10 +58,11 @@ class SupervisionMaker:
         den: DenominatorGraph | None = None,
         all_final: bool = False,
     ):
-        self.compiler, self.alignments, self.tolerance = compiler, alignments, tolerance
-        self.normalization = {}
+        self.compiler, self.alignments, self.tolerance, self.all_final = compiler, alignments, tolerance, all_final
+        self.normalization = {}  # per kind ("whole", "chunk"), where there is a denominator
         if den is not None:
-            self.normalization = {"whole": den.normalization_fst(all_final), "chunk": den.normalization_fst(True)}
+            anywhere = den.normalization_fst(True)
+            self.normalization = {"chunk": anywhere, "whole": anywhere if all_final else den.normalization_fst(False)}
         trans = compiler.trans_model
         self.tid_phone, self.tid_starts_phone = transition_arrays(trans)
         self.tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
@@ -75,6 +76,12 @@ class SupervisionMaker:
             for t in tids:
                 if not trans.is_self_loop(t) and len(loops) == 1:
                     self._self_loop[t] = loops[0]
+
+    def ends_anywhere(self, chunks: bool) -> bool:
+        """Whether a sequence of this kind may end in any state of the denominator: a chunk always (it is cut
+        from the middle of an utterance), a whole utterance with ``all_final``; the denominator's recursion
+        reads the same rule, so the numerator stays a subset of it."""
+        return chunks or self.all_final
 
     def whole(self, cut, frames: int) -> Supervision | None:
         """``cut`` whole; None where its numerator is empty after normalisation."""
