@@ -59,10 +59,11 @@ class SupervisionMaker:
         all_final: bool = False,
     ):
         self.compiler, self.alignments, self.tolerance, self.all_final = compiler, alignments, tolerance, all_final
-        self.normalization = {}  # per kind ("whole", "chunk"), where there is a denominator
+        self.normalization = {}  # by where a sequence may end (ends_anywhere), where there is a denominator
         if den is not None:
-            anywhere = den.normalization_fst(True)
-            self.normalization = {"chunk": anywhere, "whole": anywhere if all_final else den.normalization_fst(False)}
+            self.normalization = {True: den.normalization_fst(True)}
+            if not all_final:  # whole utterances end where the graph does
+                self.normalization[False] = den.normalization_fst(False)
         trans = compiler.trans_model
         self.tid_phone, self.tid_starts_phone = transition_arrays(trans)
         self.tid_to_pdf = np.asarray(trans.transition_id_to_pdf_array())
@@ -86,7 +87,7 @@ class SupervisionMaker:
     def whole(self, cut, frames: int) -> Supervision | None:
         """``cut`` whole; None where its numerator is empty after normalisation."""
         text = " ".join(s.text for s in cut.supervisions if s.text)
-        graph = self._numerator(from_kaldi(self.compiler.compile(text, transition_probs=False)), "whole")
+        graph = self._numerator(from_kaldi(self.compiler.compile(text, transition_probs=False)), chunk=False)
         if graph is None:
             return None
         tids, spans = self._alignment(cut, frames)
@@ -117,20 +118,21 @@ class SupervisionMaker:
             arcs.append((s, s, loop, 0.0))
             if b < end + tol and e >= end - tol:  # or end in it
                 arcs.append((s, final, -1, 0.0))
-        graph = self._numerator(Fsa.from_arcs(arcs, final + 1), "chunk")
+        graph = self._numerator(Fsa.from_arcs(arcs, final + 1), chunk=True)
         if graph is None:
             return None
         return Supervision(graph, self._allowed(tids, spans, first, frames), cut.id)
 
-    def _numerator(self, graph: Fsa, kind: str) -> Fsa | None:
+    def _numerator(self, graph: Fsa, chunk: bool) -> Fsa | None:
         """``graph`` (over transition ids) as an epsilon-free deterministic acceptor over pdf ids + 1 without
-        weights, composed with the normalisation FST of ``kind`` where there is one."""
+        weights, composed with the normalisation FST ending where a chunk or a whole utterance may
+        (ends_anywhere), where there is one."""
         emitting = graph.label > 0
         label = torch.where(emitting, self._label_of_tid[graph.label.clamp(min=0)], graph.label)
         fst = to_kaldi(Fsa(graph.src, graph.dst, label, torch.zeros_like(graph.score), graph.num_states))
         kaldifst.rmepsilon(fst)
         fst = kaldifst.determinize(fst)
-        normalization = self.normalization.get(kind)
+        normalization = self.normalization.get(self.ends_anywhere(chunk))
         if normalization is not None:
             kaldifst.arcsort(fst, sort_type="olabel")
             fst = kaldifst.StdVectorFst(kaldifst.compose(fst, normalization))  # connected: empty where no path survives
